@@ -1,0 +1,138 @@
+"""click only: parse options, build settings, call one service, hand the data to the view."""
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import service, view
+from .config import DEVICES, build_settings
+from .errors import INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, EvalkitError
+from .plan import SPLITS, TEXT_MODELS, VISION_MODELS, Request, build_plan
+from .results import recalls
+
+_SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir")
+
+
+def _check_dataset_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value or value in (".", "..") or "/" in value or "\0" in value:
+        raise click.BadParameter(f"{value!r} is not a dataset directory name "
+                                 "(one name under DATAPATH/datasets, no '/')")
+    return value
+
+
+def shared_options(command: Callable) -> Callable:
+    """The options of every evaluation command, declared once."""
+    options = [
+        click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+                     help="YAML file with server settings (see configs/seetacloud-v800.yaml). "
+                          "Flags override it; it overrides the built-in defaults."),
+        click.option("--host", help="ssh alias or user@host  [default: seetacloud-v800]"),
+        click.option("--datapath", help="server data root holding datasets/ and experiments/  "
+                                        "[default: /root/autodl-tmp/datapath]"),
+        click.option("--dataset-name", default="Flickr30k-CN", show_default=True,
+                     callback=_check_dataset_name, help="dataset directory under DATAPATH/datasets"),
+        click.option("--split", type=click.Choice(SPLITS), default="valid", show_default=True),
+        click.option("--model-path", help="checkpoint on the server, e.g. DATAPATH/experiments/"
+                                          "<name>/checkpoints/epoch_latest.pt (relative: to DATAPATH)"),
+        click.option("--vision-model", type=click.Choice(VISION_MODELS), default="ViT-B-16",
+                     show_default=True),
+        click.option("--text-model", type=click.Choice(TEXT_MODELS),
+                     default="RoBERTa-wwm-ext-base-chinese", show_default=True),
+        click.option("--device", type=click.Choice(DEVICES),
+                     help="cuda, or cpu to run the same upstream scripts without a GPU  [default: cuda]"),
+        click.option("--gpu", type=click.IntRange(min=0), help="GPU index, sets CUDA_VISIBLE_DEVICES  "
+                                                               "[default: 0]"),
+        click.option("--results-dir", help="local folder for results  [default: results]"),
+        click.option("--skip-text-to-image", is_flag=True, help="skip text→image KNN and recall"),
+        click.option("--skip-image-to-text", is_flag=True, help="skip image→text KNN and recall"),
+        click.option("--dry-run", is_flag=True, help="print the exact remote commands; run nothing"),
+        click.option("--verbose", is_flag=True, help="also print each remote command as it starts"),
+        click.option("--debug", is_flag=True, help="show Python tracebacks on errors"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def guarded(command: Callable) -> Callable:
+    """Turn EvalkitErrors into one message and their exit code; tracebacks only with --debug."""
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        _, errors = view.make_consoles()
+        debug = kwargs.get("debug", False)
+        try:
+            command(**kwargs)
+        except EvalkitError as error:
+            if debug:
+                traceback.print_exc()
+            view.show_error(errors, error)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            view.show_interrupted(errors)
+            sys.exit(INTERRUPTED_EXIT_CODE)
+        except Exception as error:  # a bug: say so plainly, keep the traceback for --debug
+            if debug:
+                raise
+            errors.print(f"unexpected error: {type(error).__name__}: {error}\n"
+                         "rerun with --debug for the traceback and report it", markup=False)
+            sys.exit(UNEXPECTED_EXIT_CODE)
+    return wrapper
+
+
+def settings_and_request(kwargs: dict[str, Any]):
+    flags = {name: kwargs.get(name) for name in _SETTING_FLAGS}
+    settings = build_settings(kwargs.get("config"), flags)
+    if not kwargs.get("model_path"):
+        raise click.UsageError("--model-path is required: the checkpoint to evaluate, e.g. "
+                               f"{settings.datapath}/experiments/<name>/checkpoints/epoch_latest.pt")
+    request = Request(dataset=kwargs["dataset_name"], split=kwargs["split"],
+                      model_path=kwargs["model_path"], vision_model=kwargs["vision_model"],
+                      text_model=kwargs["text_model"],
+                      skip_extraction=kwargs.get("skip_extraction", False),
+                      skip_text_to_image=kwargs["skip_text_to_image"],
+                      skip_image_to_text=kwargs["skip_image_to_text"])
+    if request.skip_text_to_image and request.skip_image_to_text:
+        raise click.UsageError("--skip-text-to-image and --skip-image-to-text together leave nothing "
+                               "to evaluate; drop one of them")
+    return settings, request
+
+
+def run_evaluation(settings, request, verbose: bool, dry_run: bool) -> None:
+    out, _ = view.make_consoles()
+    if dry_run:
+        view.show_plan(out, build_plan(settings, request), settings.host)
+        return
+    with view.LiveReporter(out, verbose) as reporter:
+        report = service.evaluate(settings, request, reporter,
+                                  on_log_opened=lambda path: view.show_log_location(out, path))
+    plan = report.outcome.plan
+    view.show_results(out, plan.label, recalls(report.outcome), report.written, plan.output_dir)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@shared_options
+@click.option("--skip-extraction", is_flag=True,
+              help="reuse the features already extracted for this checkpoint")
+@guarded
+def evaluate_command(**kwargs: Any) -> None:
+    """Evaluate a Chinese-CLIP checkpoint on the server: extract features, KNN, recall.
+
+    Runs the upstream cn_clip/eval scripts over SSH, streams their progress, and copies both
+    result JSONs to RESULTS_DIR/<dataset>/<split>/<label>/, then prints Recall@1/5/10.
+
+    \b
+    Example:
+      python distillation_model_evaluation.py --dataset-name Flickr30k-CN \\
+        --model-path /root/autodl-tmp/datapath/experiments/EXP/checkpoints/epoch_latest.pt
+    """
+    settings, request = settings_and_request(kwargs)
+    run_evaluation(settings, request, kwargs["verbose"], kwargs["dry_run"])
+
+
+def evaluate_main() -> None:
+    evaluate_command(prog_name="distillation_model_evaluation.py")

@@ -1,0 +1,115 @@
+"""Settings: built-in defaults < YAML config file < command-line flags, validated once.
+
+The defaults describe the seed server (`ssh seetacloud-v800`, Chinese-CLIP under
+/root/autodl-tmp, conda env `training`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+DEVICES = ("cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where and how to run: everything a config file may set."""
+
+    host: str = "seetacloud-v800"
+    ssh_config: str | None = None
+    datapath: str = "/root/autodl-tmp/datapath"
+    chinese_clip_dir: str = "/root/autodl-tmp/Chinese-CLIP"
+    activate: str = "source /root/miniconda3/etc/profile.d/conda.sh && conda activate training"
+    python: str = "python"
+    remote_output_dir: str | None = None
+    device: str = "cuda"
+    gpu: int = 0
+    results_dir: str = "results"
+    img_batch_size: int = 32
+    text_batch_size: int = 32
+    context_length: int = 52
+    top_k: int = 10
+    eval_batch_size: int = 32768
+    connect_timeout: float = 15.0
+    step_timeout: float = 24 * 3600.0
+
+    @property
+    def output_root(self) -> str:
+        """Server directory holding one sub-directory per evaluated checkpoint."""
+        return self.remote_output_dir or f"{self.datapath.rstrip('/')}/evalkit"
+
+
+# What each key may hold, for messages that name the expected type.
+_KEY_TYPES: dict[str, tuple[type, ...]] = {
+    f.name: ((int, float) if f.type == "float" else (int,) if f.type == "int" else (str,))
+    for f in dataclasses.fields(Settings)
+}
+_NULLABLE = {"ssh_config", "remote_output_dir"}
+_POSITIVE = {"img_batch_size", "text_batch_size", "context_length", "top_k", "eval_batch_size",
+             "connect_timeout", "step_timeout"}
+CONFIG_KEYS = tuple(_KEY_TYPES)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read and check a YAML config file; returns only the keys it sets."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}",
+                          "check the --config path") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f":{where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}{line} is not valid YAML", "fix the YAML syntax at that line") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of keys to values, not a {type(data).__name__}",
+                          f"write `key: value` lines; known keys: {', '.join(CONFIG_KEYS)}")
+    check_values(data, source=str(path))
+    return data
+
+
+def check_values(values: Mapping[str, Any], source: str) -> None:
+    """Raise ConfigError naming the first unknown key or wrongly typed value."""
+    for key, value in values.items():
+        if key not in _KEY_TYPES:
+            raise ConfigError(f"unknown key {key!r} in {source}",
+                              f"known keys: {', '.join(CONFIG_KEYS)}")
+        if value is None and key in _NULLABLE:
+            continue
+        expected = _KEY_TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise ConfigError(f"{key!r} in {source} must be {_type_name(expected)}, "
+                              f"got {type(value).__name__} {value!r}", f"fix {key!r} in {source}")
+        if key in _POSITIVE and value <= 0:
+            raise ConfigError(f"{key!r} in {source} must be positive, got {value!r}",
+                              f"fix {key!r} in {source}")
+    if values.get("device") is not None and values["device"] not in DEVICES:
+        raise ConfigError(f"'device' in {source} must be one of {', '.join(DEVICES)}, "
+                          f"got {values['device']!r}", f"fix 'device' in {source}")
+    if isinstance(values.get("gpu"), int) and not isinstance(values.get("gpu"), bool) and values["gpu"] < 0:
+        raise ConfigError(f"'gpu' in {source} must be >= 0, got {values['gpu']}", f"fix 'gpu' in {source}")
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    return "a number" if float in types else "an integer" if int in types else "a string"
+
+
+def build_settings(config_path: Path | None, flags: Mapping[str, Any]) -> Settings:
+    """Merge: built-in defaults < config file < flags (a flag of None means 'not given')."""
+    merged: dict[str, Any] = {}
+    if config_path is not None:
+        merged.update(load_config_file(config_path))
+    given = {key: value for key, value in flags.items() if value is not None}
+    check_values(given, source="the command line")
+    merged.update(given)
+    return Settings(**merged)

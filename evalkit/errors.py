@@ -1,0 +1,95 @@
+"""The one exception hierarchy of evalkit, and the exit code each kind of failure maps to.
+
+Domain code raises these; only the CLI edge prints them and exits (see cli.run_guarded).
+Every message says what failed, which thing, and how to fix it.
+"""
+from __future__ import annotations
+
+
+class EvalkitError(Exception):
+    """Root of every failure evalkit reports to the user."""
+
+    exit_code = 1
+    title = "error"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class ConfigError(EvalkitError):
+    """A config file or option value is wrong (unknown key, wrong type, malformed YAML)."""
+
+    exit_code = 3
+    title = "config error"
+
+
+class ConnectError(EvalkitError):
+    """The server could not be reached (DNS, refused, timeout, ssh config)."""
+
+    exit_code = 4
+    title = "cannot connect"
+
+
+class AuthenticationError(EvalkitError):
+    """The server refused every key we offered."""
+
+    exit_code = 5
+    title = "authentication failed"
+
+
+class HostKeyError(EvalkitError):
+    """The server's host key is unknown or differs from known_hosts."""
+
+    exit_code = 6
+    title = "host key not trusted"
+
+
+class RemoteStepFailed(EvalkitError):
+    """An upstream script exited non-zero (or produced no result)."""
+
+    exit_code = 7
+    title = "remote step failed"
+
+
+class EvaluationFailed(EvalkitError):
+    """Upstream evaluation.py exited 0 but wrote `success: false`, or an unreadable result."""
+
+    exit_code = 8
+    title = "evaluation failed"
+
+
+class ConnectionLost(EvalkitError):
+    """The SSH connection dropped or a step exceeded its time limit."""
+
+    exit_code = 9
+    title = "connection lost"
+
+
+class LocalWriteError(EvalkitError):
+    """The results could not be written on this machine."""
+
+    exit_code = 10
+    title = "cannot write results"
+
+
+INTERRUPTED_EXIT_CODE = 130
+UNEXPECTED_EXIT_CODE = 1
+USAGE_EXIT_CODE = 2
+
+# The documented table (README "Exit codes"); tests/cli checks it stays in sync.
+EXIT_CODES: dict[int, str] = {
+    0: "success: every step exited 0 and both result JSONs say success: true",
+    UNEXPECTED_EXIT_CODE: "unexpected internal error (a bug: rerun with --debug and report it)",
+    USAGE_EXIT_CODE: "bad command-line usage (unknown option, invalid choice)",
+    ConfigError.exit_code: "config file or option value is wrong",
+    ConnectError.exit_code: "the server could not be reached",
+    AuthenticationError.exit_code: "the server refused authentication",
+    HostKeyError.exit_code: "the server's host key is unknown or changed",
+    RemoteStepFailed.exit_code: "an upstream step exited non-zero",
+    EvaluationFailed.exit_code: "upstream evaluation reported success: false",
+    ConnectionLost.exit_code: "the connection dropped or a step timed out",
+    LocalWriteError.exit_code: "results could not be written locally",
+    INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C)",
+}

@@ -1,0 +1,138 @@
+"""The evaluation steps over a Connection: run each planned command, then fetch the results.
+
+A run succeeds only when every step exits 0 and every result JSON says `success: true`
+(upstream evaluation.py exits 0 even when it fails).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from typing import BinaryIO, Protocol
+
+from .config import Settings
+from .errors import EvaluationFailed, RemoteStepFailed
+from .plan import Plan, Step
+from .progress import Event, LogLine, ProgressUpdate, StreamSplitter
+from .ssh import Connection
+
+TAIL_LINES = 30
+
+
+class Reporter(Protocol):
+    """What the pipeline tells the user about; the view implements it."""
+
+    def step_started(self, step: Step, index: int, count: int) -> None: ...
+
+    def step_event(self, step: Step, event: Event) -> None: ...
+
+    def step_finished(self, step: Step, result: "StepResult") -> None: ...
+
+
+@dataclass(frozen=True)
+class StepResult:
+    name: str
+    title: str
+    command: str
+    exit_code: int
+    seconds: float
+    started_at: str
+    finished_at: str
+
+
+@dataclass
+class RunOutcome:
+    plan: Plan
+    steps: list[StepResult] = field(default_factory=list)
+    raw_results: dict[str, bytes] = field(default_factory=dict)  # direction -> the JSON, unchanged
+    results: dict[str, dict] = field(default_factory=dict)       # direction -> parsed JSON
+
+
+def cpu_launcher_source() -> bytes:
+    return resources.files("evalkit.remote").joinpath("cpu_launch.py").read_bytes()
+
+
+def execute(plan: Plan, connection: Connection, settings: Settings, reporter: Reporter,
+            log: BinaryIO) -> RunOutcome:
+    """Run every step of PLAN in order, then fetch and check its result JSONs."""
+    outcome = RunOutcome(plan)
+    if plan.cpu_launcher:
+        connection.write_bytes(plan.cpu_launcher, cpu_launcher_source())
+    for index, step in enumerate(plan.steps):
+        outcome.steps.append(run_step(step, index, len(plan.steps), connection, settings, reporter, log))
+    fetch_results(plan, connection, outcome)
+    return outcome
+
+
+def run_step(step: Step, index: int, count: int, connection: Connection, settings: Settings,
+             reporter: Reporter, log: BinaryIO) -> StepResult:
+    """Run one step, streaming its output; raise RemoteStepFailed on a non-zero exit."""
+    reporter.step_started(step, index, count)
+    log.write(f"\n### step {step.name}: {step.command}\n".encode())
+    splitters = {name: StreamSplitter(name) for name in ("stdout", "stderr")}
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+
+    def sink(stream: str, chunk: bytes) -> None:
+        log.write(chunk)
+        log.flush()
+        for event in splitters[stream].feed(chunk):
+            _remember(tail, event)
+            reporter.step_event(step, event)
+
+    started_at, started = _now(), time.monotonic()
+    exit_code = connection.run(step.command, sink, timeout=settings.step_timeout)
+    for splitter in splitters.values():
+        for event in splitter.close():
+            _remember(tail, event)
+            reporter.step_event(step, event)
+    result = StepResult(step.name, step.title, step.command, exit_code,
+                        time.monotonic() - started, started_at, _now())
+    log.write(f"### step {step.name} exited {exit_code} after {result.seconds:.1f} s\n".encode())
+    reporter.step_finished(step, result)
+    if exit_code != 0:
+        raise RemoteStepFailed(
+            f"step {step.name!r} ({step.title}) exited with status {exit_code}\n"
+            f"command: {step.command}\nlast {len(tail)} lines of its output:\n" + "\n".join(tail),
+            "read the output above; the full log is kept locally (see below)")
+    return result
+
+
+def _remember(tail: collections.deque, event: Event) -> None:
+    if isinstance(event, LogLine):
+        tail.append(event.text)
+    elif isinstance(event, ProgressUpdate):
+        total = f"/{event.total:g}" if event.total is not None else ""
+        tail.append(f"{event.description + ': ' if event.description else ''}{event.n:g}{total}")
+
+
+def fetch_results(plan: Plan, connection: Connection, outcome: RunOutcome) -> None:
+    """Read each result JSON from the server; raise EvaluationFailed unless it says success."""
+    for direction, path in plan.result_files.items():
+        try:
+            raw = connection.read_bytes(path)
+        except FileNotFoundError as exc:
+            raise EvaluationFailed(f"the {direction} evaluation wrote no result file {path}",
+                                   "read the step output above") from exc
+        parsed = parse_result(raw, path, direction)
+        outcome.raw_results[direction] = raw
+        outcome.results[direction] = parsed
+
+
+def parse_result(raw: bytes, path: str, direction: str) -> dict:
+    try:
+        parsed = json.loads(raw)
+    except ValueError as exc:
+        raise EvaluationFailed(f"{path} is not valid JSON", "rerun the evaluation") from exc
+    if not isinstance(parsed, dict) or parsed.get("success") is not True:
+        reason = parsed.get("errorMsg", "no reason given") if isinstance(parsed, dict) else "not an object"
+        raise EvaluationFailed(f"upstream {direction} evaluation reported failure: {reason} ({path})",
+                               "the predictions do not match the annotations: check the dataset "
+                               "split, top_k (upstream evaluation requires 10) and the step output")
+    return parsed
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,1 @@
+"""Scripts evalkit copies to the server and runs there with the server's Python."""

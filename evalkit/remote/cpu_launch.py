@@ -1,0 +1,31 @@
+"""Run an unmodified Chinese-CLIP script on the CPU.
+
+Usage (on the server): python -u cpu_launch.py cn_clip/eval/SCRIPT.py [ARGS...]
+
+Upstream's eval scripts call torch.cuda unconditionally (set_device, Tensor.cuda, Module.cuda).
+Turning exactly those calls into no-ops, from outside the Chinese-CLIP tree, keeps every tensor
+on the CPU while the script's own code, and therefore its numbers, stays upstream's.
+"""
+import runpy
+import sys
+
+import torch
+
+
+def _stay_on_cpu(obj, *args, **kwargs):
+    return obj
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        sys.exit("usage: cpu_launch.py SCRIPT [ARGS...]")
+    torch.cuda.set_device = lambda *args, **kwargs: None
+    torch.Tensor.cuda = _stay_on_cpu
+    torch.nn.Module.cuda = _stay_on_cpu
+    script = sys.argv[1]
+    sys.argv = sys.argv[1:]
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""The only module that imports paramiko: resolve an ssh alias, connect, run, transfer.
+
+Resolution follows the user's own OpenSSH (`ssh -G`) so HostName, Port, User, IdentityFile,
+ProxyJump, Include and Match behave as in their terminal; host keys are checked against their
+known_hosts and never added automatically.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import posixpath
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import paramiko
+
+from .errors import AuthenticationError, ConnectError, ConnectionLost, HostKeyError
+
+KEEPALIVE_SECONDS = 15
+_IDLE_POLL_SECONDS = 0.05
+_CHUNK = 65536
+OutputSink = Callable[[str, bytes], None]  # (stream name, raw bytes)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One SSH hop, resolved."""
+
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    identity_files: tuple[str, ...] = ()
+    identities_only: bool = False
+    known_hosts_files: tuple[str, ...] = ()
+    proxy_jump: tuple["Target", ...] = field(default=())
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.hostname}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """How OpenSSH names this host in known_hosts."""
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+
+def default_ssh_config() -> Path:
+    return Path.home() / ".ssh" / "config"
+
+
+def resolve_target(alias: str, ssh_config: Path | None = None) -> Target:
+    """Resolve HOST the way `ssh HOST` would, from ssh_config (default ~/.ssh/config)."""
+    if not alias or alias.startswith("-") or any(c.isspace() for c in alias):
+        raise ConnectError(f"invalid host {alias!r}", "give an alias from ~/.ssh/config or user@host")
+    config = ssh_config or default_ssh_config()
+    options = _ssh_g(alias, config) if shutil.which("ssh") else _paramiko_lookup(alias, config)
+    jumps = tuple(resolve_target(hop, ssh_config) for hop in _jump_hops(options))
+    return Target(
+        alias=alias,
+        hostname=options.get("hostname", [alias])[0],
+        port=int(options.get("port", ["22"])[0]),
+        user=options.get("user", [pwd.getpwuid(os.getuid()).pw_name])[0],
+        identity_files=tuple(_home_path(p) for p in options.get("identityfile", [])),
+        identities_only=options.get("identitiesonly", ["no"])[0].lower() == "yes",
+        known_hosts_files=tuple(_home_path(p) for key in ("userknownhostsfile", "globalknownhostsfile")
+                                for p in options.get(key, [])),
+        proxy_jump=jumps,
+    )
+
+
+def _ssh_g(alias: str, config: Path) -> dict[str, list[str]]:
+    config_arg = str(config) if config.exists() else os.devnull
+    try:
+        done = subprocess.run(["ssh", "-G", "-F", config_arg, alias], capture_output=True,
+                              text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise ConnectError(f"`ssh -G {alias}` did not answer in 10 s", f"check {config}") from exc
+    if done.returncode != 0:
+        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no reason given"
+        raise ConnectError(f"cannot resolve ssh host {alias!r} from {config}: {reason}",
+                           f"fix the Host {alias} entry in {config}")
+    options: dict[str, list[str]] = {}
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        key = key.lower()
+        values = value.split() if key.endswith("knownhostsfile") else [value]
+        options.setdefault(key, []).extend(values)
+    return options
+
+
+def _paramiko_lookup(alias: str, config: Path) -> dict[str, list[str]]:
+    found = paramiko.SSHConfig.from_path(str(config)).lookup(alias) if config.exists() else {}
+    options = {key: value if isinstance(value, list) else str(value).split()
+               if key.endswith("knownhostsfile") else [str(value)] for key, value in found.items()}
+    options.setdefault("userknownhostsfile", ["~/.ssh/known_hosts"])
+    return options
+
+
+def _jump_hops(options: dict[str, list[str]]) -> list[str]:
+    if "proxycommand" in options and options["proxycommand"][0].lower() != "none":
+        raise ConnectError("ProxyCommand is not supported", "use ProxyJump in your ssh config instead")
+    value = options.get("proxyjump", ["none"])[0]
+    return [] if value.lower() == "none" else [hop.strip() for hop in value.split(",") if hop.strip()]
+
+
+def _home_path(path: str) -> str:
+    """Expand ~ and OpenSSH's passwd-home against $HOME, so a test's HOME isolates it fully."""
+    home, pw_home = str(Path.home()), pwd.getpwuid(os.getuid()).pw_dir
+    if path.startswith("~"):
+        return home + path[1:]
+    if pw_home != home and (path == pw_home or path.startswith(pw_home.rstrip("/") + "/")):
+        return home + path[len(pw_home.rstrip("/")):]
+    return path
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's SHA256 fingerprint, as `ssh-keygen -lf` prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        name = self.target.known_hosts_name
+        raise HostKeyError(
+            f"{self.target.alias} ({name}) is not in known_hosts: its {key.get_name()} key is "
+            f"{fingerprint(key)}",
+            f"check that fingerprint with the server's provider, then trust it once with "
+            f"`ssh {self.target.alias}` (answer yes) or `ssh-keyscan -p {self.target.port} "
+            f"{self.target.hostname} >> ~/.ssh/known_hosts`")
+
+
+class Connection:
+    """One SSH connection per run: opened lazily, closed by the context manager."""
+
+    def __init__(self, target: Target, connect_timeout: float = 15.0) -> None:
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self._clients: list[paramiko.SSHClient] = []
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        if not self._clients:
+            sock = None
+            for hop in (*self.target.proxy_jump, self.target):
+                self._clients.append(self._connect_hop(hop, sock))
+                if hop is not self.target:
+                    sock = self._tunnel(self._clients[-1], next_hop=self._next(hop))
+        return self._clients[-1]
+
+    def _next(self, hop: Target) -> Target:
+        chain = (*self.target.proxy_jump, self.target)
+        return chain[chain.index(hop) + 1]
+
+    def _tunnel(self, client: paramiko.SSHClient, next_hop: Target) -> paramiko.Channel:
+        try:
+            return client.get_transport().open_channel(
+                "direct-tcpip", (next_hop.hostname, next_hop.port), ("127.0.0.1", 0),
+                timeout=self.connect_timeout)
+        except (paramiko.SSHException, OSError) as exc:
+            raise ConnectError(f"jump host could not reach {next_hop.address}: {exc}",
+                               "check the ProxyJump host can connect to it") from exc
+
+    def _connect_hop(self, hop: Target, sock) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        for path in hop.known_hosts_files:
+            if os.path.exists(path):
+                client.load_system_host_keys(path)
+        client.set_missing_host_key_policy(_RejectUnknownHost(hop))
+        keys = [p for p in hop.identity_files if os.path.exists(p)]
+        try:
+            client.connect(hop.hostname, hop.port, hop.user, key_filename=keys or None,
+                           look_for_keys=not keys and not hop.identities_only, allow_agent=True,
+                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                           auth_timeout=self.connect_timeout, channel_timeout=self.connect_timeout,
+                           sock=sock)
+        except BaseException as exc:
+            client.close()
+            raise _translate_connect_error(exc, hop) from exc
+        client.get_transport().set_keepalive(KEEPALIVE_SECONDS)
+        return client
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+            self._sftp = None
+        for client in reversed(self._clients):
+            client.close()
+        self._clients.clear()
+
+    def run(self, command: str, sink: OutputSink, timeout: float) -> int:
+        """Run COMMAND; feed stdout and stderr to SINK as they arrive; return the exit status.
+
+        Both streams are drained in one loop, so a chatty stream can never block the other.
+        """
+        try:
+            channel = self.client.get_transport().open_session(timeout=self.connect_timeout)
+            channel.exec_command(command)
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError) as exc:
+            raise ConnectionLost(f"could not start a command on {self.target.alias}: {exc}",
+                                 "check the connection and run again") from exc
+        try:
+            return self._pump(channel, sink, time.monotonic() + timeout, timeout)
+        finally:
+            channel.close()
+
+    def _pump(self, channel: paramiko.Channel, sink: OutputSink, deadline: float, timeout: float) -> int:
+        while True:
+            moved = False
+            if channel.recv_ready():
+                sink("stdout", channel.recv(_CHUNK))
+                moved = True
+            if channel.recv_stderr_ready():
+                sink("stderr", channel.recv_stderr(_CHUNK))
+                moved = True
+            if moved:
+                continue
+            if channel.exit_status_ready():
+                return channel.recv_exit_status()  # ready: returns at once
+            if channel.closed or not channel.get_transport().is_active():
+                raise ConnectionLost(f"the connection to {self.target.alias} dropped mid-step",
+                                     "run again; finished steps' files are kept on the server")
+            if time.monotonic() > deadline:
+                raise ConnectionLost(f"the step ran longer than step_timeout ({timeout:.0f} s)",
+                                     "raise step_timeout in the config file")
+            time.sleep(_IDLE_POLL_SECONDS)
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            self._sftp = self.client.open_sftp()
+            self._sftp.get_channel().settimeout(self.connect_timeout * 4)
+        return self._sftp
+
+    def read_bytes(self, path: str) -> bytes:
+        try:
+            with self.sftp.open(path, "rb") as remote:
+                return remote.read()
+        except OSError as exc:
+            raise FileNotFoundError(path) from exc
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write atomically: a temporary file beside PATH, then rename over it."""
+        self.mkdirs(posixpath.dirname(path))
+        temporary = f"{path}.tmp-{os.getpid()}"
+        with self.sftp.open(temporary, "wb") as remote:
+            remote.write(data)
+        self.sftp.posix_rename(temporary, path)
+
+    def mkdirs(self, path: str) -> None:
+        parts = [p for p in path.split("/") if p]
+        current = "/" if path.startswith("/") else ""
+        for part in parts:
+            current = posixpath.join(current, part)
+            try:
+                self.sftp.stat(current)
+            except OSError:
+                self.sftp.mkdir(current)
+
+
+def _translate_connect_error(exc: BaseException, hop: Target) -> BaseException:
+    where = f"{hop.alias} ({hop.address})"
+    if isinstance(exc, (HostKeyError, KeyboardInterrupt)):
+        return exc
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return HostKeyError(
+            f"the host key of {where} CHANGED: known_hosts has {fingerprint(exc.expected_key)}, "
+            f"the server offered {fingerprint(exc.key)}. This can mean someone is intercepting the "
+            f"connection, or the server was reinstalled",
+            f"if the provider confirms the new key, remove the old one with "
+            f"`ssh-keygen -R '{hop.known_hosts_name}'` and connect once with `ssh {hop.alias}`")
+    if isinstance(exc, paramiko.AuthenticationException):
+        return AuthenticationError(f"{where} refused authentication as {hop.user!r}",
+                                   f"check that `ssh {hop.alias}` logs in without a password; "
+                                   f"keys tried: {', '.join(hop.identity_files) or 'defaults'}")
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(f"cannot resolve host name {hop.hostname!r} for {hop.alias}",
+                            f"is {hop.alias!r} a Host entry in ~/.ssh/config (or the config you gave)?")
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return ConnectError(f"timed out connecting to {where}", "check the host and port, VPN, firewall")
+    if isinstance(exc, OSError):
+        return ConnectError(f"cannot connect to {where}: {exc.strerror or exc}",
+                            "check the host and port, and that the server is running")
+    if isinstance(exc, paramiko.SSHException):
+        return ConnectError(f"SSH handshake with {where} failed: {exc}", "check the host and port")
+    return exc

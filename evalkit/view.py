@@ -1,0 +1,123 @@
+"""The only module that imports rich: plain data in, a Console passed in.
+
+Remote text is always printed as plain Text (never markup), so output such as "[red]" or
+"[/]" from a script can neither restyle nor crash the display.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+from rich.text import Text
+
+from .errors import EvalkitError
+from .pipeline import StepResult
+from .plan import Plan, Step
+from .progress import Event, LogLine, ProgressUpdate
+from .results import DIRECTION_TITLES, Recall
+
+
+def make_consoles(no_color: bool = False) -> tuple[Console, Console]:
+    """(stdout console, stderr console): errors never mix into output meant for files."""
+    return (Console(highlight=False, no_color=no_color),
+            Console(stderr=True, highlight=False, no_color=no_color))
+
+
+class LiveReporter:
+    """Shows each step: its remote output lines, a progress bar per tqdm loop, its time."""
+
+    def __init__(self, console: Console, verbose: bool = False) -> None:
+        self.console = console
+        self.verbose = verbose
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
+            transient=True)
+        self._task: TaskID | None = None
+        self._last_n = -1.0
+        self._last_line = ""
+
+    def __enter__(self) -> "LiveReporter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.progress.stop()
+
+    def step_started(self, step: Step, index: int, count: int) -> None:
+        self._task, self._last_n, self._last_line = None, -1.0, ""
+        self.console.print(Text(f"▶ [{index + 1}/{count}] {step.title}", style="bold"))
+        if self.verbose:
+            self.console.print(Text(f"  $ {step.command}", style="dim"))
+
+    def step_event(self, step: Step, event: Event) -> None:
+        if isinstance(event, LogLine):
+            if event.stream == "stdout":  # stderr is mostly warnings: a poor name for a bar
+                self._last_line = event.text.strip()
+            self.console.print(Text(f"  {event.text}", style="dim"), soft_wrap=True)
+        elif isinstance(event, ProgressUpdate):
+            self._show_progress(step, event)
+
+    def _show_progress(self, step: Step, update: ProgressUpdate) -> None:
+        if self._task is None or update.n < self._last_n:
+            # A new tqdm loop: name it after what the script last said it was doing.
+            what = update.description or self._last_line.rstrip(".:") or step.title
+            self._task = self.progress.add_task(f"  {step.name}: {what}"[:60], total=update.total,
+                                                rate=update.rate)
+        self.progress.update(self._task, completed=update.n, total=update.total, rate=update.rate)
+        self._last_n = update.n
+
+    def step_finished(self, step: Step, result: StepResult) -> None:
+        for task in list(self.progress.task_ids):
+            self.progress.remove_task(task)  # the ✓ line below is what stays on screen
+        mark, style = ("✓", "green") if result.exit_code == 0 else ("✗", "red")
+        self.console.print(Text(f"{mark} {step.title}  {result.seconds:.1f} s", style=style))
+
+
+def show_plan(console: Console, plan: Plan, host: str) -> None:
+    """--dry-run: the exact commands, in order, for copy and paste."""
+    console.print(Text(f"# dry run: nothing is executed. Host: {host}", style="bold"))
+    console.print(Text(f"# checkpoint: {plan.checkpoint}"))
+    console.print(Text(f"# server output directory: {plan.output_dir}"))
+    if plan.cpu_launcher:
+        console.print(Text(f"# --device cpu: evalkit first uploads its CPU launcher to {plan.cpu_launcher}"))
+    for step in plan.steps:
+        console.print(Text(f"\n# {step.name}: {step.title}", style="dim"))
+        console.print(Text(step.command), soft_wrap=True)
+
+
+def recall_table(label: str, recalls: dict[str, Recall]) -> Table:
+    table = Table(title=f"Recall (%) — {label}")
+    table.add_column("direction")
+    for column in ("R@1", "R@5", "R@10", "Mean Recall"):
+        table.add_column(column, justify="right")
+    for direction, recall in recalls.items():
+        table.add_row(DIRECTION_TITLES[direction], *(f"{value:.2f}" for value in
+                      (recall.r1, recall.r5, recall.r10, recall.mean_recall)))
+    return table
+
+
+def show_results(console: Console, label: str, recalls: dict[str, Recall], written: Iterable[Path],
+                 server_dir: str) -> None:
+    console.print(recall_table(label, recalls))
+    console.print(Text(f"server files: {server_dir}"))
+    for path in written:
+        console.print(Text(f"saved: {path}"))
+
+
+def show_log_location(console: Console, path: Path) -> None:
+    console.print(Text(f"full remote log: {path}", style="dim"))
+
+
+def show_error(console: Console, error: EvalkitError) -> None:
+    console.print(Text(f"error: {error.message}", style="bold red"))
+    if error.hint:
+        console.print(Text(f"fix: {error.hint}", style="yellow"))
+
+
+def show_interrupted(console: Console) -> None:
+    console.print(Text("interrupted", style="bold red"))
