@@ -1,0 +1,170 @@
+"""The real test bed: Debian's sshd on loopback, a CPU venv with cn_clip standing in for the
+Chinese-CLIP checkout, tiny datasets in the real LMDB + JSONL format, a random checkpoint.
+
+Built once per session. Set EVALKIT_TESTBED_PYTHON to reuse a server venv's python; otherwise
+one is created under .testbed/ (about a minute). CI sets EVALKIT_REQUIRE_TESTBED=1 so that a
+missing piece fails instead of skipping.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from evalkit.testbed.builders import build_checkpoint, build_dataset
+from evalkit.testbed.server_env import ensure_server_venv, site_packages
+from evalkit.testbed.sshd import LoopbackSshd
+
+REPO = Path(__file__).resolve().parents[2]
+ENTRY_SCRIPT = REPO / "distillation_model_evaluation.py"
+CPU_LAUNCHER = REPO / "evalkit" / "remote" / "cpu_launch.py"
+# Paths with spaces and Chinese characters, so quoting is exercised on every run.
+DATAPATH_NAME = "数据 path"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    split: str
+    images: int
+    texts_per_image: int
+    first_image_id: int
+    first_text_id: int
+    seed: int
+
+
+# The first is the seed's layout; the second has other ids, another split, a Chinese name.
+DATASETS = (
+    DatasetSpec("Flickr30k-CN", "valid", 20, 4, 1000, 1, 0),
+    DatasetSpec("MUGE 小样", "test", 14, 3, 500000, 90001, 7),
+)
+
+
+def _unavailable(reason: str):
+    if os.environ.get("EVALKIT_REQUIRE_TESTBED"):
+        pytest.fail(f"test bed required but unavailable: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def server_python() -> Path:
+    given = os.environ.get("EVALKIT_TESTBED_PYTHON")
+    if given:
+        if not Path(given).exists():
+            _unavailable(f"EVALKIT_TESTBED_PYTHON={given} does not exist")
+        return Path(given)
+    return ensure_server_venv(REPO / ".testbed" / "server-venv")
+
+
+@pytest.fixture(scope="session")
+def chinese_clip_dir(server_python) -> Path:
+    return site_packages(server_python)
+
+
+@pytest.fixture(scope="session")
+def datapath(tmp_path_factory, server_python) -> Path:
+    root = tmp_path_factory.mktemp("server") / DATAPATH_NAME
+    for spec in DATASETS:
+        build_dataset(server_python, root, spec.name, spec.split, images=spec.images,
+                      texts_per_image=spec.texts_per_image, first_image_id=spec.first_image_id,
+                      first_text_id=spec.first_text_id, seed=spec.seed)
+    return root
+
+
+@pytest.fixture(scope="session")
+def checkpoint(datapath, server_python) -> Path:
+    path = datapath / "experiments" / "muge_finetune_rn50_rbt3_team_distill" / "checkpoints" / "epoch_latest.pt"
+    return build_checkpoint(server_python, path, seed=0)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    if not Path("/usr/sbin/sshd").exists():
+        _unavailable("/usr/sbin/sshd is missing: apt-get install openssh-server")
+    with LoopbackSshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@dataclass
+class Testbed:
+    """One test's view of the server: its own ssh files in HOME and its own evalkit config."""
+
+    sshd: LoopbackSshd
+    ssh_dir: Path
+    config: Path
+    datapath: Path
+    checkpoint: Path
+    results_dir: Path
+    server_python: Path
+    chinese_clip_dir: Path
+
+    def write_config(self, **overrides) -> Path:
+        settings = {
+            "host": "seetacloud-v800",
+            "datapath": str(self.datapath),
+            "chinese_clip_dir": str(self.chinese_clip_dir),
+            "activate": f"source '{self.server_python.parent / 'activate'}'",
+            "device": "cpu",
+            "results_dir": str(self.results_dir),
+            "connect_timeout": 10,
+            **overrides,
+        }
+        self.config.write_text(json.dumps(settings, ensure_ascii=False), encoding="utf-8")
+        return self.config
+
+    def evaluate(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run the entry script exactly as a user does, with --config pointing here."""
+        command = [sys.executable, str(ENTRY_SCRIPT), "--config", str(self.config), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              cwd=self.results_dir.parent, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def testbed(sshd, isolated_home, datapath, checkpoint, server_python, chinese_clip_dir, tmp_path):
+    ssh_dir = isolated_home / ".ssh"
+    sshd.write_client_files(ssh_dir)
+    bed = Testbed(sshd, ssh_dir, tmp_path / "evalkit.yaml", datapath, checkpoint,
+                  tmp_path / "results", server_python, chinese_clip_dir)
+    bed.write_config()
+    return bed
+
+
+def run_upstream_by_hand(bed: Testbed, spec: DatasetSpec, workdir: Path) -> dict[str, dict]:
+    """The seed's manual workflow: the upstream scripts run directly, no evalkit, no ssh.
+
+    Only the CPU launcher stands between python and each script, as on a GPU-less server.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = bed.datapath / "datasets" / spec.name
+    texts = data / f"{spec.split}_texts.jsonl"
+    shutil.copy(texts, workdir / texts.name)
+    img_feats, txt_feats = workdir / "img_feat.jsonl", workdir / "txt_feat.jsonl"
+    t2i, i2t = workdir / "t2i.jsonl", workdir / "i2t.jsonl"
+    scripts = [
+        ["extract_features.py", "--extract-image-feats", "--extract-text-feats",
+         "--image-data", data / "lmdb" / spec.split / "imgs", "--text-data", texts,
+         "--image-feat-output-path", img_feats, "--text-feat-output-path", txt_feats,
+         "--img-batch-size", "32", "--text-batch-size", "32", "--context-length", "52",
+         "--resume", bed.checkpoint, "--vision-model", "RN50", "--text-model", "RBT3-chinese",
+         "--precision", "fp32"],
+        ["make_topk_predictions.py", "--image-feats", img_feats, "--text-feats", txt_feats,
+         "--top-k", "10", "--eval-batch-size", "32768", "--output", t2i],
+        ["make_topk_predictions_tr.py", "--image-feats", img_feats, "--text-feats", txt_feats,
+         "--top-k", "10", "--eval-batch-size", "32768", "--output", i2t],
+        ["evaluation.py", texts, t2i, workdir / "t2i_result.json"],
+        ["transform_ir_annotation_to_tr.py", "--input", workdir / texts.name],
+        ["evaluation_tr.py", workdir / f"{spec.split}_texts.tr.jsonl", i2t, workdir / "i2t_result.json"],
+    ]
+    env = {**os.environ, "PYTHONPATH": str(bed.chinese_clip_dir)}
+    for script, *args in scripts:
+        subprocess.run([str(bed.server_python), str(CPU_LAUNCHER), f"cn_clip/eval/{script}",
+                        *map(str, args)], cwd=bed.chinese_clip_dir, env=env, check=True,
+                       capture_output=True)
+    return {"text_to_image": json.loads((workdir / "t2i_result.json").read_text()),
+            "image_to_text": json.loads((workdir / "i2t_result.json").read_text())}
