@@ -72,6 +72,8 @@ def guarded(command: Callable) -> Callable:
                 traceback.print_exc()
             view.show_error(errors, error)
             sys.exit(error.exit_code)
+        except click.ClickException:
+            raise  # usage errors: click prints them with the option's name and exits 2
         except KeyboardInterrupt:
             view.show_interrupted(errors)
             sys.exit(INTERRUPTED_EXIT_CODE)
@@ -136,3 +138,33 @@ def evaluate_command(**kwargs: Any) -> None:
 
 def evaluate_main() -> None:
     evaluate_command(prog_name="distillation_model_evaluation.py")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """evalkit: evaluate Chinese-CLIP checkpoints on a GPU server over SSH."""
+
+
+main.add_command(evaluate_command, name="evaluate")
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="where the demo server's venv, data and keys live  [default: ~/.cache/evalkit/demo]")
+@click.option("--results-dir", default="results", show_default=True, help="local folder for results")
+@click.option("--verbose", is_flag=True, help="also print each remote command as it starts")
+@click.option("--debug", is_flag=True, help="show Python tracebacks on errors")
+@guarded
+def demo(workdir: Path | None, results_dir: str, verbose: bool, debug: bool) -> None:
+    """Run a full evaluation against a local demo server: no GPU server needed.
+
+    Starts Debian's sshd on 127.0.0.1, a CPU venv with the cn_clip package, a tiny dataset in
+    the real LMDB + JSONL format and a random RN50 + RBT3 checkpoint, then evaluates it through
+    SSH with the unmodified upstream scripts, exactly as against the real server.
+    """
+    from .demo import default_workdir, demo_server  # the test bed is only loaded when asked for
+
+    out, _ = view.make_consoles()
+    say = functools.partial(view.show_note, out)
+    with demo_server(workdir or default_workdir(), results_dir, say) as server:
+        run_evaluation(server.settings, server.request, verbose, dry_run=False)

@@ -74,6 +74,13 @@ class LocalWriteError(EvalkitError):
     title = "cannot write results"
 
 
+class DemoSetupError(EvalkitError):
+    """`python -m evalkit demo` could not build its local server."""
+
+    exit_code = 11
+    title = "demo setup failed"
+
+
 INTERRUPTED_EXIT_CODE = 130
 UNEXPECTED_EXIT_CODE = 1
 USAGE_EXIT_CODE = 2
@@ -91,5 +98,6 @@ EXIT_CODES: dict[int, str] = {
     EvaluationFailed.exit_code: "upstream evaluation reported success: false",
     ConnectionLost.exit_code: "the connection dropped or a step timed out",
     LocalWriteError.exit_code: "results could not be written locally",
+    DemoSetupError.exit_code: "the demo could not build its local server",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C)",
 }

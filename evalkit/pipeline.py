@@ -95,7 +95,8 @@ def run_step(step: Step, index: int, count: int, connection: Connection, setting
     if exit_code != 0:
         raise RemoteStepFailed(
             f"step {step.name!r} ({step.title}) exited with status {exit_code}\n"
-            f"command: {step.command}\nlast {len(tail)} lines of its output:\n" + "\n".join(tail),
+            f"command: {step.command}\nlast {len(tail)} lines of its output:\n"
+            + "\n".join(f"  {line}" for line in tail),
             "read the output above; the full log is kept locally (see below)")
     return result
 

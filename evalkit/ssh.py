@@ -56,24 +56,43 @@ def default_ssh_config() -> Path:
     return Path.home() / ".ssh" / "config"
 
 
-def resolve_target(alias: str, ssh_config: Path | None = None) -> Target:
-    """Resolve HOST the way `ssh HOST` would, from ssh_config (default ~/.ssh/config)."""
-    if not alias or alias.startswith("-") or any(c.isspace() for c in alias):
-        raise ConnectError(f"invalid host {alias!r}", "give an alias from ~/.ssh/config or user@host")
+def resolve_target(destination: str, ssh_config: Path | None = None) -> Target:
+    """Resolve [user@]HOST[:port] the way `ssh` would, from ssh_config (default ~/.ssh/config).
+
+    An explicit user or port wins over the config file, as on ssh's command line.
+    """
+    if not destination or destination.startswith("-") or any(c.isspace() for c in destination):
+        raise ConnectError(f"invalid host {destination!r}", "give an alias from ~/.ssh/config or user@host")
+    user, alias, port = _split_destination(destination)
     config = ssh_config or default_ssh_config()
     options = _ssh_g(alias, config) if shutil.which("ssh") else _paramiko_lookup(alias, config)
     jumps = tuple(resolve_target(hop, ssh_config) for hop in _jump_hops(options))
     return Target(
-        alias=alias,
+        alias=destination,
         hostname=options.get("hostname", [alias])[0],
-        port=int(options.get("port", ["22"])[0]),
-        user=options.get("user", [pwd.getpwuid(os.getuid()).pw_name])[0],
+        port=port or int(options.get("port", ["22"])[0]),
+        user=user or options.get("user", [pwd.getpwuid(os.getuid()).pw_name])[0],
         identity_files=tuple(_home_path(p) for p in options.get("identityfile", [])),
         identities_only=options.get("identitiesonly", ["no"])[0].lower() == "yes",
         known_hosts_files=tuple(_home_path(p) for key in ("userknownhostsfile", "globalknownhostsfile")
                                 for p in options.get(key, [])),
         proxy_jump=jumps,
     )
+
+
+def _split_destination(destination: str) -> tuple[str | None, str, int | None]:
+    """[ssh://][user@]host[:port] -> (user, host, port); IPv6 literals may be [bracketed]."""
+    text = destination.removeprefix("ssh://")
+    user, _, host = text.rpartition("@")
+    port = None
+    if host.startswith("[") and "]" in host:
+        host, _, rest = host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+    elif host.count(":") == 1:
+        host, port = host.split(":")
+    if port is not None and not port.isdigit():
+        raise ConnectError(f"invalid port in {destination!r}", "write it as user@host:PORT")
+    return user or None, host, int(port) if port else None
 
 
 def _ssh_g(alias: str, config: Path) -> dict[str, list[str]]:

@@ -42,14 +42,14 @@ class LiveReporter:
         self._last_line = ""
 
     def __enter__(self) -> "LiveReporter":
-        self.progress.start()
-        return self
+        return self  # the live display starts with the first step, not before connecting
 
     def __exit__(self, *exc_info) -> None:
         self.progress.stop()
 
     def step_started(self, step: Step, index: int, count: int) -> None:
         self._task, self._last_n, self._last_line = None, -1.0, ""
+        self.progress.start()
         self.console.print(Text(f"▶ [{index + 1}/{count}] {step.title}", style="bold"))
         if self.verbose:
             self.console.print(Text(f"  $ {step.command}", style="dim"))
@@ -80,11 +80,12 @@ class LiveReporter:
 
 def show_plan(console: Console, plan: Plan, host: str) -> None:
     """--dry-run: the exact commands, in order, for copy and paste."""
-    console.print(Text(f"# dry run: nothing is executed. Host: {host}", style="bold"))
-    console.print(Text(f"# checkpoint: {plan.checkpoint}"))
-    console.print(Text(f"# server output directory: {plan.output_dir}"))
+    header = [f"# dry run: nothing is executed. Host: {host}", f"# checkpoint: {plan.checkpoint}",
+              f"# server output directory: {plan.output_dir}"]
     if plan.cpu_launcher:
-        console.print(Text(f"# --device cpu: evalkit first uploads its CPU launcher to {plan.cpu_launcher}"))
+        header.append(f"# --device cpu: evalkit first uploads its CPU launcher to {plan.cpu_launcher}")
+    for line in header:
+        console.print(Text(line), soft_wrap=True)
     for step in plan.steps:
         console.print(Text(f"\n# {step.name}: {step.title}", style="dim"))
         console.print(Text(step.command), soft_wrap=True)
@@ -104,20 +105,25 @@ def recall_table(label: str, recalls: dict[str, Recall]) -> Table:
 def show_results(console: Console, label: str, recalls: dict[str, Recall], written: Iterable[Path],
                  server_dir: str) -> None:
     console.print(recall_table(label, recalls))
-    console.print(Text(f"server files: {server_dir}"))
+    console.print(Text(f"server files: {server_dir}"), soft_wrap=True)
     for path in written:
-        console.print(Text(f"saved: {path}"))
+        console.print(Text(f"saved: {path}"), soft_wrap=True)
 
 
 def show_log_location(console: Console, path: Path) -> None:
-    console.print(Text(f"full remote log: {path}", style="dim"))
+    console.print(Text(f"full remote log: {path}", style="dim"), soft_wrap=True)
 
 
 def show_error(console: Console, error: EvalkitError) -> None:
-    console.print(Text(f"error: {error.message}", style="bold red"))
+    # soft_wrap: a command inside a message must survive copy and paste unbroken
+    console.print(Text(f"error: {error.message}", style="bold red"), soft_wrap=True)
     if error.hint:
-        console.print(Text(f"fix: {error.hint}", style="yellow"))
+        console.print(Text(f"fix: {error.hint}", style="yellow"), soft_wrap=True)
 
 
 def show_interrupted(console: Console) -> None:
     console.print(Text("interrupted", style="bold red"))
+
+
+def show_note(console: Console, text: str) -> None:
+    console.print(Text(f"· {text}", style="cyan"), soft_wrap=True)

@@ -1,0 +1,66 @@
+"""Exit codes are a contract: distinct per failure kind, and documented in the README."""
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from evalkit import errors
+from evalkit.errors import EXIT_CODES, EvalkitError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def all_subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *all_subclasses(sub)]
+    return found
+
+
+def documented_codes() -> set[int]:
+    readme = REPO / "README.md"
+    assert readme.exists(), "README.md with an 'Exit codes' table is missing"
+    text = readme.read_text(encoding="utf-8")
+    heading = re.search(r"^#+\s*Exit codes\s*$", text, re.MULTILINE | re.IGNORECASE)
+    assert heading, "README.md has no 'Exit codes' section"
+    section = text[heading.end():]
+    following = re.search(r"^#+\s", section, re.MULTILINE)
+    section = section[:following.start()] if following else section
+    return {int(code) for code in re.findall(r"^\|\s*`?(\d+)`?\s*\|", section, re.MULTILINE)}
+
+
+@pytest.mark.parametrize("code", sorted(EXIT_CODES))
+def test_every_exit_code_is_in_the_readme_table(code):
+    assert code in documented_codes()
+
+
+def test_the_readme_documents_no_code_evalkit_does_not_use():
+    assert documented_codes() <= set(EXIT_CODES)
+
+
+def test_each_error_kind_has_its_own_exit_code():
+    kinds = all_subclasses(EvalkitError)
+    assert len(kinds) >= 8
+    codes = [kind.exit_code for kind in kinds]
+    assert len(codes) == len(set(codes)), {kind.__name__: kind.exit_code for kind in kinds}
+
+
+@pytest.mark.parametrize("kind", all_subclasses(EvalkitError), ids=lambda kind: kind.__name__)
+def test_error_kind_codes_are_documented_and_clash_with_nothing_reserved(kind):
+    assert kind.exit_code in EXIT_CODES
+    assert kind.exit_code not in (0, errors.UNEXPECTED_EXIT_CODE, errors.USAGE_EXIT_CODE,
+                                  errors.INTERRUPTED_EXIT_CODE)
+    assert 0 < kind.exit_code < 126, "126+ mean 'not executable' / signals to shells"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib")
+def test_every_console_script_entry_point_exists():
+    import tomllib
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get("scripts", {})
+    for name, target in scripts.items():
+        module, _, attribute = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attribute, None)), f"{name} -> {target}"

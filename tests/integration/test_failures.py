@@ -1,0 +1,110 @@
+"""Real faults against the real server: each is one clear message, its exit code, no traceback,
+and nothing under the results folder."""
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from evalkit.errors import (AuthenticationError, ConnectError, EvaluationFailed, HostKeyError,
+                            RemoteStepFailed)
+
+pytestmark = pytest.mark.integration
+
+MODEL_ARGS = ("--vision-model", "RN50", "--text-model", "RBT3-chinese")
+
+
+def _assert_clean_failure(run: subprocess.CompletedProcess, code: int, *phrases: str) -> None:
+    assert run.returncode == code, run.stderr + run.stdout
+    assert "\nTraceback" not in "\n" + run.stderr  # remote output is indented; ours would not be
+    assert run.stderr.startswith("error: ")
+    for phrase in phrases:
+        assert phrase in run.stderr, run.stderr
+
+
+def _no_results(bed) -> bool:
+    return not any(p.is_file() and p.suffix == ".json" for p in bed.results_dir.rglob("*"))
+
+
+def _evaluate(bed, *extra: str) -> subprocess.CompletedProcess:
+    return bed.evaluate("--model-path", str(bed.checkpoint), *MODEL_ARGS, *extra)
+
+
+def test_unknown_host_key_is_refused_with_its_fingerprint(testbed):
+    (testbed.ssh_dir / "known_hosts").write_text("")
+    run = _evaluate(testbed)
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", "-"], input=testbed.sshd.host_key_line(),
+                                 capture_output=True, text=True).stdout.split()[1]
+    _assert_clean_failure(run, HostKeyError.exit_code, "not in known_hosts", fingerprint,
+                          f"[127.0.0.1]:{testbed.sshd.port}")
+    assert (testbed.ssh_dir / "known_hosts").read_text() == ""  # never auto-added
+    assert not testbed.results_dir.exists()
+
+
+def test_changed_host_key_is_refused(testbed, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = " ".join((tmp_path / "other.pub").read_text().split()[:2])
+    (testbed.ssh_dir / "known_hosts").write_text(f"[127.0.0.1]:{testbed.sshd.port} {other}\n")
+    run = _evaluate(testbed)
+    _assert_clean_failure(run, HostKeyError.exit_code, "CHANGED", "ssh-keygen -R")
+    assert not testbed.results_dir.exists()
+
+
+def test_refused_authentication(testbed, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True)
+    config = testbed.ssh_dir / "config"
+    config.write_text(config.read_text().replace(str(testbed.sshd.user_key), str(tmp_path / "stranger")))
+    run = _evaluate(testbed)
+    _assert_clean_failure(run, AuthenticationError.exit_code, "refused authentication")
+    assert not testbed.results_dir.exists()
+
+
+def test_closed_port(testbed):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    config = testbed.ssh_dir / "config"
+    config.write_text(config.read_text().replace(f"Port {testbed.sshd.port}", f"Port {closed}"))
+    run = _evaluate(testbed)
+    _assert_clean_failure(run, ConnectError.exit_code, f"127.0.0.1:{closed}")
+    assert not testbed.results_dir.exists()
+
+
+def test_missing_checkpoint_names_the_step_its_status_and_output(testbed):
+    missing = testbed.datapath / "experiments" / "nope" / "checkpoints" / "epoch_latest.pt"
+    run = testbed.evaluate("--model-path", str(missing), *MODEL_ARGS)
+    _assert_clean_failure(run, RemoteStepFailed.exit_code, "step 'extract'", "exited with status 1",
+                          "extract_features.py", "not exists")
+    assert _no_results(testbed)
+    assert "full remote log" in run.stdout
+
+
+def test_upstream_success_false_is_a_failure_even_though_it_exits_0(testbed):
+    # Upstream evaluation.py insists on 10 predictions per query; with top_k 5 it writes
+    # {"success": false} and exits 0.
+    testbed.write_config(top_k=5)
+    run = _evaluate(testbed)
+    _assert_clean_failure(run, EvaluationFailed.exit_code, "reported failure", "wrong number")
+    assert _no_results(testbed)
+
+
+HOSTILE = ["x; touch {m}", "$(touch {m})", "`touch {m}`", "it's \"quoted\"", "two\nlines; touch {m}",
+           "空格 and 中文 $(touch {m})"]
+
+
+@pytest.mark.parametrize("template", HOSTILE)
+def test_hostile_values_reach_the_scripts_as_text_and_never_run(testbed, tmp_path, template):
+    marker = tmp_path / "pwned"
+    hostile = template.format(m=marker)
+    runs = [
+        testbed.evaluate("--model-path", f"/tmp/{hostile}/epoch_latest.pt", *MODEL_ARGS),
+        testbed.evaluate("--model-path", str(testbed.checkpoint), "--dataset-name", hostile, *MODEL_ARGS),
+        testbed.evaluate("--model-path", str(testbed.checkpoint), "--datapath", f"/tmp/{hostile}", *MODEL_ARGS),
+    ]
+    for run in runs:
+        assert run.returncode == RemoteStepFailed.exit_code, run.stderr
+        assert "\nTraceback" not in "\n" + run.stderr
+    assert not marker.exists()
+    assert _no_results(testbed)

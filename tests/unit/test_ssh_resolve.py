@@ -1,0 +1,197 @@
+"""`--host` resolves the way `ssh HOST` would, and fingerprints read like ssh-keygen's."""
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import paramiko
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from evalkit.errors import ConnectError
+from evalkit.ssh import Target, fingerprint, resolve_target
+
+HAVE_SSH = shutil.which("ssh") is not None
+
+
+@pytest.fixture(params=["ssh -G", "paramiko fallback"])
+def resolver(request, monkeypatch, tmp_path):
+    """Both ways evalkit reads ssh config: with the ssh binary on PATH, and without it."""
+    if request.param == "ssh -G":
+        if not HAVE_SSH:
+            pytest.skip("no ssh binary on PATH")
+    else:
+        empty = tmp_path / "no-ssh-here"
+        empty.mkdir()
+        monkeypatch.setenv("PATH", str(empty))
+        assert shutil.which("ssh") is None
+    return request.param
+
+
+@pytest.fixture
+def ssh_config(tmp_path) -> Path:
+    extra = tmp_path / "extra.conf"
+    extra.write_text("Host third\n  HostName 10.0.0.3\n  Port 2022\n  User carol\n")
+    config = tmp_path / "ssh_config"
+    config.write_text(f"""\
+Include {extra}
+
+Host srv
+  HostName 127.0.0.1
+  Port 2222
+  User alice
+  IdentityFile {tmp_path}/key
+  UserKnownHostsFile {tmp_path}/kh
+  ProxyJump jump
+
+Host jump
+  HostName 127.0.0.2
+  Port 2200
+  User bob
+
+Host plain
+  HostName example.org
+  User eve
+
+Host tilde
+  HostName example.org
+  IdentityFile ~/.ssh/id_evalkit
+
+Host viaproxycommand
+  HostName example.org
+  ProxyCommand nc %h %p
+
+Host inlinejump
+  HostName 10.1.1.1
+  User frank
+  ProxyJump carol@127.0.0.9:2201
+""")
+    return config
+
+
+def test_host_entry_resolves_every_field(resolver, ssh_config, tmp_path):
+    target = resolve_target("srv", ssh_config)
+    assert (target.alias, target.hostname, target.port, target.user) == ("srv", "127.0.0.1", 2222, "alice")
+    assert target.identity_files == (f"{tmp_path}/key",)
+    assert f"{tmp_path}/kh" in target.known_hosts_files
+    assert target.address == "alice@127.0.0.1:2222"
+    assert target.known_hosts_name == "[127.0.0.1]:2222"
+
+
+def test_proxy_jump_resolves_the_jump_host_from_the_same_config(resolver, ssh_config):
+    [jump] = resolve_target("srv", ssh_config).proxy_jump
+    assert (jump.alias, jump.hostname, jump.port, jump.user) == ("jump", "127.0.0.2", 2200, "bob")
+    assert jump.proxy_jump == ()
+
+
+def test_included_file_defines_hosts_too(resolver, ssh_config, request):
+    if resolver == "paramiko fallback":
+        request.applymarker(pytest.mark.xfail(
+            reason="known limitation (README): without the OpenSSH client, paramiko's SSHConfig "
+                   "does not follow Include", strict=True))
+    target = resolve_target("third", ssh_config)
+    assert (target.hostname, target.port, target.user) == ("10.0.0.3", 2022, "carol")
+
+
+def test_port_22_is_named_bare_in_known_hosts(resolver, ssh_config):
+    target = resolve_target("plain", ssh_config)
+    assert (target.hostname, target.port, target.user) == ("example.org", 22, "eve")
+    assert target.known_hosts_name == "example.org"
+    assert target.proxy_jump == ()
+
+
+def test_unknown_alias_is_taken_as_a_host_name(resolver, ssh_config):
+    target = resolve_target("db.example.net", ssh_config)
+    assert (target.hostname, target.port) == ("db.example.net", 22)
+
+
+def test_user_at_host_sets_the_user(resolver, ssh_config):
+    target = resolve_target("dave@example.org", ssh_config)
+    assert (target.user, target.hostname) == ("dave", "example.org")
+
+
+def test_proxy_jump_in_user_at_host_port_form(resolver, ssh_config):
+    [jump] = resolve_target("inlinejump", ssh_config).proxy_jump
+    assert (jump.user, jump.hostname, jump.port) == ("carol", "127.0.0.9", 2201)
+
+
+def test_tilde_in_identity_file_expands_against_home(resolver, ssh_config):
+    isolated_home = Path.home()  # tests/conftest.py points HOME at a fresh tmp dir
+    target = resolve_target("tilde", ssh_config)
+    assert target.identity_files == (f"{isolated_home}/.ssh/id_evalkit",)
+
+
+def test_default_known_hosts_lives_under_home(resolver, ssh_config):
+    isolated_home = Path.home()
+    target = resolve_target("plain", ssh_config)
+    assert f"{isolated_home}/.ssh/known_hosts" in target.known_hosts_files
+    assert not any(path.startswith("~") for path in target.known_hosts_files + target.identity_files)
+
+
+def test_default_ssh_config_is_the_one_under_home(resolver):
+    isolated_home = Path.home()
+    assert not (isolated_home / ".ssh").exists(), "HOME must be the test's own"
+    (isolated_home / ".ssh").mkdir()
+    (isolated_home / ".ssh" / "config").write_text("Host homehost\n  HostName 192.0.2.7\n  Port 2022\n")
+    target = resolve_target("homehost")
+    assert (target.hostname, target.port) == ("192.0.2.7", 2022)
+
+
+def test_missing_ssh_config_file_means_no_host_entries(resolver, tmp_path):
+    target = resolve_target("lonely.example", tmp_path / "does-not-exist")
+    assert (target.hostname, target.port) == ("lonely.example", 22)
+
+
+@pytest.mark.parametrize("alias", ["-oProxyCommand=touch pwned", "-v", "", "a b", "srv\n", "srv\tx",
+                                   "srv extra"])
+def test_alias_that_is_an_option_or_has_whitespace_is_refused(resolver, ssh_config, alias, tmp_path):
+    with pytest.raises(ConnectError) as info:
+        resolve_target(alias, ssh_config)
+    assert repr(alias) in info.value.message
+    assert not list(tmp_path.rglob("pwned"))
+
+
+def test_proxy_command_is_refused_with_a_pointer_to_proxy_jump(resolver, ssh_config):
+    with pytest.raises(ConnectError) as info:
+        resolve_target("viaproxycommand", ssh_config)
+    assert "ProxyCommand" in info.value.message
+    assert "ProxyJump" in (info.value.hint or "")
+
+
+@pytest.mark.parametrize("hostname, port, name", [
+    ("example.org", 22, "example.org"),
+    ("example.org", 2222, "[example.org]:2222"),
+    ("10.0.0.1", 22, "10.0.0.1"),
+    ("::1", 2200, "[::1]:2200"),
+])
+def test_known_hosts_name_follows_openssh(hostname, port, name):
+    assert Target("a", hostname, port, "u").known_hosts_name == name
+
+
+# --- fingerprints -----------------------------------------------------------------------------
+
+def _ed25519() -> paramiko.PKey:
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    return paramiko.Ed25519Key.from_private_key(io.StringIO(pem.decode()))
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen")
+@pytest.mark.parametrize("make_key", [_ed25519, lambda: paramiko.RSAKey.generate(2048),
+                                      lambda: paramiko.ECDSAKey.generate()],
+                         ids=["ed25519", "rsa", "ecdsa"])
+def test_fingerprint_matches_ssh_keygen(tmp_path, make_key):
+    key = make_key()
+    public = tmp_path / "key.pub"
+    public.write_text(f"{key.get_name()} {key.get_base64()} test@evalkit\n")
+    printed = subprocess.run(["ssh-keygen", "-lf", str(public)], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert printed[1].startswith("SHA256:")
+    assert fingerprint(key) == printed[1]
+
+
+def test_different_keys_have_different_fingerprints():
+    assert fingerprint(_ed25519()) != fingerprint(_ed25519())
