@@ -2,6 +2,8 @@
 and nothing under the results folder."""
 from __future__ import annotations
 
+import os
+import pwd
 import socket
 import subprocess
 from pathlib import Path
@@ -95,16 +97,22 @@ HOSTILE = ["x; touch {m}", "$(touch {m})", "`touch {m}`", "it's \"quoted\"", "tw
 
 
 @pytest.mark.parametrize("template", HOSTILE)
-def test_hostile_values_reach_the_scripts_as_text_and_never_run(testbed, tmp_path, template):
+def test_hostile_values_reach_the_scripts_as_text_and_never_run(testbed, tmp_path, isolated_home, template):
     marker = tmp_path / "pwned"
     hostile = template.format(m=marker)
+    # A dataset name is one directory name, so it carries a relative marker (no '/').
+    relative = "evalkit-pwned"
     runs = [
         testbed.evaluate("--model-path", f"/tmp/{hostile}/epoch_latest.pt", *MODEL_ARGS),
-        testbed.evaluate("--model-path", str(testbed.checkpoint), "--dataset-name", hostile, *MODEL_ARGS),
         testbed.evaluate("--model-path", str(testbed.checkpoint), "--datapath", f"/tmp/{hostile}", *MODEL_ARGS),
+        testbed.evaluate("--model-path", str(testbed.checkpoint), *MODEL_ARGS,
+                         "--dataset-name", template.format(m=relative)),
     ]
     for run in runs:
         assert run.returncode == RemoteStepFailed.exit_code, run.stderr
         assert "\nTraceback" not in "\n" + run.stderr
     assert not marker.exists()
+    server_home = Path(pwd.getpwuid(os.getuid()).pw_dir)  # where the ssh session starts
+    for where in (testbed.chinese_clip_dir, isolated_home, server_home, Path.cwd(), testbed.results_dir.parent):
+        assert not (where / relative).exists()
     assert _no_results(testbed)

@@ -1,7 +1,6 @@
 """The test bed itself: loopback sshd, tiny dataset and random checkpoint are real and usable."""
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from evalkit.testbed.sshd import LoopbackSshd
 
 pytestmark = pytest.mark.integration
 
-SERVER_PYTHON = Path(os.environ.get("EVALKIT_TESTBED_PYTHON", "/tmp/srvvenv/bin/python"))
 
 # Loads a checkpoint the way upstream cn_clip/eval/extract_features.py does.
 LOAD_LIKE_UPSTREAM = """
@@ -38,14 +36,8 @@ with env.begin() as txn:
 """
 
 
-def _server_python() -> Path:
-    if not SERVER_PYTHON.exists():
-        pytest.skip(f"no server venv python at {SERVER_PYTHON} (set EVALKIT_TESTBED_PYTHON)")
-    return SERVER_PYTHON
-
-
-def _run_server(code: str, *args: object) -> str:
-    proc = subprocess.run([str(_server_python()), "-c", code, *map(str, args)],
+def _run_server(python: Path, code: str, *args: object) -> str:
+    proc = subprocess.run([str(python), "-c", code, *map(str, args)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -64,11 +56,11 @@ def test_openssh_client_logs_in_through_alias(tmp_path: Path) -> None:
     assert not sshd.running
 
 
-def test_dataset_in_awkward_path(tmp_path: Path) -> None:
+def test_dataset_in_awkward_path(tmp_path: Path, server_python: Path) -> None:
     datapath = tmp_path / "数据 path"
-    data_dir = build_dataset(_server_python(), datapath, "toy", "valid")
+    data_dir = build_dataset(server_python, datapath, "toy", "valid")
     assert data_dir == datapath / "datasets" / "toy"
-    assert _run_server(READ_NUM_IMAGES, data_dir / "lmdb" / "valid" / "imgs").strip() == "20"
+    assert _run_server(server_python, READ_NUM_IMAGES, data_dir / "lmdb" / "valid" / "imgs").strip() == "20"
     assert (data_dir / "lmdb" / "valid" / "pairs").is_dir()
     texts = (data_dir / "valid_texts.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(texts) == 80
@@ -76,11 +68,10 @@ def test_dataset_in_awkward_path(tmp_path: Path) -> None:
     assert len((data_dir / "valid_imgs.tsv").read_text().splitlines()) == 20
 
 
-def test_checkpoint_loads_like_upstream(tmp_path: Path) -> None:
-    output = tmp_path / "检查 点" / "epoch_latest.pt"
-    assert build_checkpoint(_server_python(), output) == output
+def test_checkpoint_loads_like_upstream(checkpoint: Path, server_python: Path) -> None:
+    output = checkpoint  # built once per session, under a path with spaces and Chinese
     mtime = output.stat().st_mtime_ns
-    assert build_checkpoint(_server_python(), output) == output  # second call is a no-op
+    assert build_checkpoint(server_python, output) == output  # second call is a no-op
     assert output.stat().st_mtime_ns == mtime
     script_dir = Path(evalkit.testbed.__file__).parent  # for make_checkpoint.model_info
-    assert _run_server(LOAD_LIKE_UPSTREAM, output, script_dir).startswith("loaded ")
+    assert _run_server(server_python, LOAD_LIKE_UPSTREAM, output, script_dir).startswith("loaded ")

@@ -1,0 +1,70 @@
+"""The SSH layer against the real sshd: jump hosts, large output, exit statuses, transfers."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from evalkit.ssh import Connection, resolve_target
+
+pytestmark = pytest.mark.integration
+
+
+def _collect(connection: Connection, command: str, timeout: float = 60):
+    streams = {"stdout": bytearray(), "stderr": bytearray()}
+    code = connection.run(command, lambda name, chunk: streams[name].extend(chunk), timeout=timeout)
+    return code, bytes(streams["stdout"]), bytes(streams["stderr"])
+
+
+def test_proxy_jump_through_a_bastion(testbed):
+    # The jump host is the same sshd under another alias: the target is reached through a
+    # direct-tcpip channel opened on the first connection, as `ssh -J` does.
+    config = testbed.ssh_dir / "config"
+    original = config.read_text()
+    bastion = original.replace("Host seetacloud-v800", "Host bastion")
+    config.write_text(original.replace("    StrictHostKeyChecking yes\n",
+                                       "    StrictHostKeyChecking yes\n    ProxyJump bastion\n", 1)
+                      + bastion)
+    target = resolve_target("seetacloud-v800", config)
+    assert [hop.alias for hop in target.proxy_jump] == ["bastion"]
+    with Connection(target) as connection:
+        code, out, _ = _collect(connection, "echo through-the-bastion")
+        assert (code, out) == (0, b"through-the-bastion\n")
+        assert len(connection._clients) == 2  # really two hops
+
+
+def test_ten_megabytes_on_both_streams_does_not_deadlock(testbed):
+    target = resolve_target("seetacloud-v800", testbed.ssh_dir / "config")
+    command = ("head -c 10000000 /dev/zero | tr '\\0' o & "
+               "head -c 10000000 /dev/zero | tr '\\0' e >&2; wait")
+    started = time.monotonic()
+    with Connection(target) as connection:
+        code, out, err = _collect(connection, command, timeout=120)
+    assert (code, len(out), len(err)) == (0, 10_000_000, 10_000_000)
+    assert time.monotonic() - started < 120
+
+
+@pytest.mark.parametrize("status", [0, 1, 3, 42])
+def test_exit_status_is_reported_exactly(testbed, status):
+    target = resolve_target("seetacloud-v800", testbed.ssh_dir / "config")
+    with Connection(target) as connection:
+        assert _collect(connection, f"echo out; echo err >&2; exit {status}") == (status, b"out\n", b"err\n")
+
+
+def test_atomic_write_and_read_back_with_chinese_path(testbed, tmp_path):
+    target = resolve_target("seetacloud-v800", testbed.ssh_dir / "config")
+    path = tmp_path / "远程 dir" / "sub" / "file.json"
+    with Connection(target) as connection:
+        connection.write_bytes(str(path), "内容".encode())
+        assert connection.read_bytes(str(path)) == "内容".encode()
+        with pytest.raises(FileNotFoundError):
+            connection.read_bytes(str(tmp_path / "missing"))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["file.json"]  # no temp file left
+
+
+def test_a_step_past_its_time_limit_is_stopped(testbed):
+    from evalkit.errors import ConnectionLost
+
+    target = resolve_target("seetacloud-v800", testbed.ssh_dir / "config")
+    with Connection(target) as connection, pytest.raises(ConnectionLost, match="step_timeout"):
+        connection.run("sleep 30", lambda name, chunk: None, timeout=1)
