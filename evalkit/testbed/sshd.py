@@ -6,6 +6,7 @@ test can start a fresh server in ``tmp_path`` and forget about it afterwards.
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 import subprocess
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Optional
 
-SSHD = "/usr/sbin/sshd"
+SSHD = os.environ.get("EVALKIT_SSHD", "/usr/sbin/sshd")  # Debian's; override for other layouts
 SSH_KEYGEN = "ssh-keygen"
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0

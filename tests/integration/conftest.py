@@ -26,6 +26,9 @@ ENTRY_SCRIPT = REPO / "distillation_model_evaluation.py"
 CPU_LAUNCHER = REPO / "evalkit" / "remote" / "cpu_launch.py"
 # Paths with spaces and Chinese characters, so quoting is exercised on every run.
 DATAPATH_NAME = "数据 path"
+# cpu everywhere by default; on a machine with a GPU, EVALKIT_TEST_DEVICE=cuda runs the same
+# suite through the real torch.cuda path (no launcher, upstream's default precision).
+DEVICE = os.environ.get("EVALKIT_TEST_DEVICE", "cpu")
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,10 @@ def checkpoint(datapath, server_python) -> Path:
 
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
-    if not Path("/usr/sbin/sshd").exists():
-        _unavailable("/usr/sbin/sshd is missing: apt-get install openssh-server")
+    from evalkit.testbed.sshd import SSHD
+
+    if not Path(SSHD).exists():
+        _unavailable(f"{SSHD} is missing: apt-get install openssh-server")
     with LoopbackSshd(tmp_path_factory.mktemp("sshd")) as server:
         yield server
 
@@ -110,7 +115,7 @@ class Testbed:
             "datapath": str(self.datapath),
             "chinese_clip_dir": str(self.chinese_clip_dir),
             "activate": f"source '{self.server_python.parent / 'activate'}'",
-            "device": "cpu",
+            "device": DEVICE,
             "results_dir": str(self.results_dir),
             "connect_timeout": 10,
             **overrides,
@@ -138,7 +143,8 @@ def testbed(sshd, isolated_home, datapath, checkpoint, server_python, chinese_cl
 def run_upstream_by_hand(bed: Testbed, spec: DatasetSpec, workdir: Path) -> dict[str, dict]:
     """The seed's manual workflow: the upstream scripts run directly, no evalkit, no ssh.
 
-    Only the CPU launcher stands between python and each script, as on a GPU-less server.
+    On the CPU only the CPU launcher stands between python and each script, as on a GPU-less
+    server; on cuda nothing does.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     data = bed.datapath / "datasets" / spec.name
@@ -152,7 +158,7 @@ def run_upstream_by_hand(bed: Testbed, spec: DatasetSpec, workdir: Path) -> dict
          "--image-feat-output-path", img_feats, "--text-feat-output-path", txt_feats,
          "--img-batch-size", "32", "--text-batch-size", "32", "--context-length", "52",
          "--resume", bed.checkpoint, "--vision-model", "RN50", "--text-model", "RBT3-chinese",
-         "--precision", "fp32"],
+         *(["--precision", "fp32"] if DEVICE == "cpu" else [])],
         ["make_topk_predictions.py", "--image-feats", img_feats, "--text-feats", txt_feats,
          "--top-k", "10", "--eval-batch-size", "32768", "--output", t2i],
         ["make_topk_predictions_tr.py", "--image-feats", img_feats, "--text-feats", txt_feats,
@@ -162,8 +168,9 @@ def run_upstream_by_hand(bed: Testbed, spec: DatasetSpec, workdir: Path) -> dict
         ["evaluation_tr.py", workdir / f"{spec.split}_texts.tr.jsonl", i2t, workdir / "i2t_result.json"],
     ]
     env = {**os.environ, "PYTHONPATH": str(bed.chinese_clip_dir)}
+    launcher = [str(CPU_LAUNCHER)] if DEVICE == "cpu" else []
     for script, *args in scripts:
-        subprocess.run([str(bed.server_python), str(CPU_LAUNCHER), f"cn_clip/eval/{script}",
+        subprocess.run([str(bed.server_python), *launcher, f"cn_clip/eval/{script}",
                         *map(str, args)], cwd=bed.chinese_clip_dir, env=env, check=True,
                        capture_output=True)
     return {"text_to_image": json.loads((workdir / "t2i_result.json").read_text()),
