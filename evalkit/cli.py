@@ -10,7 +10,7 @@ from typing import Any, Callable
 import click
 
 from . import service, view
-from .config import DEVICES, build_settings
+from .config import DEVICES, Settings, build_settings
 from .errors import INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, EvalkitError
 from .plan import SPLITS, TEXT_MODELS, VISION_MODELS, Request, build_plan
 from .results import recalls
@@ -86,7 +86,7 @@ def guarded(command: Callable) -> Callable:
     return wrapper
 
 
-def settings_and_request(kwargs: dict[str, Any]):
+def settings_and_request(kwargs: dict[str, Any]) -> tuple[Settings, Request]:
     flags = {name: kwargs.get(name) for name in _SETTING_FLAGS}
     settings = build_settings(kwargs.get("config"), flags)
     if not kwargs.get("model_path"):
@@ -104,7 +104,7 @@ def settings_and_request(kwargs: dict[str, Any]):
     return settings, request
 
 
-def run_evaluation(settings, request, verbose: bool, dry_run: bool) -> None:
+def run_evaluation(settings: Settings, request: Request, verbose: bool, dry_run: bool) -> None:
     out, _ = view.make_consoles()
     if dry_run:
         view.show_plan(out, build_plan(settings, request), settings.host)

@@ -96,7 +96,7 @@ def check_values(values: Mapping[str, Any], source: str) -> None:
     if values.get("device") is not None and values["device"] not in DEVICES:
         raise ConfigError(f"'device' in {source} must be one of {', '.join(DEVICES)}, "
                           f"got {values['device']!r}", f"fix 'device' in {source}")
-    if isinstance(values.get("gpu"), int) and not isinstance(values.get("gpu"), bool) and values["gpu"] < 0:
+    if values.get("gpu", 0) < 0:  # the type was checked above
         raise ConfigError(f"'gpu' in {source} must be >= 0, got {values['gpu']}", f"fix 'gpu' in {source}")
 
 

@@ -30,8 +30,8 @@ def evaluate(settings: Settings, request: Request, reporter: Reporter,
     """Run every step of REQUEST on the server; results land under settings.results_dir."""
     plan = build_plan(settings, request)
     target = resolve_target(settings.host, Path(settings.ssh_config) if settings.ssh_config else None)
-    with Connection(target, settings.connect_timeout) as connection:
-        connection.client  # connect (and fail on host keys or auth) before creating any local file
+    with Connection(target, settings.connect_timeout).open() as connection:
+        # connected (host key and auth checked) before any local file is created
         log_path = log_path_for(settings, request, plan.label)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         on_log_opened(log_path)

@@ -175,19 +175,20 @@ class Connection:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def open(self) -> "Connection":
+        """Connect now (through each ProxyJump hop in turn), so failures surface before any work."""
+        if not self._clients:
+            chain = (*self.target.proxy_jump, self.target)
+            sock = None
+            for index, hop in enumerate(chain):
+                self._clients.append(self._connect_hop(hop, sock))
+                if index + 1 < len(chain):
+                    sock = self._tunnel(self._clients[-1], next_hop=chain[index + 1])
+        return self
+
     @property
     def client(self) -> paramiko.SSHClient:
-        if not self._clients:
-            sock = None
-            for hop in (*self.target.proxy_jump, self.target):
-                self._clients.append(self._connect_hop(hop, sock))
-                if hop is not self.target:
-                    sock = self._tunnel(self._clients[-1], next_hop=self._next(hop))
-        return self._clients[-1]
-
-    def _next(self, hop: Target) -> Target:
-        chain = (*self.target.proxy_jump, self.target)
-        return chain[chain.index(hop) + 1]
+        return self.open()._clients[-1]
 
     def _tunnel(self, client: paramiko.SSHClient, next_hop: Target) -> paramiko.Channel:
         try:
