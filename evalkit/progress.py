@@ -14,7 +14,7 @@ _TQDM = re.compile(
     r"^\s*(?:(?P<desc>.*?):\s+)?"
     r"(?:(?P<percent>\d{1,3})%\|[^|]*\|\s*)?"
     rf"(?P<n>{_NUMBER})(?:/(?P<total>{_NUMBER})|(?P<unit>[A-Za-z]+))?\s+"
-    r"\[(?P<elapsed>[\d:]+)(?:<(?P<remaining>[\d:?]+))?,\s*(?P<rate>[^\]]*)\]\s*$"
+    r"\[(?P<elapsed>[\d:]+)(?:<(?P<remaining>[\d:?]+))?,\s*(?P<rate>[^\]]*)\]"
 )
 _SCALE = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 
@@ -41,8 +41,18 @@ Event = Union[LogLine, ProgressUpdate]
 def parse_tqdm(text: str) -> ProgressUpdate | None:
     """The progress a tqdm line shows, or None when the line is not a tqdm bar."""
     match = _TQDM.match(text)
-    if match is None:
+    if match is None or text[match.end():].strip():
         return None
+    return _update(match)
+
+
+def _split_tqdm(text: str) -> tuple[ProgressUpdate | None, str]:
+    """(the tqdm bar a line starts with, the text glued after it: e.g. a warning on stderr)."""
+    match = _TQDM.match(text)
+    return (_update(match), text[match.end():]) if match else (None, text)
+
+
+def _update(match: re.Match) -> ProgressUpdate:
     total = match["total"]
     return ProgressUpdate(n=_number(match["n"]), total=_number(total) if total else None,
                           description=(match["desc"] or "").strip(), rate=match["rate"].strip())
@@ -80,11 +90,11 @@ class StreamSplitter:
             yield from self._classify(piece)
 
     def _classify(self, piece: str) -> Iterator[Event]:
-        update = parse_tqdm(piece)
+        update, rest = _split_tqdm(piece)
         if update is not None:
             yield update
-        elif piece.strip():
-            yield LogLine(piece.rstrip(), self.stream)
+        if rest.strip():
+            yield LogLine(rest.rstrip(), self.stream)
 
 
 def _first_break(text: str) -> int:

@@ -132,3 +132,15 @@ def test_trailing_space_is_trimmed_but_indentation_kept():
 def test_invalid_utf8_does_not_crash():
     [line] = events("stdout", b"bad \xff byte\n")
     assert line.text.startswith("bad ") and line.text.endswith(" byte")
+
+
+def test_a_warning_glued_to_a_bar_is_shown_as_its_own_line():
+    # tqdm draws without a newline, so a warning printed next on stderr lands on the bar's line.
+    chunk = (b"  0%|          | 0/3 [00:00<?, ?it/s]/x/dataloader.py:759: UserWarning: pin_memory\n"
+             b"100%|##########| 3/3 [00:01<00:00, 2.05it/s]\n")
+    events = list(StreamSplitter("stderr").feed(chunk))
+    assert events == [
+        ProgressUpdate(n=0, total=3, description="", rate="?it/s"),
+        LogLine("/x/dataloader.py:759: UserWarning: pin_memory", "stderr"),
+        ProgressUpdate(n=3, total=3, description="", rate="2.05it/s"),
+    ]
