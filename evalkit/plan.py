@@ -96,17 +96,15 @@ def build_plan(settings: Settings, request: Request) -> Plan:
     files = _OutputFiles(out, request.split)
     builder = _StepBuilder(settings, launcher)
     steps = [_prepare_step(settings, request, files)]
+    results = {}
     if not request.skip_extraction:
         steps.append(builder.extract(request, checkpoint, files))
     if not request.skip_text_to_image:
         steps += [builder.knn_text_to_image(files), builder.evaluate_text_to_image(settings, request, files)]
+        results["text_to_image"] = files.t2i_result
     if not request.skip_image_to_text:
         steps += [builder.knn_image_to_text(files), builder.transform_annotation(files),
                   builder.evaluate_image_to_text(files)]
-    results = {}
-    if not request.skip_text_to_image:
-        results["text_to_image"] = files.t2i_result
-    if not request.skip_image_to_text:
         results["image_to_text"] = files.i2t_result
     return Plan(checkpoint_label(checkpoint), checkpoint, out, launcher,
                 tuple(_in_stage_order(steps)), results)

@@ -39,11 +39,9 @@ Event = Union[LogLine, ProgressUpdate]
 
 
 def parse_tqdm(text: str) -> ProgressUpdate | None:
-    """The progress a tqdm line shows, or None when the line is not a tqdm bar."""
-    match = _TQDM.match(text)
-    if match is None or text[match.end():].strip():
-        return None
-    return _update(match)
+    """The progress a tqdm line shows, or None when the line is not (only) a tqdm bar."""
+    update, rest = _split_tqdm(text)
+    return None if rest.strip() else update
 
 
 def _split_tqdm(text: str) -> tuple[ProgressUpdate | None, str]:
