@@ -10,12 +10,12 @@ from typing import Any, Callable
 import click
 
 from . import service, view
-from .config import DEVICES, Settings, build_settings
+from .config import DEVICES, TEXT_MODELS, VISION_MODELS, Settings, build_settings
 from .errors import INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, EvalkitError
-from .plan import SPLITS, TEXT_MODELS, VISION_MODELS, Request, build_plan
+from .plan import SPLITS, STAGES, Request, build_plan
 from .results import recalls
 
-_SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir")
+_SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir", "vision_model", "text_model")
 
 
 def _check_dataset_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -39,10 +39,13 @@ def shared_options(command: Callable) -> Callable:
         click.option("--split", type=click.Choice(SPLITS), default="valid", show_default=True),
         click.option("--model-path", help="checkpoint on the server, e.g. DATAPATH/experiments/"
                                           "<name>/checkpoints/epoch_latest.pt (relative: to DATAPATH)"),
-        click.option("--vision-model", type=click.Choice(VISION_MODELS), default="ViT-B-16",
-                     show_default=True),
+        click.option("--force-extraction", is_flag=True,
+                     help="extract again even when complete features of this unchanged "
+                          "checkpoint exist (they are reused by default)"),
+        click.option("--vision-model", type=click.Choice(VISION_MODELS),
+                     help="the checkpoint's image tower  [default: ViT-B-16]"),
         click.option("--text-model", type=click.Choice(TEXT_MODELS),
-                     default="RoBERTa-wwm-ext-base-chinese", show_default=True),
+                     help="the checkpoint's text tower  [default: RoBERTa-wwm-ext-base-chinese]"),
         click.option("--device", type=click.Choice(DEVICES),
                      help="cuda, or cpu to run the same upstream scripts without a GPU  [default: cuda]"),
         click.option("--gpu", type=click.IntRange(min=0), help="GPU index, sets CUDA_VISIBLE_DEVICES  "
@@ -86,21 +89,26 @@ def guarded(command: Callable) -> Callable:
     return wrapper
 
 
-def settings_and_request(kwargs: dict[str, Any]) -> tuple[Settings, Request]:
+def settings_and_request(kwargs: dict[str, Any], stages: tuple[str, ...] = STAGES
+                         ) -> tuple[Settings, Request]:
     flags = {name: kwargs.get(name) for name in _SETTING_FLAGS}
     settings = build_settings(kwargs.get("config"), flags)
-    if not kwargs.get("model_path"):
+    if not kwargs.get("model_path") and ("extract" in stages or kwargs.get("dry_run")):
         raise click.UsageError("--model-path is required: the checkpoint to evaluate, e.g. "
                                f"{settings.datapath}/experiments/<name>/checkpoints/epoch_latest.pt")
     request = Request(dataset=kwargs["dataset_name"], split=kwargs["split"],
-                      model_path=kwargs["model_path"], vision_model=kwargs["vision_model"],
-                      text_model=kwargs["text_model"],
+                      model_path=kwargs.get("model_path") or "", vision_model=settings.vision_model,
+                      text_model=settings.text_model,
                       skip_extraction=kwargs.get("skip_extraction", False),
                       skip_text_to_image=kwargs["skip_text_to_image"],
-                      skip_image_to_text=kwargs["skip_image_to_text"])
+                      skip_image_to_text=kwargs["skip_image_to_text"],
+                      stages=stages, force_extraction=kwargs["force_extraction"])
     if request.skip_text_to_image and request.skip_image_to_text:
         raise click.UsageError("--skip-text-to-image and --skip-image-to-text together leave nothing "
                                "to evaluate; drop one of them")
+    if request.skip_extraction and request.force_extraction:
+        raise click.UsageError("--skip-extraction and --force-extraction contradict each other; "
+                               "drop one of them")
     return settings, request
 
 
@@ -113,13 +121,17 @@ def run_evaluation(settings: Settings, request: Request, verbose: bool, dry_run:
         report = service.evaluate(settings, request, reporter,
                                   on_log_opened=lambda path: view.show_log_location(out, path))
     plan = report.outcome.plan
+    if report.summary is None:
+        view.show_stage_done(out, report.request.stages[-1], report.facts, plan.checkpoint)
+        return
     view.show_results(out, plan.label, recalls(report.outcome), report.written, plan.output_dir)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @shared_options
 @click.option("--skip-extraction", is_flag=True,
-              help="reuse the features already extracted for this checkpoint")
+              help="use the features already extracted for this checkpoint; an error if there "
+                   "are none (by default they are reused when complete and up to date)")
 @guarded
 def evaluate_command(**kwargs: Any) -> None:
     """Evaluate a Chinese-CLIP checkpoint on the server: extract features, KNN, recall.
@@ -140,12 +152,43 @@ def evaluate_main() -> None:
     evaluate_command(prog_name="distillation_model_evaluation.py")
 
 
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--step", type=click.Choice(STAGES), required=True,
+              help="extract: image + text features of --model-path; knn: top-k predictions; "
+                   "recall: Recall@1/5/10, pulled back and shown")
+@shared_options
+@guarded
+def quick_command(**kwargs: Any) -> None:
+    """Run one stage of the evaluation, for debugging: extract, then knn, then recall.
+
+    knn and recall use the features of --model-path, or without it the most recent
+    extraction for this datapath, dataset and split (and say which checkpoint that was).
+    Each stage refuses to read files that are missing, incomplete, or not from one extraction
+    of one checkpoint; extraction is skipped when complete features of the unchanged
+    checkpoint exist (--force-extraction redoes it).
+
+    \b
+    Example:
+      python quick_evaluation.py --step extract --dataset-name Flickr30k-CN \\
+        --model-path /root/autodl-tmp/datapath/experiments/EXP/checkpoints/epoch_latest.pt
+      python quick_evaluation.py --step knn --dataset-name Flickr30k-CN
+      python quick_evaluation.py --step recall --dataset-name Flickr30k-CN
+    """
+    settings, request = settings_and_request(kwargs, stages=(kwargs["step"],))
+    run_evaluation(settings, request, kwargs["verbose"], kwargs["dry_run"])
+
+
+def quick_main() -> None:
+    quick_command(prog_name="quick_evaluation.py")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """evalkit: evaluate Chinese-CLIP checkpoints on a GPU server over SSH."""
 
 
 main.add_command(evaluate_command, name="evaluate")
+main.add_command(quick_command, name="quick")
 
 
 @main.command()

@@ -15,6 +15,9 @@ import yaml
 from .errors import ConfigError
 
 DEVICES = ("cuda", "cpu")
+VISION_MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "RN50")
+TEXT_MODELS = ("RoBERTa-wwm-ext-base-chinese", "RoBERTa-wwm-ext-large-chinese", "RBT3-chinese")
+_CHOICES = {"device": DEVICES, "vision_model": VISION_MODELS, "text_model": TEXT_MODELS}
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Settings:
     remote_output_dir: str | None = None
     device: str = "cuda"
     gpu: int = 0
+    vision_model: str = "ViT-B-16"
+    text_model: str = "RoBERTa-wwm-ext-base-chinese"
     results_dir: str = "results"
     img_batch_size: int = 32
     text_batch_size: int = 32
@@ -93,9 +98,10 @@ def check_values(values: Mapping[str, Any], source: str) -> None:
         if key in _POSITIVE and value <= 0:
             raise ConfigError(f"{key!r} in {source} must be positive, got {value!r}",
                               f"fix {key!r} in {source}")
-    if values.get("device") is not None and values["device"] not in DEVICES:
-        raise ConfigError(f"'device' in {source} must be one of {', '.join(DEVICES)}, "
-                          f"got {values['device']!r}", f"fix 'device' in {source}")
+    for key, choices in _CHOICES.items():
+        if values.get(key) is not None and values[key] not in choices:
+            raise ConfigError(f"{key!r} in {source} must be one of {', '.join(choices)}, "
+                              f"got {values[key]!r}", f"fix {key!r} in {source}")
     if values.get("gpu", 0) < 0:  # the type was checked above
         raise ConfigError(f"'gpu' in {source} must be >= 0, got {values['gpu']}", f"fix 'gpu' in {source}")
 

@@ -81,6 +81,20 @@ class DemoSetupError(EvalkitError):
     title = "demo setup failed"
 
 
+class MissingInput(EvalkitError):
+    """A dataset split or checkpoint the command names is not on the server."""
+
+    exit_code = 12
+    title = "not on the server"
+
+
+class OutputsNotReady(EvalkitError):
+    """A step's inputs are missing, incomplete, or not from one extraction of one checkpoint."""
+
+    exit_code = 13
+    title = "earlier step's output not usable"
+
+
 INTERRUPTED_EXIT_CODE = 130
 UNEXPECTED_EXIT_CODE = 1
 USAGE_EXIT_CODE = 2
@@ -99,5 +113,8 @@ EXIT_CODES: dict[int, str] = {
     ConnectionLost.exit_code: "the connection dropped or a step timed out",
     LocalWriteError.exit_code: "results could not be written locally",
     DemoSetupError.exit_code: "the demo could not build its local server",
+    MissingInput.exit_code: "the dataset split or checkpoint is not on the server",
+    OutputsNotReady.exit_code: "an earlier step's output is missing, incomplete or from another "
+                               "checkpoint (run that step first)",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C)",
 }

@@ -15,11 +15,13 @@ from typing import BinaryIO, Protocol
 
 from .config import Settings
 from .errors import EvaluationFailed, RemoteStepFailed
-from .plan import Plan, Step
+from .outputs import ServerFacts
+from .plan import CPU_LAUNCHER_NAME, INSPECTOR_NAME, Plan, Step, helper_path
 from .progress import Event, LogLine, ProgressUpdate, StreamSplitter
 from .ssh import Connection
 
 TAIL_LINES = 30
+FACTS_MARKER = b"EVALKIT-FACTS "  # remote/inspect_outputs.py prints its JSON after this
 
 
 class Reporter(Protocol):
@@ -30,6 +32,8 @@ class Reporter(Protocol):
     def step_event(self, step: Step, event: Event) -> None: ...
 
     def step_finished(self, step: Step, result: "StepResult") -> None: ...
+
+    def note(self, text: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -51,20 +55,44 @@ class RunOutcome:
     results: dict[str, dict] = field(default_factory=dict)       # direction -> parsed JSON
 
 
-def cpu_launcher_source() -> bytes:
-    return resources.files("evalkit.remote").joinpath("cpu_launch.py").read_bytes()
+def helper_source(name: str) -> bytes:
+    return resources.files("evalkit.remote").joinpath(name).read_bytes()
 
 
-def execute(plan: Plan, connection: Connection, settings: Settings, reporter: Reporter,
-            log: BinaryIO) -> RunOutcome:
-    """Run every step of PLAN in order, then fetch and check its result JSONs."""
-    outcome = RunOutcome(plan)
-    if plan.cpu_launcher:
-        connection.write_bytes(plan.cpu_launcher, cpu_launcher_source())
-    for index, step in enumerate(plan.steps):
-        outcome.steps.append(run_step(step, index, len(plan.steps), connection, settings, reporter, log))
-    fetch_results(plan, connection, outcome)
-    return outcome
+def upload_helpers(connection: Connection, settings: Settings) -> None:
+    """evalkit's own server-side scripts: the read-only inspector, and the CPU launcher."""
+    names = [INSPECTOR_NAME] + ([CPU_LAUNCHER_NAME] if settings.device == "cpu" else [])
+    for name in names:
+        connection.write_bytes(helper_path(settings, name), helper_source(name))
+
+
+def read_facts(connection: Connection, command: str, settings: Settings) -> ServerFacts:
+    """Run the inspector; its stdout is one JSON object (see remote/inspect_outputs.py)."""
+    output = {"stdout": bytearray(), "stderr": bytearray()}
+    exit_code = connection.run(command, lambda stream, chunk: output[stream].extend(chunk),
+                               timeout=settings.step_timeout)
+    if exit_code != 0:
+        tail = output["stderr"].decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
+        raise RemoteStepFailed(
+            f"checking the server's files failed with status {exit_code}\ncommand: {command}\n"
+            "its output:\n" + "\n".join(f"  {line}" for line in tail),
+            "check the `activate` and `python` settings: the env must start in a login shell")
+    lines = [line for line in bytes(output["stdout"]).splitlines() if line.startswith(FACTS_MARKER)]
+    try:
+        return ServerFacts.from_json(lines[-1][len(FACTS_MARKER):])
+    except (IndexError, ValueError, KeyError, TypeError) as exc:
+        raise RemoteStepFailed(f"the server's file check printed no facts: "
+                               f"{bytes(output['stdout'][-300:])!r}",
+                               "rerun with --debug and report it") from exc
+
+
+def run_steps(steps: list[Step], outcome: RunOutcome, connection: Connection, settings: Settings,
+              reporter: Reporter, log: BinaryIO) -> None:
+    """Run STEPS in order, numbered within the whole plan."""
+    for step in steps:
+        index = outcome.plan.steps.index(step)
+        outcome.steps.append(run_step(step, index, len(outcome.plan.steps), connection, settings,
+                                      reporter, log))
 
 
 def run_step(step: Step, index: int, count: int, connection: Connection, settings: Settings,

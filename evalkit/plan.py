@@ -10,13 +10,14 @@ import posixpath
 import shlex
 from dataclasses import dataclass
 
-from .config import Settings
+from .config import TEXT_MODELS, VISION_MODELS, Settings  # noqa: F401 (re-exported)
 
-VISION_MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "RN50")
-TEXT_MODELS = ("RoBERTa-wwm-ext-base-chinese", "RoBERTa-wwm-ext-large-chinese", "RBT3-chinese")
 SPLITS = ("valid", "test")
 STAGES = ("extract", "knn", "recall")
+DIRECTION_TITLES = {"text_to_image": "text→image", "image_to_text": "image→text"}
 CPU_LAUNCHER_NAME = "cpu_launch.py"
+INSPECTOR_NAME = "inspect_outputs.py"
+MANIFEST_NAME = "manifest.json"
 T2I_RESULT = "text_to_image_results.json"
 I2T_RESULT = "image_to_text_results.json"
 
@@ -33,6 +34,18 @@ class Request:
     skip_extraction: bool = False
     skip_text_to_image: bool = False
     skip_image_to_text: bool = False
+    stages: tuple[str, ...] = STAGES
+    force_extraction: bool = False
+
+    @property
+    def directions(self) -> list[str]:
+        return [direction for direction, skipped in (("text_to_image", self.skip_text_to_image),
+                                                     ("image_to_text", self.skip_image_to_text))
+                if not skipped]
+
+    @property
+    def runs_extraction(self) -> bool:
+        return "extract" in self.stages and not self.skip_extraction
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class Step:
     title: str
     stage: str
     command: str
+    direction: str | None = None  # text_to_image / image_to_text, for KNN and recall steps
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,14 @@ class Plan:
     cpu_launcher: str | None
     steps: tuple[Step, ...]
     result_files: dict[str, str]  # direction -> server path of its result JSON
+    files: "OutputFiles"
+
+    @property
+    def manifest(self) -> str:
+        return self.files.path(MANIFEST_NAME)
+
+    def steps_of(self, stage: str) -> list[Step]:
+        return [step for step in self.steps if step.stage == stage]
 
 
 def checkpoint_label(checkpoint: str) -> str:
@@ -88,16 +110,21 @@ def dataset_paths(settings: Settings, dataset: str, split: str) -> tuple[str, st
     return posixpath.join(root, "lmdb", split, "imgs"), posixpath.join(root, f"{split}_texts.jsonl")
 
 
+def helper_path(settings: Settings, name: str) -> str:
+    """Where evalkit's own small scripts are uploaded on the server."""
+    return posixpath.join(settings.output_root, ".evalkit", name)
+
+
 def build_plan(settings: Settings, request: Request) -> Plan:
+    """The steps of REQUEST's stages; extraction only when request.runs_extraction."""
     checkpoint = resolve_checkpoint(settings, request.model_path)
     out = checkpoint_output_dir(settings, request.dataset, request.split, checkpoint)
-    launcher = posixpath.join(settings.output_root, ".evalkit", CPU_LAUNCHER_NAME) \
-        if settings.device == "cpu" else None
-    files = _OutputFiles(out, request.split)
+    launcher = helper_path(settings, CPU_LAUNCHER_NAME) if settings.device == "cpu" else None
+    files = OutputFiles(out, request.split)
     builder = _StepBuilder(settings, launcher)
     steps = [_prepare_step(settings, request, files)]
     results = {}
-    if not request.skip_extraction:
+    if request.runs_extraction:
         steps.append(builder.extract(request, checkpoint, files))
     if not request.skip_text_to_image:
         steps += [builder.knn_text_to_image(files), builder.evaluate_text_to_image(settings, request, files)]
@@ -106,8 +133,29 @@ def build_plan(settings: Settings, request: Request) -> Plan:
         steps += [builder.knn_image_to_text(files), builder.transform_annotation(files),
                   builder.evaluate_image_to_text(files)]
         results["image_to_text"] = files.i2t_result
+    chosen = [step for step in steps if step.stage in ("prepare", *request.stages)]
+    if "recall" not in request.stages:
+        results = {}
     return Plan(checkpoint_label(checkpoint), checkpoint, out, launcher,
-                tuple(_in_stage_order(steps)), results)
+                tuple(_in_stage_order(chosen)), results, files)
+
+
+def inspect_command(settings: Settings, request: Request, checkpoint: str | None) -> str:
+    """The read-only remote check of REQUEST's inputs and outputs (remote/inspect_outputs.py).
+
+    Without a checkpoint it looks at the most recent extraction for the dataset and split.
+    """
+    images, texts = dataset_paths(settings, request.dataset, request.split)
+    argv = [settings.python, "-u", helper_path(settings, INSPECTOR_NAME),
+            "--images", images, "--texts", texts, "--datapath", settings.datapath]
+    if checkpoint:
+        out = checkpoint_output_dir(settings, request.dataset, request.split, checkpoint)
+        argv += ["--out", out, "--checkpoint", checkpoint]
+    else:
+        argv += ["--latest-under", posixpath.join(settings.output_root, request.dataset, request.split)]
+    for name, relative in OutputFiles("", request.split).checked_files().items():
+        argv += ["--file", f"{name}={relative}"]
+    return f"{settings.activate} && {shlex.join(argv)}"
 
 
 def _in_stage_order(steps: list[Step]) -> list[Step]:
@@ -117,7 +165,7 @@ def _in_stage_order(steps: list[Step]) -> list[Step]:
 
 
 @dataclass(frozen=True)
-class _OutputFiles:
+class OutputFiles:
     """Upstream's own file names, inside the checkpoint's output directory."""
 
     out: str
@@ -125,6 +173,11 @@ class _OutputFiles:
 
     def path(self, name: str) -> str:
         return posixpath.join(self.out, name)
+
+    def checked_files(self) -> dict[str, str]:
+        """The files whose completeness decides what a step may use (see outputs.py)."""
+        return {name: getattr(self, name) for name in
+                ("image_feats", "text_feats", "t2i_predictions", "i2t_predictions")}
 
     @property
     def image_feats(self) -> str:
@@ -160,13 +213,15 @@ class _OutputFiles:
         return self.path(I2T_RESULT)
 
 
-def _prepare_step(settings: Settings, request: Request, files: _OutputFiles) -> Step:
+def _prepare_step(settings: Settings, request: Request, files: OutputFiles) -> Step:
     # The image-to-text annotation is derived from a copy, so nothing is written into the dataset.
     _, texts = dataset_paths(settings, request.dataset, request.split)
     # Old results are removed first, so a stale success can never pass for this run's.
-    command = f"mkdir -p {shlex.quote(files.out)} && rm -f {shlex.quote(files.t2i_result)} " \
-              f"{shlex.quote(files.i2t_result)}"
-    if not request.skip_image_to_text:
+    stale = [files.t2i_result, files.i2t_result]
+    if request.runs_extraction:
+        stale.append(files.path(MANIFEST_NAME))  # rewritten only once extraction has finished
+    command = f"mkdir -p {shlex.quote(files.out)} && rm -f {shlex.join(stale)}"
+    if "recall" in request.stages and not request.skip_image_to_text:
         command += f" && cp {shlex.quote(texts)} {shlex.quote(files.texts_copy)}"
     return Step("prepare", "prepare output directory", "prepare", command)
 
@@ -190,7 +245,7 @@ class _StepBuilder:
                 f"export PYTHONPATH={shlex.quote(python_path)}${{PYTHONPATH:+:$PYTHONPATH}} "
                 f"CUDA_VISIBLE_DEVICES={s.gpu} && {shlex.join(argv)}")
 
-    def extract(self, request: Request, checkpoint: str, files: _OutputFiles) -> Step:
+    def extract(self, request: Request, checkpoint: str, files: OutputFiles) -> Step:
         s = self.settings
         images, texts = dataset_paths(s, request.dataset, request.split)
         args = ["--extract-image-feats", "--extract-text-feats",
@@ -205,28 +260,30 @@ class _StepBuilder:
         return Step("extract", "extract image + text features", "extract",
                     self.python("extract_features.py", args))
 
-    def _knn_args(self, files: _OutputFiles, output: str) -> list[str]:
+    def _knn_args(self, files: OutputFiles, output: str) -> list[str]:
         return ["--image-feats", files.image_feats, "--text-feats", files.text_feats,
                 "--top-k", str(self.settings.top_k), "--eval-batch-size",
                 str(self.settings.eval_batch_size), "--output", output]
 
-    def knn_text_to_image(self, files: _OutputFiles) -> Step:
+    def knn_text_to_image(self, files: OutputFiles) -> Step:
         return Step("knn_t2i", "KNN text→image", "knn",
-                    self.python("make_topk_predictions.py", self._knn_args(files, files.t2i_predictions)))
+                    self.python("make_topk_predictions.py", self._knn_args(files, files.t2i_predictions)),
+                    "text_to_image")
 
-    def knn_image_to_text(self, files: _OutputFiles) -> Step:
+    def knn_image_to_text(self, files: OutputFiles) -> Step:
         return Step("knn_i2t", "KNN image→text", "knn",
-                    self.python("make_topk_predictions_tr.py", self._knn_args(files, files.i2t_predictions)))
+                    self.python("make_topk_predictions_tr.py", self._knn_args(files, files.i2t_predictions)),
+                    "image_to_text")
 
-    def evaluate_text_to_image(self, settings: Settings, request: Request, files: _OutputFiles) -> Step:
+    def evaluate_text_to_image(self, settings: Settings, request: Request, files: OutputFiles) -> Step:
         _, texts = dataset_paths(settings, request.dataset, request.split)
         return Step("recall_t2i", "recall text→image", "recall",
                     self.python("evaluation.py", [texts, files.t2i_predictions, files.t2i_result]))
 
-    def transform_annotation(self, files: _OutputFiles) -> Step:
+    def transform_annotation(self, files: OutputFiles) -> Step:
         return Step("transform", "image→text annotation", "recall",
                     self.python("transform_ir_annotation_to_tr.py", ["--input", files.texts_copy]))
 
-    def evaluate_image_to_text(self, files: _OutputFiles) -> Step:
+    def evaluate_image_to_text(self, files: OutputFiles) -> Step:
         return Step("recall_i2t", "recall image→text", "recall",
                     self.python("evaluation_tr.py", [files.texts_tr, files.i2t_predictions, files.i2t_result]))

@@ -13,7 +13,6 @@ from .pipeline import RunOutcome
 from .plan import I2T_RESULT, T2I_RESULT, Request
 
 RESULT_FILE_NAMES = {"text_to_image": T2I_RESULT, "image_to_text": I2T_RESULT}
-DIRECTION_TITLES = {"text_to_image": "text→image", "image_to_text": "image→text"}
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import EvalkitError
+from .outputs import ServerFacts
 from .pipeline import StepResult
-from .plan import Plan, Step
+from .plan import DIRECTION_TITLES, Plan, Step
 from .progress import Event, LogLine, ProgressUpdate
-from .results import DIRECTION_TITLES, Recall
+from .results import Recall
 
 
 def make_consoles(no_color: bool = False) -> tuple[Console, Console]:
@@ -71,6 +72,9 @@ class LiveReporter:
         self.progress.update(self._task, completed=update.n, total=update.total, rate=update.rate)
         self._last_n = update.n
 
+    def note(self, text: str) -> None:
+        show_note(self.console, text)
+
     def step_finished(self, step: Step, result: StepResult) -> None:
         for task in list(self.progress.task_ids):
             self.progress.remove_task(task)  # the ✓ line below is what stays on screen
@@ -108,6 +112,19 @@ def show_results(console: Console, label: str, recalls: dict[str, Recall], writt
     console.print(Text(f"server files: {server_dir}"), soft_wrap=True)
     for path in written:
         console.print(Text(f"saved: {path}"), soft_wrap=True)
+
+
+def show_stage_done(console: Console, stage: str, facts: ServerFacts, checkpoint: str) -> None:
+    """After --step extract or knn: what is ready on the server, and the next command."""
+    if stage == "extract":
+        ready = f"features ready: {facts.image_count} images, {facts.text_count} texts"
+        following = "knn"
+    else:
+        ready = "KNN predictions ready"
+        following = "recall"
+    console.print(Text(f"✓ {ready} for {checkpoint}", style="green"), soft_wrap=True)
+    console.print(Text(f"server files: {facts.out_dir}"), soft_wrap=True)
+    console.print(Text(f"next: --step {following}", style="dim"))
 
 
 def show_log_location(console: Console, path: Path) -> None:

@@ -23,6 +23,7 @@ from evalkit.testbed.sshd import LoopbackSshd
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY_SCRIPT = REPO / "distillation_model_evaluation.py"
+QUICK_SCRIPT = REPO / "quick_evaluation.py"
 CPU_LAUNCHER = REPO / "evalkit" / "remote" / "cpu_launch.py"
 # Paths with spaces and Chinese characters, so quoting is exercised on every run.
 DATAPATH_NAME = "数据 path"
@@ -87,6 +88,13 @@ def checkpoint(datapath, server_python) -> Path:
 
 
 @pytest.fixture(scope="session")
+def second_checkpoint(datapath, server_python) -> Path:
+    """Another random checkpoint (another seed): its features differ from the first's."""
+    path = datapath / "experiments" / "large_distill" / "checkpoints" / "epoch_latest.pt"
+    return build_checkpoint(server_python, path, seed=1)
+
+
+@pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
     from evalkit.testbed.sshd import SSHD
 
@@ -108,8 +116,10 @@ class Testbed:
     results_dir: Path
     server_python: Path
     chinese_clip_dir: Path
+    server_outputs: Path
 
     def write_config(self, **overrides) -> Path:
+        """The test bed's settings; the checkpoint is RN50 + RBT3, so the config says so."""
         settings = {
             "host": "seetacloud-v800",
             "datapath": str(self.datapath),
@@ -117,6 +127,9 @@ class Testbed:
             "activate": f"source '{self.server_python.parent / 'activate'}'",
             "device": DEVICE,
             "results_dir": str(self.results_dir),
+            "remote_output_dir": str(self.server_outputs),
+            "vision_model": "RN50",
+            "text_model": "RBT3-chinese",
             "connect_timeout": 10,
             **overrides,
         }
@@ -125,7 +138,14 @@ class Testbed:
 
     def evaluate(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run the entry script exactly as a user does, with --config pointing here."""
-        command = [sys.executable, str(ENTRY_SCRIPT), "--config", str(self.config), *args]
+        return self._run(ENTRY_SCRIPT, args, timeout)
+
+    def quick(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """quick_evaluation.py exactly as a user runs it, with --config pointing here."""
+        return self._run(QUICK_SCRIPT, args, timeout)
+
+    def _run(self, script: Path, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(script), "--config", str(self.config), *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               cwd=self.results_dir.parent, stdin=subprocess.DEVNULL)
 
@@ -134,8 +154,9 @@ class Testbed:
 def testbed(sshd, isolated_home, datapath, checkpoint, server_python, chinese_clip_dir, tmp_path):
     ssh_dir = isolated_home / ".ssh"
     sshd.write_client_files(ssh_dir)
+    # Each test gets its own server output root, so no test reuses another's features.
     bed = Testbed(sshd, ssh_dir, tmp_path / "evalkit.yaml", datapath, checkpoint,
-                  tmp_path / "results", server_python, chinese_clip_dir)
+                  tmp_path / "results", server_python, chinese_clip_dir, tmp_path / "服务器 outputs")
     bed.write_config()
     return bed
 

@@ -77,13 +77,10 @@ def test_one_shot_recall_equals_upstream_run_by_hand(testbed, spec: DatasetSpec,
     assert "text→image" in run.stdout and "image→text" in run.stdout
 
 
-def test_one_shot_files_stay_out_of_the_dataset_and_apart_per_checkpoint(testbed, server_python, tmp_path):
-    from evalkit.testbed.builders import build_checkpoint
-
+def test_one_shot_files_stay_out_of_the_dataset_and_apart_per_checkpoint(testbed, second_checkpoint):
     dataset_dir = testbed.datapath / "datasets" / "Flickr30k-CN"
     before = sorted(p.relative_to(dataset_dir) for p in dataset_dir.rglob("*"))
-    other = build_checkpoint(server_python, testbed.datapath / "experiments" / "large_distill"
-                             / "checkpoints" / "epoch_latest.pt", seed=1)
+    other = second_checkpoint
     runs = [testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(path), *MODEL_ARGS)
             for path in (testbed.checkpoint, other)]
     assert [r.returncode for r in runs] == [0, 0], runs[1].stderr

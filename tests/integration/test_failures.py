@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from evalkit.errors import (AuthenticationError, ConnectError, EvaluationFailed, HostKeyError,
-                            RemoteStepFailed)
+                            MissingInput, RemoteStepFailed)
 
 pytestmark = pytest.mark.integration
 
@@ -74,11 +74,23 @@ def test_closed_port(testbed):
     assert not testbed.results_dir.exists()
 
 
-def test_missing_checkpoint_names_the_step_its_status_and_output(testbed):
+def test_missing_checkpoint_is_named_before_anything_runs(testbed):
     missing = testbed.datapath / "experiments" / "nope" / "checkpoints" / "epoch_latest.pt"
     run = testbed.evaluate("--model-path", str(missing), *MODEL_ARGS)
+    _assert_clean_failure(run, MissingInput.exit_code, f"checkpoint not found on the server: {missing}",
+                          "--model-path")
+    assert not testbed.results_dir.exists()  # not even a log: nothing ran
+    assert not testbed.server_outputs.joinpath("Flickr30k-CN").exists()
+
+
+def test_a_step_that_fails_names_the_step_its_status_and_output(testbed):
+    # A checkpoint that exists but is not one: upstream's extraction fails loading it.
+    broken = testbed.datapath / "experiments" / "broken" / "checkpoints" / "epoch_latest.pt"
+    broken.parent.mkdir(parents=True, exist_ok=True)
+    broken.write_bytes(b"not a checkpoint")
+    run = testbed.evaluate("--model-path", str(broken), *MODEL_ARGS)
     _assert_clean_failure(run, RemoteStepFailed.exit_code, "step 'extract'", "exited with status 1",
-                          "extract_features.py", "not exists")
+                          "extract_features.py")
     assert _no_results(testbed)
     assert "full remote log" in run.stdout
 
@@ -108,9 +120,10 @@ def test_hostile_values_reach_the_scripts_as_text_and_never_run(testbed, tmp_pat
         testbed.evaluate("--model-path", str(testbed.checkpoint), *MODEL_ARGS,
                          "--dataset-name", template.format(m=relative)),
     ]
-    for run in runs:
-        assert run.returncode == RemoteStepFailed.exit_code, run.stderr
+    for run in runs:  # each reaches the server's file check as text, and is not found there
+        assert run.returncode == MissingInput.exit_code, run.stderr
         assert "\nTraceback" not in "\n" + run.stderr
+    assert f"checkpoint not found on the server: /tmp/{hostile}/epoch_latest.pt" in runs[0].stderr
     assert not marker.exists()
     server_home = Path(pwd.getpwuid(os.getuid()).pw_dir)  # where the ssh session starts
     for where in (testbed.chinese_clip_dir, isolated_home, server_home, Path.cwd(), testbed.results_dir.parent):

@@ -50,7 +50,7 @@ def test_every_setting_can_come_from_the_config_file(tmp_path):
               "activate": "echo ready", "python": "python3", "remote_output_dir": "/o", "device": "cpu",
               "gpu": 1, "results_dir": "r", "img_batch_size": 2, "text_batch_size": 3,
               "context_length": 4, "top_k": 5, "eval_batch_size": 6, "connect_timeout": 7.5,
-              "step_timeout": 8}
+              "step_timeout": 8, "vision_model": "RN50", "text_model": "RBT3-chinese"}
     assert set(values) == set(CONFIG_KEYS), "this test must cover every key"
     text = "".join(f"{key}: {value}\n" for key, value in values.items())
     settings = build_settings(write(tmp_path, text), {})
@@ -164,6 +164,16 @@ def test_unknown_device_is_rejected(tmp_path, device):
     error, path = config_error(tmp_path, f"device: '{device}'\n")
     assert "device" in error.message and str(path) in error.message
     assert "cuda" in error.message and "cpu" in error.message, "say what is allowed"
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("vision_model", "ViT-B-17", "ViT-B-16"),
+    ("text_model", "roberta", "RoBERTa-wwm-ext-base-chinese"),
+])
+def test_unknown_model_name_is_rejected_with_the_known_ones(tmp_path, key, value, allowed):
+    error, path = config_error(tmp_path, f"{key}: {value}\n")
+    assert repr(key) in error.message and str(path) in error.message
+    assert allowed in error.message
 
 
 def test_bad_flag_value_is_blamed_on_the_command_line(tmp_path):
