@@ -86,6 +86,11 @@ def show_plan(console: Console, plan: Plan, host: str) -> None:
     """--dry-run: the exact commands, in order, for copy and paste."""
     header = [f"# dry run: nothing is executed. Host: {host}", f"# checkpoint: {plan.checkpoint}",
               f"# server output directory: {plan.output_dir}"]
+    header.append("# first a read-only check of the dataset, checkpoint and earlier outputs "
+                  f"({plan.manifest})")
+    if plan.steps_of("extract"):
+        header.append("# extract is skipped when complete features of this unchanged checkpoint "
+                      "exist (--force-extraction)")
     if plan.cpu_launcher:
         header.append(f"# --device cpu: evalkit first uploads its CPU launcher to {plan.cpu_launcher}")
     for line in header:

@@ -1,0 +1,259 @@
+"""Stages and their guard rails: which steps each --step plans, what the server's file check
+reports, and when a stage may use the files an earlier one left (outputs.py)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evalkit.config import Settings
+from evalkit.errors import MissingInput, OutputsNotReady
+from evalkit.outputs import (FileFacts, ServerFacts, check_checkpoint, check_dataset, check_features,
+                             check_predictions, new_manifest, reuse_refusal, with_knn)
+from evalkit.plan import (INSPECTOR_NAME, MANIFEST_NAME, Request, build_plan, helper_path,
+                          inspect_command)
+
+CHECKPOINT = "/data/experiments/exp/checkpoints/epoch_latest.pt"
+SETTINGS = Settings(datapath="/data")
+
+
+def request(**overrides) -> Request:
+    return Request(**{"dataset": "Flickr30k-CN", "split": "valid", "model_path": CHECKPOINT,
+                      "vision_model": "RN50", "text_model": "RBT3-chinese", **overrides})
+
+
+# --- which steps each stage plans --------------------------------------------------------------
+
+@pytest.mark.parametrize("stages, names, results", [
+    (("extract",), ["prepare", "extract"], []),
+    (("knn",), ["prepare", "knn_t2i", "knn_i2t"], []),
+    (("recall",), ["prepare", "recall_t2i", "transform", "recall_i2t"], ["text_to_image", "image_to_text"]),
+    (("extract", "knn", "recall"), ["prepare", "extract", "knn_t2i", "knn_i2t", "recall_t2i", "transform",
+                                    "recall_i2t"], ["text_to_image", "image_to_text"]),
+])
+def test_each_stage_plans_only_its_own_steps(stages, names, results):
+    plan = build_plan(SETTINGS, request(stages=stages))
+    assert [step.name for step in plan.steps] == names
+    assert list(plan.result_files) == results
+
+
+@pytest.mark.parametrize("overrides, removes_manifest", [
+    ({"stages": ("extract",)}, True),
+    ({}, True),
+    ({"skip_extraction": True}, False),          # reused features keep their manifest
+    ({"stages": ("knn",)}, False),
+    ({"stages": ("recall",)}, False),
+])
+def test_only_an_extraction_removes_the_old_manifest_first(overrides, removes_manifest):
+    # A manifest is rewritten only after a finished extraction, so one killed half way leaves none.
+    plan = build_plan(SETTINGS, request(**overrides))
+    assert (MANIFEST_NAME in plan.steps[0].command) is removes_manifest
+
+
+@pytest.mark.parametrize("stages, copies", [(("extract",), False), (("knn",), False), (("recall",), True)])
+def test_the_texts_are_copied_only_for_recall(stages, copies):
+    assert ("cp " in build_plan(SETTINGS, request(stages=stages)).steps[0].command) is copies
+
+
+def test_knn_steps_say_which_direction_they_serve():
+    plan = build_plan(SETTINGS, request(stages=("knn",)))
+    assert [step.direction for step in plan.steps_of("knn")] == ["text_to_image", "image_to_text"]
+
+
+# --- the server's file check, run for real -----------------------------------------------------
+
+HOSTILE = ["x; touch pwned", "$(touch pwned)", "`touch pwned`", "it's \"q\"", "a\nb; touch pwned", "空格 中文"]
+
+
+def _fake_server(root: Path, dataset: str) -> Settings:
+    datapath = root / "data"
+    texts = datapath / "datasets" / dataset / "valid_texts.jsonl"
+    (datapath / "datasets" / dataset / "lmdb" / "valid" / "imgs").mkdir(parents=True)
+    texts.write_text('{"text_id": 1}\n{"text_id": 2}\n', encoding="utf-8")
+    settings = Settings(datapath=str(datapath), python=sys.executable, activate="true")
+    inspector = Path(helper_path(settings, INSPECTOR_NAME))
+    inspector.parent.mkdir(parents=True)
+    shutil.copy(Path(__file__).parents[2] / "evalkit" / "remote" / INSPECTOR_NAME, inspector)
+    return settings
+
+
+def _facts(settings: Settings, req: Request, checkpoint: str | None, cwd: Path) -> dict:
+    done = subprocess.run(["bash", "-c", inspect_command(settings, req, checkpoint)], cwd=cwd,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("EVALKIT-FACTS ")]
+    return json.loads(line.removeprefix("EVALKIT-FACTS "))
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_the_file_check_receives_hostile_values_as_text(tmp_path, hostile):
+    dataset = hostile.replace("/", "_")
+    settings = _fake_server(tmp_path, dataset)
+    checkpoint = f"{settings.datapath}/experiments/{hostile}/epoch_latest.pt"
+    facts = _facts(settings, request(dataset=dataset), checkpoint, tmp_path)
+    assert facts["checkpoint"]["path"] == checkpoint and facts["checkpoint"]["exists"] is False
+    assert facts["texts"]["count"] == 2
+    assert not list(tmp_path.rglob("pwned"))
+
+
+def test_the_file_check_counts_complete_lines_and_sees_a_partial_one(tmp_path):
+    settings = _fake_server(tmp_path, "Flickr30k-CN")
+    plan = build_plan(settings, request(model_path=str(tmp_path / "ckpt.pt")))
+    Path(plan.output_dir).mkdir(parents=True)
+    Path(plan.files.image_feats).write_text('{"image_id": 1}\n{"image_id": 2', encoding="utf-8")
+    Path(plan.files.text_feats).write_text('{"text_id": 1}\n{"text_id": 2}\n', encoding="utf-8")
+    facts = _facts(settings, request(), plan.checkpoint, tmp_path)
+    assert facts["files"]["image_feats"]["lines"] == 1
+    assert facts["files"]["image_feats"]["partial_last_line"] is True
+    assert facts["files"]["text_feats"]["lines"] == 2
+    assert facts["files"]["t2i_predictions"] is None
+
+
+def test_without_a_checkpoint_the_file_check_picks_the_newest_manifest_of_this_datapath(tmp_path):
+    settings = _fake_server(tmp_path, "Flickr30k-CN")
+    made = {}
+    for name, when, datapath in (("old", "2026-01-01T00:00:00", settings.datapath),
+                                 ("new", "2026-02-01T00:00:00", settings.datapath),
+                                 ("other-datapath", "2026-03-01T00:00:00", "/elsewhere")):
+        plan = build_plan(settings, request(model_path=f"/ckpt/{name}/checkpoints/epoch_latest.pt"))
+        Path(plan.output_dir).mkdir(parents=True)
+        Path(plan.manifest).write_text(json.dumps({"extracted_at": when, "datapath": datapath}))
+        made[name] = plan.output_dir
+    assert _facts(settings, request(model_path=""), None, tmp_path)["out_dir"] == made["new"]
+
+
+# --- when a stage may use the files ------------------------------------------------------------
+
+FEATURES = {"image_feats": FileFacts(100, 1, 20, False), "text_feats": FileFacts(200, 2, 80, False)}
+CHECKPOINT_FACTS = {"path": CHECKPOINT, "exists": True, "readable": True, "size": 7, "mtime_ns": 9}
+
+
+def facts(manifest: dict | None = None, files: dict | None = None, **overrides) -> ServerFacts:
+    values = dict(images_path="/data/imgs", image_count=20, images_problem=None,
+                  texts_path="/data/valid_texts.jsonl", text_count=80, checkpoint=CHECKPOINT_FACTS,
+                  out_dir="/out/exp-1", manifest=manifest, manifest_problem=None,
+                  files=dict(FEATURES if files is None else files))
+    values.update(overrides)
+    return ServerFacts(**values)
+
+
+def extracted(**overrides) -> ServerFacts:
+    """The facts right after a complete extraction, its manifest written."""
+    before = facts(**overrides)
+    manifest = new_manifest(SETTINGS, request(), before, "python extract_features.py", "2026-11-27T10:00:00")
+    return dataclasses.replace(before, manifest=manifest)
+
+
+def test_complete_unchanged_features_are_reused():
+    assert reuse_refusal(SETTINGS, request(), extracted()) is None
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda f: dataclasses.replace(f, manifest=None), "no earlier extraction"),
+    (lambda f: dataclasses.replace(f, checkpoint={**CHECKPOINT_FACTS, "mtime_ns": 10}), "checkpoint changed"),
+    (lambda f: dataclasses.replace(f, checkpoint={**CHECKPOINT_FACTS, "size": 8}), "checkpoint changed"),
+    (lambda f: dataclasses.replace(f, files={**FEATURES, "text_feats": None}), "text feature file is missing"),
+    (lambda f: dataclasses.replace(f, files={**FEATURES, "image_feats": FileFacts(50, 1, 10, False)}),
+     "image feature file is truncated: 10 complete lines for 20 images"),
+    (lambda f: dataclasses.replace(f, files={**FEATURES, "image_feats": FileFacts(100, 1, 20, True)}),
+     "image feature file is truncated"),
+    (lambda f: dataclasses.replace(f, files={**FEATURES, "image_feats": FileFacts(101, 5, 20, False)}),
+     "image feature file changed after evalkit extracted it"),
+    (lambda f: dataclasses.replace(f, image_count=21), "truncated: 20 complete lines for 21 images"),
+])
+def test_features_are_extracted_again_when(change, reason):
+    assert reason in reuse_refusal(SETTINGS, request(), change(extracted()))
+
+
+@pytest.mark.parametrize("different", [{"vision_model": "ViT-B-16"}, {"text_model": "RoBERTa-wwm-ext-base-chinese"}])
+def test_other_models_are_not_served_old_features(different):
+    assert "model changed" in reuse_refusal(SETTINGS, request(**different), extracted())
+
+
+def test_another_context_length_is_not_served_old_features():
+    other = dataclasses.replace(SETTINGS, context_length=64)
+    assert "context length changed" in reuse_refusal(other, request(), extracted())
+
+
+@pytest.mark.parametrize("state, phrase", [
+    (facts(), "its feature files have no manifest"),        # an extraction killed half way
+    (facts(files={}), "nothing has been extracted there yet"),
+    (dataclasses.replace(facts(), manifest_problem="bad JSON"), "manifest in /out/exp-1 is unreadable"),
+    (dataclasses.replace(extracted(), checkpoint={**CHECKPOINT_FACTS, "size": 8}), "changed after its features"),
+])
+def test_knn_refuses_features_it_cannot_trust(state, phrase):
+    with pytest.raises(OutputsNotReady) as info:
+        check_features(state)
+    assert phrase in info.value.message and info.value.hint
+
+
+def test_knn_accepts_one_recorded_extraction_even_if_the_checkpoint_is_gone():
+    check_features(dataclasses.replace(extracted(), checkpoint={"path": CHECKPOINT, "exists": False}))
+
+
+PREDICTIONS = {"t2i_predictions": FileFacts(10, 3, 80, False), "i2t_predictions": FileFacts(20, 4, 20, False)}
+
+
+def after_knn(**overrides) -> ServerFacts:
+    state = dataclasses.replace(extracted(), files={**FEATURES, **PREDICTIONS})
+    manifest = with_knn(state, {"text_to_image": "knn t2i", "image_to_text": "knn i2t"}, "later")
+    return dataclasses.replace(state, manifest=manifest, **overrides)
+
+
+def test_recall_accepts_predictions_made_from_the_current_features():
+    check_predictions(after_knn(), ["text_to_image", "image_to_text"])
+
+
+@pytest.mark.parametrize("state, phrase", [
+    (extracted(), "no text→image KNN predictions"),
+    (after_knn(files={**FEATURES, **PREDICTIONS, "t2i_predictions": None}), "no text→image KNN predictions"),
+    (after_knn(files={**FEATURES, **PREDICTIONS, "i2t_predictions": FileFacts(5, 9, 3, True)}),
+     "image→text predictions in /out/exp-1 changed or are incomplete"),
+])
+def test_recall_refuses_predictions_it_cannot_trust(state, phrase):
+    with pytest.raises(OutputsNotReady) as info:
+        check_predictions(state, ["text_to_image", "image_to_text"])
+    assert phrase in info.value.message
+
+
+def test_recall_refuses_predictions_made_from_older_features():
+    state = after_knn()
+    newer = {**state.manifest, "features": {"image_feats": {"size": 1, "mtime_ns": 1}}}
+    with pytest.raises(OutputsNotReady, match="made from older features"):
+        check_predictions(dataclasses.replace(state, manifest=newer), ["text_to_image"])
+
+
+@pytest.mark.parametrize("state, phrase", [
+    (facts(images_problem="missing"), "no image LMDB at /data/imgs"),
+    (facts(text_count=None), "no texts file /data/valid_texts.jsonl"),
+    (facts(images_problem="the LMDB has no num_images key"), "no num_images key"),
+])
+def test_a_split_that_is_not_there_is_named(state, phrase):
+    with pytest.raises(MissingInput) as info:
+        check_dataset(state, request())
+    assert "split 'valid' of dataset 'Flickr30k-CN'" in info.value.message or "cannot count" in info.value.message
+    assert phrase in info.value.message
+
+
+@pytest.mark.parametrize("checkpoint, phrase", [
+    ({"path": CHECKPOINT, "exists": False, "readable": False}, "checkpoint not found on the server"),
+    ({**CHECKPOINT_FACTS, "readable": False}, "checkpoint is not readable"),
+])
+def test_a_missing_or_unreadable_checkpoint_is_named(checkpoint, phrase):
+    with pytest.raises(MissingInput) as info:
+        check_checkpoint(facts(checkpoint=checkpoint))
+    assert phrase in info.value.message and CHECKPOINT in info.value.message
+
+
+def test_the_manifest_records_inputs_counts_features_and_command():
+    manifest = extracted().manifest
+    assert manifest["checkpoint"] == {"path": CHECKPOINT, "size": 7, "mtime_ns": 9}
+    assert (manifest["num_images"], manifest["num_texts"]) == (20, 80)
+    assert manifest["features"] == {"image_feats": {"size": 100, "mtime_ns": 1},
+                                    "text_feats": {"size": 200, "mtime_ns": 2}}
+    assert manifest["commands"] == {"extract": "python extract_features.py"}
