@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -10,10 +11,13 @@ from typing import Any, Callable
 import click
 
 from . import service, view
-from .config import DEVICES, TEXT_MODELS, VISION_MODELS, Settings, build_settings
-from .errors import INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, EvalkitError
+from .batch import check_distinct_checkpoints, comparison_paths, evaluate_many, model_result, now_utc
+from .comparison import ModelResult, build_comparison, to_csv, to_markdown
+from .config import ALL_MODELS, DEVICES, TEXT_MODELS, VISION_MODELS, ModelEntry, Settings, build_settings
+from .errors import (INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, ComparisonIncomplete, EvalkitError,
+                     NothingEvaluated)
 from .plan import SPLITS, STAGES, Request, build_plan
-from .results import recalls
+from .results import in_registry_order, load_evaluated, recalls, save_comparison
 
 _SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir", "vision_model", "text_model")
 
@@ -23,6 +27,18 @@ def _check_dataset_name(ctx: click.Context, param: click.Parameter, value: str) 
         raise click.BadParameter(f"{value!r} is not a dataset directory name "
                                  "(one name under DATAPATH/datasets, no '/')")
     return value
+
+
+def _parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        gpus = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of GPU indices, e.g. 0,1,2")
+    if any(gpu < 0 for gpu in gpus) or len(set(gpus)) != len(gpus):
+        raise click.BadParameter(f"{value!r}: each GPU index once, none negative")
+    return gpus
 
 
 def shared_options(command: Callable) -> Callable:
@@ -39,6 +55,9 @@ def shared_options(command: Callable) -> Callable:
         click.option("--split", type=click.Choice(SPLITS), default="valid", show_default=True),
         click.option("--model-path", help="checkpoint on the server, e.g. DATAPATH/experiments/"
                                           "<name>/checkpoints/epoch_latest.pt (relative: to DATAPATH)"),
+        click.option("--model", "models", multiple=True, metavar="NAME",
+                     help="a checkpoint registered under `models:` in the config; repeatable; "
+                          "`all` for every registered one. Several give a comparison table"),
         click.option("--force-extraction", is_flag=True,
                      help="extract again even when complete features of this unchanged "
                           "checkpoint exist (they are reused by default)"),
@@ -50,10 +69,14 @@ def shared_options(command: Callable) -> Callable:
                      help="cuda, or cpu to run the same upstream scripts without a GPU  [default: cuda]"),
         click.option("--gpu", type=click.IntRange(min=0), help="GPU index, sets CUDA_VISIBLE_DEVICES  "
                                                                "[default: 0]"),
+        click.option("--gpus", callback=_parse_gpus, metavar="0,1,2",
+                     help="evaluate several models at once, one per GPU (one GPU: one after another)"),
         click.option("--results-dir", help="local folder for results  [default: results]"),
         click.option("--skip-text-to-image", is_flag=True, help="skip text→image KNN and recall"),
         click.option("--skip-image-to-text", is_flag=True, help="skip image→text KNN and recall"),
         click.option("--dry-run", is_flag=True, help="print the exact remote commands; run nothing"),
+        click.option("--json", "json_output", is_flag=True,
+                     help="print one machine-readable summary on stdout; everything else on stderr"),
         click.option("--verbose", is_flag=True, help="also print each remote command as it starts"),
         click.option("--debug", is_flag=True, help="show Python tracebacks on errors"),
     ]
@@ -89,42 +112,107 @@ def guarded(command: Callable) -> Callable:
     return wrapper
 
 
-def settings_and_request(kwargs: dict[str, Any], stages: tuple[str, ...] = STAGES
-                         ) -> tuple[Settings, Request]:
+def settings_and_requests(kwargs: dict[str, Any], stages: tuple[str, ...] = STAGES
+                          ) -> tuple[Settings, list[Request]]:
+    """The settings, and one request per model named by --model / --model-path."""
     flags = {name: kwargs.get(name) for name in _SETTING_FLAGS}
     settings = build_settings(kwargs.get("config"), flags)
-    if not kwargs.get("model_path") and ("extract" in stages or kwargs.get("dry_run")):
-        raise click.UsageError("--model-path is required: the checkpoint to evaluate, e.g. "
-                               f"{settings.datapath}/experiments/<name>/checkpoints/epoch_latest.pt")
-    request = Request(dataset=kwargs["dataset_name"], split=kwargs["split"],
-                      model_path=kwargs.get("model_path") or "", vision_model=settings.vision_model,
-                      text_model=settings.text_model,
-                      skip_extraction=kwargs.get("skip_extraction", False),
-                      skip_text_to_image=kwargs["skip_text_to_image"],
-                      skip_image_to_text=kwargs["skip_image_to_text"],
-                      stages=stages, force_extraction=kwargs["force_extraction"])
-    if request.skip_text_to_image and request.skip_image_to_text:
+    common = dict(dataset=kwargs["dataset_name"], split=kwargs["split"], stages=stages,
+                  skip_extraction=kwargs.get("skip_extraction", False),
+                  skip_text_to_image=kwargs["skip_text_to_image"],
+                  skip_image_to_text=kwargs["skip_image_to_text"],
+                  force_extraction=kwargs["force_extraction"])
+    _check_flag_combinations(common)
+    requests = [Request(model_path=entry.path, label=entry.name,
+                        vision_model=kwargs["vision_model"] or entry.vision_model or settings.vision_model,
+                        text_model=kwargs["text_model"] or entry.text_model or settings.text_model, **common)
+                for entry in _registered(settings, kwargs["models"])]
+    if kwargs.get("model_path") or not requests:
+        if not kwargs.get("model_path") and ("extract" in stages or kwargs.get("dry_run")):
+            raise click.UsageError("--model-path or --model is required: the checkpoint to evaluate, e.g. "
+                                   f"{settings.datapath}/experiments/<name>/checkpoints/epoch_latest.pt")
+        requests.append(Request(model_path=kwargs.get("model_path") or "", vision_model=settings.vision_model,
+                                text_model=settings.text_model, **common))
+    check_distinct_checkpoints(settings, requests)
+    return settings, requests
+
+
+def _check_flag_combinations(common: dict[str, Any]) -> None:
+    if common["skip_text_to_image"] and common["skip_image_to_text"]:
         raise click.UsageError("--skip-text-to-image and --skip-image-to-text together leave nothing "
                                "to evaluate; drop one of them")
-    if request.skip_extraction and request.force_extraction:
+    if common["skip_extraction"] and common["force_extraction"]:
         raise click.UsageError("--skip-extraction and --force-extraction contradict each other; "
                                "drop one of them")
-    return settings, request
 
 
-def run_evaluation(settings: Settings, request: Request, verbose: bool, dry_run: bool) -> None:
-    out, _ = view.make_consoles()
-    if dry_run:
-        view.show_plan(out, build_plan(settings, request), settings.host)
+def _registered(settings: Settings, names: tuple[str, ...]) -> list[ModelEntry]:
+    known = ", ".join(settings.models) or "none: add a `models:` map to the --config file"
+    wanted = list(settings.models) if ALL_MODELS in names else list(dict.fromkeys(names))
+    if ALL_MODELS in names and not settings.models:
+        raise click.UsageError(f"--model all: no models are registered ({known})")
+    for name in wanted:
+        if name not in settings.models:
+            raise click.UsageError(f"unknown model {name!r} for --model; registered: {known}")
+    return [settings.models[name] for name in wanted]
+
+
+def run_command(settings: Settings, requests: list[Request], kwargs: dict[str, Any]) -> None:
+    """Dry run, one model, or several (a comparison); --json puts one summary on stdout."""
+    out, _ = view.make_consoles(to_stderr=kwargs["json_output"])
+    if kwargs["dry_run"]:
+        for request in requests:
+            view.show_plan(out, build_plan(settings, request), settings.host)
         return
+    slots = kwargs["gpus"] or [settings.gpu]
+    if len(requests) == 1:
+        results = [_run_one(out, settings, requests[0], kwargs["verbose"])]
+    else:
+        results = _run_many(out, settings, requests, slots, kwargs["verbose"])
+    _report(out, settings, requests[0], results, kwargs["json_output"])
+
+
+def _run_one(out, settings: Settings, request: Request, verbose: bool) -> ModelResult:
     with view.LiveReporter(out, verbose) as reporter:
-        report = service.evaluate(settings, request, reporter,
-                                  on_log_opened=lambda path: view.show_log_location(out, path))
+        report = service.evaluate(settings, request, reporter)  # errors keep their own exit code
     plan = report.outcome.plan
     if report.summary is None:
         view.show_stage_done(out, report.request.stages[-1], report.facts, plan.checkpoint)
-        return
-    view.show_results(out, plan.label, recalls(report.outcome), report.written, plan.output_dir)
+    else:
+        view.show_results(out, plan.label, recalls(report.outcome), report.written, plan.output_dir)
+    return model_result(report)
+
+
+def _run_many(out, settings: Settings, requests: list[Request], slots: list[int],
+              verbose: bool) -> list[ModelResult]:
+    def failed(request: Request, error: EvalkitError) -> None:
+        view.show_model_failed(out, request.label or request.model_path, error)
+
+    if len(slots) <= 1:
+        def sequential(request: Request) -> view.LiveReporter:
+            view.show_model_header(out, request.label or "", request.model_path)
+            return view.LiveReporter(out, verbose)
+        return evaluate_many(settings, requests, slots, sequential, failed)
+    with view.concurrent_progress(out) as progress:
+        return evaluate_many(settings, requests, slots,
+                             lambda request: view.ConcurrentReporter(out, progress, request.label or
+                                                                     request.model_path), failed)
+
+
+def _report(out, settings: Settings, request: Request, results: list[ModelResult], json_output: bool) -> None:
+    document = build_comparison(results, request.dataset, request.split, now_utc())
+    failures = [result for result in results if not result.ok]
+    if len(results) > 1 and "recall" in request.stages:
+        written = [] if not any(r.ok for r in results) else save_comparison(
+            document, comparison_paths(Path(settings.results_dir), request.dataset, request.split))
+        view.show_comparison(out, document, written)
+    if json_output:
+        click.echo(json.dumps(document, ensure_ascii=False, indent=2))
+    if failures:
+        raise ComparisonIncomplete(
+            f"{len(failures)} of {len(results)} models failed: "
+            + "; ".join(f"{r.label} (exit {r.exit_code})" for r in failures),
+            "read each model's error above; rerun just those with --model NAME")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -144,8 +232,8 @@ def evaluate_command(**kwargs: Any) -> None:
       python distillation_model_evaluation.py --dataset-name Flickr30k-CN \\
         --model-path /root/autodl-tmp/datapath/experiments/EXP/checkpoints/epoch_latest.pt
     """
-    settings, request = settings_and_request(kwargs)
-    run_evaluation(settings, request, kwargs["verbose"], kwargs["dry_run"])
+    settings, requests = settings_and_requests(kwargs)
+    run_command(settings, requests, kwargs)
 
 
 def evaluate_main() -> None:
@@ -174,8 +262,8 @@ def quick_command(**kwargs: Any) -> None:
       python quick_evaluation.py --step knn --dataset-name Flickr30k-CN
       python quick_evaluation.py --step recall --dataset-name Flickr30k-CN
     """
-    settings, request = settings_and_request(kwargs, stages=(kwargs["step"],))
-    run_evaluation(settings, request, kwargs["verbose"], kwargs["dry_run"])
+    settings, requests = settings_and_requests(kwargs, stages=(kwargs["step"],))
+    run_command(settings, requests, kwargs)
 
 
 def quick_main() -> None:
@@ -189,6 +277,47 @@ def main() -> None:
 
 main.add_command(evaluate_command, name="evaluate")
 main.add_command(quick_command, name="quick")
+
+
+RESULT_FORMATS = ("table", "markdown", "csv", "json")
+
+
+@main.command()
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML config: its results_dir and the order of its `models:`")
+@click.option("--results-dir", help="local results folder  [default: results]")
+@click.option("--dataset-name", help="only this dataset")
+@click.option("--split", type=click.Choice(SPLITS), help="only this split")
+@click.option("--format", "output_format", type=click.Choice(RESULT_FORMATS), default="table",
+              show_default=True, help="markdown and csv paste into a paper or a spreadsheet")
+@click.option("--debug", is_flag=True, help="show Python tracebacks on errors")
+@guarded
+def results(config: Path | None, results_dir: str | None, dataset_name: str | None, split: str | None,
+            output_format: str, debug: bool) -> None:
+    """Compare everything evaluated so far, from the local results folder (no connection).
+
+    One table per dataset and split: a row per label (its newest run), the best of each
+    column highlighted, deltas against `baseline` when there is one.
+    """
+    settings = build_settings(config, {"results_dir": results_dir})
+    found = load_evaluated(Path(settings.results_dir), dataset_name, split)
+    if not found:
+        scope = " ".join(filter(None, (dataset_name, split)))
+        raise NothingEvaluated(f"no results under {Path(settings.results_dir).resolve()}"
+                               + (f" for {scope}" if scope else ""),
+                               "evaluate first, or point --results-dir / --config at your results folder")
+    out, _ = view.make_consoles()
+    documents = [build_comparison(in_registry_order(rows, list(settings.models)), dataset, split_name, now_utc())
+                 for (dataset, split_name), rows in sorted(found.items())]
+    for document in documents:
+        if output_format == "table":
+            view.show_comparison(out, document, [])
+        elif output_format == "markdown":
+            click.echo(to_markdown(document))
+        elif output_format == "csv":
+            click.echo(to_csv(document), nl=False)
+    if output_format == "json":
+        click.echo(json.dumps(documents, ensure_ascii=False, indent=2))
 
 
 @main.command()
@@ -210,4 +339,4 @@ def demo(workdir: Path | None, results_dir: str, verbose: bool, debug: bool) -> 
     out, _ = view.make_consoles()
     say = functools.partial(view.show_note, out)
     with demo_server(workdir or default_workdir(), results_dir, say) as server:
-        run_evaluation(server.settings, server.request, verbose, dry_run=False)
+        _run_one(out, server.settings, server.request, verbose)

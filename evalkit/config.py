@@ -6,7 +6,8 @@ The defaults describe the seed server (`ssh seetacloud-v800`, Chinese-CLIP under
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,6 +19,16 @@ DEVICES = ("cuda", "cpu")
 VISION_MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "RN50")
 TEXT_MODELS = ("RoBERTa-wwm-ext-base-chinese", "RoBERTa-wwm-ext-large-chinese", "RBT3-chinese")
 _CHOICES = {"device": DEVICES, "vision_model": VISION_MODELS, "text_model": TEXT_MODELS}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered checkpoint: `models: {team: {path: ..., vision_model: ...}}` in the config."""
+
+    name: str
+    path: str
+    vision_model: str | None = None
+    text_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,7 @@ class Settings:
     eval_batch_size: int = 32768
     connect_timeout: float = 15.0
     step_timeout: float = 24 * 3600.0
+    models: dict[str, ModelEntry] = field(default_factory=dict)
 
     @property
     def output_root(self) -> str:
@@ -52,9 +64,13 @@ class Settings:
 
 # What each key may hold, for messages that name the expected type.
 _KEY_TYPES: dict[str, tuple[type, ...]] = {
-    f.name: ((int, float) if f.type == "float" else (int,) if f.type == "int" else (str,))
+    f.name: ((int, float) if f.type == "float" else (int,) if f.type == "int" else
+             (dict,) if f.name == "models" else (str,))
     for f in dataclasses.fields(Settings)
 }
+_ENTRY_KEYS = ("path", "vision_model", "text_model")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+ALL_MODELS = "all"
 _NULLABLE = {"ssh_config", "remote_output_dir"}
 _POSITIVE = {"img_batch_size", "text_batch_size", "context_length", "top_k", "eval_batch_size",
              "connect_timeout", "step_timeout"}
@@ -104,6 +120,25 @@ def check_values(values: Mapping[str, Any], source: str) -> None:
                               f"got {values[key]!r}", f"fix {key!r} in {source}")
     if values.get("gpu", 0) < 0:  # the type was checked above
         raise ConfigError(f"'gpu' in {source} must be >= 0, got {values['gpu']}", f"fix 'gpu' in {source}")
+    for name, entry in values.get("models", {}).items():
+        _check_model_entry(name, entry, source)
+
+
+def _check_model_entry(name: Any, entry: Any, source: str) -> None:
+    where = f"model {name!r} in {source}"
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or name == ALL_MODELS:
+        raise ConfigError(f"{where}: a model name is letters, digits, '.', '_' or '-' (and not "
+                          f"{ALL_MODELS!r})", f"rename it in {source}")
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not entry["path"]:
+        raise ConfigError(f"{where} needs a `path:` (absolute, or relative to datapath)",
+                          f"write `{name}: {{path: experiments/EXP/checkpoints/epoch_latest.pt}}`")
+    for key, value in entry.items():
+        if key not in _ENTRY_KEYS:
+            raise ConfigError(f"unknown key {key!r} in {where}", f"known keys: {', '.join(_ENTRY_KEYS)}")
+        choices = _CHOICES.get(key)
+        if choices and value not in choices:
+            raise ConfigError(f"{key!r} of {where} must be one of {', '.join(choices)}, got {value!r}",
+                              f"fix {key!r} of {where}")
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -118,4 +153,5 @@ def build_settings(config_path: Path | None, flags: Mapping[str, Any]) -> Settin
     given = {key: value for key, value in flags.items() if value is not None}
     check_values(given, source="the command line")
     merged.update(given)
+    merged["models"] = {name: ModelEntry(name, **entry) for name, entry in merged.get("models", {}).items()}
     return Settings(**merged)

@@ -95,6 +95,20 @@ class OutputsNotReady(EvalkitError):
     title = "earlier step's output not usable"
 
 
+class ComparisonIncomplete(EvalkitError):
+    """In a run of several models, at least one failed (the others' results are kept)."""
+
+    exit_code = 14
+    title = "some models failed"
+
+
+class NothingEvaluated(EvalkitError):
+    """`python -m evalkit results` found no results to show."""
+
+    exit_code = 15
+    title = "no results"
+
+
 INTERRUPTED_EXIT_CODE = 130
 UNEXPECTED_EXIT_CODE = 1
 USAGE_EXIT_CODE = 2
@@ -116,5 +130,8 @@ EXIT_CODES: dict[int, str] = {
     MissingInput.exit_code: "the dataset split or checkpoint is not on the server",
     OutputsNotReady.exit_code: "an earlier step's output is missing, incomplete or from another "
                                "checkpoint (run that step first)",
+    ComparisonIncomplete.exit_code: "several models were evaluated and at least one failed "
+                                    "(the table marks which)",
+    NothingEvaluated.exit_code: "`python -m evalkit results` found no results for that filter",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C)",
 }

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from .config import Settings
@@ -34,6 +35,8 @@ class Reporter(Protocol):
     def step_finished(self, step: Step, result: "StepResult") -> None: ...
 
     def note(self, text: str) -> None: ...
+
+    def log_opened(self, path: Path) -> None: ...
 
 
 @dataclass(frozen=True)

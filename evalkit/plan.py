@@ -36,6 +36,7 @@ class Request:
     skip_image_to_text: bool = False
     stages: tuple[str, ...] = STAGES
     force_extraction: bool = False
+    label: str | None = None  # a registry name; else derived from the checkpoint path
 
     @property
     def directions(self) -> list[str]:
@@ -136,7 +137,7 @@ def build_plan(settings: Settings, request: Request) -> Plan:
     chosen = [step for step in steps if step.stage in ("prepare", *request.stages)]
     if "recall" not in request.stages:
         results = {}
-    return Plan(checkpoint_label(checkpoint), checkpoint, out, launcher,
+    return Plan(request.label or checkpoint_label(checkpoint), checkpoint, out, launcher,
                 tuple(_in_stage_order(chosen)), results, files)
 
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .comparison import ModelResult, to_csv, to_markdown
 from .errors import LocalWriteError
 from .pipeline import RunOutcome
 from .plan import I2T_RESULT, T2I_RESULT, Request
@@ -79,3 +80,36 @@ def write_atomically(path: Path, data: bytes) -> Path:
         raise LocalWriteError(f"cannot write {path}: {exc.strerror or exc}",
                               "check the --results-dir location is writable") from exc
     return path
+
+
+def save_comparison(document: dict, paths: dict[str, Path]) -> list[Path]:
+    """comparison.json, .csv and .md, each written atomically."""
+    texts = {"json": json.dumps(document, ensure_ascii=False, indent=2) + "\n",
+             "csv": to_csv(document), "md": to_markdown(document)}
+    return [write_atomically(paths[suffix], texts[suffix].encode("utf-8")) for suffix in ("json", "csv", "md")]
+
+
+def load_evaluated(results_dir: Path, dataset: str | None = None,
+                   split: str | None = None) -> dict[tuple[str, str], list[ModelResult]]:
+    """Every label's latest summary.json under RESULTS_DIR, grouped by (dataset, split)."""
+    found: dict[tuple[str, str], list[ModelResult]] = {}
+    for path in sorted(results_dir.glob("*/*/*/summary.json")):
+        label_dir = path.parent
+        key = (label_dir.parent.parent.name, label_dir.parent.name)
+        if (dataset and key[0] != dataset) or (split and key[1] != split):
+            continue
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+            result = ModelResult(label_dir.name, summary["checkpoint"], "ok", summary["recall"],
+                                 finished_at=summary.get("timestamp"),
+                                 server_output_dir=summary.get("server_output_dir"))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not one of ours, or half-edited by hand: never block the others
+        found.setdefault(key, []).append(result)
+    return found
+
+
+def in_registry_order(results: list[ModelResult], registry: list[str]) -> list[ModelResult]:
+    """Registered models first, in the config's order (team, large, ...), then the rest by name."""
+    rank = {name: index for index, name in enumerate(registry)}
+    return sorted(results, key=lambda r: (rank.get(r.label, len(rank)), r.label))

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from . import outputs
 from .config import Settings
@@ -40,8 +40,7 @@ def log_path_for(settings: Settings, request: Request, label: str) -> Path:
     return Path(settings.results_dir) / "logs" / name
 
 
-def evaluate(settings: Settings, request: Request, reporter: Reporter,
-             on_log_opened: Callable[[Path], None] = lambda path: None) -> Report:
+def evaluate(settings: Settings, request: Request, reporter: Reporter) -> Report:
     """Run REQUEST's stages on the server; recall results land under settings.results_dir."""
     target = resolve_target(settings.host, Path(settings.ssh_config) if settings.ssh_config else None)
     with Connection(target, settings.connect_timeout).open() as connection:
@@ -52,7 +51,7 @@ def evaluate(settings: Settings, request: Request, reporter: Reporter,
         plan = build_plan(settings, request)
         log_path = log_path_for(settings, request, plan.label)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        on_log_opened(log_path)
+        reporter.log_opened(log_path)
         with log_path.open("wb") as log:
             outcome, facts = _run_stages(plan, request, connection, settings, reporter, log, facts)
     if "recall" not in request.stages:

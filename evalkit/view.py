@@ -14,6 +14,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, Text
 from rich.table import Table
 from rich.text import Text
 
+from .comparison import COLUMNS, cell, header
 from .errors import EvalkitError
 from .outputs import ServerFacts
 from .pipeline import StepResult
@@ -22,10 +23,12 @@ from .progress import Event, LogLine, ProgressUpdate
 from .results import Recall
 
 
-def make_consoles(no_color: bool = False) -> tuple[Console, Console]:
-    """(stdout console, stderr console): errors never mix into output meant for files."""
-    return (Console(highlight=False, no_color=no_color),
-            Console(stderr=True, highlight=False, no_color=no_color))
+def make_consoles(to_stderr: bool = False) -> tuple[Console, Console]:
+    """(output console, stderr console): errors never mix into output meant for files.
+
+    to_stderr: stdout is kept for one machine-readable document (--json).
+    """
+    return Console(highlight=False, stderr=to_stderr), Console(stderr=True, highlight=False)
 
 
 class LiveReporter:
@@ -74,6 +77,9 @@ class LiveReporter:
 
     def note(self, text: str) -> None:
         show_note(self.console, text)
+
+    def log_opened(self, path: Path) -> None:
+        show_log_location(self.console, path)
 
     def step_finished(self, step: Step, result: StepResult) -> None:
         for task in list(self.progress.task_ids):
@@ -149,3 +155,73 @@ def show_interrupted(console: Console) -> None:
 
 def show_note(console: Console, text: str) -> None:
     console.print(Text(f"· {text}", style="cyan"), soft_wrap=True)
+
+
+class ConcurrentReporter:
+    """One row per model while several run at once; their remote output goes to their logs."""
+
+    def __init__(self, console: Console, progress: Progress, label: str) -> None:
+        self.console, self.progress, self.label = console, progress, label
+        self._task = progress.add_task(f"{label}: waiting", total=None, rate="")
+
+    def step_started(self, step: Step, index: int, count: int) -> None:
+        self.progress.update(self._task, description=f"{self.label}: [{index + 1}/{count}] {step.title}",
+                             completed=0, total=None, rate="")
+
+    def step_event(self, step: Step, event: Event) -> None:
+        if isinstance(event, ProgressUpdate):
+            self.progress.update(self._task, completed=event.n, total=event.total, rate=event.rate)
+
+    def step_finished(self, step: Step, result: StepResult) -> None:
+        mark, style = ("✓", "green") if result.exit_code == 0 else ("✗", "red")
+        self.console.print(Text(f"{mark} {self.label}: {step.title}  {result.seconds:.1f} s", style=style))
+
+    def note(self, text: str) -> None:
+        show_note(self.console, f"{self.label}: {text}")
+
+    def log_opened(self, path: Path) -> None:
+        show_log_location(self.console, path)
+
+    def done(self) -> None:
+        self.progress.remove_task(self._task)
+
+
+def concurrent_progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), console=console, transient=True)
+
+
+def show_model_header(console: Console, label: str, checkpoint: str) -> None:
+    console.rule(Text(f"{label}  ({checkpoint})" if checkpoint else label), align="left")
+
+
+def show_model_failed(console: Console, label: str, error: EvalkitError) -> None:
+    console.print(Text(f"✗ {label} failed (exit {error.exit_code}): {error.message}", style="bold red"),
+                  soft_wrap=True)
+    if error.hint:
+        console.print(Text(f"  fix: {error.hint}", style="yellow"), soft_wrap=True)
+
+
+def comparison_table(document: dict) -> Table:
+    """Rows per model; the best of each column in bold green; ±deltas against the baseline."""
+    title = f"Recall (%) — {document['dataset']} {document['split']}"
+    if document["baseline"]:
+        title += f" (±: against {document['baseline']})"
+    table = Table(title=title)
+    for index, column in enumerate(header()):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    for row in document["models"]:
+        if row["status"] != "ok":
+            table.add_row(row["label"], Text(f"failed (exit {row['exit_code']})", style="red"),
+                          *["–"] * (len(COLUMNS) - 1))
+            continue
+        cells = [Text.from_markup(cell(document, row, d, m, bold=("[bold green]", "[/]")))
+                 for d, m in COLUMNS]
+        table.add_row(Text(row["label"]), *cells)
+    return table
+
+
+def show_comparison(console: Console, document: dict, written: Iterable[Path]) -> None:
+    console.print(comparison_table(document))
+    for path in written:
+        console.print(Text(f"saved: {path}"), soft_wrap=True)

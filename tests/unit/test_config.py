@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
-from evalkit.config import CONFIG_KEYS, Settings, build_settings, load_config_file
+from evalkit.config import CONFIG_KEYS, ModelEntry, Settings, build_settings, load_config_file
 from evalkit.errors import ConfigError
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "seetacloud-v800.yaml"
@@ -50,11 +51,39 @@ def test_every_setting_can_come_from_the_config_file(tmp_path):
               "activate": "echo ready", "python": "python3", "remote_output_dir": "/o", "device": "cpu",
               "gpu": 1, "results_dir": "r", "img_batch_size": 2, "text_batch_size": 3,
               "context_length": 4, "top_k": 5, "eval_batch_size": 6, "connect_timeout": 7.5,
-              "step_timeout": 8, "vision_model": "RN50", "text_model": "RBT3-chinese"}
+              "step_timeout": 8, "vision_model": "RN50", "text_model": "RBT3-chinese",
+              "models": {"team": {"path": "experiments/t/checkpoints/epoch_latest.pt"}}}
     assert set(values) == set(CONFIG_KEYS), "this test must cover every key"
-    text = "".join(f"{key}: {value}\n" for key, value in values.items())
+    text = "".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items())
     settings = build_settings(write(tmp_path, text), {})
-    assert dataclasses.asdict(settings) == values
+    expected = {**values, "models": {"team": {"name": "team", "path": "experiments/t/checkpoints/epoch_latest.pt",
+                                              "vision_model": None, "text_model": None}}}
+    assert dataclasses.asdict(settings) == expected
+
+
+# --- the model registry -------------------------------------------------------------------------
+
+def test_registry_entries_carry_path_and_optional_models(tmp_path):
+    text = ("models:\n"
+            "  team: {path: experiments/team/checkpoints/epoch_latest.pt}\n"
+            "  big:\n    path: /abs/big.pt\n    vision_model: ViT-L-14\n    text_model: RoBERTa-wwm-ext-large-chinese\n")
+    models = build_settings(write(tmp_path, text), {}).models
+    assert models["team"] == ModelEntry("team", "experiments/team/checkpoints/epoch_latest.pt")
+    assert models["big"] == ModelEntry("big", "/abs/big.pt", "ViT-L-14", "RoBERTa-wwm-ext-large-chinese")
+
+
+@pytest.mark.parametrize("text, phrase", [
+    ("models: [team]\n", "'models'"),
+    ("models:\n  team: experiments/x.pt\n", "needs a `path:`"),
+    ("models:\n  team: {vision_model: RN50}\n", "needs a `path:`"),
+    ("models:\n  team: {path: x.pt, epoch: 3}\n", "unknown key 'epoch' in model 'team'"),
+    ("models:\n  team: {path: x.pt, vision_model: ViT-X}\n", "'vision_model' of model 'team'"),
+    ("models:\n  all: {path: x.pt}\n", "model 'all'"),
+    ("models:\n  'a b': {path: x.pt}\n", "model 'a b'"),
+])
+def test_a_bad_registry_entry_is_named(tmp_path, text, phrase):
+    error, path = config_error(tmp_path, text)
+    assert phrase in error.message and str(path) in error.message
 
 
 # --- the shipped config -------------------------------------------------------------------------
@@ -62,8 +91,19 @@ def test_every_setting_can_come_from_the_config_file(tmp_path):
 def test_shipped_seed_config_spells_out_the_builtin_defaults():
     values = load_config_file(SHIPPED_CONFIG)
     assert values, "the shipped config should spell the seed server out, not be empty"
+    del values["models"]
     assert Settings(**values) == Settings()
-    assert build_settings(SHIPPED_CONFIG, {}) == Settings()
+
+
+def test_shipped_seed_config_registers_the_seed_students():
+    models = build_settings(SHIPPED_CONFIG, {}).models
+    experiments = "experiments/muge_finetune_vit-b-16_roberta-base_"
+    assert {name: entry.path for name, entry in models.items()} == {
+        "team": f"{experiments}bs512_4gpu_team_distill/checkpoints/epoch_latest.pt",
+        "large": f"{experiments}bs512_4gpu_large_distill/checkpoints/epoch_latest.pt",
+        "huge": f"{experiments}bs512_4gpu_huge_distill/checkpoints/epoch_latest.pt",
+        "baseline": f"{experiments}bs128_1gpu_baseline/checkpoints/epoch_latest.pt",
+    }
 
 
 def test_defaults_describe_the_seed_server():

@@ -1,0 +1,100 @@
+"""Several models in one command: one after another, or concurrently with one GPU slot each.
+
+Each model is a complete, isolated evaluation (its own connection, server directory, log and
+results folder); one failing never stops the others, it becomes a failed row.
+"""
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from . import service
+from .comparison import ModelResult
+from .config import Settings
+from .errors import ConfigError, EvalkitError
+from .pipeline import Reporter
+from .plan import Request, checkpoint_label, resolve_checkpoint
+from .results import recalls
+
+ReporterFactory = Callable[[Request], Reporter]
+FailureHandler = Callable[[Request, EvalkitError], None]
+
+
+def check_distinct_checkpoints(settings: Settings, requests: list[Request]) -> None:
+    """Two names for one checkpoint would write the same server directory at once."""
+    seen: dict[str, str] = {}
+    for request in requests:
+        if not request.model_path:
+            continue
+        checkpoint = resolve_checkpoint(settings, request.model_path)
+        label = request.label or checkpoint_label(checkpoint)
+        if checkpoint in seen:
+            raise ConfigError(f"{seen[checkpoint]!r} and {label!r} are the same checkpoint "
+                               f"({checkpoint})", "name each checkpoint once (check the `models:` paths)")
+        seen[checkpoint] = label
+
+
+def evaluate_many(settings: Settings, requests: list[Request], slots: list[int],
+                  make_reporter: ReporterFactory, on_failure: FailureHandler) -> list[ModelResult]:
+    """Evaluate every request; with several slots (GPU indices), that many at a time."""
+    results: dict[int, ModelResult] = {}
+    work: queue.Queue = queue.Queue()
+    for index, request in enumerate(requests):
+        work.put((index, request))
+
+    def worker(gpu: int) -> None:
+        while True:
+            try:
+                index, request = work.get_nowait()
+            except queue.Empty:
+                return
+            slot_settings = dataclasses.replace(settings, gpu=gpu)
+            results[index] = evaluate_one(slot_settings, request, make_reporter(request), on_failure)
+
+    if len(slots) <= 1:
+        worker(slots[0] if slots else settings.gpu)
+    else:
+        # daemon threads: Ctrl-C ends the command without waiting for them
+        threads = [threading.Thread(target=worker, args=(gpu,), daemon=True) for gpu in slots]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.2)  # short joins keep the main thread responsive to Ctrl-C
+    return [results[index] for index in range(len(requests))]
+
+
+def evaluate_one(settings: Settings, request: Request, reporter: Reporter,
+                 on_failure: FailureHandler) -> ModelResult:
+    started = now_utc()
+    try:
+        report = service.evaluate(settings, request, reporter)
+    except EvalkitError as error:
+        on_failure(request, error)
+        checkpoint = resolve_checkpoint(settings, request.model_path) if request.model_path else ""
+        return ModelResult(request.label or checkpoint_label(checkpoint), checkpoint, "failed", {},
+                           error=error.message, exit_code=error.exit_code, started_at=started,
+                           finished_at=now_utc())
+    finally:
+        getattr(reporter, "done", lambda: None)()
+    return model_result(report, started)
+
+
+def model_result(report: service.Report, started_at: str | None = None) -> ModelResult:
+    plan = report.outcome.plan
+    recall = {direction: dataclasses.asdict(value) for direction, value in recalls(report.outcome).items()}
+    return ModelResult(plan.label, plan.checkpoint, "ok", recall, started_at=started_at,
+                       finished_at=now_utc(), server_output_dir=plan.output_dir)
+
+
+def comparison_paths(results_dir: Path, dataset: str, split: str) -> dict[str, Path]:
+    folder = results_dir / dataset / split
+    return {suffix: folder / f"comparison.{suffix}" for suffix in ("json", "csv", "md")}
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

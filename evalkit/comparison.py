@@ -1,0 +1,124 @@
+"""PURE: several models' recall side by side: the best of each column, deltas against the
+baseline, and the same table as JSON, CSV and Markdown (to paste into a paper or a chat)."""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass
+
+from .plan import DIRECTION_TITLES
+
+BASELINE = "baseline"
+METRICS = ("r1", "r5", "r10", "mean_recall")
+METRIC_TITLES = {"r1": "R@1", "r5": "R@5", "r10": "R@10", "mean_recall": "MR"}
+SHORT_DIRECTIONS = {"text_to_image": "t2i", "image_to_text": "i2t"}
+COLUMNS = tuple((direction, metric) for direction in DIRECTION_TITLES for metric in METRICS)
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One model's row: its recall in percent per direction, or why it failed."""
+
+    label: str
+    checkpoint: str
+    status: str                                   # "ok" or "failed"
+    recall: dict[str, dict[str, float]]           # direction -> metric -> value
+    error: str | None = None
+    exit_code: int = 0
+    started_at: str | None = None
+    finished_at: str | None = None
+    server_output_dir: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def value(self, direction: str, metric: str) -> float | None:
+        return self.recall.get(direction, {}).get(metric)
+
+
+def build_comparison(results: list[ModelResult], dataset: str, split: str, generated_at: str) -> dict:
+    """The comparison document: rows in the order given, best labels per column, deltas."""
+    baseline = next((r for r in results if r.label == BASELINE and r.ok), None)
+    rows = []
+    for result in results:
+        row = asdict(result)
+        row["delta"] = _delta(result, baseline) if baseline and result is not baseline else None
+        rows.append(row)
+    return {"dataset": dataset, "split": split, "generated_at": generated_at,
+            "baseline": BASELINE if baseline else None, "models": rows,
+            "best": {column_key(*column): _best(results, *column) for column in COLUMNS}}
+
+
+def column_key(direction: str, metric: str) -> str:
+    return f"{SHORT_DIRECTIONS[direction]}_{metric}"
+
+
+def _best(results: list[ModelResult], direction: str, metric: str) -> list[str]:
+    values = {r.label: r.value(direction, metric) for r in results if r.ok}
+    values = {label: value for label, value in values.items() if value is not None}
+    if len(values) < 2:
+        return []  # with one model there is nothing to win
+    top = max(values.values())
+    return [label for label, value in values.items() if value == top]
+
+
+def _delta(result: ModelResult, baseline: ModelResult) -> dict[str, dict[str, float]] | None:
+    if not result.ok:
+        return None
+    delta: dict[str, dict[str, float]] = {}
+    for direction, metric in COLUMNS:
+        mine, theirs = result.value(direction, metric), baseline.value(direction, metric)
+        if mine is not None and theirs is not None:
+            delta.setdefault(direction, {})[metric] = round(mine - theirs, 10)
+    return delta
+
+
+def cell(document: dict, row: dict, direction: str, metric: str, bold=("**", "**")) -> str:
+    """'45.20', '**45.20**' for the column's best, '45.20 (+1.10)' against the baseline."""
+    value = row["recall"].get(direction, {}).get(metric)
+    if value is None:
+        return "–"
+    text = f"{value:.2f}"
+    if row["label"] in document["best"][column_key(direction, metric)]:
+        text = f"{bold[0]}{text}{bold[1]}"
+    delta = (row.get("delta") or {}).get(direction, {}).get(metric)
+    if delta is not None:
+        text += f" ({delta:+.2f})"
+    return text
+
+
+def header() -> list[str]:
+    return ["model"] + [f"{DIRECTION_TITLES[d]} {METRIC_TITLES[m]}" for d, m in COLUMNS]
+
+
+def to_markdown(document: dict) -> str:
+    lines = [f"Recall (%) on {document['dataset']} {document['split']}"
+             + (f"; (±x.xx) against {document['baseline']}" if document["baseline"] else ""), "",
+             "| " + " | ".join(header()) + " |",
+             "|---" + "|---:" * len(COLUMNS) + "|"]
+    for row in document["models"]:
+        if row["status"] != "ok":
+            cells = [f"failed (exit {row['exit_code']})"] + ["–"] * (len(COLUMNS) - 1)
+        else:
+            cells = [cell(document, row, d, m) for d, m in COLUMNS]
+        lines.append("| " + " | ".join([_markdown_escape(row["label"]), *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_csv(document: dict) -> str:
+    """One row per model, plain numbers (deltas in their own columns), for spreadsheets."""
+    keys = [column_key(d, m) for d, m in COLUMNS]
+    delta_keys = [f"delta_{key}" for key in keys] if document["baseline"] else []
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["model", "status", *keys, *delta_keys, "checkpoint", "error"])
+    for row in document["models"]:
+        values = [row["recall"].get(d, {}).get(m, "") for d, m in COLUMNS]
+        deltas = [((row.get("delta") or {}).get(d, {}).get(m, "")) for d, m in COLUMNS] if delta_keys else []
+        writer.writerow([row["label"], row["status"], *values, *deltas, row["checkpoint"], row["error"] or ""])
+    return out.getvalue()

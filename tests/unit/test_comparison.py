@@ -1,0 +1,91 @@
+"""The comparison of several models: best per column, deltas against the baseline, and the
+same table as JSON, CSV and Markdown."""
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from evalkit.comparison import ModelResult, build_comparison, to_csv, to_markdown
+
+
+def recall(t2i: tuple, i2t: tuple) -> dict:
+    keys = ("r1", "r5", "r10", "mean_recall")
+    return {"text_to_image": dict(zip(keys, t2i)), "image_to_text": dict(zip(keys, i2t))}
+
+
+TEAM = ModelResult("team", "/c/team.pt", "ok", recall((50.0, 80.0, 90.0, 73.33), (60.0, 85.0, 92.0, 79.0)))
+LARGE = ModelResult("large", "/c/large.pt", "ok", recall((52.5, 79.0, 90.0, 73.83), (58.0, 86.0, 91.0, 78.33)))
+BASELINE = ModelResult("baseline", "/c/base.pt", "ok", recall((45.0, 75.0, 88.0, 69.33), (55.0, 80.0, 90.0, 75.0)))
+BROKEN = ModelResult("huge", "/c/huge.pt", "failed", {}, error="checkpoint not found", exit_code=12)
+
+
+def compare(*results: ModelResult) -> dict:
+    return build_comparison(list(results), "Flickr30k-CN", "valid", "2026-11-27T00:00:00Z")
+
+
+@pytest.mark.parametrize("column, best", [
+    ("t2i_r1", ["large"]), ("t2i_r5", ["team"]), ("t2i_r10", ["team", "large"]),  # a tie: both
+    ("i2t_r1", ["team"]), ("i2t_r5", ["large"]), ("i2t_mean_recall", ["team"]),
+])
+def test_the_best_of_each_column_is_named(column, best):
+    assert compare(TEAM, LARGE, BASELINE)["best"][column] == best
+
+
+def test_a_single_model_wins_nothing():
+    assert all(labels == [] for labels in compare(TEAM)["best"].values())
+
+
+def test_deltas_are_against_the_baseline_and_only_when_it_ran():
+    document = compare(TEAM, LARGE, BASELINE)
+    team = document["models"][0]
+    assert team["delta"]["text_to_image"]["r1"] == pytest.approx(5.0)
+    assert team["delta"]["image_to_text"]["r10"] == pytest.approx(2.0)
+    assert document["models"][2]["delta"] is None  # the baseline itself
+    assert compare(TEAM, LARGE)["baseline"] is None
+    assert all(row["delta"] is None for row in compare(TEAM, LARGE)["models"])
+
+
+def test_a_failed_baseline_gives_no_deltas():
+    failed_baseline = ModelResult("baseline", "/c/base.pt", "failed", {}, error="x", exit_code=7)
+    assert compare(TEAM, failed_baseline)["baseline"] is None
+
+
+def test_a_failed_model_keeps_its_row_and_reason_but_wins_nothing():
+    document = compare(TEAM, BROKEN, LARGE)
+    assert [row["label"] for row in document["models"]] == ["team", "huge", "large"]
+    broken = document["models"][1]
+    assert (broken["status"], broken["error"], broken["exit_code"]) == ("failed", "checkpoint not found", 12)
+    assert all("huge" not in labels for labels in document["best"].values())
+
+
+def test_markdown_pastes_as_a_table_with_best_in_bold_and_deltas():
+    text = to_markdown(compare(TEAM, LARGE, BASELINE, BROKEN))
+    lines = text.splitlines()
+    assert lines[0] == "Recall (%) on Flickr30k-CN valid; (±x.xx) against baseline"
+    assert lines[2] == ("| model | text→image R@1 | text→image R@5 | text→image R@10 | text→image MR | "
+                        "image→text R@1 | image→text R@5 | image→text R@10 | image→text MR |")
+    assert lines[3] == "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    assert lines[4].startswith("| team | 50.00 (+5.00) | **80.00** (+5.00) | **90.00** (+2.00) |")
+    assert lines[6].startswith("| baseline | 45.00 | 75.00 |")
+    assert lines[7] == "| huge | failed (exit 12) | – | – | – | – | – | – | – |"
+
+
+def test_csv_has_plain_numbers_and_delta_columns():
+    rows = list(csv.DictReader(io.StringIO(to_csv(compare(TEAM, BASELINE, BROKEN)))))
+    assert rows[0]["model"] == "team" and float(rows[0]["t2i_r1"]) == 50.0
+    assert float(rows[0]["delta_t2i_r1"]) == pytest.approx(5.0)
+    assert rows[1]["delta_t2i_r1"] == ""
+    assert (rows[2]["status"], rows[2]["t2i_r1"], rows[2]["error"]) == ("failed", "", "checkpoint not found")
+
+
+def test_csv_without_a_baseline_has_no_delta_columns():
+    header = to_csv(compare(TEAM, LARGE)).splitlines()[0].split(",")
+    assert not any(name.startswith("delta_") for name in header)
+    assert header[:3] == ["model", "status", "t2i_r1"]
+
+
+def test_a_label_with_a_pipe_does_not_break_the_markdown_table():
+    odd = ModelResult("a|b", "/c/x.pt", "ok", TEAM.recall)
+    assert "| a\\|b |" in to_markdown(compare(odd))
