@@ -73,7 +73,9 @@ def evaluate_one(settings: Settings, request: Request, reporter: Reporter,
     started = now_utc()
     try:
         report = service.evaluate(settings, request, reporter)
-    except EvalkitError as error:
+    except Exception as exc:  # one model's failure, even a bug, must not stop the others
+        error = exc if isinstance(exc, EvalkitError) else EvalkitError(
+            f"unexpected error: {type(exc).__name__}: {exc}", "rerun this model alone with --debug and report it")
         on_failure(request, error)
         checkpoint = resolve_checkpoint(settings, request.model_path) if request.model_path else ""
         return ModelResult(request.label or checkpoint_label(checkpoint), checkpoint, "failed", {},

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import os
 import posixpath
+import secrets
 import pwd
 import shutil
 import socket
@@ -281,7 +282,8 @@ class Connection:
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write atomically: a temporary file beside PATH, then rename over it."""
         self.mkdirs(posixpath.dirname(path))
-        temporary = f"{path}.tmp-{os.getpid()}"
+        # unique per writer: concurrent runs upload the same helper scripts
+        temporary = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         with self.sftp.open(temporary, "wb") as remote:
             remote.write(data)
         self.sftp.posix_rename(temporary, path)
@@ -294,7 +296,10 @@ class Connection:
             try:
                 self.sftp.stat(current)
             except OSError:
-                self.sftp.mkdir(current)
+                try:
+                    self.sftp.mkdir(current)
+                except OSError:
+                    self.sftp.stat(current)  # made meanwhile by a concurrent run: fine
 
 
 def _translate_connect_error(exc: BaseException, hop: Target) -> BaseException:

@@ -95,6 +95,12 @@ def second_checkpoint(datapath, server_python) -> Path:
 
 
 @pytest.fixture(scope="session")
+def third_checkpoint(datapath, server_python) -> Path:
+    path = datapath / "experiments" / "baseline_rn50" / "checkpoints" / "epoch_latest.pt"
+    return build_checkpoint(server_python, path, seed=2)
+
+
+@pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
     from evalkit.testbed.sshd import SSHD
 
@@ -161,7 +167,8 @@ def testbed(sshd, isolated_home, datapath, checkpoint, server_python, chinese_cl
     return bed
 
 
-def run_upstream_by_hand(bed: Testbed, spec: DatasetSpec, workdir: Path) -> dict[str, dict]:
+def run_upstream_by_hand(bed: Testbed, spec: DatasetSpec, workdir: Path,
+                         checkpoint: Path | None = None) -> dict[str, dict]:
     """The seed's manual workflow: the upstream scripts run directly, no evalkit, no ssh.
 
     On the CPU only the CPU launcher stands between python and each script, as on a GPU-less
@@ -178,7 +185,7 @@ def run_upstream_by_hand(bed: Testbed, spec: DatasetSpec, workdir: Path) -> dict
          "--image-data", data / "lmdb" / spec.split / "imgs", "--text-data", texts,
          "--image-feat-output-path", img_feats, "--text-feat-output-path", txt_feats,
          "--img-batch-size", "32", "--text-batch-size", "32", "--context-length", "52",
-         "--resume", bed.checkpoint, "--vision-model", "RN50", "--text-model", "RBT3-chinese",
+         "--resume", checkpoint or bed.checkpoint, "--vision-model", "RN50", "--text-model", "RBT3-chinese",
          *(["--precision", "fp32"] if DEVICE == "cpu" else [])],
         ["make_topk_predictions.py", "--image-feats", img_feats, "--text-feats", txt_feats,
          "--top-k", "10", "--eval-batch-size", "32768", "--output", t2i],
