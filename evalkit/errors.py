@@ -95,6 +95,13 @@ class OutputsNotReady(EvalkitError):
     title = "earlier step's output not usable"
 
 
+class DoctorFailed(EvalkitError):
+    """`python -m evalkit doctor` found at least one problem (each printed as a ✗ line)."""
+
+    exit_code = 14
+    title = "doctor found problems"
+
+
 INTERRUPTED_EXIT_CODE = 130
 UNEXPECTED_EXIT_CODE = 1
 USAGE_EXIT_CODE = 2
@@ -116,5 +123,6 @@ EXIT_CODES: dict[int, str] = {
     MissingInput.exit_code: "the dataset split or checkpoint is not on the server",
     OutputsNotReady.exit_code: "an earlier step's output is missing, incomplete or from another "
                                "checkpoint (run that step first)",
+    DoctorFailed.exit_code: "`evalkit doctor` found a problem (see its ✗ lines)",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C)",
 }
