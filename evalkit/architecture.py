@@ -119,7 +119,8 @@ def mismatch(architecture: Architecture, vision_model: str, text_model: str) -> 
              if given != found]
     if not wrong:
         return None
-    return f"checkpoint looks like {architecture.describe()}, but {' and '.join(wrong)} was given"
+    verb = "was" if len(wrong) == 1 else "were"
+    return f"checkpoint looks like {architecture.describe()}, but {' and '.join(wrong)} {verb} given"
 
 
 def flags_for(architecture: Architecture) -> str | None:

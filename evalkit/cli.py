@@ -11,7 +11,7 @@ import click
 
 from . import service, view
 from .config import DEVICES, TEXT_MODELS, VISION_MODELS, Settings, build_settings
-from .errors import INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, EvalkitError
+from .errors import INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, DoctorFailed, EvalkitError
 from .plan import SPLITS, STAGES, Request, build_plan
 from .results import recalls
 
@@ -211,3 +211,33 @@ def demo(workdir: Path | None, results_dir: str, verbose: bool, debug: bool) -> 
     say = functools.partial(view.show_note, out)
     with demo_server(workdir or default_workdir(), results_dir, say) as server:
         run_evaluation(server.settings, server.request, verbose, dry_run=False)
+
+
+@main.command()
+@shared_options
+@guarded
+def doctor(**kwargs: Any) -> None:
+    """Check the server before evaluating: ssh, env, cn_clip, GPU, dataset, checkpoint, disk.
+
+    Each check prints one line, ✓ or ✗ with what it found and, on ✗, the fix. It reads only
+    (it uploads its probe beside evalkit's other helpers) and runs no upstream script. Takes the
+    evaluation's options; those about running (--force-extraction, --skip-*, --dry-run, ...) are
+    ignored. Exits 0 only when every check passes.
+
+    \b
+    Example:
+      python -m evalkit doctor --config configs/seetacloud-v800.yaml \\
+        --model-path /root/autodl-tmp/datapath/experiments/EXP/checkpoints/epoch_latest.pt
+    """
+    from .doctor_service import run_doctor
+
+    kwargs = {**kwargs, "dry_run": False, "skip_text_to_image": False, "skip_image_to_text": False,
+              "force_extraction": False}
+    settings, request = settings_and_request(kwargs, stages=())
+    out, _ = view.make_consoles()
+    checks = run_doctor(settings, request, on_check=lambda check: view.show_check(out, check))
+    failed = [check.name for check in checks if not check.ok]
+    if failed:
+        raise DoctorFailed(f"{len(failed)} of {len(checks)} checks failed: {', '.join(failed)}",
+                           "fix the ✗ lines above, then run `python -m evalkit doctor` again")
+    view.show_doctor_passed(out, len(checks))
