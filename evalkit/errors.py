@@ -98,7 +98,7 @@ class OutputsNotReady(EvalkitError):
 class DoctorFailed(EvalkitError):
     """`python -m evalkit doctor` found at least one problem (each printed as a ✗ line)."""
 
-    exit_code = 14
+    exit_code = 16
     title = "doctor found problems"
 
 

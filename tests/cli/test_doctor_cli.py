@@ -1,4 +1,4 @@
-"""`python -m evalkit doctor` as a user meets it: its help, and a failed check as exit 14."""
+"""`python -m evalkit doctor` as a user meets it: its help, and a failed check as exit 16."""
 from __future__ import annotations
 
 import subprocess
@@ -26,10 +26,10 @@ def test_doctor_is_listed_in_the_main_help():
     assert "doctor" in result.stdout
 
 
-def test_a_host_that_cannot_be_resolved_is_a_failed_check_and_exit_14(monkeypatch):
+def test_a_host_that_cannot_be_resolved_is_a_failed_check_and_exit_16(monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     result = CliRunner().invoke(main, ["doctor", "--host", "two words"])
-    assert result.exit_code == DoctorFailed.exit_code == 14
+    assert result.exit_code == DoctorFailed.exit_code == 16
     assert result.stdout.splitlines()[0] == "✗ ssh alias: invalid host 'two words'"
     assert "  fix: give an alias from ~/.ssh/config or user@host" in result.stdout
     assert result.stderr.startswith("error: 1 of 1 checks failed: ssh alias")

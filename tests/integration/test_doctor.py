@@ -1,5 +1,5 @@
 """`python -m evalkit doctor` against the real test bed: a healthy server passes every check,
-and each deliberately broken piece is pinpointed by its own ✗ line, with a fix and exit 14.
+and each deliberately broken piece is pinpointed by its own ✗ line, with a fix and exit 16.
 
 Tests that damage data work on a fresh copy of the dataset under tmp_path: the session's
 datapath is shared with the other integration tests."""
@@ -46,7 +46,7 @@ def checks(run: subprocess.CompletedProcess) -> dict[str, tuple[str, str]]:
 
 
 def assert_pinpointed(run: subprocess.CompletedProcess, name: str, *phrases: str) -> None:
-    """Exit 14, the named check is the only ✗, it says PHRASES and a fix; no traceback."""
+    """Exit 16, the named check is the only ✗, it says PHRASES and a fix; no traceback."""
     assert run.returncode == DoctorFailed.exit_code, run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
     lines = checks(run)
