@@ -14,8 +14,9 @@ from . import service, view
 from .batch import check_distinct_checkpoints, comparison_paths, evaluate_many, model_result, now_utc
 from .comparison import ModelResult, build_comparison, to_csv, to_markdown
 from .config import ALL_MODELS, DEVICES, TEXT_MODELS, VISION_MODELS, ModelEntry, Settings, build_settings
-from .errors import (INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, ComparisonIncomplete, EvalkitError,
-                     NothingEvaluated)
+from .doctor_service import run_doctor
+from .errors import (INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, ComparisonIncomplete, DoctorFailed,
+                     EvalkitError, NothingEvaluated)
 from .plan import SPLITS, STAGES, Request, build_plan
 from .results import in_registry_order, load_evaluated, recalls, save_comparison
 
@@ -340,3 +341,36 @@ def demo(workdir: Path | None, results_dir: str, verbose: bool, debug: bool) -> 
     say = functools.partial(view.show_note, out)
     with demo_server(workdir or default_workdir(), results_dir, say) as server:
         _run_one(out, server.settings, server.request, verbose)
+
+
+@main.command()
+@shared_options
+@guarded
+def doctor(**kwargs: Any) -> None:
+    """Check the server before evaluating: ssh, env, cn_clip, GPU, dataset, checkpoint, disk.
+
+    Each check prints one line, ✓ or ✗ with what it found and, on ✗, the fix. It reads only
+    (it uploads its probe beside evalkit's other helpers) and runs no upstream script. Takes the
+    evaluation's options; those about running (--force-extraction, --skip-*, --dry-run, ...) are
+    ignored. Exits 0 only when every check passes.
+
+    \b
+    Example:
+      python -m evalkit doctor --config configs/seetacloud-v800.yaml \\
+        --model-path /root/autodl-tmp/datapath/experiments/EXP/checkpoints/epoch_latest.pt
+    """
+    kwargs = {**kwargs, "dry_run": False, "skip_text_to_image": False, "skip_image_to_text": False,
+              "force_extraction": False}
+    settings, requests = settings_and_requests(kwargs, stages=())
+    out, _ = view.make_consoles()
+    checks, failed = 0, []
+    for request in requests:
+        if len(requests) > 1:
+            view.show_model_header(out, request.label or "", request.model_path)
+        found = run_doctor(settings, request, on_check=lambda check: view.show_check(out, check))
+        checks += len(found)
+        failed += [check.name for check in found if not check.ok and check.name not in failed]
+    if failed:
+        raise DoctorFailed(f"{len(failed)} of {checks} checks failed: {', '.join(failed)}",
+                           "fix the ✗ lines above, then run `python -m evalkit doctor` again")
+    view.show_doctor_passed(out, checks)

@@ -107,6 +107,11 @@ class NothingEvaluated(EvalkitError):
 
     exit_code = 15
     title = "no results"
+class DoctorFailed(EvalkitError):
+    """`python -m evalkit doctor` found at least one problem (each printed as a ✗ line)."""
+
+    exit_code = 16
+    title = "doctor found problems"
 
 
 INTERRUPTED_EXIT_CODE = 130
@@ -133,5 +138,6 @@ EXIT_CODES: dict[int, str] = {
     ComparisonIncomplete.exit_code: "several models were evaluated and at least one failed "
                                     "(the table marks which)",
     NothingEvaluated.exit_code: "`python -m evalkit results` found no results for that filter",
+    DoctorFailed.exit_code: "`evalkit doctor` found a problem (see its ✗ lines)",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C)",
 }

@@ -62,9 +62,9 @@ def helper_source(name: str) -> bytes:
     return resources.files("evalkit.remote").joinpath(name).read_bytes()
 
 
-def upload_helpers(connection: Connection, settings: Settings) -> None:
-    """evalkit's own server-side scripts: the read-only inspector, and the CPU launcher."""
-    names = [INSPECTOR_NAME] + ([CPU_LAUNCHER_NAME] if settings.device == "cpu" else [])
+def upload_helpers(connection: Connection, settings: Settings, extra: tuple[str, ...] = ()) -> None:
+    """evalkit's own server-side scripts: the read-only inspector, the CPU launcher, EXTRA."""
+    names = [INSPECTOR_NAME] + ([CPU_LAUNCHER_NAME] if settings.device == "cpu" else []) + list(extra)
     for name in names:
         connection.write_bytes(helper_path(settings, name), helper_source(name))
 

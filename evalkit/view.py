@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .comparison import COLUMNS, cell, header
+from .doctor import Check
 from .errors import EvalkitError
 from .outputs import ServerFacts
 from .pipeline import StepResult
@@ -225,3 +226,17 @@ def show_comparison(console: Console, document: dict, written: Iterable[Path]) -
     console.print(comparison_table(document))
     for path in written:
         console.print(Text(f"saved: {path}"), soft_wrap=True)
+
+
+def show_check(console: Console, check: Check) -> None:
+    """One doctor line: ✓ or ✗, the check, what it found; under a ✗, its fix."""
+    mark, style = ("✓", "green") if check.ok else ("✗", "red")
+    line = Text(f"{mark} {check.name}: ", style=style)
+    line.append(check.found, style="default" if check.ok else "red")
+    console.print(line, soft_wrap=True)
+    if not check.ok and check.fix:
+        console.print(Text(f"  fix: {check.fix}", style="yellow"), soft_wrap=True)
+
+
+def show_doctor_passed(console: Console, count: int) -> None:
+    console.print(Text(f"all {count} checks passed", style="bold green"))
