@@ -3,7 +3,8 @@
 Both entry scripts come here: the one-shot run asks for every stage, quick_evaluation.py for one.
 Before anything runs, the server's files are inspected (remote/inspect_outputs.py) and outputs.py
 decides whether the stage may run: features are reused only when complete and made from the same
-checkpoint, and KNN and recall only ever read files of one recorded extraction.
+checkpoint, and KNN and recall only ever read files of one recorded extraction. Before an
+extraction, the checkpoint is loaded on the server and its towers compared with the request.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import BinaryIO
 
 from . import outputs
 from .config import Settings
+from .doctor_service import check_checkpoint_architecture
 from .errors import OutputsNotReady
 from .outputs import ServerFacts
 from .pipeline import Reporter, RunOutcome, fetch_results, read_facts, run_steps, upload_helpers
@@ -48,6 +50,8 @@ def evaluate(settings: Settings, request: Request, reporter: Reporter) -> Report
         upload_helpers(connection, settings)
         request, facts = _locate(connection, settings, request, reporter)
         request = _decide(settings, request, facts, reporter)
+        if request.runs_extraction:  # before any GPU time: does the checkpoint load, and fit?
+            check_checkpoint_architecture(connection, settings, request)
         plan = build_plan(settings, request)
         log_path = log_path_for(settings, request, plan.label)
         log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.errors import (AuthenticationError, ConnectError, EvaluationFailed, HostKeyError,
-                            MissingInput, RemoteStepFailed)
+from evalkit.errors import (AuthenticationError, ConfigError, ConnectError, EvaluationFailed,
+                            HostKeyError, MissingInput, RemoteStepFailed)
 
 pytestmark = pytest.mark.integration
 
@@ -83,16 +83,33 @@ def test_missing_checkpoint_is_named_before_anything_runs(testbed):
     assert not testbed.server_outputs.joinpath("Flickr30k-CN").exists()
 
 
-def test_a_step_that_fails_names_the_step_its_status_and_output(testbed):
-    # A checkpoint that exists but is not one: upstream's extraction fails loading it.
+def test_a_step_that_fails_names_the_step_its_status_and_output(testbed, tmp_path):
+    # A Chinese-CLIP directory without the upstream scripts: the extraction step cannot start.
+    testbed.write_config(chinese_clip_dir=str(tmp_path / "not-chinese-clip"))
+    (tmp_path / "not-chinese-clip").mkdir()
+    run = _evaluate(testbed)
+    _assert_clean_failure(run, RemoteStepFailed.exit_code, "step 'extract'", "exited with status",
+                          "extract_features.py", "No such file")
+    assert _no_results(testbed)
+    assert "full remote log" in run.stdout
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused_before_extraction(testbed):
     broken = testbed.datapath / "experiments" / "broken" / "checkpoints" / "epoch_latest.pt"
     broken.parent.mkdir(parents=True, exist_ok=True)
     broken.write_bytes(b"not a checkpoint")
     run = testbed.evaluate("--model-path", str(broken), *MODEL_ARGS)
-    _assert_clean_failure(run, RemoteStepFailed.exit_code, "step 'extract'", "exited with status 1",
-                          "extract_features.py")
-    assert _no_results(testbed)
-    assert "full remote log" in run.stdout
+    _assert_clean_failure(run, MissingInput.exit_code, str(broken), "cannot be loaded")
+    assert not testbed.results_dir.exists()  # refused before a log, let alone a result
+
+
+def test_the_wrong_architecture_is_refused_before_extraction(testbed):
+    run = testbed.evaluate("--model-path", str(testbed.checkpoint), "--vision-model", "ViT-B-16",
+                           "--text-model", "RBT3-chinese")
+    _assert_clean_failure(run, ConfigError.exit_code, "checkpoint looks like RN50 + RBT3-chinese",
+                          "--vision-model ViT-B-16")
+    assert not testbed.results_dir.exists()
+    assert not any(testbed.server_outputs.rglob("*.jsonl"))  # nothing extracted
 
 
 def test_upstream_success_false_is_a_failure_even_though_it_exits_0(testbed):
