@@ -15,7 +15,8 @@ from typing import Optional, Sequence
 
 from .architecture import VISION_SHAPES, Architecture, flags_for, infer_architecture, mismatch
 from .config import Settings
-from .errors import AuthenticationError, ConfigError, EvalkitError, HostKeyError, MissingInput
+from .errors import (AuthenticationError, ConfigError, EvalkitError, HostKeyError, MissingInput,
+                     PreflightFailed)
 from .plan import Request, dataset_paths, helper_path
 
 PROBE_NAME = "doctor_probe.py"
@@ -327,6 +328,21 @@ def checkpoint_refusal(run: ProbeRun, request: Request) -> Optional[EvalkitError
         if not check.ok:
             kind = ConfigError if check.name == "architecture" else MissingInput
             return kind(check.found, check.fix)
+    return None
+
+
+def preflight_refusal(run: ProbeRun, settings: Settings, request: Request) -> Optional[EvalkitError]:
+    """Before an extraction: the first failed check as the error to stop with, or None.
+
+    The checkpoint keeps its own kinds (missing/corrupt: MissingInput, wrong towers:
+    ConfigError); anything else the doctor would flag is a PreflightFailed.
+    """
+    refusal = checkpoint_refusal(run, request)
+    if refusal is not None:
+        return refusal
+    for check in failures(interpret(run, settings, request)):
+        return PreflightFailed(f"{check.name}: {check.found}",
+                               check.fix or "run `python -m evalkit doctor` for every check")
     return None
 
 

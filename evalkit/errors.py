@@ -114,6 +114,13 @@ class DoctorFailed(EvalkitError):
     title = "doctor found problems"
 
 
+class PreflightFailed(EvalkitError):
+    """A check run before extraction failed (dataset content, env, GPU memory, disk)."""
+
+    exit_code = 17
+    title = "not ready to extract"
+
+
 INTERRUPTED_EXIT_CODE = 130
 UNEXPECTED_EXIT_CODE = 1
 USAGE_EXIT_CODE = 2
@@ -139,5 +146,7 @@ EXIT_CODES: dict[int, str] = {
                                     "(the table marks which)",
     NothingEvaluated.exit_code: "`python -m evalkit results` found no results for that filter",
     DoctorFailed.exit_code: "`evalkit doctor` found a problem (see its ✗ lines)",
+    PreflightFailed.exit_code: "a check before extraction failed (texts, image ids, env, GPU memory, "
+                               "disk): the message names it",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C)",
 }

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from . import outputs
 from .config import Settings
-from .doctor_service import check_checkpoint_architecture
+from .doctor_service import preflight
 from .errors import OutputsNotReady
 from .outputs import ServerFacts
 from .pipeline import Reporter, RunOutcome, fetch_results, read_facts, run_steps, upload_helpers
@@ -50,8 +50,8 @@ def evaluate(settings: Settings, request: Request, reporter: Reporter) -> Report
         upload_helpers(connection, settings)
         request, facts = _locate(connection, settings, request, reporter)
         request = _decide(settings, request, facts, reporter)
-        if request.runs_extraction:  # before any GPU time: does the checkpoint load, and fit?
-            check_checkpoint_architecture(connection, settings, request)
+        if request.runs_extraction:  # before any GPU time: the doctor's server-side checks
+            preflight(connection, settings, request)
         plan = build_plan(settings, request)
         log_path = log_path_for(settings, request, plan.label)
         log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -167,6 +167,19 @@ def testbed(sshd, isolated_home, datapath, checkpoint, server_python, chinese_cl
     return bed
 
 
+@pytest.fixture
+def own_datapath(testbed, tmp_path) -> Path:
+    """A fresh copy of the Flickr30k-CN dataset, which a test may damage; the config points at it."""
+    copy = tmp_path / "数据 copy"
+    shutil.copytree(testbed.datapath / "datasets" / "Flickr30k-CN", copy / "datasets" / "Flickr30k-CN")
+    testbed.write_config(datapath=str(copy))
+    return copy
+
+
+def texts_of(datapath: Path) -> Path:
+    return datapath / "datasets" / "Flickr30k-CN" / "valid_texts.jsonl"
+
+
 def run_upstream_by_hand(bed: Testbed, spec: DatasetSpec, workdir: Path,
                          checkpoint: Path | None = None) -> dict[str, dict]:
     """The seed's manual workflow: the upstream scripts run directly, no evalkit, no ssh.

@@ -19,6 +19,8 @@ from evalkit.architecture import infer_architecture
 from evalkit.config import TEXT_MODELS, VISION_MODELS
 from evalkit.errors import DoctorFailed
 
+from .conftest import texts_of
+
 pytestmark = pytest.mark.integration
 
 EVERY_CHECK = ["ssh alias", "server reachable", "host key", "authentication", "activate", "python",
@@ -56,19 +58,6 @@ def assert_pinpointed(run: subprocess.CompletedProcess, name: str, *phrases: str
     after = run.stdout.split(f"✗ {name}: ", 1)[1].splitlines()
     assert after[1].startswith("  fix: "), run.stdout
     assert run.stderr.startswith(f"error: 1 of {len(lines)} checks failed: {name}")
-
-
-@pytest.fixture
-def own_datapath(testbed, tmp_path) -> Path:
-    """A fresh copy of the Flickr30k-CN dataset, which a test may damage; the config points at it."""
-    copy = tmp_path / "数据 copy"
-    shutil.copytree(testbed.datapath / "datasets" / "Flickr30k-CN", copy / "datasets" / "Flickr30k-CN")
-    testbed.write_config(datapath=str(copy))
-    return copy
-
-
-def texts_of(datapath: Path) -> Path:
-    return datapath / "datasets" / "Flickr30k-CN" / "valid_texts.jsonl"
 
 
 # --- a healthy server --------------------------------------------------------------------------

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from evalkit.errors import (AuthenticationError, ConfigError, ConnectError, EvaluationFailed,
-                            HostKeyError, MissingInput, RemoteStepFailed)
+                            HostKeyError, MissingInput, PreflightFailed, RemoteStepFailed)
+
+from .conftest import texts_of
 
 pytestmark = pytest.mark.integration
 
@@ -83,13 +85,12 @@ def test_missing_checkpoint_is_named_before_anything_runs(testbed):
     assert not testbed.server_outputs.joinpath("Flickr30k-CN").exists()
 
 
-def test_a_step_that_fails_names_the_step_its_status_and_output(testbed, tmp_path):
-    # A Chinese-CLIP directory without the upstream scripts: the extraction step cannot start.
-    testbed.write_config(chinese_clip_dir=str(tmp_path / "not-chinese-clip"))
-    (tmp_path / "not-chinese-clip").mkdir()
+def test_a_step_that_fails_names_the_step_its_status_and_output(testbed):
+    # Texts padded beyond RBT3's 512 positions: upstream's extraction fails inside the model.
+    testbed.write_config(context_length=600)
     run = _evaluate(testbed)
-    _assert_clean_failure(run, RemoteStepFailed.exit_code, "step 'extract'", "exited with status",
-                          "extract_features.py", "No such file")
+    _assert_clean_failure(run, RemoteStepFailed.exit_code, "step 'extract'", "exited with status 1",
+                          "extract_features.py", "--context-length 600")
     assert _no_results(testbed)
     assert "full remote log" in run.stdout
 
@@ -101,6 +102,31 @@ def test_a_file_that_is_not_a_checkpoint_is_refused_before_extraction(testbed):
     run = testbed.evaluate("--model-path", str(broken), *MODEL_ARGS)
     _assert_clean_failure(run, MissingInput.exit_code, str(broken), "cannot be loaded")
     assert not testbed.results_dir.exists()  # refused before a log, let alone a result
+
+
+def _append_text(datapath: Path, line: str) -> None:
+    with texts_of(datapath).open("a", encoding="utf-8") as texts:
+        texts.write(line)
+
+
+@pytest.mark.parametrize("damage, phrase", [
+    (lambda d: _append_text(d, '{"text_id": 999, "text": "半行\n'), "texts: "),
+    (lambda d: _append_text(d, '{"text_id": 999, "text": "猫", "image_ids": [999999]}\n'), "image ids: "),
+    (lambda d: texts_of(d).write_text(""), "is empty"),
+], ids=["a line that is not JSON", "an image id not in the LMDB", "an empty texts file"])
+def test_a_damaged_dataset_is_refused_before_extraction(testbed, own_datapath, damage, phrase):
+    damage(own_datapath)
+    run = _evaluate(testbed)
+    _assert_clean_failure(run, PreflightFailed.exit_code, phrase)
+    assert not testbed.results_dir.exists()
+    assert not any(testbed.server_outputs.rglob("*.jsonl"))
+
+
+def test_a_wrong_chinese_clip_dir_is_refused_before_extraction(testbed, tmp_path):
+    testbed.write_config(chinese_clip_dir=str(tmp_path / "not-chinese-clip"))
+    run = _evaluate(testbed)
+    _assert_clean_failure(run, PreflightFailed.exit_code, "cn_clip: ", "chinese_clip_dir")
+    assert not testbed.results_dir.exists()
 
 
 def test_the_wrong_architecture_is_refused_before_extraction(testbed):
