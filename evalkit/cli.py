@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import click
 
-from . import service, view
+from . import runs, service, view
 from .batch import check_distinct_checkpoints, comparison_paths, evaluate_many, model_result, now_utc
 from .comparison import ModelResult, build_comparison, to_csv, to_markdown
 from .config import ALL_MODELS, DEVICES, TEXT_MODELS, VISION_MODELS, ModelEntry, Settings, build_settings
@@ -19,6 +19,7 @@ from .errors import (INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, ComparisonInco
                      EvalkitError, NothingEvaluated)
 from .plan import SPLITS, STAGES, Request, build_plan
 from .results import in_registry_order, load_evaluated, recalls, save_comparison
+from .runs import RunRecord
 
 _SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir", "vision_model", "text_model")
 
@@ -76,6 +77,9 @@ def shared_options(command: Callable) -> Callable:
         click.option("--skip-text-to-image", is_flag=True, help="skip text→image KNN and recall"),
         click.option("--skip-image-to-text", is_flag=True, help="skip image→text KNN and recall"),
         click.option("--dry-run", is_flag=True, help="print the exact remote commands; run nothing"),
+        click.option("--detach", is_flag=True,
+                     help="start the run on the server and return at once with its run id "
+                          "(then: python -m evalkit attach RUN)"),
         click.option("--json", "json_output", is_flag=True,
                      help="print one machine-readable summary on stdout; everything else on stderr"),
         click.option("--verbose", is_flag=True, help="also print each remote command as it starts"),
@@ -165,6 +169,11 @@ def run_command(settings: Settings, requests: list[Request], kwargs: dict[str, A
         for request in requests:
             view.show_plan(out, build_plan(settings, request), settings.host)
         return
+    if kwargs["detach"]:
+        for request in requests:
+            record = service.evaluate(settings, request, view.QuietReporter(out), detach=True)
+            view.show_detached(out, record.run_id, record.label)
+        return
     slots = kwargs["gpus"] or [settings.gpu]
     if len(requests) == 1:
         results = [_run_one(out, settings, requests[0], kwargs["verbose"])]
@@ -176,12 +185,16 @@ def run_command(settings: Settings, requests: list[Request], kwargs: dict[str, A
 def _run_one(out, settings: Settings, request: Request, verbose: bool) -> ModelResult:
     with view.LiveReporter(out, verbose) as reporter:
         report = service.evaluate(settings, request, reporter)  # errors keep their own exit code
+    _show_report(out, report)
+    return model_result(report)
+
+
+def _show_report(out, report: service.Report) -> None:
     plan = report.outcome.plan
     if report.summary is None:
-        view.show_stage_done(out, report.request.stages[-1], report.facts, plan.checkpoint)
+        view.show_stage_done(out, report.request.stages[-1], report.facts, plan)
     else:
         view.show_results(out, plan.label, recalls(report.outcome), report.written, plan.output_dir)
-    return model_result(report)
 
 
 def _run_many(out, settings: Settings, requests: list[Request], slots: list[int],
@@ -278,6 +291,86 @@ def main() -> None:
 
 main.add_command(evaluate_command, name="evaluate")
 main.add_command(quick_command, name="quick")
+
+
+def run_options(command: Callable) -> Callable:
+    """Where the local run records are: RESULTS_DIR/runs/ (from --results-dir or --config)."""
+    command = click.option("--debug", is_flag=True, help="show Python tracebacks on errors")(command)
+    command = click.option("--results-dir", help="local results folder holding runs/  [default: results]")(command)
+    return click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+                        help="YAML config (for its results_dir)")(command)
+
+
+def _record(config: Path | None, results_dir: str | None, run_id: str) -> RunRecord:
+    settings = build_settings(config, {"results_dir": results_dir})
+    return runs.load(Path(settings.results_dir), run_id)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--verbose", is_flag=True, help="also print each remote command as it starts")
+@run_options
+@guarded
+def attach(run_id: str, verbose: bool, config: Path | None, results_dir: str | None, debug: bool) -> None:
+    """Follow run RUN_ID to its end, pull its results and show them, as an attached run would.
+
+    Output already printed by the server is shown from the start; Ctrl-C cancels the run.
+    """
+    record = _record(config, results_dir, run_id)
+    out, _ = view.make_consoles()
+    with view.LiveReporter(out, verbose) as reporter:
+        report = service.attach(record, reporter)
+    _show_report(out, report)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="seconds between SIGTERM and SIGKILL")
+@run_options
+@guarded
+def cancel(run_id: str, grace: float, config: Path | None, results_dir: str | None, debug: bool) -> None:
+    """Stop run RUN_ID on the server: SIGTERM to its processes, then SIGKILL; check none remain."""
+    record = _record(config, results_dir, run_id)
+    out, _ = view.make_consoles()
+    result = service.cancel(record, grace)
+    view.show_note(out, service.describe_cancel(run_id, result))
+
+
+@main.command()
+@click.argument("run_id", required=False)
+@click.option("--last", default=10, show_default=True, help="how many recent runs to list")
+@run_options
+@guarded
+def status(run_id: str | None, last: int, config: Path | None, results_dir: str | None, debug: bool) -> None:
+    """Where runs stand on the server: the recent ones, or RUN_ID step by step."""
+    settings = build_settings(config, {"results_dir": results_dir})
+    out, _ = view.make_consoles()
+    records = [runs.load(Path(settings.results_dir), run_id)] if run_id else \
+        runs.newest(Path(settings.results_dir), last)
+    if not records:
+        view.show_note(out, f"no runs recorded in {runs.records_dir(Path(settings.results_dir))}")
+        return
+    view.show_runs(out, [(record, _safe_state(record)) for record in records])
+
+
+def _safe_state(record: RunRecord) -> dict:
+    try:
+        return service.state(record)
+    except EvalkitError as error:  # one unreachable server must not hide the other runs
+        return {"error": error.message}
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("-f", "--follow", is_flag=True, help="keep printing until the run ends")
+@run_options
+@guarded
+def logs(run_id: str, follow: bool, config: Path | None, results_dir: str | None, debug: bool) -> None:
+    """Print run RUN_ID's remote output, step by step (plain text, for a pager or grep)."""
+    record = _record(config, results_dir, run_id)
+    for chunk in service.logs(record, follow):
+        click.echo(chunk, nl=False)
 
 
 RESULT_FORMATS = ("table", "markdown", "csv", "json")

@@ -54,6 +54,7 @@ class Settings:
     eval_batch_size: int = 32768
     connect_timeout: float = 15.0
     step_timeout: float = 24 * 3600.0
+    reconnect_timeout: float = 600.0
     models: dict[str, ModelEntry] = field(default_factory=dict)
 
     @property
@@ -73,7 +74,7 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ALL_MODELS = "all"
 _NULLABLE = {"ssh_config", "remote_output_dir"}
 _POSITIVE = {"img_batch_size", "text_batch_size", "context_length", "top_k", "eval_batch_size",
-             "connect_timeout", "step_timeout"}
+             "connect_timeout", "step_timeout", "reconnect_timeout"}
 CONFIG_KEYS = tuple(_KEY_TYPES)
 
 

@@ -121,6 +121,20 @@ class PreflightFailed(EvalkitError):
     title = "not ready to extract"
 
 
+class RunLocked(EvalkitError):
+    """Another run is writing the same checkpoint directory on the server."""
+
+    exit_code = 18
+    title = "checkpoint busy"
+
+
+class UnknownRun(EvalkitError):
+    """attach / logs / cancel / status named a run this laptop has no record of."""
+
+    exit_code = 19
+    title = "unknown run"
+
+
 INTERRUPTED_EXIT_CODE = 130
 UNEXPECTED_EXIT_CODE = 1
 USAGE_EXIT_CODE = 2
@@ -148,5 +162,7 @@ EXIT_CODES: dict[int, str] = {
     DoctorFailed.exit_code: "`evalkit doctor` found a problem (see its ✗ lines)",
     PreflightFailed.exit_code: "a check before extraction failed (texts, image ids, env, GPU memory, "
                                "disk): the message names it",
+    RunLocked.exit_code: "another run is evaluating the same checkpoint (the message names it)",
+    UnknownRun.exit_code: "no record of that run id on this laptop",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C)",
 }

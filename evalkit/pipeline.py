@@ -17,7 +17,7 @@ from typing import BinaryIO, Protocol
 from .config import Settings
 from .errors import EvaluationFailed, RemoteStepFailed
 from .outputs import ServerFacts
-from .plan import CPU_LAUNCHER_NAME, INSPECTOR_NAME, Plan, Step, helper_path
+from .plan import CPU_LAUNCHER_NAME, INSPECTOR_NAME, JOB_RUNNER_NAME, Plan, Step, helper_path
 from .progress import Event, LogLine, ProgressUpdate, StreamSplitter
 from .ssh import Connection
 
@@ -63,8 +63,11 @@ def helper_source(name: str) -> bytes:
 
 
 def upload_helpers(connection: Connection, settings: Settings, extra: tuple[str, ...] = ()) -> None:
-    """evalkit's own server-side scripts: the read-only inspector, the CPU launcher, EXTRA."""
-    names = [INSPECTOR_NAME] + ([CPU_LAUNCHER_NAME] if settings.device == "cpu" else []) + list(extra)
+    """evalkit's own server-side scripts: the read-only inspector, the job runner, the CPU
+    launcher (--device cpu), EXTRA."""
+    names = [INSPECTOR_NAME, JOB_RUNNER_NAME, *extra]
+    if settings.device == "cpu":
+        names.append(CPU_LAUNCHER_NAME)
     for name in names:
         connection.write_bytes(helper_path(settings, name), helper_source(name))
 
@@ -89,50 +92,7 @@ def read_facts(connection: Connection, command: str, settings: Settings) -> Serv
                                "rerun with --debug and report it") from exc
 
 
-def run_steps(steps: list[Step], outcome: RunOutcome, connection: Connection, settings: Settings,
-              reporter: Reporter, log: BinaryIO) -> None:
-    """Run STEPS in order, numbered within the whole plan."""
-    for step in steps:
-        index = outcome.plan.steps.index(step)
-        outcome.steps.append(run_step(step, index, len(outcome.plan.steps), connection, settings,
-                                      reporter, log))
-
-
-def run_step(step: Step, index: int, count: int, connection: Connection, settings: Settings,
-             reporter: Reporter, log: BinaryIO) -> StepResult:
-    """Run one step, streaming its output; raise RemoteStepFailed on a non-zero exit."""
-    reporter.step_started(step, index, count)
-    log.write(f"\n### step {step.name}: {step.command}\n".encode())
-    splitters = {name: StreamSplitter(name) for name in ("stdout", "stderr")}
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-
-    def sink(stream: str, chunk: bytes) -> None:
-        log.write(chunk)
-        log.flush()
-        for event in splitters[stream].feed(chunk):
-            _remember(tail, event)
-            reporter.step_event(step, event)
-
-    started_at, started = _now(), time.monotonic()
-    exit_code = connection.run(step.command, sink, timeout=settings.step_timeout)
-    for splitter in splitters.values():
-        for event in splitter.close():
-            _remember(tail, event)
-            reporter.step_event(step, event)
-    result = StepResult(step.name, step.title, step.command, exit_code,
-                        time.monotonic() - started, started_at, _now())
-    log.write(f"### step {step.name} exited {exit_code} after {result.seconds:.1f} s\n".encode())
-    reporter.step_finished(step, result)
-    if exit_code != 0:
-        raise RemoteStepFailed(
-            f"step {step.name!r} ({step.title}) exited with status {exit_code}\n"
-            f"command: {step.command}\nlast {len(tail)} lines of its output:\n"
-            + "\n".join(f"  {line}" for line in tail),
-            "read the output above; the full log is kept locally (see below)")
-    return result
-
-
-def _remember(tail: collections.deque, event: Event) -> None:
+def remember(tail: collections.deque, event: Event) -> None:
     if isinstance(event, LogLine):
         tail.append(event.text)
     elif isinstance(event, ProgressUpdate):
@@ -166,5 +126,5 @@ def parse_result(raw: bytes, path: str, direction: str) -> dict:
     return parsed
 
 
-def _now() -> str:
+def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -17,6 +17,8 @@ STAGES = ("extract", "knn", "recall")
 DIRECTION_TITLES = {"text_to_image": "text→image", "image_to_text": "image→text"}
 CPU_LAUNCHER_NAME = "cpu_launch.py"
 INSPECTOR_NAME = "inspect_outputs.py"
+JOB_RUNNER_NAME = "job.py"
+LOCK_NAME = ".evalkit-lock"
 MANIFEST_NAME = "manifest.json"
 T2I_RESULT = "text_to_image_results.json"
 I2T_RESULT = "image_to_text_results.json"
@@ -127,6 +129,9 @@ def build_plan(settings: Settings, request: Request) -> Plan:
     results = {}
     if request.runs_extraction:
         steps.append(builder.extract(request, checkpoint, files))
+        # KNN must never read a half-written feature file, even when upstream exited 0
+        steps.append(Step("verify", "check the features are complete", "extract",
+                          inspect_command(settings, request, checkpoint, require_complete=True)))
     if not request.skip_text_to_image:
         steps += [builder.knn_text_to_image(files), builder.evaluate_text_to_image(settings, request, files)]
         results["text_to_image"] = files.t2i_result
@@ -141,7 +146,8 @@ def build_plan(settings: Settings, request: Request) -> Plan:
                 tuple(_in_stage_order(chosen)), results, files)
 
 
-def inspect_command(settings: Settings, request: Request, checkpoint: str | None) -> str:
+def inspect_command(settings: Settings, request: Request, checkpoint: str | None,
+                    require_complete: bool = False) -> str:
     """The read-only remote check of REQUEST's inputs and outputs (remote/inspect_outputs.py).
 
     Without a checkpoint it looks at the most recent extraction for the dataset and split.
@@ -156,6 +162,8 @@ def inspect_command(settings: Settings, request: Request, checkpoint: str | None
         argv += ["--latest-under", posixpath.join(settings.output_root, request.dataset, request.split)]
     for name, relative in OutputFiles("", request.split).checked_files().items():
         argv += ["--file", f"{name}={relative}"]
+    if require_complete:
+        argv.append("--require-complete")
     return f"{settings.activate} && {shlex.join(argv)}"
 
 
@@ -288,3 +296,23 @@ class _StepBuilder:
     def evaluate_image_to_text(self, files: OutputFiles) -> Step:
         return Step("recall_i2t", "recall image→text", "recall",
                     self.python("evaluation_tr.py", [files.texts_tr, files.i2t_predictions, files.i2t_result]))
+
+
+def run_dir(settings: Settings, run_id: str) -> str:
+    """The server directory of one run: its step list, each step's output, exit codes, status."""
+    return posixpath.join(settings.output_root, ".evalkit", "runs", run_id)
+
+
+def start_run_command(settings: Settings, directory: str) -> str:
+    """Start job.py's driver in the background, every stream redirected, so the SSH channel
+    closes at once and the run does not depend on it."""
+    argv = [settings.python, "-u", helper_path(settings, JOB_RUNNER_NAME), "drive", "--run-dir", directory]
+    log = posixpath.join(directory, "driver.log")
+    return f"{settings.activate} && {{ {shlex.join(argv)} < /dev/null > {shlex.quote(log)} 2>&1 & }}"
+
+
+def job_command(settings: Settings, action: str, directory: str, grace: float = 10.0) -> str:
+    """job.py cancel / state for a run directory (quick, answered on stdout)."""
+    argv = [settings.python, "-u", helper_path(settings, JOB_RUNNER_NAME), action, "--run-dir", directory,
+            "--grace", f"{grace:g}"]
+    return f"{settings.activate} && {shlex.join(argv)}"

@@ -12,15 +12,18 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import Iterator
 
-from . import outputs
+from . import jobs, outputs, runs
 from .config import Settings
 from .doctor_service import preflight
-from .errors import OutputsNotReady
+from .errors import EvalkitError, OutputsNotReady
+from .jobs import RemoteRun
 from .outputs import ServerFacts
-from .pipeline import Reporter, RunOutcome, fetch_results, read_facts, run_steps, upload_helpers
-from .plan import Plan, Request, build_plan, checkpoint_output_dir, inspect_command, resolve_checkpoint
+from .pipeline import Reporter, RunOutcome, fetch_results, read_facts, upload_helpers
+from .plan import (Plan, Request, Step, build_plan, checkpoint_output_dir, inspect_command, resolve_checkpoint,
+                   run_dir)
+from .runs import RunRecord
 from .results import build_summary, local_result_dir, save_results
 from .ssh import Connection, resolve_target
 
@@ -29,7 +32,7 @@ from .ssh import Connection, resolve_target
 class Report:
     request: Request        # as run: the checkpoint chosen, extraction skipped when reused
     outcome: RunOutcome
-    facts: ServerFacts      # the server's files after the last stage
+    facts: ServerFacts | None  # the server's files after extraction / KNN, when they ran
     summary: dict | None    # only when recall ran
     written: list[Path]
     log_path: Path
@@ -42,10 +45,14 @@ def log_path_for(settings: Settings, request: Request, label: str) -> Path:
     return Path(settings.results_dir) / "logs" / name
 
 
-def evaluate(settings: Settings, request: Request, reporter: Reporter) -> Report:
-    """Run REQUEST's stages on the server; recall results land under settings.results_dir."""
-    target = resolve_target(settings.host, Path(settings.ssh_config) if settings.ssh_config else None)
-    with Connection(target, settings.connect_timeout).open() as connection:
+def evaluate(settings: Settings, request: Request, reporter: Reporter,
+             detach: bool = False) -> Report | RunRecord:
+    """Run REQUEST's stages on the server; recall results land under settings.results_dir.
+
+    The steps run detached on the server (remote/job.py); with DETACH the run record is
+    returned as soon as they started, else they are followed to the end.
+    """
+    with _connect(settings) as connection:
         # connected (host key and auth checked) before any local file is created
         upload_helpers(connection, settings)
         request, facts = _locate(connection, settings, request, reporter)
@@ -53,17 +60,126 @@ def evaluate(settings: Settings, request: Request, reporter: Reporter) -> Report
         if request.runs_extraction:  # before any GPU time: the doctor's server-side checks
             preflight(connection, settings, request)
         plan = build_plan(settings, request)
-        log_path = log_path_for(settings, request, plan.label)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        reporter.log_opened(log_path)
-        with log_path.open("wb") as log:
-            outcome, facts = _run_stages(plan, request, connection, settings, reporter, log, facts)
+        run_id = runs.new_run_id()
+        record = runs.new_record(settings, request, plan, run_id, run_dir(settings, run_id))
+        remote = RemoteRun(run_id, record.server_run_dir, plan.steps)
+        jobs.start(connection, settings, plan, remote)
+        runs.save(record)
+        if detach:
+            return record
+        return _follow_to_end(connection, record, plan, reporter, facts)
+
+
+def attach(record: RunRecord, reporter: Reporter) -> Report:
+    """Follow a run started earlier (perhaps with --detach) to its end, exactly as if attached."""
+    settings = record.settings
+    with _connect(settings) as connection:
+        return _follow_to_end(connection, record, build_plan(settings, record.request), reporter)
+
+
+def cancel(record: RunRecord, grace: float = 10.0) -> dict:
+    with _connect(record.settings) as connection:
+        upload_helpers(connection, record.settings)
+        return jobs.cancel(connection, record.settings, _remote(record), grace)
+
+
+def state(record: RunRecord) -> dict:
+    with _connect(record.settings) as connection:
+        upload_helpers(connection, record.settings)
+        return jobs.job_state(connection, record.settings, _remote(record))
+
+
+def logs(record: RunRecord, follow: bool) -> Iterator[str]:
+    """Each step's output as text, step by step; with FOLLOW until the run ends."""
+    settings = record.settings
+    with _connect(settings) as connection:
+        yield from jobs.read_logs(connection, settings, _remote(record), follow)
+
+
+def _remote(record: RunRecord) -> RemoteRun:
+    return RemoteRun(record.run_id, record.server_run_dir, build_plan(record.settings, record.request).steps)
+
+
+def _connect(settings: Settings) -> Connection:
+    target = resolve_target(settings.host, Path(settings.ssh_config) if settings.ssh_config else None)
+    return Connection(target, settings.connect_timeout).open()
+
+
+def _follow_to_end(connection: Connection, record: RunRecord, plan: Plan, reporter: Reporter,
+                   facts: ServerFacts | None = None) -> Report:
+    settings, request = record.settings, record.request
+    log_path = log_path_for(settings, request, plan.label)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    reporter.log_opened(log_path)
+    outcome = RunOutcome(plan)
+    with log_path.open("wb") as log:
+        follower = jobs.Follower(connection, settings, RemoteRun(record.run_id, record.server_run_dir, plan.steps),
+                                 reporter, log, reconnect_for=settings.reconnect_timeout)
+        recorder = _OutputRecorder(connection, settings, request, plan, follower)
+        try:
+            follower.follow(outcome, list(plan.steps), recorder.step_done)
+        except KeyboardInterrupt:
+            _cancel_after_interrupt(connection, record, reporter)
+            raise
+        if plan.result_files:
+            follower.safely(lambda: fetch_results(plan, connection, outcome))
+    facts = recorder.facts or facts
     if "recall" not in request.stages:
         return Report(request, outcome, facts, None, [], log_path)
     summary = build_summary(outcome, request, settings.host, log_path)
     destination = local_result_dir(Path(settings.results_dir), request, plan.label)
-    return Report(request, outcome, facts, summary, save_results(outcome, destination, summary),
-                  log_path)
+    return Report(request, outcome, facts, summary, save_results(outcome, destination, summary), log_path)
+
+
+def _cancel_after_interrupt(connection: Connection, record: RunRecord, reporter: Reporter) -> None:
+    """Ctrl-C while attached: nothing of the run may go on holding the server's GPU."""
+    try:
+        result = jobs.cancel(connection, record.settings, _remote(record))
+    except EvalkitError as error:
+        reporter.note(f"could not cancel run {record.run_id} ({error.message}): "
+                      f"python -m evalkit cancel {record.run_id}")
+        return
+    reporter.note(describe_cancel(record.run_id, result))
+
+
+def describe_cancel(run_id: str, result: dict) -> str:
+    if result.get("remaining"):
+        return (f"run {run_id}: processes {result['remaining']} survived SIGKILL on the server "
+                f"(GPU: {result.get('gpu_processes') or 'none'})")
+    gpu = "; no GPU process of it either" if not result.get("gpu_processes") else ""
+    return f"cancelled run {run_id}: no process of it remains on the server{gpu}"
+
+
+class _OutputRecorder:
+    """Writes the manifest once the features are verified, and the KNN record after KNN."""
+
+    def __init__(self, connection: Connection, settings: Settings, request: Request, plan: Plan,
+                 follower: jobs.Follower) -> None:
+        self.connection, self.settings, self.request, self.plan = connection, settings, request, plan
+        self.follower = follower
+        self.facts: ServerFacts | None = None
+        self.manifest: dict | None = None
+
+    def step_done(self, step: Step) -> None:
+        knn = self.plan.steps_of("knn")
+        if step.name == "verify":
+            self.follower.safely(self._record_extraction)
+        elif knn and step is knn[-1]:
+            self.follower.safely(self._record_knn)
+
+    def _record_extraction(self) -> None:
+        facts = _inspect(self.connection, self.settings, self.request)
+        command = self.plan.steps_of("extract")[0].command
+        self.manifest = outputs.new_manifest(self.settings, self.request, facts, command, _now())
+        self.connection.write_bytes(self.plan.manifest, outputs.manifest_bytes(self.manifest))
+        self.facts = dataclasses.replace(facts, manifest=self.manifest)
+
+    def _record_knn(self) -> None:
+        facts = _inspect(self.connection, self.settings, self.request)
+        commands = {step.direction: step.command for step in self.plan.steps_of("knn")}
+        manifest = outputs.with_knn(facts, commands, _now())
+        self.connection.write_bytes(self.plan.manifest, outputs.manifest_bytes(manifest))
+        self.facts = dataclasses.replace(facts, manifest=manifest)
 
 
 def _inspect(connection: Connection, settings: Settings, request: Request) -> ServerFacts:
@@ -114,33 +230,6 @@ def _decide(settings: Settings, request: Request, facts: ServerFacts, reporter: 
     if "recall" in request.stages and "knn" not in request.stages:
         outputs.check_predictions(facts, request.directions)
     return request
-
-
-def _run_stages(plan: Plan, request: Request, connection: Connection, settings: Settings,
-                reporter: Reporter, log: BinaryIO, facts: ServerFacts) -> tuple[RunOutcome, ServerFacts]:
-    outcome = RunOutcome(plan)
-    run_steps(plan.steps_of("prepare") + plan.steps_of("extract"), outcome, connection, settings,
-              reporter, log)
-    if plan.steps_of("extract"):
-        facts = _inspect(connection, settings, request)
-        problem = outputs.completeness_problem(facts)
-        if problem:
-            raise OutputsNotReady(f"extraction exited 0 but {problem}", "read the extraction output "
-                                  "above; check free disk space on the server, then extract again")
-        command = plan.steps_of("extract")[0].command
-        connection.write_bytes(plan.manifest, outputs.manifest_bytes(
-            outputs.new_manifest(settings, request, facts, command, _now())))
-        facts = _inspect(connection, settings, request)
-    if plan.steps_of("knn"):
-        run_steps(plan.steps_of("knn"), outcome, connection, settings, reporter, log)
-        facts = _inspect(connection, settings, request)
-        commands = {step.direction: step.command for step in plan.steps_of("knn")}
-        connection.write_bytes(plan.manifest, outputs.manifest_bytes(
-            outputs.with_knn(facts, commands, _now())))
-    if plan.steps_of("recall"):
-        run_steps(plan.steps_of("recall"), outcome, connection, settings, reporter, log)
-        fetch_results(plan, connection, outcome)
-    return outcome, facts
 
 
 def _now() -> str:

@@ -25,6 +25,7 @@ import paramiko
 from .errors import AuthenticationError, ConnectError, ConnectionLost, HostKeyError
 
 KEEPALIVE_SECONDS = 15
+DEAD_PEER_SECONDS = 30  # an SFTP request unanswered this long means the peer is gone
 _IDLE_POLL_SECONDS = 0.05
 _CHUNK = 65536
 OutputSink = Callable[[str, bytes], None]  # (stream name, raw bytes)
@@ -161,6 +162,15 @@ class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
             f"{self.target.hostname} >> ~/.ssh/known_hosts`")
 
 
+# Errors that mean the link itself is gone (a dead socket, a closed transport, a silent peer).
+_LINK_ERRORS = (paramiko.SSHException, EOFError, socket.timeout, ConnectionError)
+
+
+def _is_link_error(exc: BaseException) -> bool:
+    # SFTP status errors carry an errno (ENOENT, EACCES); "Socket is closed" and friends do not.
+    return isinstance(exc, _LINK_ERRORS) or (isinstance(exc, OSError) and exc.errno is None)
+
+
 class Connection:
     """One SSH connection per run: opened lazily, closed by the context manager."""
 
@@ -221,11 +231,47 @@ class Connection:
 
     def close(self) -> None:
         if self._sftp is not None:
-            self._sftp.close()
+            try:
+                self._sftp.close()
+            except (paramiko.SSHException, OSError, EOFError):
+                pass  # closing a dead connection: nothing left to tidy
             self._sftp = None
         for client in reversed(self._clients):
             client.close()
         self._clients.clear()
+
+    def reconnect(self) -> None:
+        """Drop whatever is left of the connection and open a new one (same checks as open)."""
+        self.close()
+        self.open()
+
+    def size_of(self, path: str) -> int | None:
+        """The file's size, or None when it does not exist; ConnectionLost when the link is dead."""
+        try:
+            return self.sftp.stat(path).st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if _is_link_error(exc):
+                raise self._lost(exc) from exc
+            return None
+        except _LINK_ERRORS as exc:
+            raise self._lost(exc) from exc
+
+    def read_range(self, path: str, offset: int, limit: int) -> bytes:
+        """Up to LIMIT bytes of PATH from OFFSET (following a growing log by byte offset)."""
+        try:
+            with self.sftp.open(path, "rb") as remote:
+                remote.seek(offset)
+                return remote.read(limit)
+        except (*_LINK_ERRORS, OSError) as exc:
+            if _is_link_error(exc):
+                raise self._lost(exc) from exc
+            raise
+
+    def _lost(self, exc: BaseException) -> ConnectionLost:
+        return ConnectionLost(f"the connection to {self.target.alias} dropped: {exc or type(exc).__name__}",
+                              "check the network; the run goes on on the server")
 
     def run(self, command: str, sink: OutputSink, timeout: float) -> int:
         """Run COMMAND; feed stdout and stderr to SINK as they arrive; return the exit status.
@@ -268,15 +314,21 @@ class Connection:
     @property
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:
-            self._sftp = self.client.open_sftp()
-            self._sftp.get_channel().settimeout(self.connect_timeout * 4)
+            try:
+                self._sftp = self.client.open_sftp()
+            except _LINK_ERRORS as exc:
+                raise self._lost(exc) from exc
+            # a silent peer fails each request after this long (keepalives alone never would)
+            self._sftp.get_channel().settimeout(DEAD_PEER_SECONDS)
         return self._sftp
 
     def read_bytes(self, path: str) -> bytes:
         try:
             with self.sftp.open(path, "rb") as remote:
                 return remote.read()
-        except OSError as exc:
+        except (*_LINK_ERRORS, OSError) as exc:
+            if _is_link_error(exc):
+                raise self._lost(exc) from exc
             raise FileNotFoundError(path) from exc
 
     def write_bytes(self, path: str, data: bytes) -> None:

@@ -126,17 +126,64 @@ def show_results(console: Console, label: str, recalls: dict[str, Recall], writt
         console.print(Text(f"saved: {path}"), soft_wrap=True)
 
 
-def show_stage_done(console: Console, stage: str, facts: ServerFacts, checkpoint: str) -> None:
+def show_stage_done(console: Console, stage: str, facts: ServerFacts | None, plan: Plan) -> None:
     """After --step extract or knn: what is ready on the server, and the next command."""
     if stage == "extract":
-        ready = f"features ready: {facts.image_count} images, {facts.text_count} texts"
-        following = "knn"
+        counts = f": {facts.image_count} images, {facts.text_count} texts" if facts else ""
+        ready, following = f"features ready{counts}", "knn"
     else:
-        ready = "KNN predictions ready"
-        following = "recall"
-    console.print(Text(f"✓ {ready} for {checkpoint}", style="green"), soft_wrap=True)
-    console.print(Text(f"server files: {facts.out_dir}"), soft_wrap=True)
+        ready, following = "KNN predictions ready", "recall"
+    console.print(Text(f"✓ {ready} for {plan.checkpoint}", style="green"), soft_wrap=True)
+    console.print(Text(f"server files: {plan.output_dir}"), soft_wrap=True)
     console.print(Text(f"next: --step {following}", style="dim"))
+
+
+class QuietReporter:
+    """--detach: only evalkit's own notes; the steps run on without us."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def note(self, text: str) -> None:
+        show_note(self.console, text)
+
+    def step_started(self, step: Step, index: int, count: int) -> None: ...
+
+    def step_event(self, step: Step, event: Event) -> None: ...
+
+    def step_finished(self, step: Step, result: StepResult) -> None: ...
+
+    def log_opened(self, path: Path) -> None: ...
+
+
+def show_detached(console: Console, run_id: str, label: str) -> None:
+    console.print(Text(f"started run {run_id} ({label}) on the server; it goes on without this terminal",
+                       style="green"), soft_wrap=True)
+    for verb, what in (("attach", "follow it and pull the results"), ("logs -f", "its output"),
+                       ("status", "where it stands"), ("cancel", "stop it")):
+        console.print(Text(f"  python -m evalkit {verb} {run_id}    # {what}", style="dim"), soft_wrap=True)
+
+
+def show_runs(console: Console, rows: list) -> None:
+    """`status`: one row per run record, with what the server says about it."""
+    table = Table(title="runs")
+    for column in ("run", "label", "dataset / split", "started", "state"):
+        table.add_column(column)
+    for record, state in rows:
+        table.add_row(record.run_id, Text(record.label), Text(f"{record.request.dataset} / {record.request.split}"),
+                      record.created_at, Text(describe_state(state)))
+    console.print(table)
+
+
+def describe_state(state: dict) -> str:
+    if "error" in state:
+        return f"unknown: {state['error']}"
+    status = state.get("status") or {}
+    if status.get("state") == "failed":
+        return f"failed at step {status.get('failed_step')}"
+    if status.get("state"):
+        return str(status["state"])
+    return "running" if state.get("driver_alive") else "gone (driver died or server rebooted)"
 
 
 def show_log_location(console: Console, path: Path) -> None:

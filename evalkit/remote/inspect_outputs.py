@@ -106,7 +106,22 @@ def parse_args(argv):
     parser.add_argument("--checkpoint")
     parser.add_argument("--datapath")
     parser.add_argument("--file", action="append", default=[], metavar="NAME=RELATIVE_PATH")
+    parser.add_argument("--require-complete", action="store_true",
+                        help="exit 3 unless both feature files have one complete line per image / text")
     return parser.parse_args(argv)
+
+
+def incomplete_features(facts):
+    """Why the feature files are not complete, or None."""
+    expected = {"image_feats": ("image", facts["images"]["count"]),
+                "text_feats": ("text", facts["texts"]["count"])}
+    for name, (kind, count) in expected.items():
+        found = facts["files"].get(name)
+        if found is None:
+            return f"the {kind} feature file is missing"
+        if found["partial_last_line"] or found["lines"] != count:
+            return f"the {kind} feature file has {found['lines']} complete lines for {count} {kind}s"
+    return None
 
 
 def main(argv):
@@ -132,6 +147,12 @@ def main(argv):
             name, _, relative = spec.partition("=")
             facts["files"][name] = describe_file(os.path.join(out_dir, relative))
     sys.stdout.write(MARKER + json.dumps(facts, ensure_ascii=False) + "\n")
+    if args.require_complete:
+        problem = incomplete_features(facts)
+        if problem:
+            sys.stderr.write(f"extraction exited 0 but {problem} (is the disk full?)\n")
+            sys.exit(3)
+        print(f"complete: {facts['images']['count']} image and {facts['texts']['count']} text features")
 
 
 if __name__ == "__main__":

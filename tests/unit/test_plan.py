@@ -16,8 +16,8 @@ from evalkit.plan import (I2T_RESULT, T2I_RESULT, Request, build_plan, checkpoin
                           checkpoint_output_dir, dataset_paths, resolve_checkpoint)
 
 SEED_CHECKPOINT = "/root/autodl-tmp/datapath/experiments/exp/checkpoints/epoch_latest.pt"
-ALL_STEPS = ["prepare", "extract", "knn_t2i", "knn_i2t", "recall_t2i", "transform", "recall_i2t"]
-PYTHON_STEPS = ALL_STEPS[1:]
+ALL_STEPS = ["prepare", "extract", "verify", "knn_t2i", "knn_i2t", "recall_t2i", "transform", "recall_i2t"]
+PYTHON_STEPS = [name for name in ALL_STEPS if name not in ("prepare", "verify")]
 
 
 def request(**overrides) -> Request:
@@ -28,6 +28,11 @@ def request(**overrides) -> Request:
 
 def steps_by_name(plan) -> dict:
     return {step.name: step for step in plan.steps}
+
+
+def upstream_steps(plan) -> list:
+    """The steps that run an upstream cn_clip/eval script (not evalkit's prepare and verify)."""
+    return [step for step in plan.steps if step.name in PYTHON_STEPS]
 
 
 def upstream_argv(command: str) -> list[str]:
@@ -110,10 +115,11 @@ def test_steps_run_in_upstream_order():
 
 @pytest.mark.parametrize("skips, names, results", [
     ({}, ALL_STEPS, {"text_to_image", "image_to_text"}),
-    ({"skip_extraction": True}, [n for n in ALL_STEPS if n != "extract"], {"text_to_image", "image_to_text"}),
-    ({"skip_text_to_image": True}, ["prepare", "extract", "knn_i2t", "transform", "recall_i2t"],
+    ({"skip_extraction": True}, [n for n in ALL_STEPS if n not in ("extract", "verify")],
+     {"text_to_image", "image_to_text"}),
+    ({"skip_text_to_image": True}, ["prepare", "extract", "verify", "knn_i2t", "transform", "recall_i2t"],
      {"image_to_text"}),
-    ({"skip_image_to_text": True}, ["prepare", "extract", "knn_t2i", "recall_t2i"], {"text_to_image"}),
+    ({"skip_image_to_text": True}, ["prepare", "extract", "verify", "knn_t2i", "recall_t2i"], {"text_to_image"}),
     ({"skip_extraction": True, "skip_image_to_text": True}, ["prepare", "knn_t2i", "recall_t2i"],
      {"text_to_image"}),
 ])
@@ -233,7 +239,7 @@ def test_cpu_device_runs_every_script_through_the_launcher_in_fp32():
     s = Settings(device="cpu")
     plan = build_plan(s, request())
     assert plan.cpu_launcher == posixpath.join(s.output_root, ".evalkit", "cpu_launch.py")
-    for step in plan.steps[1:]:
+    for step in upstream_steps(plan):
         argv = upstream_argv(step.command)
         assert argv[:3] == ["python", "-u", plan.cpu_launcher], step.name
         assert argv[3].startswith("cn_clip/eval/")
@@ -244,7 +250,7 @@ def test_cpu_device_runs_every_script_through_the_launcher_in_fp32():
 def test_cuda_device_runs_scripts_directly_at_upstream_precision():
     plan = build_plan(Settings(device="cuda"), request())
     assert plan.cpu_launcher is None
-    for step in plan.steps[1:]:
+    for step in upstream_steps(plan):
         argv = upstream_argv(step.command)
         assert argv[2].startswith("cn_clip/eval/"), step.name
         assert "--precision" not in argv
@@ -254,13 +260,13 @@ def test_cuda_device_runs_scripts_directly_at_upstream_precision():
 @pytest.mark.parametrize("gpu", [0, 3])
 def test_every_script_sees_only_the_chosen_gpu(gpu):
     plan = build_plan(Settings(gpu=gpu), request())
-    for step in plan.steps[1:]:
+    for step in upstream_steps(plan):
         assert f"CUDA_VISIBLE_DEVICES={gpu} " in step.command, step.name
 
 
 def test_scripts_run_from_chinese_clip_dir_after_activation():
     plan = build_plan(Settings(), request())
-    for step in plan.steps[1:]:
+    for step in upstream_steps(plan):
         assert step.command.startswith("cd /root/autodl-tmp/Chinese-CLIP && source /root/miniconda3/"
                                        "etc/profile.d/conda.sh && conda activate training && export "), step.name
 
@@ -348,6 +354,8 @@ class FakeServer:
         env = {**os.environ, "FAKE_UPSTREAM_LOG": str(self.log)}
         env.pop("PYTHONPATH", None)
         for step in plan.steps:
+            if step.name == "verify":
+                continue  # evalkit's own check runs the real inspector: see test_stages.py
             done = subprocess.run(["bash", "-c", step.command], cwd=self.cwd, env=env,
                                   capture_output=True, text=True, timeout=30)
             assert done.returncode == 0, f"{step.name} failed: {done.stderr}\n$ {step.command}"

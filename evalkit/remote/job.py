@@ -1,0 +1,245 @@
+"""Run an evaluation's steps on the server, detached from the SSH session that started them.
+
+Usage (on the server; standard library only):
+  python job.py drive  --run-dir DIR    run DIR/run.json's steps in order (started in the background)
+  python job.py cancel --run-dir DIR [--grace SECONDS]
+  python job.py state  --run-dir DIR    print the run's state as one EVALKIT-JOB line
+
+The driver makes itself a session and process-group leader, so a dropped connection, a closed
+laptop or a dead sshd never reaches it, and marks its environment with EVALKIT_RUN_ID so that
+cancel signals only the processes of this run, even when a recorded pid has been reused. Each
+step's stdout and stderr go to files of their own (step-N.out / step-N.err); its exit code is
+written atomically to step-N.exit, the run's outcome to status.json. The client follows these
+files by byte offset, over SFTP, and can come back at any time.
+
+A lock file in the checkpoint's output directory keeps two runs from writing it at once; a lock
+whose driver is gone (or from before a reboot) is taken over.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+MARKER = "EVALKIT-JOB "
+RUN_ID_VARIABLE = "EVALKIT_RUN_ID"
+
+
+def write_atomically(path, data):
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(data)
+    os.replace(temporary, path)
+
+
+def read_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def boot_id():
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def start_time(pid):
+    """The process's start time in clock ticks since boot: with the pid, its identity."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def identity(pid):
+    return {"pid": pid, "start_time": start_time(pid), "boot_id": boot_id()}
+
+
+def is_alive(record):
+    """Is the process RECORD describes still running (same boot, same pid, same start time)?"""
+    if not record or record.get("boot_id") != boot_id():
+        return False
+    return record.get("start_time") is not None and start_time(record["pid"]) == record["start_time"]
+
+
+def processes_of(run_id):
+    """Every live process whose environment carries this run's id (the driver's descendants)."""
+    wanted = f"{RUN_ID_VARIABLE}={run_id}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if wanted in handle.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+# --- the lock -------------------------------------------------------------------------------------
+
+def acquire_lock(path, run_id):
+    """Take the lock at PATH for RUN_ID; returns (taken, holder, took_over_stale)."""
+    mine = dict(identity(os.getpid()), run_id=run_id, taken_at=now())
+    stale = False
+    for _ in range(3):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_json(path)
+            if holder and is_alive(holder):
+                return False, holder, False
+            # Stale: only one taker wins the rename, then creates the lock afresh.
+            try:
+                os.rename(path, f"{path}.stale-{os.getpid()}")
+                os.unlink(f"{path}.stale-{os.getpid()}")
+            except OSError:
+                pass
+            stale = True
+            continue
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(mine, out)
+        return True, None, stale
+    return False, read_json(path), False
+
+
+def release_lock(path, run_id):
+    holder = read_json(path)
+    if holder and holder.get("run_id") == run_id:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+# --- drive --------------------------------------------------------------------------------------
+
+def drive(run_dir):
+    os.setsid()  # our own session and process group: the SSH session can end, we go on
+    run = read_json(os.path.join(run_dir, "run.json"))
+    os.environ[RUN_ID_VARIABLE] = run["run_id"]
+    lock = run.get("lock")
+    record = dict(identity(os.getpid()), pgid=os.getpgid(0), started_at=now())
+    if lock:
+        os.makedirs(os.path.dirname(lock), exist_ok=True)
+        taken, holder, stale = acquire_lock(lock, run["run_id"])
+        if not taken:
+            finish(run_dir, "refused", holder=holder)
+            return
+        record["took_over_stale_lock"] = stale
+    write_atomically(os.path.join(run_dir, "driver.json"), json.dumps(record))
+    state, failed = "succeeded", None
+    try:
+        for index, step in enumerate(run["steps"]):
+            code = run_step(run_dir, index, step["command"])
+            if code != 0:
+                state, failed = "failed", index
+                break
+    finally:
+        if lock:
+            release_lock(lock, run["run_id"])
+    finish(run_dir, state, failed_step=failed)
+
+
+def run_step(run_dir, index, command):
+    base = os.path.join(run_dir, f"step-{index}")
+    write_atomically(f"{base}.started", now())
+    with open(f"{base}.out", "wb") as out, open(f"{base}.err", "wb") as err:
+        code = subprocess.call(["bash", "-c", command], stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    write_atomically(f"{base}.exit", str(code))
+    return code
+
+
+def finish(run_dir, state, **details):
+    write_atomically(os.path.join(run_dir, "status.json"),
+                     json.dumps(dict(details, state=state, finished_at=now())))
+
+
+# --- cancel -------------------------------------------------------------------------------------
+
+def cancel(run_dir, grace):
+    """SIGTERM to the run's processes, GRACE seconds, then SIGKILL; report what remains."""
+    run = read_json(os.path.join(run_dir, "run.json")) or {}
+    run_id = run.get("run_id")
+    driver = read_json(os.path.join(run_dir, "driver.json"))
+    targets = processes_of(run_id) if run_id else []
+    if driver and is_alive(driver):
+        try:
+            os.killpg(driver["pgid"], signal.SIGTERM)  # the group leader is verified to be ours
+        except OSError:
+            pass
+    signal_all(targets, signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline and processes_of(run_id):
+        time.sleep(0.1)
+    killed = processes_of(run_id)
+    signal_all(killed, signal.SIGKILL)
+    time.sleep(0.2)
+    remaining = processes_of(run_id)
+    if run.get("lock"):
+        release_lock(run["lock"], run_id)
+    if not os.path.exists(os.path.join(run_dir, "status.json")) or \
+            (read_json(os.path.join(run_dir, "status.json")) or {}).get("state") not in ("succeeded", "failed"):
+        finish(run_dir, "cancelled")
+    return {"signalled": sorted(set(targets)), "killed": killed, "remaining": remaining,
+            "gpu_processes": gpu_processes(remaining)}
+
+
+def signal_all(pids, signum):
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+
+
+def gpu_processes(pids):
+    """Those of PIDS that nvidia-smi lists as GPU processes ([] when there is no nvidia-smi)."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [pid for pid in pids if str(pid) in listed]
+
+
+def state(run_dir):
+    driver = read_json(os.path.join(run_dir, "driver.json"))
+    status = read_json(os.path.join(run_dir, "status.json"))
+    return {"status": status, "driver": driver, "driver_alive": is_alive(driver)}
+
+
+def main(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("action", choices=("drive", "cancel", "state"))
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--grace", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    if args.action == "drive":
+        try:
+            drive(args.run_dir)
+        except Exception as exc:  # the client is waiting on status.json: tell it, then fail loudly
+            finish(args.run_dir, "crashed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        return
+    result = cancel(args.run_dir, args.grace) if args.action == "cancel" else state(args.run_dir)
+    sys.stdout.write(MARKER + json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
