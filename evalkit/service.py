@@ -63,8 +63,10 @@ def evaluate(settings: Settings, request: Request, reporter: Reporter,
         run_id = runs.new_run_id()
         record = runs.new_record(settings, request, plan, run_id, run_dir(settings, run_id))
         remote = RemoteRun(run_id, record.server_run_dir, plan.steps)
-        jobs.start(connection, settings, plan, remote)
+        driver = jobs.start(connection, settings, plan, remote)
         runs.save(record)
+        if driver.get("took_over_stale_lock"):
+            reporter.note("took over a stale lock on this checkpoint's directory (its run is gone)")
         if detach:
             return record
         return _follow_to_end(connection, record, plan, reporter, facts)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -132,6 +133,36 @@ class LoopbackSshd:
     def _fail(self, why: str) -> None:
         self.stop()
         raise RuntimeError(f"{why}; tail of {self.log_path}:\n{self.log_tail()}")
+
+    def kill_sessions(self) -> list[int]:
+        """SIGKILL the sshd processes serving connections (not the listener): every live SSH
+        connection drops, as when the Wi-Fi goes, while new ones are still accepted."""
+        listener = self._proc.pid if self._proc else None
+        parents = {}
+        names = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            names[int(entry.name)] = stat[stat.index("(") + 1:stat.rindex(")")]
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+        serving = [pid for pid in parents if pid != listener and self._descends(pid, listener, parents)
+                   and names[pid].startswith("sshd")]
+        for pid in serving:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        return serving
+
+    @staticmethod
+    def _descends(pid: int, ancestor: Optional[int], parents: dict) -> bool:
+        while pid in parents and pid != ancestor:
+            pid = parents[pid]
+        return pid == ancestor and ancestor is not None
 
     def log_tail(self, lines: int = 30) -> str:
         """Last ``lines`` lines of the sshd log (empty if there is none yet)."""

@@ -1,0 +1,197 @@
+"""Long runs that survive the network, on the real test bed with real faults: a killed sshd
+mid-extraction, Ctrl-C, detach and attach, two runs on one checkpoint, a stale lock, a flood of
+output. The run itself lives on the server (remote/job.py); the client only follows it."""
+from __future__ import annotations
+
+import json
+import re
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evalkit.errors import INTERRUPTED_EXIT_CODE, RunLocked
+from evalkit.jobs import Follower, RemoteRun, start
+from evalkit.plan import Step
+from evalkit.ssh import Connection, resolve_target
+
+from .conftest import DATASETS, ENTRY_SCRIPT, REPO, run_upstream_by_hand
+
+pytestmark = pytest.mark.integration
+
+SPEC = DATASETS[0]
+
+
+def _launch(bed, *args: str) -> subprocess.Popen:
+    """The one-shot command in the background, as a user's terminal would run it."""
+    return subprocess.Popen([sys.executable, str(ENTRY_SCRIPT), "--config", str(bed.config),
+                             "--datapath", str(bed.datapath), "--model-path", str(bed.checkpoint), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=bed.results_dir.parent,
+                            stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "200"})
+
+
+def _evalkit(bed, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evalkit", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+
+
+def _run_dirs(bed) -> list[Path]:
+    return sorted((bed.server_outputs / ".evalkit" / "runs").glob("*"))
+
+
+def _wait_for_extraction(bed, timeout: float = 120) -> Path:
+    """The run directory, once its extraction step is under way on the server."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run_dir in _run_dirs(bed):
+            if (run_dir / "step-1.started").exists() and (run_dir / "step-1.err").stat().st_size > 0:
+                return run_dir
+        time.sleep(0.2)
+    raise AssertionError("extraction never started")
+
+
+def _processes_of(run_id: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"EVALKIT_RUN_ID={run_id}".encode() in \
+                    (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _pulled(bed) -> dict[str, dict]:
+    local = bed.results_dir / SPEC.name / SPEC.split / "muge_finetune_rn50_rbt3_team_distill"
+    return {d: json.loads((local / f"{d}_results.json").read_text()) for d in ("text_to_image", "image_to_text")}
+
+
+def test_a_dropped_connection_mid_extraction_costs_nothing(testbed, tmp_path):
+    client = _launch(testbed)
+    run_dir = _wait_for_extraction(testbed)
+    killed = testbed.sshd.kill_sessions()
+    assert killed, "no sshd session process to kill"
+    out, err = client.communicate(timeout=300)
+    assert client.returncode == 0, err + out
+    assert "connection lost" in out and "reconnected" in out
+    assert _pulled(testbed) == run_upstream_by_hand(testbed, SPEC, tmp_path / "by-hand")
+    # Nothing ran twice, and every line the server wrote reached the local log exactly once.
+    assert sorted(p.name for p in run_dir.glob("step-*.exit")) == [f"step-{i}.exit" for i in range(8)]
+    [log] = (testbed.results_dir / "logs").glob("*.log")
+    local = log.read_bytes()
+    assert local.count(b"### step extract:") == 1
+    # Without evalkit's own step lines, the local log holds exactly the bytes the server wrote.
+    followed = re.sub(rb"\n### step [a-z0-9_]+: [^\n]*\n|### step [a-z0-9_]+ exited -?\d+ after [0-9.]+ s\n",
+                      b"", local)
+    written = sum((run_dir / f"step-{i}.{stream}").stat().st_size for i in range(8) for stream in ("out", "err"))
+    assert len(followed) == written
+
+
+def test_ctrl_c_cancels_the_remote_run_and_leaves_nothing_running(testbed):
+    client = _launch(testbed)
+    run_dir = _wait_for_extraction(testbed)
+    run_id = run_dir.name
+    assert _processes_of(run_id), "the run should be running on the server"
+    client.send_signal(signal.SIGINT)
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == INTERRUPTED_EXIT_CODE, err + out
+    assert f"cancelled run {run_id}: no process of it remains on the server" in out
+    assert _processes_of(run_id) == []
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "cancelled"
+    assert not list(testbed.server_outputs.rglob(".evalkit-lock"))  # the checkpoint is free again
+
+
+def test_detach_then_attach_gives_the_attached_results(testbed, tmp_path):
+    started = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint),
+                               "--detach")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split("started run ")[1].split()[0]
+    assert f"python -m evalkit attach {run_id}" in started.stdout
+    assert not (testbed.results_dir / SPEC.name).exists()  # nothing pulled yet
+
+    status = _evalkit(testbed, "status", run_id, "--config", str(testbed.config))
+    assert status.returncode == 0 and run_id in status.stdout, status.stderr
+
+    attached = _evalkit(testbed, "attach", run_id, "--config", str(testbed.config))
+    assert attached.returncode == 0, attached.stderr
+    assert "text→image" in attached.stdout and "image→text" in attached.stdout
+    assert _pulled(testbed) == run_upstream_by_hand(testbed, SPEC, tmp_path / "by-hand")
+
+    logs = _evalkit(testbed, "logs", run_id, "--config", str(testbed.config))
+    assert logs.returncode == 0 and "### step extract:" in logs.stdout and "### step recall_i2t exited 0" in logs.stdout
+    status = _evalkit(testbed, "status", run_id, "--config", str(testbed.config))
+    assert "succeeded" in status.stdout
+
+
+def test_a_second_run_on_the_same_checkpoint_is_refused_naming_the_first(testbed):
+    first = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint),
+                             "--detach")
+    run_id = first.stdout.split("started run ")[1].split()[0]
+    second = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint))
+    assert second.returncode == RunLocked.exit_code, second.stderr
+    assert f"run {run_id} is already evaluating this checkpoint" in second.stderr
+    assert f"python -m evalkit attach {run_id}" in second.stderr
+    attached = _evalkit(testbed, "attach", run_id, "--config", str(testbed.config))
+    assert attached.returncode == 0, attached.stderr
+
+
+def test_a_stale_lock_is_taken_over(testbed):
+    from evalkit.plan import checkpoint_output_dir
+    from evalkit.config import Settings
+
+    settings = Settings(datapath=str(testbed.datapath), remote_output_dir=str(testbed.server_outputs))
+    out_dir = Path(checkpoint_output_dir(settings, SPEC.name, SPEC.split, str(testbed.checkpoint)))
+    out_dir.mkdir(parents=True)
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    (out_dir / ".evalkit-lock").write_text(json.dumps(  # a run whose driver died long ago
+        {"pid": 999999, "start_time": 1, "boot_id": boot_id, "run_id": "20200101-000000-dead00"}))
+    run = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint))
+    assert run.returncode == 0, run.stderr
+    assert "took over a stale lock" in run.stdout
+    assert not (out_dir / ".evalkit-lock").exists()  # released at the end
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.lines = {"stdout": 0, "stderr": 0}
+
+    def step_started(self, *args) -> None: ...
+
+    def step_event(self, step, event) -> None:
+        if hasattr(event, "stream"):
+            self.lines[event.stream] += 1
+
+    def step_finished(self, *args) -> None: ...
+
+    def note(self, text) -> None: ...
+
+    def log_opened(self, path) -> None: ...
+
+
+def test_ten_megabytes_on_both_streams_of_a_detached_step_arrive_whole(testbed, tmp_path):
+    from evalkit.config import Settings
+    from evalkit.pipeline import RunOutcome, upload_helpers
+    from evalkit.plan import build_plan, Request, run_dir
+
+    settings = Settings(datapath=str(testbed.datapath), remote_output_dir=str(testbed.server_outputs),
+                        python=str(testbed.server_python), activate="true")
+    command = ("python3 -c \"import sys\nfor i in range(100000): print('o' * 99)\" & "
+               "python3 -c \"import sys\nfor i in range(100000): print('e' * 99, file=sys.stderr)\"; wait")
+    step = Step("flood", "10 MB on each stream", "extract", command)
+    plan = build_plan(settings, Request(SPEC.name, SPEC.split, str(testbed.checkpoint)))
+    plan = type(plan)(plan.label, plan.checkpoint, str(tmp_path / "out"), None, (step,), {}, plan.files)
+    target = resolve_target("seetacloud-v800", testbed.ssh_dir / "config")
+    with Connection(target) as connection:
+        upload_helpers(connection, settings)
+        remote = RemoteRun("flood-test", run_dir(settings, "flood-test"), (step,))
+        start(connection, settings, plan, remote)
+        reporter = _Counting()
+        with (tmp_path / "log").open("wb") as log:
+            Follower(connection, settings, remote, reporter, log).follow(RunOutcome(plan), [step], lambda s: None)
+    assert reporter.lines == {"stdout": 100000, "stderr": 100000}
+    assert (tmp_path / "log").stat().st_size >= 20_000_000
