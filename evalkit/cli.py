@@ -13,7 +13,7 @@ import click
 from . import runs, service, view
 from .batch import check_distinct_checkpoints, comparison_paths, evaluate_many, model_result, now_utc
 from .comparison import ModelResult, build_comparison, to_csv, to_markdown
-from .config import ALL_MODELS, DEVICES, TEXT_MODELS, VISION_MODELS, ModelEntry, Settings, build_settings
+from .config import ALL_MODELS, DEVICES, KNN_MODES, TEXT_MODELS, VISION_MODELS, ModelEntry, Settings, build_settings
 from .doctor_service import run_doctor
 from .errors import (INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, ComparisonIncomplete, DoctorFailed,
                      EvalkitError, NothingEvaluated)
@@ -21,7 +21,7 @@ from .plan import SPLITS, STAGES, Request, build_plan
 from .results import in_registry_order, load_evaluated, recalls, save_comparison
 from .runs import RunRecord
 
-_SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir", "vision_model", "text_model")
+_SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir", "vision_model", "text_model", "knn")
 
 
 def _check_dataset_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -74,6 +74,9 @@ def shared_options(command: Callable) -> Callable:
         click.option("--gpus", callback=_parse_gpus, metavar="0,1,2",
                      help="evaluate several models at once, one per GPU (one GPU: one after another)"),
         click.option("--results-dir", help="local folder for results  [default: results]"),
+        click.option("--knn", type=click.Choice(KNN_MODES),
+                     help="upstream: the two upstream KNN scripts; fast: evalkit's exact batched KNN, "
+                          "same prediction files, much faster on large galleries  [default: upstream]"),
         click.option("--skip-text-to-image", is_flag=True, help="skip text→image KNN and recall"),
         click.option("--skip-image-to-text", is_flag=True, help="skip image→text KNN and recall"),
         click.option("--dry-run", is_flag=True, help="print the exact remote commands; run nothing"),

@@ -18,7 +18,8 @@ from .errors import ConfigError
 DEVICES = ("cuda", "cpu")
 VISION_MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "RN50")
 TEXT_MODELS = ("RoBERTa-wwm-ext-base-chinese", "RoBERTa-wwm-ext-large-chinese", "RBT3-chinese")
-_CHOICES = {"device": DEVICES, "vision_model": VISION_MODELS, "text_model": TEXT_MODELS}
+KNN_MODES = ("upstream", "fast")
+_CHOICES = {"device": DEVICES, "vision_model": VISION_MODELS, "text_model": TEXT_MODELS, "knn": KNN_MODES}
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Settings:
     context_length: int = 52
     top_k: int = 10
     eval_batch_size: int = 32768
+    knn: str = "upstream"
     connect_timeout: float = 15.0
     step_timeout: float = 24 * 3600.0
     reconnect_timeout: float = 600.0

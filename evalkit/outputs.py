@@ -187,6 +187,17 @@ def check_predictions(facts: ServerFacts, directions: list[str]) -> None:
                                   "incomplete since KNN wrote them", "run --step knn again")
 
 
+def predictions_reusable(facts: ServerFacts, planned: dict[str, str]) -> bool:
+    """Were these directions' predictions made from the current features by exactly PLANNED's
+    commands (same files, top-k, batch size, KNN program), and are they untouched since?"""
+    try:
+        check_predictions(facts, list(planned))
+    except OutputsNotReady:
+        return False
+    knn = (facts.manifest or {}).get("knn", {})
+    return all(knn[direction].get("command") == command for direction, command in planned.items())
+
+
 def new_manifest(settings: Settings, request: Request, facts: ServerFacts, command: str,
                  extracted_at: str) -> dict:
     """The record of a finished extraction, from the facts gathered right after it."""

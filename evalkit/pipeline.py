@@ -17,7 +17,7 @@ from typing import BinaryIO, Protocol
 from .config import Settings
 from .errors import EvaluationFailed, RemoteStepFailed
 from .outputs import ServerFacts
-from .plan import CPU_LAUNCHER_NAME, INSPECTOR_NAME, JOB_RUNNER_NAME, Plan, Step, helper_path
+from .plan import CPU_LAUNCHER_NAME, FAST_KNN_NAME, INSPECTOR_NAME, JOB_RUNNER_NAME, Plan, Step, helper_path
 from .progress import Event, LogLine, ProgressUpdate, StreamSplitter
 from .ssh import Connection
 
@@ -68,6 +68,8 @@ def upload_helpers(connection: Connection, settings: Settings, extra: tuple[str,
     names = [INSPECTOR_NAME, JOB_RUNNER_NAME, *extra]
     if settings.device == "cpu":
         names.append(CPU_LAUNCHER_NAME)
+    if settings.knn == "fast":
+        names.append(FAST_KNN_NAME)
     for name in names:
         connection.write_bytes(helper_path(settings, name), helper_source(name))
 

@@ -17,6 +17,7 @@ STAGES = ("extract", "knn", "recall")
 DIRECTION_TITLES = {"text_to_image": "text→image", "image_to_text": "image→text"}
 CPU_LAUNCHER_NAME = "cpu_launch.py"
 INSPECTOR_NAME = "inspect_outputs.py"
+FAST_KNN_NAME = "fast_knn.py"
 JOB_RUNNER_NAME = "job.py"
 LOCK_NAME = ".evalkit-lock"
 MANIFEST_NAME = "manifest.json"
@@ -59,7 +60,7 @@ class Step:
     title: str
     stage: str
     command: str
-    direction: str | None = None  # text_to_image / image_to_text, for KNN and recall steps
+    directions: tuple[str, ...] = ()  # the KNN directions whose predictions the step writes
 
 
 @dataclass(frozen=True)
@@ -132,12 +133,17 @@ def build_plan(settings: Settings, request: Request) -> Plan:
         # KNN must never read a half-written feature file, even when upstream exited 0
         steps.append(Step("verify", "check the features are complete", "extract",
                           inspect_command(settings, request, checkpoint, require_complete=True)))
+    if settings.knn == "fast":
+        steps.append(builder.knn_fast(request, files))
     if not request.skip_text_to_image:
-        steps += [builder.knn_text_to_image(files), builder.evaluate_text_to_image(settings, request, files)]
+        if settings.knn == "upstream":
+            steps.append(builder.knn_text_to_image(files))
+        steps.append(builder.evaluate_text_to_image(settings, request, files))
         results["text_to_image"] = files.t2i_result
     if not request.skip_image_to_text:
-        steps += [builder.knn_image_to_text(files), builder.transform_annotation(files),
-                  builder.evaluate_image_to_text(files)]
+        if settings.knn == "upstream":
+            steps.append(builder.knn_image_to_text(files))
+        steps += [builder.transform_annotation(files), builder.evaluate_image_to_text(files)]
         results["image_to_text"] = files.i2t_result
     chosen = [step for step in steps if step.stage in ("prepare", *request.stages)]
     if "recall" not in request.stages:
@@ -243,12 +249,17 @@ class _StepBuilder:
         self.cpu_launcher = cpu_launcher
 
     def python(self, script: str, args: list[str]) -> str:
+        """An upstream cn_clip/eval script, through the CPU launcher with --device cpu."""
+        launcher = [self.cpu_launcher] if self.cpu_launcher else []
+        return self._in_env([self.settings.python, "-u", *launcher, f"cn_clip/eval/{script}", *args])
+
+    def helper(self, path: str, args: list[str]) -> str:
+        """One of evalkit's own scripts, in the same environment as the upstream ones."""
+        return self._in_env([self.settings.python, "-u", path, *args])
+
+    def _in_env(self, argv: list[str]) -> str:
         s = self.settings
         root = s.chinese_clip_dir
-        argv = [s.python, "-u"]
-        if self.cpu_launcher:
-            argv.append(self.cpu_launcher)
-        argv += [f"cn_clip/eval/{script}", *args]
         python_path = f"{root}:{posixpath.join(root, 'cn_clip')}"
         return (f"cd {shlex.quote(root)} && {s.activate} && "
                 f"export PYTHONPATH={shlex.quote(python_path)}${{PYTHONPATH:+:$PYTHONPATH}} "
@@ -277,12 +288,24 @@ class _StepBuilder:
     def knn_text_to_image(self, files: OutputFiles) -> Step:
         return Step("knn_t2i", "KNN text→image", "knn",
                     self.python("make_topk_predictions.py", self._knn_args(files, files.t2i_predictions)),
-                    "text_to_image")
+                    ("text_to_image",))
 
     def knn_image_to_text(self, files: OutputFiles) -> Step:
         return Step("knn_i2t", "KNN image→text", "knn",
                     self.python("make_topk_predictions_tr.py", self._knn_args(files, files.i2t_predictions)),
-                    "image_to_text")
+                    ("image_to_text",))
+
+    def knn_fast(self, request: Request, files: OutputFiles) -> Step:
+        """--knn fast: both directions in one pass over the same feature files (remote/fast_knn.py)."""
+        outputs = {"text_to_image": ["--t2i-output", files.t2i_predictions],
+                   "image_to_text": ["--i2t-output", files.i2t_predictions]}
+        args = ["--image-feats", files.image_feats, "--text-feats", files.text_feats,
+                "--top-k", str(self.settings.top_k), "--device", "cpu" if self.settings.device == "cpu" else "auto"]
+        for direction in request.directions:
+            args += outputs[direction]
+        title = "KNN " + " + ".join(DIRECTION_TITLES[d] for d in request.directions) + " (fast)"
+        return Step("knn_fast", title, "knn", self.helper(helper_path(self.settings, FAST_KNN_NAME), args),
+                    tuple(request.directions))
 
     def evaluate_text_to_image(self, settings: Settings, request: Request, files: OutputFiles) -> Step:
         _, texts = dataset_paths(settings, request.dataset, request.split)

@@ -178,7 +178,7 @@ class _OutputRecorder:
 
     def _record_knn(self) -> None:
         facts = _inspect(self.connection, self.settings, self.request)
-        commands = {step.direction: step.command for step in self.plan.steps_of("knn")}
+        commands = {direction: step.command for step in self.plan.steps_of("knn") for direction in step.directions}
         manifest = outputs.with_knn(facts, commands, _now())
         self.connection.write_bytes(self.plan.manifest, outputs.manifest_bytes(manifest))
         self.facts = dataclasses.replace(facts, manifest=manifest)
@@ -223,7 +223,8 @@ def _decide(settings: Settings, request: Request, facts: ServerFacts, reporter: 
             reporter.note(f"reusing the features extracted {facts.manifest['extracted_at']} for this "
                           f"checkpoint ({facts.image_count} images, {facts.text_count} texts, "
                           "checkpoint unchanged); --force-extraction extracts again")
-            return dataclasses.replace(request, skip_extraction=True)
+            return _reuse_predictions(settings, dataclasses.replace(request, skip_extraction=True), facts,
+                                      reporter)
         if facts.manifest and refusal:
             reporter.note(f"extracting again: {refusal}")
         return request
@@ -232,6 +233,18 @@ def _decide(settings: Settings, request: Request, facts: ServerFacts, reporter: 
     if "recall" in request.stages and "knn" not in request.stages:
         outputs.check_predictions(facts, request.directions)
     return request
+
+
+def _reuse_predictions(settings: Settings, request: Request, facts: ServerFacts, reporter: Reporter) -> Request:
+    """With reused features, KNN is skipped too when its recorded commands are the ones planned."""
+    if "knn" not in request.stages:
+        return request
+    planned = {direction: step.command for step in build_plan(settings, request).steps_of("knn")
+               for direction in step.directions}
+    if not outputs.predictions_reusable(facts, planned):
+        return request
+    reporter.note("reusing the KNN predictions made from these features by the same commands")
+    return dataclasses.replace(request, stages=tuple(stage for stage in request.stages if stage != "knn"))
 
 
 def _now() -> str:

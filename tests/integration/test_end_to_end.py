@@ -94,3 +94,19 @@ def test_one_shot_files_stay_out_of_the_dataset_and_apart_per_checkpoint(testbed
     assert features[0] != features[1]  # different checkpoints, different features, both kept
     assert summaries[0]["recall"] != summaries[1]["recall"]
     assert str(dirs[0]) in runs[0].stdout  # the run says where its server files are
+
+
+@pytest.mark.parametrize("spec", DATASETS, ids=lambda s: f"{s.name}-{s.split}")
+def test_fast_knn_gives_upstreams_recall_and_predictions(testbed, spec: DatasetSpec, tmp_path):
+    run = testbed.evaluate("--datapath", str(testbed.datapath), "--dataset-name", spec.name, "--split", spec.split,
+                           "--model-path", str(testbed.checkpoint), "--knn", "fast", *MODEL_ARGS)
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert "KNN text→image + image→text (fast)" in run.stdout
+    local = testbed.results_dir / spec.name / spec.split / "muge_finetune_rn50_rbt3_team_distill"
+    pulled = {d: json.loads((local / f"{d}_results.json").read_text()) for d in ("text_to_image", "image_to_text")}
+    assert pulled == run_upstream_by_hand(testbed, spec, tmp_path / "by-hand")
+    server_dir = Path(json.loads((local / "summary.json").read_text())["server_output_dir"])
+    for name in ("t2i.jsonl", "i2t.jsonl"):  # the prediction files themselves, line for line
+        upstream = (tmp_path / "by-hand" / name).read_text()
+        ours = (server_dir / f"{spec.split}_{'tr_' if name == 'i2t.jsonl' else ''}predictions.jsonl").read_text()
+        assert ours == upstream, name

@@ -107,8 +107,16 @@ def test_unchanged_checkpoint_is_not_extracted_twice_unless_forced(testbed):
     one_shot = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint))
     assert one_shot.returncode == 0, one_shot.stderr
     assert "reusing the features extracted" in one_shot.stdout
-    summary = json.loads((testbed.results_dir / spec.name / spec.split / TEAM_LABEL / "summary.json").read_text())
-    assert "extract" not in [step["name"] for step in summary["steps"]]
+    summary_path = testbed.results_dir / spec.name / spec.split / TEAM_LABEL / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert [step["name"] for step in summary["steps"]][:3] == ["prepare", "knn_t2i", "knn_i2t"]
+    results = _results(testbed, spec, TEAM_LABEL)
+
+    again = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint))
+    assert again.returncode == 0, again.stderr
+    assert "reusing the KNN predictions" in again.stdout  # same features, same commands
+    assert not any(step["name"].startswith("knn") for step in json.loads(summary_path.read_text())["steps"])
+    assert _results(testbed, spec, TEAM_LABEL) == results
 
     forced = testbed.quick(*args, "--force-extraction")
     assert forced.returncode == 0, forced.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from evalkit.config import Settings
 from evalkit.errors import MissingInput, OutputsNotReady
 from evalkit.outputs import (FileFacts, ServerFacts, check_checkpoint, check_dataset, check_features,
-                             check_predictions, new_manifest, reuse_refusal, with_knn)
+                             check_predictions, new_manifest, predictions_reusable, reuse_refusal, with_knn)
 from evalkit.plan import (INSPECTOR_NAME, MANIFEST_NAME, Request, build_plan, helper_path,
                           inspect_command)
 
@@ -62,7 +63,26 @@ def test_the_texts_are_copied_only_for_recall(stages, copies):
 
 def test_knn_steps_say_which_direction_they_serve():
     plan = build_plan(SETTINGS, request(stages=("knn",)))
-    assert [step.direction for step in plan.steps_of("knn")] == ["text_to_image", "image_to_text"]
+    assert [step.directions for step in plan.steps_of("knn")] == [("text_to_image",), ("image_to_text",)]
+
+
+@pytest.mark.parametrize("overrides, steps, writes", [
+    ({}, ["knn_fast"], ["--t2i-output", "--i2t-output"]),
+    ({"skip_image_to_text": True}, ["knn_fast"], ["--t2i-output"]),
+    ({"skip_text_to_image": True}, ["knn_fast"], ["--i2t-output"]),
+])
+def test_fast_knn_is_one_step_writing_upstreams_prediction_files(overrides, steps, writes):
+    settings = dataclasses.replace(SETTINGS, knn="fast")
+    plan = build_plan(settings, request(**overrides))
+    assert [step.name for step in plan.steps_of("knn")] == steps
+    [knn] = plan.steps_of("knn")
+    argv = shlex.split(knn.command.rsplit(" && ", 1)[1])
+    assert argv[2] == helper_path(settings, "fast_knn.py")
+    assert [word for word in argv if word.endswith("-output")] == writes
+    if "--t2i-output" in writes:
+        assert argv[argv.index("--t2i-output") + 1] == plan.files.t2i_predictions
+    assert knn.directions == tuple(request(**overrides).directions)
+    assert "recall_t2i" in [s.name for s in plan.steps] or "text_to_image" not in knn.directions
 
 
 # --- the server's file check, run for real -----------------------------------------------------
@@ -219,6 +239,21 @@ def test_recall_refuses_predictions_it_cannot_trust(state, phrase):
     with pytest.raises(OutputsNotReady) as info:
         check_predictions(state, ["text_to_image", "image_to_text"])
     assert phrase in info.value.message
+
+
+PLANNED = {"text_to_image": "knn t2i", "image_to_text": "knn i2t"}
+
+
+@pytest.mark.parametrize("state, planned, reusable", [
+    (after_knn(), PLANNED, True),
+    (after_knn(), {**PLANNED, "text_to_image": "knn t2i --top-k 20"}, False),   # another command
+    (extracted(), PLANNED, False),                                            # no KNN yet
+    (after_knn(files={**FEATURES, **PREDICTIONS, "t2i_predictions": FileFacts(11, 3, 80, False)}),
+     PLANNED, False),                                                          # touched since
+])
+def test_a_second_run_reuses_knn_only_when_the_same_commands_made_untouched_predictions(state, planned,
+                                                                                          reusable):
+    assert predictions_reusable(state, planned) is reusable
 
 
 def test_recall_refuses_predictions_made_from_older_features():

@@ -1,7 +1,7 @@
 """fast_knn.py writes the same prediction files as upstream's two KNN scripts.
 
 Runs upstream's make_topk_predictions.py / make_topk_predictions_tr.py (through cpu_launch.py)
-and fast_knn.py with a python that has torch + cn_clip, named by EVALKIT_TESTBED_PYTHON.
+and fast_knn.py with the test bed's server python (torch + cn_clip; see conftest.py).
 All parity cases share two processes (one upstream, one fast_knn) because importing torch
 costs seconds; each case is still its own test.
 """
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.integration
 
 REMOTE = Path(__file__).resolve().parents[2] / "evalkit" / "remote"
 FAST_KNN = REMOTE / "fast_knn.py"
@@ -129,16 +131,7 @@ for argv in json.loads(sys.argv[1]):
 """
 
 
-@pytest.fixture(scope="module")
-def server_python() -> str:
-    python = os.environ.get("EVALKIT_TESTBED_PYTHON")
-    if not python:
-        pytest.skip("EVALKIT_TESTBED_PYTHON is unset: these tests need a python with torch and "
-                    "cn_clip (e.g. EVALKIT_TESTBED_PYTHON=/tmp/srvvenv/bin/python)")
-    return python
-
-
-def _upstream_eval_dir(python: str) -> Path:
+def _upstream_eval_dir(python) -> Path:
     """Where cn_clip/eval lives for that python, found without importing cn_clip (and torch)."""
     found = subprocess.run([python, "-c", "import importlib.util; "
                             "print(importlib.util.find_spec('cn_clip').submodule_search_locations[0])"],
