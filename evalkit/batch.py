@@ -8,34 +8,18 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable
 
 from . import service
-from .comparison import ModelResult
+from .comparison import ModelResult, now_utc
 from .config import Settings
-from .errors import ConfigError, EvalkitError
+from .errors import EvalkitError
 from .pipeline import Reporter
 from .plan import Request, checkpoint_label, resolve_checkpoint
 from .results import recalls
 
 ReporterFactory = Callable[[Request], Reporter]
 FailureHandler = Callable[[Request, EvalkitError], None]
-
-
-def check_distinct_checkpoints(settings: Settings, requests: list[Request]) -> None:
-    """Two names for one checkpoint would write the same server directory at once."""
-    seen: dict[str, str] = {}
-    for request in requests:
-        if not request.model_path:
-            continue
-        checkpoint = resolve_checkpoint(settings, request.model_path)
-        label = request.label or checkpoint_label(checkpoint)
-        if checkpoint in seen:
-            raise ConfigError(f"{seen[checkpoint]!r} and {label!r} are the same checkpoint "
-                               f"({checkpoint})", "name each checkpoint once (check the `models:` paths)")
-        seen[checkpoint] = label
 
 
 def evaluate_many(settings: Settings, requests: list[Request], slots: list[int],
@@ -91,12 +75,3 @@ def model_result(report: service.Report, started_at: str | None = None) -> Model
     recall = {direction: dataclasses.asdict(value) for direction, value in recalls(report.outcome).items()}
     return ModelResult(plan.label, plan.checkpoint, "ok", recall, started_at=started_at,
                        finished_at=now_utc(), server_output_dir=plan.output_dir)
-
-
-def comparison_paths(results_dir: Path, dataset: str, split: str) -> dict[str, Path]:
-    folder = results_dir / dataset / split
-    return {suffix: folder / f"comparison.{suffix}" for suffix in ("json", "csv", "md")}
-
-
-def now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

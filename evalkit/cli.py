@@ -10,18 +10,22 @@ from typing import Any, Callable
 
 import click
 
-from . import runs, service, view
-from .batch import check_distinct_checkpoints, comparison_paths, evaluate_many, model_result, now_utc
-from .comparison import ModelResult, build_comparison, to_csv, to_markdown
+from . import runs, view
+from .comparison import ModelResult, build_comparison, comparison_paths, now_utc, to_csv, to_markdown
 from .config import ALL_MODELS, DEVICES, KNN_MODES, TEXT_MODELS, VISION_MODELS, ModelEntry, Settings, build_settings
-from .doctor_service import run_doctor
 from .errors import (INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, ComparisonIncomplete, DoctorFailed,
                      EvalkitError, NothingEvaluated)
-from .plan import SPLITS, STAGES, Request, build_plan
+from .plan import SPLITS, STAGES, Request, build_plan, check_distinct_checkpoints
 from .results import in_registry_order, load_evaluated, recalls, save_comparison
 from .runs import RunRecord
 
 _SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir", "vision_model", "text_model", "knn")
+
+
+def _service():
+    """The SSH side (paramiko) loads only when a command needs it: `--help` starts fast."""
+    from . import service
+    return service
 
 
 def _check_dataset_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -174,7 +178,7 @@ def run_command(settings: Settings, requests: list[Request], kwargs: dict[str, A
         return
     if kwargs["detach"]:
         for request in requests:
-            record = service.evaluate(settings, request, view.QuietReporter(out), detach=True)
+            record = _service().evaluate(settings, request, view.QuietReporter(out), detach=True)
             view.show_detached(out, record.run_id, record.label)
         return
     slots = kwargs["gpus"] or [settings.gpu]
@@ -187,12 +191,13 @@ def run_command(settings: Settings, requests: list[Request], kwargs: dict[str, A
 
 def _run_one(out, settings: Settings, request: Request, verbose: bool) -> ModelResult:
     with view.LiveReporter(out, verbose) as reporter:
-        report = service.evaluate(settings, request, reporter)  # errors keep their own exit code
+        report = _service().evaluate(settings, request, reporter)  # errors keep their own exit code
     _show_report(out, report)
+    from .batch import model_result
     return model_result(report)
 
 
-def _show_report(out, report: service.Report) -> None:
+def _show_report(out, report) -> None:
     plan = report.outcome.plan
     if report.summary is None:
         view.show_stage_done(out, report.request.stages[-1], report.facts, plan)
@@ -202,6 +207,7 @@ def _show_report(out, report: service.Report) -> None:
 
 def _run_many(out, settings: Settings, requests: list[Request], slots: list[int],
               verbose: bool) -> list[ModelResult]:
+    from .batch import evaluate_many
     def failed(request: Request, error: EvalkitError) -> None:
         view.show_model_failed(out, request.label or request.model_path, error)
 
@@ -322,7 +328,7 @@ def attach(run_id: str, verbose: bool, config: Path | None, results_dir: str | N
     record = _record(config, results_dir, run_id)
     out, _ = view.make_consoles()
     with view.LiveReporter(out, verbose) as reporter:
-        report = service.attach(record, reporter)
+        report = _service().attach(record, reporter)
     _show_report(out, report)
 
 
@@ -336,8 +342,8 @@ def cancel(run_id: str, grace: float, config: Path | None, results_dir: str | No
     """Stop run RUN_ID on the server: SIGTERM to its processes, then SIGKILL; check none remain."""
     record = _record(config, results_dir, run_id)
     out, _ = view.make_consoles()
-    result = service.cancel(record, grace)
-    view.show_note(out, service.describe_cancel(run_id, result))
+    result = _service().cancel(record, grace)
+    view.show_note(out, _service().describe_cancel(run_id, result))
 
 
 @main.command()
@@ -359,7 +365,7 @@ def status(run_id: str | None, last: int, config: Path | None, results_dir: str 
 
 def _safe_state(record: RunRecord) -> dict:
     try:
-        return service.state(record)
+        return _service().state(record)
     except EvalkitError as error:  # one unreachable server must not hide the other runs
         return {"error": error.message}
 
@@ -372,7 +378,7 @@ def _safe_state(record: RunRecord) -> dict:
 def logs(run_id: str, follow: bool, config: Path | None, results_dir: str | None, debug: bool) -> None:
     """Print run RUN_ID's remote output, step by step (plain text, for a pager or grep)."""
     record = _record(config, results_dir, run_id)
-    for chunk in service.logs(record, follow):
+    for chunk in _service().logs(record, follow):
         click.echo(chunk, nl=False)
 
 
@@ -463,6 +469,7 @@ def doctor(**kwargs: Any) -> None:
     for request in requests:
         if len(requests) > 1:
             view.show_model_header(out, request.label or "", request.model_path)
+        from .doctor_service import run_doctor
         found = run_doctor(settings, request, on_check=lambda check: view.show_check(out, check))
         checks += len(found)
         failed += [check.name for check in found if not check.ok and check.name not in failed]

@@ -11,6 +11,7 @@ import shlex
 from dataclasses import dataclass
 
 from .config import TEXT_MODELS, VISION_MODELS, Settings  # noqa: F401 (re-exported)
+from .errors import ConfigError
 
 SPLITS = ("valid", "test")
 STAGES = ("extract", "knn", "recall")
@@ -339,3 +340,17 @@ def job_command(settings: Settings, action: str, directory: str, grace: float = 
     argv = [settings.python, "-u", helper_path(settings, JOB_RUNNER_NAME), action, "--run-dir", directory,
             "--grace", f"{grace:g}"]
     return f"{settings.activate} && {shlex.join(argv)}"
+
+
+def check_distinct_checkpoints(settings: Settings, requests: list[Request]) -> None:
+    """Two names for one checkpoint would write the same server directory at once."""
+    seen: dict[str, str] = {}
+    for request in requests:
+        if not request.model_path:
+            continue
+        checkpoint = resolve_checkpoint(settings, request.model_path)
+        label = request.label or checkpoint_label(checkpoint)
+        if checkpoint in seen:
+            raise ConfigError(f"{seen[checkpoint]!r} and {label!r} are the same checkpoint "
+                               f"({checkpoint})", "name each checkpoint once (check the `models:` paths)")
+        seen[checkpoint] = label

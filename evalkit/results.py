@@ -7,11 +7,14 @@ import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .comparison import ModelResult, to_csv, to_markdown
 from .errors import LocalWriteError
-from .pipeline import RunOutcome
 from .plan import I2T_RESULT, T2I_RESULT, Request
+
+if TYPE_CHECKING:  # pipeline brings paramiko: kept out of `--help`'s start-up
+    from .pipeline import RunOutcome
 
 RESULT_FILE_NAMES = {"text_to_image": T2I_RESULT, "image_to_text": I2T_RESULT}
 

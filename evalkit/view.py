@@ -6,6 +6,7 @@ Remote text is always printed as plain Text (never markup), so output such as "[
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Iterable
 
 from rich.console import Console
@@ -18,10 +19,12 @@ from .comparison import COLUMNS, cell, header
 from .doctor import Check
 from .errors import EvalkitError
 from .outputs import ServerFacts
-from .pipeline import StepResult
 from .plan import DIRECTION_TITLES, Plan, Step
 from .progress import Event, LogLine, ProgressUpdate
 from .results import Recall
+
+if TYPE_CHECKING:  # pipeline brings paramiko: kept out of `--help`'s start-up
+    from .pipeline import StepResult
 
 
 def make_consoles(to_stderr: bool = False) -> tuple[Console, Console]:
