@@ -29,7 +29,9 @@ def _assert_clean_failure(run: subprocess.CompletedProcess, code: int, *phrases:
 
 
 def _no_results(bed) -> bool:
-    return not any(p.is_file() and p.suffix == ".json" for p in bed.results_dir.rglob("*"))
+    """No result file was pulled (run records in runs/ and logs/ say what happened, and stay)."""
+    return not any(p.is_file() and p.suffix == ".json" and p.relative_to(bed.results_dir).parts[0] != "runs"
+                   for p in bed.results_dir.rglob("*"))
 
 
 def _evaluate(bed, *extra: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,172 @@
+"""evalkit's performance targets, measured on the loopback test bed (not part of the test run).
+
+    python benchmarks/run.py [--runs N] [--knn-runs N] [--skip-knn] [--output PATH]
+
+a. overhead: the full one-shot run through evalkit vs the same upstream commands typed by hand
+   in one `ssh ALIAS '…'` call, alternating A and B                       target ratio <= 1.05
+b. re-run:   a second run of an unchanged checkpoint vs the first          target ratio <= 0.25
+c. start-up: `python distillation_model_evaluation.py --help`              target <= 0.3 s
+d. KNN at MUGE-valid scale: upstream's two scripts vs --knn fast (benchmarks/knn.py)
+                                                                           target >= 20x
+
+The server side is the test bed's: Debian's sshd on 127.0.0.1, a CPU venv with cn_clip
+(EVALKIT_TESTBED_PYTHON, else built under .testbed/), the tiny Flickr30k-CN-format dataset and a
+random RN50 + RBT3 checkpoint. Prints a table; writes JSON (default benchmarks/results/run.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from evalkit.config import Settings  # noqa: E402
+from evalkit.plan import Request, build_plan  # noqa: E402
+from evalkit.testbed.builders import build_checkpoint, build_dataset  # noqa: E402
+from evalkit.testbed.server_env import ensure_server_venv, site_packages  # noqa: E402
+from evalkit.testbed.sshd import LoopbackSshd  # noqa: E402
+
+ALIAS = "evalkit-bench"
+DATASET = "Flickr30k-CN"
+TARGETS = {"overhead": 1.05, "rerun": 0.25, "startup_seconds": 0.3, "knn_speedup": 20.0}
+
+
+def timed(command: list[str], **kwargs) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"benchmark command failed ({done.returncode}): {shlex.join(command)}\n{done.stderr[-2000:]}")
+    return seconds
+
+
+class Bed:
+    """The loopback server and an evalkit config pointing at it."""
+
+    def __init__(self, work: Path, python: Path, sshd: LoopbackSshd) -> None:
+        self.work, self.python = work, python
+        datapath = work / "datapath"
+        build_dataset(python, datapath, DATASET, "valid")
+        self.checkpoint = build_checkpoint(python, datapath / "experiments" / "bench" / "checkpoints" /
+                                           "epoch_latest.pt")
+        self.ssh_config, _ = sshd.write_client_files(work / "ssh", alias=ALIAS)
+        self.settings = Settings(host=ALIAS, ssh_config=str(self.ssh_config), datapath=str(datapath),
+                                 chinese_clip_dir=str(site_packages(python)),
+                                 activate=f"source {shlex.quote(str(python.parent / 'activate'))}",
+                                 device="cpu", vision_model="RN50", text_model="RBT3-chinese",
+                                 results_dir=str(work / "results"), remote_output_dir=str(work / "out"))
+
+    def config(self, name: str, **overrides) -> Path:
+        values = {key: value for key, value in vars(self.settings).items() if key != "models"}
+        path = self.work / f"{name}.json"
+        path.write_text(json.dumps({**values, **overrides}))
+        return path
+
+    def evalkit(self, config: Path, *args: str) -> float:
+        return timed([sys.executable, str(ROOT / "distillation_model_evaluation.py"), "--config", str(config),
+                      "--model-path", str(self.checkpoint), *args], cwd=self.work)
+
+    def by_hand(self) -> float:
+        """The upstream commands evalkit runs, chained in one ssh call as a user would type them."""
+        plan = build_plan(self.settings, Request(DATASET, "valid", str(self.checkpoint), "RN50", "RBT3-chinese"))
+        chain = " && ".join(step.command for step in plan.steps if step.name != "verify")
+        return timed(["ssh", "-F", str(self.ssh_config), ALIAS, chain])
+
+
+def overhead(bed: Bed, runs: int) -> dict:
+    config = bed.config("overhead")
+    bed.evalkit(config)  # warm: uploads the launcher the hand-typed commands use, fills the page cache
+    tool, hand = [], []
+    for index in range(runs):
+        pair = [("tool", lambda: bed.evalkit(config, "--force-extraction")), ("hand", bed.by_hand)]
+        for name, run in (pair if index % 2 == 0 else pair[::-1]):
+            (tool if name == "tool" else hand).append(run())
+    return {"tool_seconds": tool, "by_hand_seconds": hand,
+            "ratio": statistics.median(tool) / statistics.median(hand)}
+
+
+def rerun(bed: Bed, runs: int) -> dict:
+    first, second = [], []
+    for index in range(runs):
+        config = bed.config(f"rerun-{index}", remote_output_dir=str(bed.work / f"rerun-{index}"))
+        first.append(bed.evalkit(config))
+        second.append(bed.evalkit(config))
+    return {"first_seconds": first, "second_seconds": second,
+            "ratio": statistics.median(second) / statistics.median(first)}
+
+
+def startup(runs: int) -> dict:
+    seconds = [timed([sys.executable, str(ROOT / "distillation_model_evaluation.py"), "--help"])
+               for _ in range(max(runs, 5))]
+    return {"seconds": seconds, "median": statistics.median(seconds)}
+
+
+def knn(python: Path, runs: int, work: Path) -> dict:
+    output = work / "knn.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "knn.py"), "--runs", str(runs), "--output",
+                    str(output), "--server-python", str(python), "--data-dir", str(work / "knn-data")],
+                   check=True)
+    return json.loads(output.read_text())
+
+
+def table(results: dict) -> str:
+    rows = [("a. one-shot run: evalkit / by hand", f"{results['overhead']['ratio']:.3f}", "<= 1.05",
+             results["overhead"]["ratio"] <= TARGETS["overhead"]),
+            ("b. re-run of an unchanged checkpoint / first run", f"{results['rerun']['ratio']:.3f}", "<= 0.25",
+             results["rerun"]["ratio"] <= TARGETS["rerun"]),
+            ("c. --help start-up (s)", f"{results['startup']['median']:.3f}", "<= 0.3",
+             results["startup"]["median"] <= TARGETS["startup_seconds"])]
+    if "knn" in results:
+        ratio = knn_speedup(results["knn"])
+        rows.append(("d. KNN at MUGE scale: upstream / --knn fast", f"{ratio:.1f}x", ">= 20x",
+                     ratio >= TARGETS["knn_speedup"]))
+    lines = [f"{'benchmark':52} {'median':>9} {'target':>8}  met"]
+    lines += [f"{name:52} {value:>9} {target:>8}  {'yes' if met else 'NO'}" for name, value, target, met in rows]
+    return "\n".join(lines)
+
+
+def knn_speedup(knn_results: dict) -> float:
+    return float(knn_results["timings"]["speed_ratio"])
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="alternating runs of each side (a, b)")
+    parser.add_argument("--knn-runs", type=int, default=3, help="runs of each side for d (minutes each)")
+    parser.add_argument("--skip-knn", action="store_true", help="leave out d")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "run.json")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    given = os.environ.get("EVALKIT_TESTBED_PYTHON")
+    python = Path(given) if given else ensure_server_venv(ROOT / ".testbed" / "server-venv")
+    with tempfile.TemporaryDirectory(prefix="evalkit-bench-") as temporary:
+        work = Path(temporary)
+        with LoopbackSshd(work / "sshd") as sshd:
+            bed = Bed(work, python, sshd)
+            results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                   "python": platform.python_version()},
+                       "runs": args.runs, "overhead": overhead(bed, args.runs), "rerun": rerun(bed, args.runs),
+                       "startup": startup(args.runs)}
+        if not args.skip_knn:
+            results["knn"] = knn(python, args.knn_runs, work)
+    print(table(results))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results written to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
