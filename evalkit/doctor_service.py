@@ -79,15 +79,16 @@ def check_checkpoint_architecture(connection: Connection, settings: Settings,
     return infer_architecture(shapes) if shapes else None
 
 
-def preflight(connection: Connection, settings: Settings, request: Request) -> None:
-    """Before an extraction, the doctor's server-side checks for REQUEST; raise on the first ✗.
+def preflight(connection: Connection, settings: Settings, request: Request, load_checkpoint: bool = True) -> None:
+    """Before an extraction, the doctor's cheap server-side checks for REQUEST; raise on the first ✗.
 
-    Costs one probe run (a torch import, an LMDB scan of the ids the texts name, a checkpoint
-    load with mmap): seconds, against minutes of GPU time for an extraction that would fail.
+    One probe run: the texts, the image ids they name in the LMDB, the upstream scripts, the disk;
+    with LOAD_CHECKPOINT also the checkpoint (a torch import and an mmap load: seconds, against
+    minutes of GPU time for an extraction that would fail).
     """
     connection.write_bytes(helper_path(settings, doctor.PROBE_NAME), helper_source(doctor.PROBE_NAME))
-    checkpoint = resolve_checkpoint(settings, request.model_path)
-    run = _probe(connection, doctor.doctor_command(settings, request, checkpoint), settings)
+    checkpoint = resolve_checkpoint(settings, request.model_path) if load_checkpoint else None
+    run = _probe(connection, doctor.preflight_command(settings, request, checkpoint), settings)
     refusal = doctor.preflight_refusal(run, settings, request)
     if refusal is not None:
         raise refusal

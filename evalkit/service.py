@@ -57,8 +57,10 @@ def evaluate(settings: Settings, request: Request, reporter: Reporter,
         upload_helpers(connection, settings)
         request, facts = _locate(connection, settings, request, reporter)
         request = _decide(settings, request, facts, reporter)
-        if request.runs_extraction:  # before any GPU time: the doctor's server-side checks
-            preflight(connection, settings, request)
+        if request.runs_extraction:  # before any GPU time: the doctor's cheap server-side checks
+            # a checkpoint already extracted unchanged with these towers is known to load and fit
+            preflight(connection, settings, request,
+                      load_checkpoint=not outputs.same_extraction_inputs(settings, request, facts))
         plan = build_plan(settings, request)
         run_id = runs.new_run_id()
         record = runs.new_record(settings, request, plan, run_id, run_dir(settings, run_id))

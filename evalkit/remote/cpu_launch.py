@@ -4,25 +4,34 @@ Usage (on the server): python -u cpu_launch.py cn_clip/eval/SCRIPT.py [ARGS...]
 
 Upstream's eval scripts call torch.cuda unconditionally (set_device, Tensor.cuda, Module.cuda).
 Turning exactly those calls into no-ops, from outside the Chinese-CLIP tree, keeps every tensor
-on the CPU while the script's own code, and therefore its numbers, stays upstream's.
+on the CPU while the script's own code, and therefore its numbers, stays upstream's. Scripts that
+never import torch (the evaluation ones) run without it: importing it costs seconds.
 """
+import re
 import runpy
 import sys
-
-import torch
 
 
 def _stay_on_cpu(obj, *args, **kwargs):
     return obj
 
 
+def _uses_torch(script: str) -> bool:
+    # Importing torch takes seconds: the evaluation scripts (numpy only) are run without it.
+    with open(script, encoding="utf-8") as handle:
+        return re.search(r"^\s*(import torch|from torch)", handle.read(), re.MULTILINE) is not None
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit("usage: cpu_launch.py SCRIPT [ARGS...]")
-    torch.cuda.set_device = lambda *args, **kwargs: None
-    torch.Tensor.cuda = _stay_on_cpu
-    torch.nn.Module.cuda = _stay_on_cpu
     script = sys.argv[1]
+    if _uses_torch(script):
+        import torch
+
+        torch.cuda.set_device = lambda *args, **kwargs: None
+        torch.Tensor.cuda = _stay_on_cpu
+        torch.nn.Module.cuda = _stay_on_cpu
     sys.argv = sys.argv[1:]
     runpy.run_path(script, run_name="__main__")
 
