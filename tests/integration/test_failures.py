@@ -174,3 +174,18 @@ def test_hostile_values_reach_the_scripts_as_text_and_never_run(testbed, tmp_pat
     for where in (testbed.chinese_clip_dir, isolated_home, server_home, Path.cwd(), testbed.results_dir.parent):
         assert not (where / relative).exists()
     assert _no_results(testbed)
+
+
+def test_an_unknown_dataset_is_named_before_anything_runs(testbed):
+    run = _evaluate(testbed, "--dataset-name", "Flickr31k-CN")
+    _assert_clean_failure(run, MissingInput.exit_code, "dataset 'Flickr31k-CN' is not on the server",
+                          "--dataset-name")
+    assert not testbed.results_dir.exists()
+
+
+def test_an_activate_command_that_fails_is_named(testbed):
+    testbed.write_config(activate="source /nonexistent/conda.sh && conda activate training")
+    run = _evaluate(testbed)
+    _assert_clean_failure(run, RemoteStepFailed.exit_code, "checking the server's files failed",
+                          "/nonexistent/conda.sh", "`activate`")
+    assert not testbed.results_dir.exists()
