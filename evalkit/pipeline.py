@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import collections
 import json
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from .config import Settings
 from .errors import EvaluationFailed, RemoteStepFailed
 from .outputs import ServerFacts
 from .plan import CPU_LAUNCHER_NAME, FAST_KNN_NAME, INSPECTOR_NAME, JOB_RUNNER_NAME, Plan, Step, helper_path
-from .progress import Event, LogLine, ProgressUpdate, StreamSplitter
+from .progress import Event, LogLine, ProgressUpdate
 from .ssh import Connection
 
 TAIL_LINES = 30

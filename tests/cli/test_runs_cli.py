@@ -10,7 +10,7 @@ from evalkit.cli import main
 from evalkit.config import Settings
 from evalkit.errors import UnknownRun
 from evalkit.plan import Request, build_plan
-from evalkit.runs import RunRecord, load, new_record, new_run_id, newest, save
+from evalkit.runs import load, new_record, new_run_id, newest, save
 
 
 @pytest.fixture(autouse=True)
