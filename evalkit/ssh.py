@@ -27,6 +27,7 @@ from .errors import AuthenticationError, ConnectError, ConnectionLost, HostKeyEr
 KEEPALIVE_SECONDS = 15
 DEAD_PEER_SECONDS = 30  # an SFTP request unanswered this long means the peer is gone
 _IDLE_POLL_SECONDS = 0.05
+_EOF_GRACE_SECONDS = 5.0
 _CHUNK = 65536
 OutputSink = Callable[[str, bytes], None]  # (stream name, raw bytes)
 
@@ -291,6 +292,7 @@ class Connection:
             channel.close()
 
     def _pump(self, channel: paramiko.Channel, sink: OutputSink, deadline: float, timeout: float) -> int:
+        exited_at = None
         while True:
             moved = False
             if channel.recv_ready():
@@ -301,8 +303,13 @@ class Connection:
                 moved = True
             if moved:
                 continue
+            # sshd may send the exit status before it has drained the command's pipes: the
+            # output is complete once the peer's EOF has arrived too (or, if a process left
+            # behind keeps a pipe open, after a short grace).
             if channel.exit_status_ready():
-                return channel.recv_exit_status()  # ready: returns at once
+                exited_at = exited_at or time.monotonic()
+                if channel.eof_received or channel.closed or time.monotonic() - exited_at > _EOF_GRACE_SECONDS:
+                    return channel.recv_exit_status()  # ready: returns at once
             if channel.closed or not channel.get_transport().is_active():
                 raise ConnectionLost(f"the connection to {self.target.alias} dropped mid-step",
                                      "run again; finished steps' files are kept on the server")
