@@ -105,14 +105,14 @@ class Follower:
                     moved = True
             return moved
 
-        exit_code = self._wait_for(lambda: self._exit_code(f"{base}.exit"), step, while_waiting=drain,
-                                   started=started)
+        exit_code, server_seconds = self._wait_for(lambda: step_outcome(self.connection, f"{base}.exit"), step,
+                                                   while_waiting=drain, started=started)
         while drain():
             pass
         for splitter in splitters.values():
             self._show(step, splitter.close(), b"", tail)
-        result = StepResult(step.name, step.title, step.command, exit_code, time.monotonic() - started,
-                            started_at, now_iso())
+        seconds = server_seconds if server_seconds is not None else time.monotonic() - started
+        result = StepResult(step.name, step.title, step.command, exit_code, seconds, started_at, now_iso())
         self.log.write(f"### step {step.name} exited {exit_code} after {result.seconds:.1f} s\n".encode())
         self.reporter.step_finished(step, result)
         if exit_code != 0:
@@ -191,17 +191,21 @@ class Follower:
     def _exists(self, path: str) -> bool | None:
         return True if self.connection.size_of(path) is not None else None
 
-    def _exit_code(self, path: str) -> int | None:
-        return exit_code_of(self.connection, path)
-
     def _read_new(self, path: str, offset: int) -> bytes:
         return read_new(self.connection, path, offset)
 
 
 def exit_code_of(connection: Connection, path: str) -> int | None:
+    finished = step_outcome(connection, path)
+    return finished[0] if finished else None
+
+
+def step_outcome(connection: Connection, path: str) -> tuple[int, float | None] | None:
+    """(exit code, seconds the step ran on the server) from step-N.exit, or None while it runs."""
     if connection.size_of(path) is None:
         return None
-    return int(connection.read_bytes(path).decode().strip())
+    lines = connection.read_bytes(path).decode().split()
+    return int(lines[0]), float(lines[1]) if len(lines) > 1 else None
 
 
 def read_new(connection: Connection, path: str, offset: int) -> bytes:

@@ -159,9 +159,11 @@ def drive(run_dir):
 def run_step(run_dir, index, command):
     base = os.path.join(run_dir, f"step-{index}")
     write_atomically(f"{base}.started", now())
+    started = time.monotonic()
     with open(f"{base}.out", "wb") as out, open(f"{base}.err", "wb") as err:
         code = subprocess.call(["bash", "-c", command], stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-    write_atomically(f"{base}.exit", str(code))
+    # the exit code, then the step's own duration (a client attaching later cannot measure it)
+    write_atomically(f"{base}.exit", f"{code}\n{time.monotonic() - started:.3f}\n")
     return code
 
 
