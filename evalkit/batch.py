@@ -66,7 +66,7 @@ def evaluate_one(settings: Settings, request: Request, reporter: Reporter,
                            error=error.message, exit_code=error.exit_code, started_at=started,
                            finished_at=now_utc())
     finally:
-        getattr(reporter, "done", lambda: None)()
+        reporter.done()  # a model run one after another must not leave its live display running
     return model_result(report, started)
 
 

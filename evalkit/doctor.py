@@ -7,7 +7,6 @@ fails, one fix.
 """
 from __future__ import annotations
 
-import json
 import posixpath
 import shlex
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from .config import Settings
 from .errors import (AuthenticationError, ConfigError, EvalkitError, HostKeyError, MissingInput,
                      PreflightFailed)
 from .plan import Request, dataset_paths, helper_path
+from .progress import last_marked_json
 
 PROBE_NAME = "doctor_probe.py"
 PROBE_MARKER = b"EVALKIT-DOCTOR "     # remote/doctor_probe.py prints its JSON after this
@@ -93,16 +93,8 @@ def _in_env(settings: Settings, probe_args: list[str]) -> str:
 def parse_probe(exit_code: int, stdout: bytes, stderr: bytes) -> ProbeRun:
     lines = stdout.splitlines()
     activated = any(line.strip() == ACTIVATED_MARKER.encode() for line in lines)
-    facts = None
-    marked = [line for line in lines if line.startswith(PROBE_MARKER)]
-    if marked:
-        try:
-            facts = json.loads(marked[-1][len(PROBE_MARKER):])
-        except ValueError:
-            facts = None
     tail = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
-    return ProbeRun(exit_code, activated, facts if isinstance(facts, dict) else None,
-                    tuple(tail[-TAIL_LINES:]))
+    return ProbeRun(exit_code, activated, last_marked_json(stdout, PROBE_MARKER), tuple(tail[-TAIL_LINES:]))
 
 
 # --- ssh ---------------------------------------------------------------------------------------

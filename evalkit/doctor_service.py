@@ -95,10 +95,9 @@ def preflight(connection: Connection, settings: Settings, request: Request, load
 
 
 def _probe(connection: Connection, command: str, settings: Settings) -> ProbeRun:
-    output = {"stdout": bytearray(), "stderr": bytearray()}
-    exit_code = connection.run(command, lambda stream, chunk: output[stream].extend(chunk),
-                               timeout=min(settings.step_timeout, PROBE_TIMEOUT_SECONDS))
-    return doctor.parse_probe(exit_code, bytes(output["stdout"]), bytes(output["stderr"]))
+    exit_code, stdout, stderr = connection.capture(command, timeout=min(settings.step_timeout,
+                                                                         PROBE_TIMEOUT_SECONDS))
+    return doctor.parse_probe(exit_code, stdout, stderr)
 
 
 def _connection_checks(target: Target, error: EvalkitError | None) -> list[Check]:

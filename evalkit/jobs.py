@@ -18,7 +18,7 @@ from .config import Settings
 from .errors import ConnectError, ConnectionLost, RemoteStepFailed, RunLocked
 from .pipeline import TAIL_LINES, Reporter, RunOutcome, StepResult, remember, now_iso
 from .plan import LOCK_NAME, Plan, Step, job_command, start_run_command
-from .progress import StreamSplitter
+from .progress import StreamSplitter, last_marked_json
 from .ssh import Connection
 
 READ_CHUNK = 1 << 20
@@ -98,7 +98,7 @@ class Follower:
         def drain() -> bool:
             moved = False
             for stream, suffix in (("stdout", "out"), ("stderr", "err")):
-                chunk = self.safely(lambda: self._read_new(f"{base}.{suffix}", offsets[stream]))
+                chunk = self.safely(lambda: read_new(self.connection, f"{base}.{suffix}", offsets[stream]))
                 if chunk:
                     offsets[stream] += len(chunk)
                     self._show(step, splitters[stream].feed(chunk), chunk, tail)
@@ -191,9 +191,6 @@ class Follower:
     def _exists(self, path: str) -> bool | None:
         return True if self.connection.size_of(path) is not None else None
 
-    def _read_new(self, path: str, offset: int) -> bytes:
-        return read_new(self.connection, path, offset)
-
 
 def exit_code_of(connection: Connection, path: str) -> int | None:
     finished = step_outcome(connection, path)
@@ -254,14 +251,12 @@ def cancel(connection: Connection, settings: Settings, run: RemoteRun, grace: fl
 
 def _job_call(connection: Connection, settings: Settings, run: RemoteRun, action: str, timeout: float,
               grace: float = 10.0) -> dict:
-    output = bytearray()
-    connection.run(job_command(settings, action, run.directory, grace),
-                   lambda stream, chunk: output.extend(chunk) if stream == "stdout" else None, timeout=timeout)
-    lines = [line for line in bytes(output).splitlines() if line.startswith(JOB_MARKER)]
-    if not lines:
+    _, stdout, _ = connection.capture(job_command(settings, action, run.directory, grace), timeout=timeout)
+    found = last_marked_json(stdout, JOB_MARKER)
+    if found is None:
         raise RemoteStepFailed(f"job.py {action} printed nothing for run {run.run_id}",
                                "check the `python` setting (python -m evalkit doctor)")
-    return json.loads(lines[-1][len(JOB_MARKER):])
+    return found
 
 
 def _read_json(connection: Connection, path: str) -> dict | None:

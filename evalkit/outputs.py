@@ -50,8 +50,7 @@ class ServerFacts:
     files: dict[str, FileFacts | None]
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "ServerFacts":
-        data = json.loads(raw)
+    def from_dict(cls, data: dict) -> "ServerFacts":
         files = {name: FileFacts(**facts) if facts else None for name, facts in data["files"].items()}
         return cls(data["images"]["path"], data["images"]["count"], data["images"]["problem"],
                    data["texts"]["path"], data["texts"]["count"], data["checkpoint"],

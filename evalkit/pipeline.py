@@ -17,7 +17,7 @@ from .config import Settings
 from .errors import EvaluationFailed, RemoteStepFailed
 from .outputs import ServerFacts
 from .plan import CPU_LAUNCHER_NAME, FAST_KNN_NAME, INSPECTOR_NAME, JOB_RUNNER_NAME, Plan, Step, helper_path
-from .progress import Event, LogLine, ProgressUpdate
+from .progress import Event, LogLine, ProgressUpdate, last_marked_json
 from .ssh import Connection
 
 TAIL_LINES = 30
@@ -36,6 +36,9 @@ class Reporter(Protocol):
     def note(self, text: str) -> None: ...
 
     def log_opened(self, path: Path) -> None: ...
+
+    def done(self) -> None:
+        """The evaluation ended (either way): stop any live display."""
 
 
 @dataclass(frozen=True)
@@ -75,21 +78,17 @@ def upload_helpers(connection: Connection, settings: Settings, extra: tuple[str,
 
 def read_facts(connection: Connection, command: str, settings: Settings) -> ServerFacts:
     """Run the inspector; its stdout is one JSON object (see remote/inspect_outputs.py)."""
-    output = {"stdout": bytearray(), "stderr": bytearray()}
-    exit_code = connection.run(command, lambda stream, chunk: output[stream].extend(chunk),
-                               timeout=settings.step_timeout)
+    exit_code, stdout, stderr = connection.capture(command, timeout=settings.step_timeout)
     if exit_code != 0:
-        tail = output["stderr"].decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
+        tail = stderr.decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
         raise RemoteStepFailed(
             f"checking the server's files failed with status {exit_code}\ncommand: {command}\n"
             "its output:\n" + "\n".join(f"  {line}" for line in tail),
             "check the `activate` and `python` settings: the env must start in a login shell")
-    lines = [line for line in bytes(output["stdout"]).splitlines() if line.startswith(FACTS_MARKER)]
     try:
-        return ServerFacts.from_json(lines[-1][len(FACTS_MARKER):])
-    except (IndexError, ValueError, KeyError, TypeError) as exc:
-        raise RemoteStepFailed(f"the server's file check printed no facts: "
-                               f"{bytes(output['stdout'][-300:])!r}",
+        return ServerFacts.from_dict(last_marked_json(stdout, FACTS_MARKER))
+    except (KeyError, TypeError) as exc:  # no marked line (None), or not the facts we expect
+        raise RemoteStepFailed(f"the server's file check printed no facts: {stdout[-300:]!r}",
                                "rerun with --debug and report it") from exc
 
 

@@ -10,7 +10,7 @@ import posixpath
 import shlex
 from dataclasses import dataclass
 
-from .config import TEXT_MODELS, VISION_MODELS, Settings  # noqa: F401 (re-exported)
+from .config import Settings
 from .errors import ConfigError
 
 SPLITS = ("valid", "test")

@@ -1,10 +1,12 @@
-"""PURE: split a remote byte stream into log lines and tqdm progress updates.
+"""PURE: split a remote byte stream into log lines and tqdm progress updates, and find the
+JSON evalkit's own server-side scripts print.
 
 tqdm redraws its bar with carriage returns on stderr; everything else is ordinary lines.
 """
 from __future__ import annotations
 
 import codecs
+import json
 import re
 from dataclasses import dataclass
 from typing import Iterator, Union
@@ -98,3 +100,19 @@ class StreamSplitter:
 def _first_break(text: str) -> int:
     positions = [i for i in (text.find("\r"), text.find("\n")) if i >= 0]
     return min(positions) if positions else -1
+
+
+def last_marked_json(stdout: bytes, marker: bytes) -> dict | None:
+    """The JSON object on the last stdout line starting with MARKER, or None.
+
+    evalkit's helpers mark their one line of facts, so whatever the env's activation prints
+    around it is ignored.
+    """
+    lines = [line for line in stdout.splitlines() if line.startswith(marker)]
+    if not lines:
+        return None
+    try:
+        found = json.loads(lines[-1][len(marker):])
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None

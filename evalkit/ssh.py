@@ -291,6 +291,12 @@ class Connection:
         finally:
             channel.close()
 
+    def capture(self, command: str, timeout: float) -> tuple[int, bytes, bytes]:
+        """Run a short COMMAND to its end: (exit status, stdout, stderr)."""
+        output = {"stdout": bytearray(), "stderr": bytearray()}
+        exit_code = self.run(command, lambda stream, chunk: output[stream].extend(chunk), timeout)
+        return exit_code, bytes(output["stdout"]), bytes(output["stderr"])
+
     def _pump(self, channel: paramiko.Channel, sink: OutputSink, deadline: float, timeout: float) -> int:
         exited_at = None
         while True:

@@ -53,6 +53,9 @@ class LiveReporter:
         return self  # the live display starts with the first step, not before connecting
 
     def __exit__(self, *exc_info) -> None:
+        self.done()
+
+    def done(self) -> None:
         self.progress.stop()
 
     def step_started(self, step: Step, index: int, count: int) -> None:
@@ -157,6 +160,8 @@ class QuietReporter:
     def step_finished(self, step: Step, result: StepResult) -> None: ...
 
     def log_opened(self, path: Path) -> None: ...
+
+    def done(self) -> None: ...
 
 
 def show_detached(console: Console, run_id: str, label: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -145,6 +146,15 @@ class Testbed:
     def evaluate(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run the entry script exactly as a user does, with --config pointing here."""
         return self._run(ENTRY_SCRIPT, args, timeout)
+
+    def point_at_a_closed_port(self) -> int:
+        """Rewrite the ssh config's Port to one nothing listens on; returns that port."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        config = self.ssh_dir / "config"
+        config.write_text(config.read_text().replace(f"Port {self.sshd.port}", f"Port {closed}"))
+        return closed
 
     def quick(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """quick_evaluation.py exactly as a user runs it, with --config pointing here."""

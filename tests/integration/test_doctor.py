@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -86,11 +85,7 @@ def test_the_doctor_never_touches_the_dataset_or_the_checkpoint(testbed):
 # --- ssh ----------------------------------------------------------------------------------------
 
 def test_an_unreachable_port_stops_at_the_connection(testbed):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
-    config = testbed.ssh_dir / "config"
-    config.write_text(config.read_text().replace(f"Port {testbed.sshd.port}", f"Port {closed}"))
+    closed = testbed.point_at_a_closed_port()
     run = doctor(testbed)
     assert_pinpointed(run, "server reachable", f"127.0.0.1:{closed}")
     assert list(checks(run)) == ["ssh alias", "server reachable"]  # nothing else can be checked

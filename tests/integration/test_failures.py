@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import socket
 import subprocess
 from pathlib import Path
 
@@ -68,11 +67,7 @@ def test_refused_authentication(testbed, tmp_path):
 
 
 def test_closed_port(testbed):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
-    config = testbed.ssh_dir / "config"
-    config.write_text(config.read_text().replace(f"Port {testbed.sshd.port}", f"Port {closed}"))
+    closed = testbed.point_at_a_closed_port()
     run = _evaluate(testbed)
     _assert_clean_failure(run, ConnectError.exit_code, f"127.0.0.1:{closed}")
     assert not testbed.results_dir.exists()

@@ -13,7 +13,7 @@ import pytest
 
 from evalkit.config import Settings
 from evalkit.plan import (I2T_RESULT, T2I_RESULT, Request, build_plan, checkpoint_label,
-                          checkpoint_output_dir, dataset_paths, resolve_checkpoint)
+                          dataset_paths, resolve_checkpoint)
 
 SEED_CHECKPOINT = "/root/autodl-tmp/datapath/experiments/exp/checkpoints/epoch_latest.pt"
 ALL_STEPS = ["prepare", "extract", "verify", "knn_t2i", "knn_i2t", "recall_t2i", "transform", "recall_i2t"]
