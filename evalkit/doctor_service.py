@@ -14,7 +14,7 @@ from .architecture import Architecture, infer_architecture
 from .config import Settings
 from .doctor import Check, ProbeRun
 from .errors import EvalkitError
-from .pipeline import helper_source, upload_helpers
+from .pipeline import upload_helper, upload_helpers
 from .plan import Request, helper_path, resolve_checkpoint
 from .ssh import Connection, Target, resolve_target
 
@@ -69,7 +69,7 @@ def check_checkpoint_architecture(connection: Connection, settings: Settings,
     the inferred architecture, or None when the env could not run the probe (the upstream step
     will then fail and say why).
     """
-    connection.write_bytes(helper_path(settings, doctor.PROBE_NAME), helper_source(doctor.PROBE_NAME))
+    upload_helper(connection, settings, doctor.PROBE_NAME)
     checkpoint = resolve_checkpoint(settings, request.model_path)
     run = _probe(connection, doctor.checkpoint_probe_command(settings, checkpoint), settings)
     refusal = doctor.checkpoint_refusal(run, request)
@@ -86,7 +86,7 @@ def preflight(connection: Connection, settings: Settings, request: Request, load
     with LOAD_CHECKPOINT also the checkpoint (a torch import and an mmap load: seconds, against
     minutes of GPU time for an extraction that would fail).
     """
-    connection.write_bytes(helper_path(settings, doctor.PROBE_NAME), helper_source(doctor.PROBE_NAME))
+    upload_helper(connection, settings, doctor.PROBE_NAME)
     checkpoint = resolve_checkpoint(settings, request.model_path) if load_checkpoint else None
     run = _probe(connection, doctor.preflight_command(settings, request, checkpoint), settings)
     refusal = doctor.preflight_refusal(run, settings, request)

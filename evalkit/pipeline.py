@@ -73,7 +73,12 @@ def upload_helpers(connection: Connection, settings: Settings, extra: tuple[str,
     if settings.knn == "fast":
         names.append(FAST_KNN_NAME)
     for name in names:
-        connection.write_bytes(helper_path(settings, name), helper_source(name))
+        upload_helper(connection, settings, name)
+
+
+def upload_helper(connection: Connection, settings: Settings, name: str) -> None:
+    """One of evalkit/remote/*.py, to REMOTE_OUTPUT_DIR/.evalkit/ (atomically)."""
+    connection.write_bytes(helper_path(settings, name), helper_source(name))
 
 
 def read_facts(connection: Connection, command: str, settings: Settings) -> ServerFacts:

@@ -20,8 +20,8 @@ from .doctor_service import preflight
 from .errors import EvalkitError, OutputsNotReady
 from .jobs import RemoteRun
 from .outputs import ServerFacts
-from .pipeline import Reporter, RunOutcome, fetch_results, read_facts, upload_helpers
-from .plan import (Plan, Request, Step, build_plan, checkpoint_output_dir, inspect_command, resolve_checkpoint,
+from .pipeline import Reporter, RunOutcome, fetch_results, read_facts, upload_helper, upload_helpers
+from .plan import (JOB_RUNNER_NAME, Plan, Request, Step, build_plan, checkpoint_output_dir, inspect_command, resolve_checkpoint,
                    run_dir)
 from .runs import RunRecord
 from .results import build_summary, local_result_dir, save_results
@@ -83,13 +83,13 @@ def attach(record: RunRecord, reporter: Reporter) -> Report:
 
 def cancel(record: RunRecord, grace: float = 10.0) -> dict:
     with _connect(record.settings) as connection:
-        upload_helpers(connection, record.settings)
+        upload_helper(connection, record.settings, JOB_RUNNER_NAME)  # only job.py answers these
         return jobs.cancel(connection, record.settings, _remote(record), grace)
 
 
 def state(record: RunRecord) -> dict:
     with _connect(record.settings) as connection:
-        upload_helpers(connection, record.settings)
+        upload_helper(connection, record.settings, JOB_RUNNER_NAME)
         return jobs.job_state(connection, record.settings, _remote(record))
 
 
