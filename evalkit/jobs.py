@@ -84,6 +84,10 @@ class Follower:
             outcome.steps.append(self._follow_step(step, outcome.plan))
             on_step_done(step)
 
+    def output_path(self, step: Step) -> str:
+        """The server file holding STEP's stdout."""
+        return self.run.path(f"step-{self.run.steps.index(step)}.out")
+
     def _follow_step(self, step: Step, plan: Plan) -> StepResult:
         index = self.run.steps.index(step)
         base = self.run.path(f"step-{index}")

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 from .config import Settings
 from .errors import MissingInput, OutputsNotReady
-from .plan import DIRECTION_TITLES, Request
+from .plan import DIRECTION_TITLES, PREDICTION_FILES, Request
 
 MANIFEST_VERSION = 1
 FEATURE_FILES = {"image_feats": "image", "text_feats": "text"}
-PREDICTION_FILES = {"text_to_image": "t2i_predictions", "image_to_text": "i2t_predictions"}
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,11 @@ def read_facts(connection: Connection, command: str, settings: Settings) -> Serv
             f"checking the server's files failed with status {exit_code}\ncommand: {command}\n"
             "its output:\n" + "\n".join(f"  {line}" for line in tail),
             "check the `activate` and `python` settings: the env must start in a login shell")
+    return facts_printed(stdout)
+
+
+def facts_printed(stdout: bytes) -> ServerFacts:
+    """The facts in the inspector's output (a check step's, too)."""
     try:
         return ServerFacts.from_dict(last_marked_json(stdout, FACTS_MARKER))
     except (KeyError, TypeError) as exc:  # no marked line (None), or not the facts we expect

@@ -22,6 +22,8 @@ FAST_KNN_NAME = "fast_knn.py"
 JOB_RUNNER_NAME = "job.py"
 LOCK_NAME = ".evalkit-lock"
 MANIFEST_NAME = "manifest.json"
+FEATURE_FILE_NAMES = ("image_feats", "text_feats")  # of OutputFiles.checked_files
+PREDICTION_FILES = {"text_to_image": "t2i_predictions", "image_to_text": "i2t_predictions"}
 T2I_RESULT = "text_to_image_results.json"
 I2T_RESULT = "image_to_text_results.json"
 
@@ -133,7 +135,7 @@ def build_plan(settings: Settings, request: Request) -> Plan:
         steps.append(builder.extract(request, checkpoint, files))
         # KNN must never read a half-written feature file, even when upstream exited 0
         steps.append(Step("verify", "check the features are complete", "extract",
-                          inspect_command(settings, request, checkpoint, require_complete=True)))
+                          inspect_command(settings, request, checkpoint, require_complete=FEATURE_FILE_NAMES)))
     if settings.knn == "fast":
         steps.append(builder.knn_fast(request, files))
     if not request.skip_text_to_image:
@@ -146,6 +148,11 @@ def build_plan(settings: Settings, request: Request) -> Plan:
             steps.append(builder.knn_image_to_text(files))
         steps += [builder.transform_annotation(files), builder.evaluate_image_to_text(files)]
         results["image_to_text"] = files.i2t_result
+    if request.directions:
+        # recall must never read half-written predictions; its facts are the KNN record's
+        steps.append(Step("check_predictions", "check the predictions are complete", "knn",
+                          inspect_command(settings, request, checkpoint, require_complete=tuple(
+                              PREDICTION_FILES[direction] for direction in request.directions))))
     chosen = [step for step in steps if step.stage in ("prepare", *request.stages)]
     if "recall" not in request.stages:
         results = {}
@@ -154,10 +161,12 @@ def build_plan(settings: Settings, request: Request) -> Plan:
 
 
 def inspect_command(settings: Settings, request: Request, checkpoint: str | None,
-                    require_complete: bool = False) -> str:
+                    require_complete: tuple[str, ...] = ()) -> str:
     """The read-only remote check of REQUEST's inputs and outputs (remote/inspect_outputs.py).
 
     Without a checkpoint it looks at the most recent extraction for the dataset and split.
+    REQUIRE_COMPLETE names files (of OutputFiles.checked_files) that must have one complete
+    line per image or text, else the check exits non-zero.
     """
     images, texts = dataset_paths(settings, request.dataset, request.split)
     argv = [settings.python, "-u", helper_path(settings, INSPECTOR_NAME),
@@ -169,8 +178,8 @@ def inspect_command(settings: Settings, request: Request, checkpoint: str | None
         argv += ["--latest-under", posixpath.join(settings.output_root, request.dataset, request.split)]
     for name, relative in OutputFiles("", request.split).checked_files().items():
         argv += ["--file", f"{name}={relative}"]
-    if require_complete:
-        argv.append("--require-complete")
+    for name in require_complete:
+        argv += ["--require-complete", name]
     return f"{settings.activate} && {shlex.join(argv)}"
 
 

@@ -20,7 +20,8 @@ from .doctor_service import preflight
 from .errors import EvalkitError, OutputsNotReady
 from .jobs import RemoteRun
 from .outputs import ServerFacts
-from .pipeline import Reporter, RunOutcome, fetch_results, read_facts, upload_helper, upload_helpers
+from .pipeline import (Reporter, RunOutcome, facts_printed, fetch_results, read_facts, upload_helper,
+                       upload_helpers)
 from .plan import (JOB_RUNNER_NAME, Plan, Request, Step, build_plan, checkpoint_output_dir, inspect_command, resolve_checkpoint,
                    run_dir)
 from .runs import RunRecord
@@ -119,7 +120,7 @@ def _follow_to_end(connection: Connection, record: RunRecord, plan: Plan, report
     with log_path.open("wb") as log:
         follower = jobs.Follower(connection, settings, RemoteRun(record.run_id, record.server_run_dir, plan.steps),
                                  reporter, log, reconnect_for=settings.reconnect_timeout)
-        recorder = _OutputRecorder(connection, settings, request, plan, follower)
+        recorder = _OutputRecorder(connection, settings, request, plan, follower, facts)
         try:
             follower.follow(outcome, list(plan.steps), recorder.step_done)
         except KeyboardInterrupt:
@@ -127,7 +128,7 @@ def _follow_to_end(connection: Connection, record: RunRecord, plan: Plan, report
             raise
         if plan.result_files:
             follower.safely(lambda: fetch_results(plan, connection, outcome))
-    facts = recorder.facts or facts
+    facts = recorder.facts
     if "recall" not in request.stages:
         return Report(request, outcome, facts, None, [], log_path)
     summary = build_summary(outcome, request, settings.host, log_path)
@@ -155,35 +156,40 @@ def describe_cancel(run_id: str, result: dict) -> str:
 
 
 class _OutputRecorder:
-    """Writes the manifest once the features are verified, and the KNN record after KNN."""
+    """Writes the manifest once the features are verified, and the KNN record once the
+    predictions are: from the facts the check steps printed, with no further remote command."""
 
     def __init__(self, connection: Connection, settings: Settings, request: Request, plan: Plan,
-                 follower: jobs.Follower) -> None:
+                 follower: jobs.Follower, facts: ServerFacts | None) -> None:
         self.connection, self.settings, self.request, self.plan = connection, settings, request, plan
         self.follower = follower
-        self.facts: ServerFacts | None = None
-        self.manifest: dict | None = None
+        self.facts = facts  # before the run; after each check step, what it found
+        self.manifest: dict | None = None  # the one this run wrote, once it has
 
     def step_done(self, step: Step) -> None:
-        knn = self.plan.steps_of("knn")
         if step.name == "verify":
-            self.follower.safely(self._record_extraction)
-        elif knn and step is knn[-1]:
-            self.follower.safely(self._record_knn)
+            self.follower.safely(lambda: self._record_extraction(step))
+        elif step.name == "check_predictions":
+            self.follower.safely(lambda: self._record_knn(step))
 
-    def _record_extraction(self) -> None:
-        facts = _inspect(self.connection, self.settings, self.request)
+    def _record_extraction(self, verify: Step) -> None:
+        facts = self._printed_by(verify)
         command = self.plan.steps_of("extract")[0].command
         self.manifest = outputs.new_manifest(self.settings, self.request, facts, command, _now())
         self.connection.write_bytes(self.plan.manifest, outputs.manifest_bytes(self.manifest))
         self.facts = dataclasses.replace(facts, manifest=self.manifest)
 
-    def _record_knn(self) -> None:
-        facts = _inspect(self.connection, self.settings, self.request)
+    def _record_knn(self, check: Step) -> None:
+        facts = self._printed_by(check)
+        # this run's manifest, when it extracted: the check may have run before it was written
+        facts = dataclasses.replace(facts, manifest=self.manifest or facts.manifest)
         commands = {direction: step.command for step in self.plan.steps_of("knn") for direction in step.directions}
         manifest = outputs.with_knn(facts, commands, _now())
         self.connection.write_bytes(self.plan.manifest, outputs.manifest_bytes(manifest))
         self.facts = dataclasses.replace(facts, manifest=manifest)
+
+    def _printed_by(self, step: Step) -> ServerFacts:
+        return facts_printed(self.connection.read_bytes(self.follower.output_path(step)))
 
 
 def _inspect(connection: Connection, settings: Settings, request: Request) -> ServerFacts:

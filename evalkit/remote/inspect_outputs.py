@@ -106,21 +106,27 @@ def parse_args(argv):
     parser.add_argument("--checkpoint")
     parser.add_argument("--datapath")
     parser.add_argument("--file", action="append", default=[], metavar="NAME=RELATIVE_PATH")
-    parser.add_argument("--require-complete", action="store_true",
-                        help="exit 3 unless both feature files have one complete line per image / text")
+    parser.add_argument("--require-complete", action="append", default=[], choices=sorted(LINE_PER),
+                        help="exit 3 unless this file has one complete line per image / text")
     return parser.parse_args(argv)
 
 
-def incomplete_features(facts):
-    """Why the feature files are not complete, or None."""
-    expected = {"image_feats": ("image", facts["images"]["count"]),
-                "text_feats": ("text", facts["texts"]["count"])}
-    for name, (kind, count) in expected.items():
-        found = facts["files"].get(name)
+# Each output file has one line per image or per text: features, and the predictions of KNN
+# (text→image: one line per text query; image→text: one per image).
+LINE_PER = {"image_feats": "image", "text_feats": "text", "t2i_predictions": "text", "i2t_predictions": "image"}
+DESCRIBED = {"image_feats": "image feature file", "text_feats": "text feature file",
+             "t2i_predictions": "text→image prediction file", "i2t_predictions": "image→text prediction file"}
+
+
+def incomplete(facts, names):
+    """Why the files NAMES are not complete, or None."""
+    counts = {"image": facts["images"]["count"], "text": facts["texts"]["count"]}
+    for name in names:
+        found, kind = facts["files"].get(name), LINE_PER[name]
         if found is None:
-            return f"the {kind} feature file is missing"
-        if found["partial_last_line"] or found["lines"] != count:
-            return f"the {kind} feature file has {found['lines']} complete lines for {count} {kind}s"
+            return f"the {DESCRIBED[name]} is missing"
+        if found["partial_last_line"] or found["lines"] != counts[kind]:
+            return f"the {DESCRIBED[name]} has {found['lines']} complete lines for {counts[kind]} {kind}s"
     return None
 
 
@@ -148,11 +154,12 @@ def main(argv):
             facts["files"][name] = describe_file(os.path.join(out_dir, relative))
     sys.stdout.write(MARKER + json.dumps(facts, ensure_ascii=False) + "\n")
     if args.require_complete:
-        problem = incomplete_features(facts)
+        problem = incomplete(facts, args.require_complete)
         if problem:
-            sys.stderr.write(f"extraction exited 0 but {problem} (is the disk full?)\n")
+            sys.stderr.write(f"the step before exited 0 but {problem} (is the disk full?)\n")
             sys.exit(3)
-        print(f"complete: {facts['images']['count']} image and {facts['texts']['count']} text features")
+        print(f"complete: {' and '.join(DESCRIBED[name] for name in args.require_complete)} "
+              f"({facts['images']['count']} images, {facts['texts']['count']} texts)")
 
 
 if __name__ == "__main__":

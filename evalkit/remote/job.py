@@ -133,6 +133,11 @@ def drive(run_dir):
     os.setsid()  # our own session and process group: the SSH session can end, we go on
     run = read_json(os.path.join(run_dir, "run.json"))
     os.environ[RUN_ID_VARIABLE] = run["run_id"]
+    # Started in the background of an ssh command, the driver inherits SSH_CLIENT and SHLVL=0,
+    # from which each step's `bash -c` concludes that sshd started it and reads ~/.bashrc again
+    # (conda init: tenths of a second per step, and whatever else it does). The ssh session
+    # has read it once already, as it does for a command typed by hand.
+    os.environ["SHLVL"] = str(max(1, int(os.environ.get("SHLVL") or 0)))
     lock = run.get("lock")
     record = dict(identity(os.getpid()), pgid=os.getpgid(0), started_at=now())
     if lock:

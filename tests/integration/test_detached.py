@@ -195,3 +195,18 @@ def test_ten_megabytes_on_both_streams_of_a_detached_step_arrive_whole(testbed, 
             Follower(connection, settings, remote, reporter, log).follow(RunOutcome(plan), [step], lambda s: None)
     assert reporter.lines == {"stdout": 100000, "stderr": 100000}
     assert (tmp_path / "log").stat().st_size >= 20_000_000
+
+
+def test_the_steps_do_not_read_bashrc_again_as_bash_does_for_a_shell_it_thinks_sshd_started(tmp_path):
+    # The driver, started in the background of an ssh command, inherits SSH_CLIENT and SHLVL=0
+    home, run_dir, reads = tmp_path / "home", tmp_path / "run", tmp_path / "bashrc-was-read"
+    home.mkdir()
+    run_dir.mkdir()
+    (home / ".bashrc").write_text(f"echo read >> {reads}\n")
+    steps = [{"name": name, "title": name, "command": "true"} for name in ("first", "second")]
+    (run_dir / "run.json").write_text(json.dumps({"run_id": "bashrc", "steps": steps}))
+    subprocess.run([sys.executable, str(REPO / "evalkit" / "remote" / "job.py"), "drive", "--run-dir", str(run_dir)],
+                   env={**os.environ, "HOME": str(home), "SSH_CLIENT": "127.0.0.1 50000 22", "SHLVL": "0"},
+                   stdin=subprocess.DEVNULL, check=True, timeout=60)
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "succeeded"
+    assert not reads.exists()

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -153,13 +154,71 @@ def test_a_missing_checkpoint_is_pinpointed(testbed, tmp_path):
                       f"checkpoint not found on the server: {missing}")
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not a checkpoint"])
+@pytest.mark.parametrize("damage", ["truncated", "not a checkpoint", "a tensor's data left out"])
 def test_a_damaged_checkpoint_cannot_be_loaded(testbed, tmp_path, damage):
     broken = tmp_path / "broken.pt"
     data = testbed.checkpoint.read_bytes()
-    broken.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a checkpoint")
+    if damage == "a tensor's data left out":
+        _copy_leaving_out_one_tensor(testbed.checkpoint, broken)
+    else:
+        broken.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a checkpoint")
     assert_pinpointed(doctor(testbed, model_path=broken), "checkpoint",
                       f"checkpoint {broken}", "cannot be loaded:", "(truncated or not a checkpoint?)")
+
+
+def _copy_leaving_out_one_tensor(checkpoint: Path, copy: Path) -> None:
+    with zipfile.ZipFile(checkpoint) as source, zipfile.ZipFile(copy, "w") as target:
+        left_out = next(name for name in source.namelist() if "/data/" in name)
+        for info in source.infolist():
+            if info.filename != left_out:
+                target.writestr(info, source.read(info))
+
+
+READ_BOTH_WAYS = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+import doctor_probe
+path = sys.argv[2]
+loaded = doctor_probe.load_checkpoint(torch, path)
+print(json.dumps({"torch.load": doctor_probe.state_dict_facts(lambda v: isinstance(v, torch.Tensor), loaded),
+                  "probe": doctor_probe.checkpoint_facts(path)}))
+"""
+
+WITHOUT_TORCH = """
+import json, sys
+sys.modules["torch"] = None  # any import of torch now fails
+sys.path.insert(0, sys.argv[1])
+import doctor_probe
+print(json.dumps(doctor_probe.checkpoint_facts(sys.argv[2])))
+"""
+
+
+def _probe_script(server_python: Path, script: str, checkpoint: Path) -> dict:
+    remote_dir = Path(__file__).resolve().parents[2] / "evalkit" / "remote"
+    done = subprocess.run([str(server_python), "-c", script, str(remote_dir), str(checkpoint)],
+                          capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(done.stdout)
+
+
+def test_the_probe_reads_the_checkpoints_shapes_exactly_as_torch_load_does(server_python, checkpoint):
+    facts = _probe_script(server_python, READ_BOTH_WAYS, checkpoint)
+    assert len(facts["torch.load"]["shapes"]) > 300
+    assert {key: facts["probe"][key] for key in ("keys", "shapes")} == facts["torch.load"]
+
+
+def test_a_training_checkpoint_is_checked_without_importing_torch(server_python, checkpoint):
+    # importing torch takes seconds on a CUDA server: the preflight of every first run pays it
+    facts = _probe_script(server_python, WITHOUT_TORCH, checkpoint)
+    assert "load_error" not in facts and len(facts["shapes"]) > 300
+
+
+def test_an_old_format_checkpoint_is_still_read_through_torch(server_python, tmp_path):
+    legacy = tmp_path / "legacy.pt"
+    subprocess.run([str(server_python), "-c", "import sys, torch; torch.save({'state_dict': "
+                    "torch.nn.Linear(4, 3).state_dict()}, sys.argv[1], _use_new_zipfile_serialization=False)",
+                    str(legacy)], check=True, timeout=300)
+    facts = _probe_script(server_python, READ_BOTH_WAYS, legacy)
+    assert facts["probe"]["shapes"] == facts["torch.load"]["shapes"] == {"weight": [3, 4], "bias": [3]}
 
 
 def test_the_wrong_architecture_is_pinpointed_with_the_right_flags(testbed):

@@ -16,8 +16,10 @@ from evalkit.plan import (I2T_RESULT, T2I_RESULT, Request, build_plan, checkpoin
                           dataset_paths, resolve_checkpoint)
 
 SEED_CHECKPOINT = "/root/autodl-tmp/datapath/experiments/exp/checkpoints/epoch_latest.pt"
-ALL_STEPS = ["prepare", "extract", "verify", "knn_t2i", "knn_i2t", "recall_t2i", "transform", "recall_i2t"]
-PYTHON_STEPS = [name for name in ALL_STEPS if name not in ("prepare", "verify")]
+ALL_STEPS = ["prepare", "extract", "verify", "knn_t2i", "knn_i2t", "check_predictions", "recall_t2i", "transform",
+             "recall_i2t"]
+CHECKS = ("verify", "check_predictions")  # evalkit's own inspector, not an upstream script
+PYTHON_STEPS = [name for name in ALL_STEPS if name not in ("prepare", *CHECKS)]
 
 
 def request(**overrides) -> Request:
@@ -117,11 +119,12 @@ def test_steps_run_in_upstream_order():
     ({}, ALL_STEPS, {"text_to_image", "image_to_text"}),
     ({"skip_extraction": True}, [n for n in ALL_STEPS if n not in ("extract", "verify")],
      {"text_to_image", "image_to_text"}),
-    ({"skip_text_to_image": True}, ["prepare", "extract", "verify", "knn_i2t", "transform", "recall_i2t"],
-     {"image_to_text"}),
-    ({"skip_image_to_text": True}, ["prepare", "extract", "verify", "knn_t2i", "recall_t2i"], {"text_to_image"}),
-    ({"skip_extraction": True, "skip_image_to_text": True}, ["prepare", "knn_t2i", "recall_t2i"],
+    ({"skip_text_to_image": True}, ["prepare", "extract", "verify", "knn_i2t", "check_predictions", "transform",
+                                    "recall_i2t"], {"image_to_text"}),
+    ({"skip_image_to_text": True}, ["prepare", "extract", "verify", "knn_t2i", "check_predictions", "recall_t2i"],
      {"text_to_image"}),
+    ({"skip_extraction": True, "skip_image_to_text": True}, ["prepare", "knn_t2i", "check_predictions",
+                                                            "recall_t2i"], {"text_to_image"}),
 ])
 def test_skip_flags_remove_their_steps_and_results(skips, names, results):
     plan = build_plan(Settings(), request(**skips))
@@ -354,8 +357,8 @@ class FakeServer:
         env = {**os.environ, "FAKE_UPSTREAM_LOG": str(self.log)}
         env.pop("PYTHONPATH", None)
         for step in plan.steps:
-            if step.name == "verify":
-                continue  # evalkit's own check runs the real inspector: see test_stages.py
+            if step.name in CHECKS:
+                continue  # evalkit's own checks run the real inspector: see test_stages.py
             done = subprocess.run(["bash", "-c", step.command], cwd=self.cwd, env=env,
                                   capture_output=True, text=True, timeout=30)
             assert done.returncode == 0, f"{step.name} failed: {done.stderr}\n$ {step.command}"

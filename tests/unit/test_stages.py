@@ -32,10 +32,10 @@ def request(**overrides) -> Request:
 
 @pytest.mark.parametrize("stages, names, results", [
     (("extract",), ["prepare", "extract", "verify"], []),
-    (("knn",), ["prepare", "knn_t2i", "knn_i2t"], []),
+    (("knn",), ["prepare", "knn_t2i", "knn_i2t", "check_predictions"], []),
     (("recall",), ["prepare", "recall_t2i", "transform", "recall_i2t"], ["text_to_image", "image_to_text"]),
-    (("extract", "knn", "recall"), ["prepare", "extract", "verify", "knn_t2i", "knn_i2t", "recall_t2i",
-                                    "transform", "recall_i2t"], ["text_to_image", "image_to_text"]),
+    (("extract", "knn", "recall"), ["prepare", "extract", "verify", "knn_t2i", "knn_i2t", "check_predictions",
+                                    "recall_t2i", "transform", "recall_i2t"], ["text_to_image", "image_to_text"]),
 ])
 def test_each_stage_plans_only_its_own_steps(stages, names, results):
     plan = build_plan(SETTINGS, request(stages=stages))
@@ -61,21 +61,33 @@ def test_the_texts_are_copied_only_for_recall(stages, copies):
     assert ("cp " in build_plan(SETTINGS, request(stages=stages)).steps[0].command) is copies
 
 
-def test_knn_steps_say_which_direction_they_serve():
+def test_knn_steps_say_which_direction_they_serve_and_the_check_after_them_serves_none():
     plan = build_plan(SETTINGS, request(stages=("knn",)))
-    assert [step.directions for step in plan.steps_of("knn")] == [("text_to_image",), ("image_to_text",)]
+    assert [(step.name, step.directions) for step in plan.steps_of("knn")] == [
+        ("knn_t2i", ("text_to_image",)), ("knn_i2t", ("image_to_text",)), ("check_predictions", ())]
+
+
+@pytest.mark.parametrize("overrides, required", [
+    ({}, ["t2i_predictions", "i2t_predictions"]),
+    ({"skip_image_to_text": True}, ["t2i_predictions"]),
+    ({"skip_text_to_image": True}, ["i2t_predictions"]),
+])
+def test_the_check_after_knn_requires_complete_predictions_of_the_planned_directions(overrides, required):
+    check = build_plan(SETTINGS, request(**overrides)).steps_of("knn")[-1]
+    argv = shlex.split(check.command.rsplit(" && ", 1)[1])
+    assert [argv[i + 1] for i, word in enumerate(argv) if word == "--require-complete"] == required
 
 
 @pytest.mark.parametrize("overrides, steps, writes", [
-    ({}, ["knn_fast"], ["--t2i-output", "--i2t-output"]),
-    ({"skip_image_to_text": True}, ["knn_fast"], ["--t2i-output"]),
-    ({"skip_text_to_image": True}, ["knn_fast"], ["--i2t-output"]),
+    ({}, ["knn_fast", "check_predictions"], ["--t2i-output", "--i2t-output"]),
+    ({"skip_image_to_text": True}, ["knn_fast", "check_predictions"], ["--t2i-output"]),
+    ({"skip_text_to_image": True}, ["knn_fast", "check_predictions"], ["--i2t-output"]),
 ])
 def test_fast_knn_is_one_step_writing_upstreams_prediction_files(overrides, steps, writes):
     settings = dataclasses.replace(SETTINGS, knn="fast")
     plan = build_plan(settings, request(**overrides))
     assert [step.name for step in plan.steps_of("knn")] == steps
-    [knn] = plan.steps_of("knn")
+    knn = plan.steps_of("knn")[0]
     argv = shlex.split(knn.command.rsplit(" && ", 1)[1])
     assert argv[2] == helper_path(settings, "fast_knn.py")
     assert [word for word in argv if word.endswith("-output")] == writes
@@ -132,6 +144,22 @@ def test_the_file_check_counts_complete_lines_and_sees_a_partial_one(tmp_path):
     assert facts["files"]["image_feats"]["partial_last_line"] is True
     assert facts["files"]["text_feats"]["lines"] == 2
     assert facts["files"]["t2i_predictions"] is None
+
+
+@pytest.mark.parametrize("predictions, exit_code, says", [
+    ('{"text_id": 1}\n{"text_id": 2}\n', 0, "complete: text→image prediction file"),
+    ('{"text_id": 1}\n', 3, "the text→image prediction file has 1 complete lines for 2 texts (is the disk full?)"),
+    ('{"text_id": 1}\n{"text_', 3, "the text→image prediction file has 1 complete lines for 2 texts"),
+])
+def test_the_check_after_knn_passes_only_one_complete_line_per_query(tmp_path, predictions, exit_code, says):
+    settings = _fake_server(tmp_path, "Flickr30k-CN")
+    plan = build_plan(settings, request(model_path=str(tmp_path / "ckpt.pt"), skip_image_to_text=True))
+    Path(plan.output_dir).mkdir(parents=True)
+    Path(plan.files.t2i_predictions).write_text(predictions, encoding="utf-8")
+    check = plan.steps_of("knn")[-1]
+    done = subprocess.run(["bash", "-c", check.command], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert done.returncode == exit_code
+    assert says in (done.stdout if exit_code == 0 else done.stderr)
 
 
 def test_without_a_checkpoint_the_file_check_picks_the_newest_manifest_of_this_datapath(tmp_path):
