@@ -63,14 +63,12 @@ def doctor_command(settings: Settings, request: Request, checkpoint: Optional[st
     return _in_env(settings, args)
 
 
-def preflight_command(settings: Settings, request: Request, checkpoint: Optional[str]) -> str:
-    """The evaluation's cheap subset: no torch import (no --device) unless CHECKPOINT is to be
-    loaded; the dataset, the upstream scripts and the disk are always checked."""
+def preflight_command(settings: Settings, request: Request, checkpoint: str) -> str:
+    """The evaluation's cheap subset: the dataset, the upstream scripts, the disk and the
+    checkpoint's shapes; no --device, so torch is imported only for an old-format checkpoint."""
     images, texts = dataset_paths(settings, request.dataset, request.split)
     args = ["--clip-dir", settings.chinese_clip_dir, "--images", images, "--texts", texts,
-            "--output-root", settings.output_root]
-    if checkpoint:
-        args += ["--checkpoint", checkpoint]
+            "--output-root", settings.output_root, "--checkpoint", checkpoint]
     return _in_env(settings, args)
 
 

@@ -79,15 +79,15 @@ def check_checkpoint_architecture(connection: Connection, settings: Settings,
     return infer_architecture(shapes) if shapes else None
 
 
-def preflight(connection: Connection, settings: Settings, request: Request, load_checkpoint: bool = True) -> None:
+def preflight(connection: Connection, settings: Settings, request: Request) -> None:
     """Before an extraction, the doctor's cheap server-side checks for REQUEST; raise on the first ✗.
 
-    One probe run: the texts, the image ids they name in the LMDB, the upstream scripts, the disk;
-    with LOAD_CHECKPOINT also the checkpoint (a torch import and an mmap load: seconds, against
-    minutes of GPU time for an extraction that would fail).
+    One probe run, with the probe already uploaded: the texts, the image ids they name in the
+    LMDB, the upstream scripts, the disk, and the checkpoint's tensor shapes against the towers
+    requested (read from the archive without importing torch: milliseconds, against minutes of
+    GPU time for an extraction that would fail).
     """
-    upload_helper(connection, settings, doctor.PROBE_NAME)
-    checkpoint = resolve_checkpoint(settings, request.model_path) if load_checkpoint else None
+    checkpoint = resolve_checkpoint(settings, request.model_path)
     run = _probe(connection, doctor.preflight_command(settings, request, checkpoint), settings)
     refusal = doctor.preflight_refusal(run, settings, request)
     if refusal is not None:

@@ -41,34 +41,31 @@ class RemoteRun:
 
 
 def start(connection: Connection, settings: Settings, plan: Plan, run: RemoteRun) -> dict:
-    """Write run.json, start the driver in the background, wait until it holds the lock."""
+    """Write run.json, start the driver in the background; return once it holds the lock."""
     spec = {"run_id": run.run_id, "lock": posixpath.join(plan.output_dir, LOCK_NAME),
             "steps": [{"name": s.name, "title": s.title, "command": s.command} for s in run.steps]}
     connection.write_bytes(run.path("run.json"), json.dumps(spec, ensure_ascii=False).encode("utf-8"))
-    exit_code = connection.run(start_run_command(settings, run.directory), lambda *_: None,
-                               timeout=settings.connect_timeout * 4)
-    if exit_code != 0:
+    exit_code, stdout, _ = connection.capture(start_run_command(settings, run.directory, START_TIMEOUT),
+                                              timeout=START_TIMEOUT + settings.connect_timeout * 4)
+    started = last_marked_json(stdout, JOB_MARKER)
+    if exit_code != 0 or started is None:
         raise RemoteStepFailed(f"could not start the run on the server (status {exit_code})",
                                "check the `activate` and `python` settings (python -m evalkit doctor)")
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        status = _read_json(connection, run.path("status.json"))
-        if status and status.get("state") == "crashed":
-            raise RemoteStepFailed(f"the run's driver failed on the server: {status.get('error')}",
-                                   f"see {run.path('driver.log')} on the server, and report it")
-        if status and status.get("state") == "refused":
-            holder = status.get("holder") or {}
-            raise RunLocked(f"run {holder.get('run_id')} is already evaluating this checkpoint "
-                            f"({plan.output_dir}, since {holder.get('taken_at')})",
-                            f"wait for it (python -m evalkit attach {holder.get('run_id')}) or cancel it "
-                            f"(python -m evalkit cancel {holder.get('run_id')})")
-        driver = _read_json(connection, run.path("driver.json"))
-        if driver:
-            return driver
-        time.sleep(FASTEST_POLL)
-    raise RemoteStepFailed(f"the run's driver did not start within {START_TIMEOUT:.0f} s "
-                           f"(see {run.path('driver.log')} on the server)",
-                           "check the `python` setting (python -m evalkit doctor)")
+    status = started.get("status") or {}
+    if status.get("state") == "crashed":
+        raise RemoteStepFailed(f"the run's driver failed on the server: {status.get('error')}",
+                               f"see {run.path('driver.log')} on the server, and report it")
+    if status.get("state") == "refused":
+        holder = status.get("holder") or {}
+        raise RunLocked(f"run {holder.get('run_id')} is already evaluating this checkpoint "
+                        f"({plan.output_dir}, since {holder.get('taken_at')})",
+                        f"wait for it (python -m evalkit attach {holder.get('run_id')}) or cancel it "
+                        f"(python -m evalkit cancel {holder.get('run_id')})")
+    if not started.get("driver"):
+        raise RemoteStepFailed(f"the run's driver did not start within {START_TIMEOUT:.0f} s "
+                               f"(see {run.path('driver.log')} on the server)",
+                               "check the `python` setting (python -m evalkit doctor)")
+    return started["driver"]
 
 
 class Follower:

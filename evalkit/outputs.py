@@ -92,13 +92,6 @@ def extraction_inputs(settings: Settings, request: Request, facts: ServerFacts) 
             "context_length": settings.context_length}
 
 
-def same_extraction_inputs(settings: Settings, request: Request, facts: ServerFacts) -> bool:
-    """Does the manifest record a finished extraction of this very checkpoint, towers and length?"""
-    manifest = facts.manifest or {}
-    return bool(manifest) and all(manifest.get(key) == wanted
-                                  for key, wanted in extraction_inputs(settings, request, facts).items())
-
-
 def reuse_refusal(settings: Settings, request: Request, facts: ServerFacts) -> str | None:
     """None when complete features of exactly these inputs exist; else why they can't be reused."""
     manifest = facts.manifest

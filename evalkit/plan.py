@@ -336,18 +336,17 @@ def run_dir(settings: Settings, run_id: str) -> str:
     return posixpath.join(settings.output_root, ".evalkit", "runs", run_id)
 
 
-def start_run_command(settings: Settings, directory: str) -> str:
-    """Start job.py's driver in the background, every stream redirected, so the SSH channel
-    closes at once and the run does not depend on it."""
-    argv = [settings.python, "-u", helper_path(settings, JOB_RUNNER_NAME), "drive", "--run-dir", directory]
-    log = posixpath.join(directory, "driver.log")
-    return f"{settings.activate} && {{ {shlex.join(argv)} < /dev/null > {shlex.quote(log)} 2>&1 & }}"
+def start_run_command(settings: Settings, directory: str, timeout: float) -> str:
+    """job.py start: the driver in the background, every stream redirected so the run does not
+    depend on the SSH session; answers once the driver holds the lock, or could not."""
+    return job_command(settings, "start", directory, timeout=timeout)
 
 
-def job_command(settings: Settings, action: str, directory: str, grace: float = 10.0) -> str:
-    """job.py cancel / state for a run directory (quick, answered on stdout)."""
+def job_command(settings: Settings, action: str, directory: str, grace: float = 10.0,
+                timeout: float = 60.0) -> str:
+    """job.py start / cancel / state for a run directory (quick, answered on stdout)."""
     argv = [settings.python, "-u", helper_path(settings, JOB_RUNNER_NAME), action, "--run-dir", directory,
-            "--grace", f"{grace:g}"]
+            "--grace", f"{grace:g}", "--timeout", f"{timeout:g}"]
     return f"{settings.activate} && {shlex.join(argv)}"
 
 

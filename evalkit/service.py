@@ -9,13 +9,15 @@ extraction, the checkpoint is loaded on the server and its towers compared with 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import jobs, outputs, runs
 from .config import Settings
+from .doctor import PROBE_NAME
 from .doctor_service import preflight
 from .errors import EvalkitError, OutputsNotReady
 from .jobs import RemoteRun
@@ -55,13 +57,17 @@ def evaluate(settings: Settings, request: Request, reporter: Reporter,
     """
     with _connect(settings) as connection:
         # connected (host key and auth checked) before any local file is created
-        upload_helpers(connection, settings)
+        may_extract = request.runs_extraction and bool(request.model_path)
+        upload_helpers(connection, settings, extra=(PROBE_NAME,) if may_extract else ())
+        # the doctor's cheap server-side checks run beside the inspection (each command waits
+        # on its own login shell); they count only if the features cannot be reused
+        checked = _InBackground(lambda: preflight(connection, settings, request)) if may_extract else None
         request, facts = _locate(connection, settings, request, reporter)
         request = _decide(settings, request, facts, reporter)
-        if request.runs_extraction:  # before any GPU time: the doctor's cheap server-side checks
-            # a checkpoint already extracted unchanged with these towers is known to load and fit
-            preflight(connection, settings, request,
-                      load_checkpoint=not outputs.same_extraction_inputs(settings, request, facts))
+        if request.runs_extraction and checked:  # before any GPU time
+            checked.result()
+        elif request.runs_extraction:  # a checkpoint chosen by _locate
+            preflight(connection, settings, request)
         plan = build_plan(settings, request)
         run_id = runs.new_run_id()
         record = runs.new_record(settings, request, plan, run_id, run_dir(settings, run_id))
@@ -253,6 +259,26 @@ def _reuse_predictions(settings: Settings, request: Request, facts: ServerFacts,
         return request
     reporter.note("reusing the KNN predictions made from these features by the same commands")
     return dataclasses.replace(request, stages=tuple(stage for stage in request.stages if stage != "knn"))
+
+
+class _InBackground:
+    """FUNCTION on a daemon thread; result() waits for it and raises what it raised."""
+
+    def __init__(self, function: Callable[[], object]) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(function,), daemon=True)
+        self._thread.start()
+
+    def _run(self, function: Callable[[], object]) -> None:
+        try:
+            function()
+        except BaseException as error:  # handed to whoever asks for the result
+            self._error = error
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _now() -> str:

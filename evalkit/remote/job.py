@@ -1,7 +1,8 @@
 """Run an evaluation's steps on the server, detached from the SSH session that started them.
 
 Usage (on the server; standard library only):
-  python job.py drive  --run-dir DIR    run DIR/run.json's steps in order (started in the background)
+  python job.py start  --run-dir DIR    start the driver in the background; print whether it runs
+  python job.py drive  --run-dir DIR    run DIR/run.json's steps in order (what start starts)
   python job.py cancel --run-dir DIR [--grace SECONDS]
   python job.py state  --run-dir DIR    print the run's state as one EVALKIT-JOB line
 
@@ -161,6 +162,26 @@ def drive(run_dir):
     finish(run_dir, state, failed_step=failed)
 
 
+def start(run_dir, timeout):
+    """Start the driver in the background, wait until it holds the lock (driver.json) or has
+    finished already (status.json: refused, crashed), and report which."""
+    log = open(os.path.join(run_dir, "driver.log"), "wb")
+    driver = subprocess.Popen([sys.executable, "-u", os.path.abspath(__file__), "drive", "--run-dir", run_dir],
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = read_json(os.path.join(run_dir, "status.json"))
+        started = read_json(os.path.join(run_dir, "driver.json"))
+        if status or started:
+            return {"status": status, "driver": started}
+        code = driver.poll()
+        if code is not None and not os.path.exists(os.path.join(run_dir, "status.json")):
+            return {"status": {"state": "crashed", "error": f"the driver exited with status {code}"},
+                    "driver": None}
+        time.sleep(0.01)
+    return {"status": None, "driver": None}
+
+
 def run_step(run_dir, index, command):
     base = os.path.join(run_dir, f"step-{index}")
     write_atomically(f"{base}.started", now())
@@ -233,9 +254,10 @@ def state(run_dir):
 
 def main(argv):
     parser = argparse.ArgumentParser()
-    parser.add_argument("action", choices=("drive", "cancel", "state"))
+    parser.add_argument("action", choices=("start", "drive", "cancel", "state"))
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--grace", type=float, default=10.0)
+    parser.add_argument("--timeout", type=float, default=60.0, help="start: how long to wait for the driver")
     args = parser.parse_args(argv)
     if args.action == "drive":
         try:
@@ -244,7 +266,9 @@ def main(argv):
             finish(args.run_dir, "crashed", error=f"{type(exc).__name__}: {exc}")
             raise
         return
-    result = cancel(args.run_dir, args.grace) if args.action == "cancel" else state(args.run_dir)
+    actions = {"start": lambda: start(args.run_dir, args.timeout), "cancel": lambda: cancel(args.run_dir, args.grace),
+               "state": lambda: state(args.run_dir)}
+    result = actions[args.action]()
     sys.stdout.write(MARKER + json.dumps(result) + "\n")
 
 
