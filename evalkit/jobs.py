@@ -19,7 +19,7 @@ from .errors import ConnectError, ConnectionLost, RemoteStepFailed, RunLocked
 from .pipeline import TAIL_LINES, Reporter, RunOutcome, StepResult, remember, now_iso
 from .plan import LOCK_NAME, Plan, Step, job_command, start_run_command
 from .progress import StreamSplitter, last_marked_json
-from .ssh import Connection
+from .ssh import Connection, PendingCommand
 
 READ_CHUNK = 1 << 20
 JOB_MARKER = b"EVALKIT-JOB "
@@ -40,13 +40,20 @@ class RemoteRun:
         return posixpath.join(self.directory, name)
 
 
-def start(connection: Connection, settings: Settings, plan: Plan, run: RemoteRun) -> dict:
+def prepare_start(connection: Connection, settings: Settings) -> PendingCommand:
+    """job.py start, begun before the run is known: its login shell and the env's activation
+    happen beside the inspection rather than after it. Needs job.py uploaded."""
+    return connection.start_command(start_run_command(settings, START_TIMEOUT))
+
+
+def start(connection: Connection, settings: Settings, plan: Plan, run: RemoteRun,
+          starter: PendingCommand | None = None) -> dict:
     """Write run.json, start the driver in the background; return once it holds the lock."""
     spec = {"run_id": run.run_id, "lock": posixpath.join(plan.output_dir, LOCK_NAME),
             "steps": [{"name": s.name, "title": s.title, "command": s.command} for s in run.steps]}
-    connection.write_bytes(run.path("run.json"), json.dumps(spec, ensure_ascii=False).encode("utf-8"))
-    exit_code, stdout, _ = connection.capture(start_run_command(settings, run.directory, START_TIMEOUT),
-                                              timeout=START_TIMEOUT + settings.connect_timeout * 4)
+    request = json.dumps({"run_dir": run.directory, "run": spec}, ensure_ascii=False).encode("utf-8") + b"\n"
+    starter = starter or prepare_start(connection, settings)
+    exit_code, stdout, _ = starter.finish(request, timeout=START_TIMEOUT + settings.connect_timeout * 4)
     started = last_marked_json(stdout, JOB_MARKER)
     if exit_code != 0 or started is None:
         raise RemoteStepFailed(f"could not start the run on the server (status {exit_code})",

@@ -20,6 +20,7 @@ CPU_LAUNCHER_NAME = "cpu_launch.py"
 INSPECTOR_NAME = "inspect_outputs.py"
 FAST_KNN_NAME = "fast_knn.py"
 JOB_RUNNER_NAME = "job.py"
+CHECK_STEPS = ("verify", "check_predictions")  # evalkit's own steps among upstream's
 LOCK_NAME = ".evalkit-lock"
 MANIFEST_NAME = "manifest.json"
 FEATURE_FILE_NAMES = ("image_feats", "text_feats")  # of OutputFiles.checked_files
@@ -336,17 +337,18 @@ def run_dir(settings: Settings, run_id: str) -> str:
     return posixpath.join(settings.output_root, ".evalkit", "runs", run_id)
 
 
-def start_run_command(settings: Settings, directory: str, timeout: float) -> str:
-    """job.py start: the driver in the background, every stream redirected so the run does not
-    depend on the SSH session; answers once the driver holds the lock, or could not."""
-    return job_command(settings, "start", directory, timeout=timeout)
+def start_run_command(settings: Settings, timeout: float) -> str:
+    """job.py start: reads the run from stdin, starts its driver in the background, every stream
+    redirected so the run does not depend on the SSH session; answers once the driver holds the
+    lock, or could not."""
+    argv = [settings.python, "-u", helper_path(settings, JOB_RUNNER_NAME), "start", "--timeout", f"{timeout:g}"]
+    return f"{settings.activate} && {shlex.join(argv)}"
 
 
-def job_command(settings: Settings, action: str, directory: str, grace: float = 10.0,
-                timeout: float = 60.0) -> str:
-    """job.py start / cancel / state for a run directory (quick, answered on stdout)."""
+def job_command(settings: Settings, action: str, directory: str, grace: float = 10.0) -> str:
+    """job.py cancel / state for a run directory (quick, answered on stdout)."""
     argv = [settings.python, "-u", helper_path(settings, JOB_RUNNER_NAME), action, "--run-dir", directory,
-            "--grace", f"{grace:g}", "--timeout", f"{timeout:g}"]
+            "--grace", f"{grace:g}"]
     return f"{settings.activate} && {shlex.join(argv)}"
 
 

@@ -28,7 +28,7 @@ from .plan import (JOB_RUNNER_NAME, Plan, Request, Step, build_plan, checkpoint_
                    run_dir)
 from .runs import RunRecord
 from .results import build_summary, local_result_dir, save_results
-from .ssh import Connection, resolve_target
+from .ssh import Connection, PendingCommand, resolve_target
 
 
 @dataclass(frozen=True)
@@ -59,26 +59,36 @@ def evaluate(settings: Settings, request: Request, reporter: Reporter,
         # connected (host key and auth checked) before any local file is created
         may_extract = request.runs_extraction and bool(request.model_path)
         upload_helpers(connection, settings, extra=(PROBE_NAME,) if may_extract else ())
-        # the doctor's cheap server-side checks run beside the inspection (each command waits
-        # on its own login shell); they count only if the features cannot be reused
+        # Each remote command waits on its own login shell (~/.bashrc, conda): the run's starter
+        # and the doctor's cheap checks set out beside the inspection. The checks count only if
+        # the features cannot be reused.
+        starter = jobs.prepare_start(connection, settings)
         checked = _InBackground(lambda: preflight(connection, settings, request)) if may_extract else None
-        request, facts = _locate(connection, settings, request, reporter)
-        request = _decide(settings, request, facts, reporter)
-        if request.runs_extraction and checked:  # before any GPU time
-            checked.result()
-        elif request.runs_extraction:  # a checkpoint chosen by _locate
-            preflight(connection, settings, request)
-        plan = build_plan(settings, request)
-        run_id = runs.new_run_id()
-        record = runs.new_record(settings, request, plan, run_id, run_dir(settings, run_id))
-        remote = RemoteRun(run_id, record.server_run_dir, plan.steps)
-        driver = jobs.start(connection, settings, plan, remote)
-        runs.save(record)
-        if driver.get("took_over_stale_lock"):
-            reporter.note("took over a stale lock on this checkpoint's directory (its run is gone)")
-        if detach:
-            return record
-        return _follow_to_end(connection, record, plan, reporter, facts)
+        try:
+            return _check_start_follow(connection, settings, request, reporter, detach, starter, checked)
+        finally:
+            starter.abandon()  # when no run was started: the starter sees EOF and ends
+
+
+def _check_start_follow(connection: Connection, settings: Settings, request: Request, reporter: Reporter,
+                        detach: bool, starter: PendingCommand, checked: _InBackground | None) -> Report | RunRecord:
+    request, facts = _locate(connection, settings, request, reporter)
+    request = _decide(settings, request, facts, reporter)
+    if request.runs_extraction and checked:  # before any GPU time
+        checked.result()
+    elif request.runs_extraction:  # a checkpoint chosen by _locate
+        preflight(connection, settings, request)
+    plan = build_plan(settings, request)
+    run_id = runs.new_run_id()
+    record = runs.new_record(settings, request, plan, run_id, run_dir(settings, run_id))
+    remote = RemoteRun(run_id, record.server_run_dir, plan.steps)
+    driver = jobs.start(connection, settings, plan, remote, starter)
+    runs.save(record)
+    if driver.get("took_over_stale_lock"):
+        reporter.note("took over a stale lock on this checkpoint's directory (its run is gone)")
+    if detach:
+        return record
+    return _follow_to_end(connection, record, plan, reporter, facts)
 
 
 def attach(record: RunRecord, reporter: Reporter) -> Report:

@@ -12,6 +12,7 @@ import os
 import posixpath
 import secrets
 import pwd
+import select
 import shutil
 import socket
 import subprocess
@@ -279,23 +280,38 @@ class Connection:
 
         Both streams are drained in one loop, so a chatty stream can never block the other.
         """
+        channel = self._exec(command)
         try:
-            channel = self.client.get_transport().open_session(timeout=self.connect_timeout)
-            channel.exec_command(command)
-            channel.shutdown_write()
-        except (paramiko.SSHException, OSError) as exc:
-            raise ConnectionLost(f"could not start a command on {self.target.alias}: {exc}",
-                                 "check the connection and run again") from exc
-        try:
+            self._send(channel, b"")
             return self._pump(channel, sink, time.monotonic() + timeout, timeout)
         finally:
             channel.close()
 
     def capture(self, command: str, timeout: float) -> tuple[int, bytes, bytes]:
         """Run a short COMMAND to its end: (exit status, stdout, stderr)."""
-        output = {"stdout": bytearray(), "stderr": bytearray()}
-        exit_code = self.run(command, lambda stream, chunk: output[stream].extend(chunk), timeout)
-        return exit_code, bytes(output["stdout"]), bytes(output["stderr"])
+        return self.start_command(command).finish(b"", timeout)
+
+    def start_command(self, command: str) -> "PendingCommand":
+        """Start COMMAND now; it waits on its stdin, which PendingCommand.finish gives it later."""
+        return PendingCommand(self, self._exec(command))
+
+    def _exec(self, command: str) -> paramiko.Channel:
+        try:
+            channel = self.client.get_transport().open_session(timeout=self.connect_timeout)
+            channel.exec_command(command)
+            return channel
+        except (paramiko.SSHException, OSError) as exc:
+            raise ConnectionLost(f"could not start a command on {self.target.alias}: {exc}",
+                                 "check the connection and run again") from exc
+
+    def _send(self, channel: paramiko.Channel, stdin: bytes) -> None:
+        """STDIN, then EOF."""
+        try:
+            channel.sendall(stdin)
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError) as exc:
+            raise ConnectionLost(f"the connection to {self.target.alias} dropped: {exc}",
+                                 "check the connection and run again") from exc
 
     def _pump(self, channel: paramiko.Channel, sink: OutputSink, deadline: float, timeout: float) -> int:
         exited_at = None
@@ -322,7 +338,16 @@ class Connection:
             if time.monotonic() > deadline:
                 raise ConnectionLost(f"the step ran longer than step_timeout ({timeout:.0f} s)",
                                      "raise step_timeout in the config file")
-            time.sleep(_IDLE_POLL_SECONDS)
+            self._await_news(channel)
+
+    @staticmethod
+    def _await_news(channel: paramiko.Channel) -> None:
+        """Sleep until output, EOF or the exit status arrives (at most _IDLE_POLL_SECONDS): a
+        short command's answer is read the moment it comes, not at the next poll."""
+        if channel.eof_received:  # the channel stays readable from now on: wait for the status
+            channel.status_event.wait(_IDLE_POLL_SECONDS)
+        else:
+            select.select([channel], [], [], _IDLE_POLL_SECONDS)
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
@@ -365,6 +390,29 @@ class Connection:
                     self.sftp.mkdir(current)
                 except OSError:
                     self.sftp.stat(current)  # made meanwhile by a concurrent run: fine
+
+
+class PendingCommand:
+    """A command already running on the server, its login shell and env set up, that reads
+    its input once the client knows it (see Connection.start_command)."""
+
+    def __init__(self, connection: Connection, channel: paramiko.Channel) -> None:
+        self.connection, self.channel = connection, channel
+
+    def finish(self, stdin: bytes, timeout: float) -> tuple[int, bytes, bytes]:
+        """Give the command STDIN and run it to its end: (exit status, stdout, stderr)."""
+        output = {"stdout": bytearray(), "stderr": bytearray()}
+        try:
+            self.connection._send(self.channel, stdin)
+            exit_code = self.connection._pump(self.channel, lambda stream, chunk: output[stream].extend(chunk),
+                                              time.monotonic() + timeout, timeout)
+        finally:
+            self.channel.close()
+        return exit_code, bytes(output["stdout"]), bytes(output["stderr"])
+
+    def abandon(self) -> None:
+        """Not needed after all: the command sees an empty stdin (EOF) and ends."""
+        self.channel.close()
 
 
 def _translate_connect_error(exc: BaseException, hop: Target) -> BaseException:

@@ -1,7 +1,8 @@
 """Run an evaluation's steps on the server, detached from the SSH session that started them.
 
 Usage (on the server; standard library only):
-  python job.py start  --run-dir DIR    start the driver in the background; print whether it runs
+  python job.py start  < {"run_dir": DIR, "run": RUN}   write DIR/run.json, start the driver in the
+                                        background; print whether it runs
   python job.py drive  --run-dir DIR    run DIR/run.json's steps in order (what start starts)
   python job.py cancel --run-dir DIR [--grace SECONDS]
   python job.py state  --run-dir DIR    print the run's state as one EVALKIT-JOB line
@@ -162,9 +163,18 @@ def drive(run_dir):
     finish(run_dir, state, failed_step=failed)
 
 
-def start(run_dir, timeout):
-    """Start the driver in the background, wait until it holds the lock (driver.json) or has
-    finished already (status.json: refused, crashed), and report which."""
+def start(timeout):
+    """Read {"run_dir", "run"} from stdin, write run.json, start the driver in the background, and
+    report once it holds the lock (driver.json) or has finished already (status.json: refused,
+    crashed). The client starts this command before it knows the run, so that the login shell
+    and the env's activation are done by then; empty stdin means no run after all."""
+    request = sys.stdin.readline()
+    if not request.strip():
+        return None
+    request = json.loads(request)
+    run_dir = request["run_dir"]
+    os.makedirs(run_dir, exist_ok=True)
+    write_atomically(os.path.join(run_dir, "run.json"), json.dumps(request["run"], ensure_ascii=False))
     log = open(os.path.join(run_dir, "driver.log"), "wb")
     driver = subprocess.Popen([sys.executable, "-u", os.path.abspath(__file__), "drive", "--run-dir", run_dir],
                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -255,7 +265,7 @@ def state(run_dir):
 def main(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("action", choices=("start", "drive", "cancel", "state"))
-    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--run-dir", help="every action but start (which reads it from stdin)")
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=60.0, help="start: how long to wait for the driver")
     args = parser.parse_args(argv)
@@ -266,9 +276,11 @@ def main(argv):
             finish(args.run_dir, "crashed", error=f"{type(exc).__name__}: {exc}")
             raise
         return
-    actions = {"start": lambda: start(args.run_dir, args.timeout), "cancel": lambda: cancel(args.run_dir, args.grace),
+    actions = {"start": lambda: start(args.timeout), "cancel": lambda: cancel(args.run_dir, args.grace),
                "state": lambda: state(args.run_dir)}
     result = actions[args.action]()
+    if result is None:
+        return
     sys.stdout.write(MARKER + json.dumps(result) + "\n")
 
 

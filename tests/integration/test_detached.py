@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.errors import INTERRUPTED_EXIT_CODE, RunLocked
+from evalkit.errors import INTERRUPTED_EXIT_CODE, MissingInput, RunLocked
 from evalkit.jobs import Follower, RemoteRun, start
 from evalkit.plan import Step
 from evalkit.ssh import Connection, resolve_target
@@ -211,3 +211,29 @@ def test_the_steps_do_not_read_bashrc_again_as_bash_does_for_a_shell_it_thinks_s
                    stdin=subprocess.DEVNULL, check=True, timeout=60)
     assert json.loads((run_dir / "status.json").read_text())["state"] == "succeeded"
     assert not reads.exists()
+
+
+def _starters_of(bed) -> list[int]:
+    """job.py start processes of this test bed: begun with every evaluation, before it is known."""
+    job_py = str(bed.server_outputs / ".evalkit" / "job.py").encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry.name.isdigit() and job_py in command and b"start" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_an_evaluation_refused_before_its_run_starts_leaves_no_run_and_no_starter(testbed, tmp_path):
+    missing = tmp_path / "experiments" / "nope" / "checkpoints" / "epoch_latest.pt"
+    run = subprocess.run([sys.executable, str(ENTRY_SCRIPT), "--config", str(testbed.config),
+                          "--model-path", str(missing)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == MissingInput.exit_code, run.stderr
+    assert not _run_dirs(testbed)
+    deadline = time.monotonic() + 10
+    while _starters_of(testbed) and time.monotonic() < deadline:  # the channel closed: EOF reaches it
+        time.sleep(0.1)
+    assert not _starters_of(testbed)

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 
 from evalkit.config import Settings
-from evalkit.plan import (I2T_RESULT, T2I_RESULT, Request, build_plan, checkpoint_label,
+from evalkit.plan import (CHECK_STEPS, I2T_RESULT, T2I_RESULT, Request, build_plan, checkpoint_label,
                           dataset_paths, resolve_checkpoint)
 
 SEED_CHECKPOINT = "/root/autodl-tmp/datapath/experiments/exp/checkpoints/epoch_latest.pt"
 ALL_STEPS = ["prepare", "extract", "verify", "knn_t2i", "knn_i2t", "check_predictions", "recall_t2i", "transform",
              "recall_i2t"]
-CHECKS = ("verify", "check_predictions")  # evalkit's own inspector, not an upstream script
-PYTHON_STEPS = [name for name in ALL_STEPS if name not in ("prepare", *CHECKS)]
+PYTHON_STEPS = [name for name in ALL_STEPS if name not in ("prepare", *CHECK_STEPS)]
 
 
 def request(**overrides) -> Request:
@@ -357,7 +356,7 @@ class FakeServer:
         env = {**os.environ, "FAKE_UPSTREAM_LOG": str(self.log)}
         env.pop("PYTHONPATH", None)
         for step in plan.steps:
-            if step.name in CHECKS:
+            if step.name in CHECK_STEPS:
                 continue  # evalkit's own checks run the real inspector: see test_stages.py
             done = subprocess.run(["bash", "-c", step.command], cwd=self.cwd, env=env,
                                   capture_output=True, text=True, timeout=30)
