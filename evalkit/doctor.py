@@ -16,7 +16,7 @@ from .architecture import VISION_SHAPES, Architecture, flags_for, infer_architec
 from .config import Settings
 from .errors import (AuthenticationError, ConfigError, EvalkitError, HostKeyError, MissingInput,
                      PreflightFailed)
-from .plan import Request, dataset_paths, helper_path
+from .plan import HelperCall, Request, dataset_paths, helper_path
 from .progress import last_marked_json
 
 PROBE_NAME = "doctor_probe.py"
@@ -64,12 +64,24 @@ def doctor_command(settings: Settings, request: Request, checkpoint: Optional[st
 
 
 def preflight_command(settings: Settings, request: Request, checkpoint: str) -> str:
-    """The evaluation's cheap subset: the dataset, the upstream scripts, the disk and the
-    checkpoint's shapes; no --device, so torch is imported only for an old-format checkpoint."""
+    """The evaluation's cheap subset, in a login shell (see preflight_call)."""
+    return _in_env(settings, _preflight_args(settings, request, checkpoint))
+
+
+def preflight_call(settings: Settings, request: Request, checkpoint: str) -> HelperCall:
+    """The evaluation's cheap subset, as the run's starter runs it: the dataset, the upstream
+    scripts, the disk and the checkpoint's shapes; no --device, so torch is imported only for
+    an old-format checkpoint."""
+    root = settings.chinese_clip_dir
+    argv = [settings.python, "-u", helper_path(settings, PROBE_NAME), *_preflight_args(settings, request, checkpoint)]
+    return HelperCall(tuple(argv), (("CUDA_VISIBLE_DEVICES", str(settings.gpu)),),
+                      (root, posixpath.join(root, "cn_clip")))
+
+
+def _preflight_args(settings: Settings, request: Request, checkpoint: str) -> list[str]:
     images, texts = dataset_paths(settings, request.dataset, request.split)
-    args = ["--clip-dir", settings.chinese_clip_dir, "--images", images, "--texts", texts,
+    return ["--clip-dir", settings.chinese_clip_dir, "--images", images, "--texts", texts,
             "--output-root", settings.output_root, "--checkpoint", checkpoint]
-    return _in_env(settings, args)
 
 
 def checkpoint_probe_command(settings: Settings, checkpoint: str) -> str:
@@ -88,9 +100,11 @@ def _in_env(settings: Settings, probe_args: list[str]) -> str:
             f"CUDA_VISIBLE_DEVICES={settings.gpu} && {shlex.join(argv)}")
 
 
-def parse_probe(exit_code: int, stdout: bytes, stderr: bytes) -> ProbeRun:
-    lines = stdout.splitlines()
-    activated = any(line.strip() == ACTIVATED_MARKER.encode() for line in lines)
+def parse_probe(exit_code: int, stdout: bytes, stderr: bytes, activated: bool | None = None) -> ProbeRun:
+    """ACTIVATED: known already (the starter that ran the probe did activate), else the marker
+    _in_env prints says."""
+    if activated is None:
+        activated = any(line.strip() == ACTIVATED_MARKER.encode() for line in stdout.splitlines())
     tail = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
     return ProbeRun(exit_code, activated, last_marked_json(stdout, PROBE_MARKER), tuple(tail[-TAIL_LINES:]))
 

@@ -79,16 +79,21 @@ def check_checkpoint_architecture(connection: Connection, settings: Settings,
     return infer_architecture(shapes) if shapes else None
 
 
-def preflight(connection: Connection, settings: Settings, request: Request) -> None:
+def preflight(connection: Connection, settings: Settings, request: Request,
+              ran: tuple[int, bytes, bytes] | None = None) -> None:
     """Before an extraction, the doctor's cheap server-side checks for REQUEST; raise on the first ✗.
 
-    One probe run, with the probe already uploaded: the texts, the image ids they name in the
+    One probe run (RAN: its exit status and output, when the run's starter ran it), with the
+    probe already uploaded: the texts, the image ids they name in the
     LMDB, the upstream scripts, the disk, and the checkpoint's tensor shapes against the towers
     requested (read from the archive without importing torch: milliseconds, against minutes of
     GPU time for an extraction that would fail).
     """
-    checkpoint = resolve_checkpoint(settings, request.model_path)
-    run = _probe(connection, doctor.preflight_command(settings, request, checkpoint), settings)
+    if ran is not None:  # by the run's starter, in the env it activated
+        run = doctor.parse_probe(*ran, activated=True)
+    else:
+        checkpoint = resolve_checkpoint(settings, request.model_path)
+        run = _probe(connection, doctor.preflight_command(settings, request, checkpoint), settings)
     refusal = doctor.preflight_refusal(run, settings, request)
     if refusal is not None:
         raise refusal

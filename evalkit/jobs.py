@@ -17,7 +17,7 @@ from typing import BinaryIO, Callable, Iterator
 from .config import Settings
 from .errors import ConnectError, ConnectionLost, RemoteStepFailed, RunLocked
 from .pipeline import TAIL_LINES, Reporter, RunOutcome, StepResult, remember, now_iso
-from .plan import LOCK_NAME, Plan, Step, job_command, start_run_command
+from .plan import LOCK_NAME, HelperCall, Plan, Step, job_command, start_run_command
 from .progress import StreamSplitter, last_marked_json
 from .ssh import Connection, PendingCommand
 
@@ -44,6 +44,21 @@ def prepare_start(connection: Connection, settings: Settings) -> PendingCommand:
     """job.py start, begun before the run is known: its login shell and the env's activation
     happen beside the inspection rather than after it. Needs job.py uploaded."""
     return connection.start_command(start_run_command(settings, START_TIMEOUT))
+
+
+def run_helpers(starter: PendingCommand, calls: dict[str, HelperCall],
+                timeout: float) -> dict[str, tuple[int, bytes, bytes]]:
+    """CALLS, all at once, by the starter in its activated env: (exit status, stdout, stderr) of
+    each. When the starter itself failed (the env did not activate), each gets its status and
+    output, so the caller reports that failure as its own."""
+    request = json.dumps({"helpers": {name: call.as_dict() for name, call in calls.items()}}).encode() + b"\n"
+    answered = starter.ask(request, JOB_MARKER, timeout)
+    if answered is None:
+        exit_code, stdout, stderr = starter.finish(b"", timeout)
+        return {name: (exit_code or 1, stdout, stderr) for name in calls}
+    return {name: (result["exit_code"], result["stdout"].encode("utf-8", "surrogateescape"),
+                   result["stderr"].encode("utf-8", "surrogateescape"))
+            for name, result in answered["helpers"].items()}
 
 
 def start(connection: Connection, settings: Settings, plan: Plan, run: RemoteRun,

@@ -83,7 +83,12 @@ def upload_helper(connection: Connection, settings: Settings, name: str) -> None
 
 def read_facts(connection: Connection, command: str, settings: Settings) -> ServerFacts:
     """Run the inspector; its stdout is one JSON object (see remote/inspect_outputs.py)."""
-    exit_code, stdout, stderr = connection.capture(command, timeout=settings.step_timeout)
+    return facts_from(connection.capture(command, timeout=settings.step_timeout), command)
+
+
+def facts_from(ran: tuple[int, bytes, bytes], command: str) -> ServerFacts:
+    """The inspector's facts from (exit status, stdout, stderr) of COMMAND."""
+    exit_code, stdout, stderr = ran
     if exit_code != 0:
         tail = stderr.decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
         raise RemoteStepFailed(

@@ -161,9 +161,28 @@ def build_plan(settings: Settings, request: Request) -> Plan:
                 tuple(_in_stage_order(chosen)), results, files)
 
 
+@dataclass(frozen=True)
+class HelperCall:
+    """One of evalkit's server scripts as the run's starter runs it (remote/job.py start): in
+    the env it activated already, rather than in a login shell of its own."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()  # variables set
+    pythonpath: tuple[str, ...] = ()       # directories put before the env's PYTHONPATH
+
+    def as_dict(self) -> dict:
+        return {"argv": list(self.argv), "env": dict(self.env), "pythonpath": list(self.pythonpath)}
+
+
 def inspect_command(settings: Settings, request: Request, checkpoint: str | None,
                     require_complete: tuple[str, ...] = ()) -> str:
-    """The read-only remote check of REQUEST's inputs and outputs (remote/inspect_outputs.py).
+    """The read-only remote check of REQUEST's inputs and outputs, in a login shell."""
+    return f"{settings.activate} && {shlex.join(inspect_call(settings, request, checkpoint, require_complete).argv)}"
+
+
+def inspect_call(settings: Settings, request: Request, checkpoint: str | None,
+                 require_complete: tuple[str, ...] = ()) -> HelperCall:
+    """remote/inspect_outputs.py on REQUEST's inputs and outputs.
 
     Without a checkpoint it looks at the most recent extraction for the dataset and split.
     REQUIRE_COMPLETE names files (of OutputFiles.checked_files) that must have one complete
@@ -181,7 +200,7 @@ def inspect_command(settings: Settings, request: Request, checkpoint: str | None
         argv += ["--file", f"{name}={relative}"]
     for name in require_complete:
         argv += ["--require-complete", name]
-    return f"{settings.activate} && {shlex.join(argv)}"
+    return HelperCall(tuple(argv))
 
 
 def _in_stage_order(steps: list[Step]) -> list[Step]:

@@ -9,23 +9,22 @@ extraction, the checkpoint is loaded on the server and its towers compared with 
 from __future__ import annotations
 
 import dataclasses
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from . import jobs, outputs, runs
 from .config import Settings
-from .doctor import PROBE_NAME
+from .doctor import PROBE_NAME, preflight_call
 from .doctor_service import preflight
 from .errors import EvalkitError, OutputsNotReady
 from .jobs import RemoteRun
 from .outputs import ServerFacts
-from .pipeline import (Reporter, RunOutcome, facts_printed, fetch_results, read_facts, upload_helper,
-                       upload_helpers)
-from .plan import (JOB_RUNNER_NAME, Plan, Request, Step, build_plan, checkpoint_output_dir, inspect_command, resolve_checkpoint,
-                   run_dir)
+from .pipeline import (Reporter, RunOutcome, facts_from, facts_printed, fetch_results, read_facts,
+                       upload_helper, upload_helpers)
+from .plan import (JOB_RUNNER_NAME, Plan, Request, Step, build_plan, checkpoint_output_dir, inspect_call,
+                   inspect_command, resolve_checkpoint, run_dir)
 from .runs import RunRecord
 from .results import build_summary, local_result_dir, save_results
 from .ssh import Connection, PendingCommand, resolve_target
@@ -57,27 +56,23 @@ def evaluate(settings: Settings, request: Request, reporter: Reporter,
     """
     with _connect(settings) as connection:
         # connected (host key and auth checked) before any local file is created
-        may_extract = request.runs_extraction and bool(request.model_path)
-        upload_helpers(connection, settings, extra=(PROBE_NAME,) if may_extract else ())
-        # Each remote command waits on its own login shell (~/.bashrc, conda): the run's starter
-        # and the doctor's cheap checks set out beside the inspection. The checks count only if
-        # the features cannot be reused.
+        upload_helpers(connection, settings, extra=(PROBE_NAME,) if request.runs_extraction else ())
+        # Every remote command waits on a login shell of its own (~/.bashrc, conda init): the
+        # run's starter is begun first, and its activated env runs the checks before the run.
         starter = jobs.prepare_start(connection, settings)
-        checked = _InBackground(lambda: preflight(connection, settings, request)) if may_extract else None
         try:
-            return _check_start_follow(connection, settings, request, reporter, detach, starter, checked)
+            return _check_start_follow(connection, settings, request, reporter, detach, starter)
         finally:
             starter.abandon()  # when no run was started: the starter sees EOF and ends
 
 
 def _check_start_follow(connection: Connection, settings: Settings, request: Request, reporter: Reporter,
-                        detach: bool, starter: PendingCommand, checked: _InBackground | None) -> Report | RunRecord:
-    request, facts = _locate(connection, settings, request, reporter)
+                        detach: bool, starter: PendingCommand) -> Report | RunRecord:
+    checks = _first_checks(settings, request, starter)
+    request, facts = _locate(connection, settings, request, reporter, checks.get("inspect"))
     request = _decide(settings, request, facts, reporter)
-    if request.runs_extraction and checked:  # before any GPU time
-        checked.result()
-    elif request.runs_extraction:  # a checkpoint chosen by _locate
-        preflight(connection, settings, request)
+    if request.runs_extraction:  # before any GPU time
+        preflight(connection, settings, request, ran=checks.get("preflight"))
     plan = build_plan(settings, request)
     run_id = runs.new_run_id()
     record = runs.new_record(settings, request, plan, run_id, run_dir(settings, run_id))
@@ -89,6 +84,21 @@ def _check_start_follow(connection: Connection, settings: Settings, request: Req
     if detach:
         return record
     return _follow_to_end(connection, record, plan, reporter, facts)
+
+
+def _first_checks(settings: Settings, request: Request, starter: PendingCommand) -> dict:
+    """The inspection of --model-path's files and, when it may be extracted, the doctor's cheap
+    checks, both at once in the starter's env. Without --model-path the latest extraction is
+    looked for first (_locate)."""
+    if not request.model_path:
+        return {}
+    checkpoint = resolve_checkpoint(settings, request.model_path)
+    calls = {"inspect": inspect_call(settings, request, checkpoint)}
+    if request.runs_extraction:  # the checks count only if the features cannot be reused
+        calls["preflight"] = preflight_call(settings, request, checkpoint)
+    ran = jobs.run_helpers(starter, calls, timeout=settings.step_timeout)
+    return {"inspect": (ran["inspect"], inspect_command(settings, request, checkpoint)),
+            **({"preflight": ran["preflight"]} if "preflight" in ran else {})}
 
 
 def attach(record: RunRecord, reporter: Reporter) -> Report:
@@ -213,10 +223,11 @@ def _inspect(connection: Connection, settings: Settings, request: Request) -> Se
     return read_facts(connection, inspect_command(settings, request, checkpoint), settings)
 
 
-def _locate(connection: Connection, settings: Settings, request: Request,
-            reporter: Reporter) -> tuple[Request, ServerFacts]:
-    """The server's facts for REQUEST; without --model-path, for the most recent extraction."""
-    facts = _inspect(connection, settings, request)
+def _locate(connection: Connection, settings: Settings, request: Request, reporter: Reporter,
+            inspected: tuple | None = None) -> tuple[Request, ServerFacts]:
+    """The server's facts for REQUEST (INSPECTED: already run, with its command); without
+    --model-path, for the most recent extraction."""
+    facts = facts_from(*inspected) if inspected else _inspect(connection, settings, request)
     outputs.check_dataset(facts, request)
     if request.model_path:
         return request, facts
@@ -269,26 +280,6 @@ def _reuse_predictions(settings: Settings, request: Request, facts: ServerFacts,
         return request
     reporter.note("reusing the KNN predictions made from these features by the same commands")
     return dataclasses.replace(request, stages=tuple(stage for stage in request.stages if stage != "knn"))
-
-
-class _InBackground:
-    """FUNCTION on a daemon thread; result() waits for it and raises what it raised."""
-
-    def __init__(self, function: Callable[[], object]) -> None:
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(function,), daemon=True)
-        self._thread.start()
-
-    def _run(self, function: Callable[[], object]) -> None:
-        try:
-            function()
-        except BaseException as error:  # handed to whoever asks for the result
-            self._error = error
-
-    def result(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
 
 
 def _now() -> str:

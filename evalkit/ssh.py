@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import posixpath
 import secrets
@@ -398,10 +399,40 @@ class PendingCommand:
 
     def __init__(self, connection: Connection, channel: paramiko.Channel) -> None:
         self.connection, self.channel = connection, channel
+        self.unread = bytearray()  # stdout after the last answer ask() took
+        self.stderr = bytearray()
+
+    def ask(self, line: bytes, marker: bytes, timeout: float) -> dict | None:
+        """Send LINE; return the JSON of the first stdout line after it that starts with MARKER,
+        or None when the command ended first (finish() then says how)."""
+        try:
+            self.channel.sendall(line)
+        except (paramiko.SSHException, OSError) as exc:
+            raise ConnectionLost(f"the connection to {self.connection.target.alias} dropped: {exc}",
+                                 "check the connection and run again") from exc
+        deadline = time.monotonic() + timeout
+        while True:
+            end = self.unread.find(b"\n")
+            while end >= 0:
+                found, self.unread = bytes(self.unread[:end]), self.unread[end + 1:]
+                if found.startswith(marker):
+                    return json.loads(found[len(marker):])
+                end = self.unread.find(b"\n")
+            if self.channel.recv_ready():
+                self.unread += self.channel.recv(_CHUNK)
+            elif self.channel.recv_stderr_ready():
+                self.stderr += self.channel.recv_stderr(_CHUNK)
+            elif self.channel.eof_received or self.channel.closed or self.channel.exit_status_ready():
+                return None
+            elif time.monotonic() > deadline:
+                raise ConnectionLost(f"the server did not answer within {timeout:.0f} s",
+                                     "check the server's load (python -m evalkit doctor) and run again")
+            else:
+                self.connection._await_news(self.channel)
 
     def finish(self, stdin: bytes, timeout: float) -> tuple[int, bytes, bytes]:
         """Give the command STDIN and run it to its end: (exit status, stdout, stderr)."""
-        output = {"stdout": bytearray(), "stderr": bytearray()}
+        output = {"stdout": bytearray(self.unread), "stderr": bytearray(self.stderr)}
         try:
             self.connection._send(self.channel, stdin)
             exit_code = self.connection._pump(self.channel, lambda stream, chunk: output[stream].extend(chunk),

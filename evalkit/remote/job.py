@@ -1,8 +1,8 @@
 """Run an evaluation's steps on the server, detached from the SSH session that started them.
 
 Usage (on the server; standard library only):
-  python job.py start  < {"run_dir": DIR, "run": RUN}   write DIR/run.json, start the driver in the
-                                        background; print whether it runs
+  python job.py start  < JSON lines   evalkit's checks, then write DIR/run.json and start the driver
+                                      in the background; print whether it runs (see start)
   python job.py drive  --run-dir DIR    run DIR/run.json's steps in order (what start starts)
   python job.py cancel --run-dir DIR [--grace SECONDS]
   python job.py state  --run-dir DIR    print the run's state as one EVALKIT-JOB line
@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 MARKER = "EVALKIT-JOB "
@@ -164,14 +165,21 @@ def drive(run_dir):
 
 
 def start(timeout):
-    """Read {"run_dir", "run"} from stdin, write run.json, start the driver in the background, and
-    report once it holds the lock (driver.json) or has finished already (status.json: refused,
-    crashed). The client starts this command before it knows the run, so that the login shell
-    and the env's activation are done by then; empty stdin means no run after all."""
-    request = sys.stdin.readline()
-    if not request.strip():
+    """The client's first command, before it knows the run: its login shell and the env's
+    activation serve evalkit's read-only checks too. From stdin, one JSON line each:
+
+    {"helpers": {NAME: {"argv", "env", "pythonpath"}}}  (optional) run these scripts at once,
+        answer {"helpers": {NAME: {"exit_code", "stdout", "stderr"}}} on an EVALKIT-JOB line;
+    {"run_dir", "run"}  write run.json, start the driver in the background, and report once it
+        holds the lock (driver.json) or has finished already (status.json: refused, crashed).
+
+    An empty stdin (EOF) means no run after all."""
+    request = read_request()
+    if request is not None and "helpers" in request:
+        answer({"helpers": run_helpers(request["helpers"])})
+        request = read_request()
+    if request is None:
         return None
-    request = json.loads(request)
     run_dir = request["run_dir"]
     os.makedirs(run_dir, exist_ok=True)
     write_atomically(os.path.join(run_dir, "run.json"), json.dumps(request["run"], ensure_ascii=False))
@@ -190,6 +198,40 @@ def start(timeout):
                     "driver": None}
         time.sleep(0.01)
     return {"status": None, "driver": None}
+
+
+def read_request():
+    line = sys.stdin.readline()
+    return json.loads(line) if line.strip() else None
+
+
+def answer(result):
+    sys.stdout.write(MARKER + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def run_helpers(helpers):
+    """Run every helper at once; each one's exit code and output (text: undecodable bytes
+    survive as surrogates)."""
+    running = {}
+    for name, call in helpers.items():
+        env = dict(os.environ, **call.get("env", {}))
+        paths = call.get("pythonpath", []) + [path for path in [env.get("PYTHONPATH")] if path]
+        if paths:
+            env["PYTHONPATH"] = os.pathsep.join(paths)
+        outputs = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # no pipe to fill up
+        running[name] = (subprocess.Popen(call["argv"], stdin=subprocess.DEVNULL, stdout=outputs[0],
+                                          stderr=outputs[1], env=env), outputs)
+    answers = {}
+    for name, (process, outputs) in running.items():
+        code = process.wait()
+        texts = []
+        for output in outputs:
+            output.seek(0)
+            texts.append(output.read().decode("utf-8", "surrogateescape"))
+            output.close()
+        answers[name] = {"exit_code": code, "stdout": texts[0], "stderr": texts[1]}
+    return answers
 
 
 def run_step(run_dir, index, command):
@@ -279,9 +321,8 @@ def main(argv):
     actions = {"start": lambda: start(args.timeout), "cancel": lambda: cancel(args.run_dir, args.grace),
                "state": lambda: state(args.run_dir)}
     result = actions[args.action]()
-    if result is None:
-        return
-    sys.stdout.write(MARKER + json.dumps(result) + "\n")
+    if result is not None:
+        answer(result)
 
 
 if __name__ == "__main__":
