@@ -72,10 +72,7 @@ def preflight_call(settings: Settings, request: Request, checkpoint: str) -> Hel
     """The evaluation's cheap subset, as the run's starter runs it: the dataset, the upstream
     scripts, the disk and the checkpoint's shapes; no --device, so torch is imported only for
     an old-format checkpoint."""
-    root = settings.chinese_clip_dir
-    argv = [settings.python, "-u", helper_path(settings, PROBE_NAME), *_preflight_args(settings, request, checkpoint)]
-    return HelperCall(tuple(argv), (("CUDA_VISIBLE_DEVICES", str(settings.gpu)),),
-                      (root, posixpath.join(root, "cn_clip")))
+    return _probe_call(settings, _preflight_args(settings, request, checkpoint))
 
 
 def _preflight_args(settings: Settings, request: Request, checkpoint: str) -> list[str]:
@@ -89,15 +86,21 @@ def checkpoint_probe_command(settings: Settings, checkpoint: str) -> str:
     return _in_env(settings, ["--checkpoint", checkpoint])
 
 
-def _in_env(settings: Settings, probe_args: list[str]) -> str:
-    # The environment of an upstream step (see plan._StepBuilder.python); `activate` is the
-    # user's own shell code, every other value is quoted.
+def _probe_call(settings: Settings, probe_args: list[str]) -> HelperCall:
+    # The environment of an upstream step (see plan._StepBuilder.python).
     root = settings.chinese_clip_dir
-    python_path = f"{root}:{posixpath.join(root, 'cn_clip')}"
-    argv = [settings.python, "-u", helper_path(settings, PROBE_NAME), *probe_args]
+    return HelperCall((settings.python, "-u", helper_path(settings, PROBE_NAME), *probe_args),
+                      (("CUDA_VISIBLE_DEVICES", str(settings.gpu)),), (root, posixpath.join(root, "cn_clip")))
+
+
+def _in_env(settings: Settings, probe_args: list[str]) -> str:
+    """_probe_call in a login shell; `activate` is the user's own shell code, every other value
+    is quoted."""
+    call = _probe_call(settings, probe_args)
+    exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in call.env)
     return (f"{settings.activate} && printf '%s\\n' {ACTIVATED_MARKER} && "
-            f"export PYTHONPATH={shlex.quote(python_path)}${{PYTHONPATH:+:$PYTHONPATH}} "
-            f"CUDA_VISIBLE_DEVICES={settings.gpu} && {shlex.join(argv)}")
+            f"export PYTHONPATH={shlex.quote(':'.join(call.pythonpath))}${{PYTHONPATH:+:$PYTHONPATH}} "
+            f"{exports} && {shlex.join(call.argv)}")
 
 
 def parse_probe(exit_code: int, stdout: bytes, stderr: bytes, activated: bool | None = None) -> ProbeRun:

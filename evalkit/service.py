@@ -97,8 +97,8 @@ def _first_checks(settings: Settings, request: Request, starter: PendingCommand)
     if request.runs_extraction:  # the checks count only if the features cannot be reused
         calls["preflight"] = preflight_call(settings, request, checkpoint)
     ran = jobs.run_helpers(starter, calls, timeout=settings.step_timeout)
-    return {"inspect": (ran["inspect"], inspect_command(settings, request, checkpoint)),
-            **({"preflight": ran["preflight"]} if "preflight" in ran else {})}
+    # the inspection's command names it in a failure message
+    return {**ran, "inspect": (ran["inspect"], inspect_command(settings, request, checkpoint))}
 
 
 def attach(record: RunRecord, reporter: Reporter) -> Report:

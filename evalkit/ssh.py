@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import posixpath
 import secrets
@@ -25,6 +24,7 @@ from typing import Callable
 import paramiko
 
 from .errors import AuthenticationError, ConnectError, ConnectionLost, HostKeyError
+from .progress import last_marked_json
 
 KEEPALIVE_SECONDS = 15
 DEAD_PEER_SECONDS = 30  # an SFTP request unanswered this long means the peer is gone
@@ -281,12 +281,7 @@ class Connection:
 
         Both streams are drained in one loop, so a chatty stream can never block the other.
         """
-        channel = self._exec(command)
-        try:
-            self._send(channel, b"")
-            return self._pump(channel, sink, time.monotonic() + timeout, timeout)
-        finally:
-            channel.close()
+        return self.start_command(command).stream(b"", sink, timeout)
 
     def capture(self, command: str, timeout: float) -> tuple[int, bytes, bytes]:
         """Run a short COMMAND to its end: (exit status, stdout, stderr)."""
@@ -305,11 +300,12 @@ class Connection:
             raise ConnectionLost(f"could not start a command on {self.target.alias}: {exc}",
                                  "check the connection and run again") from exc
 
-    def _send(self, channel: paramiko.Channel, stdin: bytes) -> None:
-        """STDIN, then EOF."""
+    def _send(self, channel: paramiko.Channel, stdin: bytes, eof: bool = True) -> None:
+        """STDIN, then (with EOF) the end of the command's input."""
         try:
             channel.sendall(stdin)
-            channel.shutdown_write()
+            if eof:
+                channel.shutdown_write()
         except (paramiko.SSHException, OSError) as exc:
             raise ConnectionLost(f"the connection to {self.target.alias} dropped: {exc}",
                                  "check the connection and run again") from exc
@@ -399,29 +395,25 @@ class PendingCommand:
 
     def __init__(self, connection: Connection, channel: paramiko.Channel) -> None:
         self.connection, self.channel = connection, channel
-        self.unread = bytearray()  # stdout after the last answer ask() took
-        self.stderr = bytearray()
+        # what the command printed after the answer ask() took
+        self.unread = {"stdout": bytearray(), "stderr": bytearray()}
 
     def ask(self, line: bytes, marker: bytes, timeout: float) -> dict | None:
         """Send LINE; return the JSON of the first stdout line after it that starts with MARKER,
         or None when the command ended first (finish() then says how)."""
-        try:
-            self.channel.sendall(line)
-        except (paramiko.SSHException, OSError) as exc:
-            raise ConnectionLost(f"the connection to {self.connection.target.alias} dropped: {exc}",
-                                 "check the connection and run again") from exc
+        self.connection._send(self.channel, line, eof=False)
         deadline = time.monotonic() + timeout
         while True:
-            end = self.unread.find(b"\n")
-            while end >= 0:
-                found, self.unread = bytes(self.unread[:end]), self.unread[end + 1:]
+            *lines, partial = bytes(self.unread["stdout"]).split(b"\n")
+            for index, found in enumerate(lines):
                 if found.startswith(marker):
-                    return json.loads(found[len(marker):])
-                end = self.unread.find(b"\n")
+                    self.unread["stdout"] = bytearray(b"\n".join([*lines[index + 1:], partial]))
+                    return last_marked_json(found, marker)  # None, like an end, if it is no object
+            self.unread["stdout"] = bytearray(partial)  # complete lines before the answer: env chatter
             if self.channel.recv_ready():
-                self.unread += self.channel.recv(_CHUNK)
+                self.unread["stdout"] += self.channel.recv(_CHUNK)
             elif self.channel.recv_stderr_ready():
-                self.stderr += self.channel.recv_stderr(_CHUNK)
+                self.unread["stderr"] += self.channel.recv_stderr(_CHUNK)
             elif self.channel.eof_received or self.channel.closed or self.channel.exit_status_ready():
                 return None
             elif time.monotonic() > deadline:
@@ -432,14 +424,20 @@ class PendingCommand:
 
     def finish(self, stdin: bytes, timeout: float) -> tuple[int, bytes, bytes]:
         """Give the command STDIN and run it to its end: (exit status, stdout, stderr)."""
-        output = {"stdout": bytearray(self.unread), "stderr": bytearray(self.stderr)}
+        output = {"stdout": bytearray(), "stderr": bytearray()}
+        exit_code = self.stream(stdin, lambda stream, chunk: output[stream].extend(chunk), timeout)
+        return exit_code, bytes(output["stdout"]), bytes(output["stderr"])
+
+    def stream(self, stdin: bytes, sink: OutputSink, timeout: float) -> int:
+        """Give the command STDIN, feed SINK what it printed and prints until its end; its status."""
+        for name, unread in self.unread.items():
+            if unread:
+                sink(name, bytes(unread))
         try:
             self.connection._send(self.channel, stdin)
-            exit_code = self.connection._pump(self.channel, lambda stream, chunk: output[stream].extend(chunk),
-                                              time.monotonic() + timeout, timeout)
+            return self.connection._pump(self.channel, sink, time.monotonic() + timeout, timeout)
         finally:
             self.channel.close()
-        return exit_code, bytes(output["stdout"]), bytes(output["stderr"])
 
     def abandon(self) -> None:
         """Not needed after all: the command sees an empty stdin (EOF) and ends."""
