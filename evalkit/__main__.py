@@ -1,4 +1,4 @@
 """python -m evalkit: the evalkit command group (evaluate, demo)."""
-from evalkit.cli import main
+from evalkit.cli import group_main
 
-main(prog_name="python -m evalkit")
+group_main("python -m evalkit")

@@ -63,14 +63,18 @@ def run_helpers(starter: PendingCommand, calls: dict[str, HelperCall],
 
 def start(connection: Connection, settings: Settings, plan: Plan, run: RemoteRun,
           starter: PendingCommand | None = None) -> dict:
-    """Write run.json, start the driver in the background; return once it holds the lock."""
+    """Write run.json, start the driver in the background; return once it holds the lock.
+
+    The starter then stays, a line on its stdout each time the run moves on: a Follower given
+    it as its doorbell sees a step's end at once (closing it changes nothing on the server)."""
     spec = {"run_id": run.run_id, "lock": posixpath.join(plan.output_dir, LOCK_NAME),
             "steps": [{"name": s.name, "title": s.title, "command": s.command} for s in run.steps]}
     request = json.dumps({"run_dir": run.directory, "run": spec}, ensure_ascii=False).encode("utf-8") + b"\n"
     starter = starter or prepare_start(connection, settings)
-    exit_code, stdout, _ = starter.finish(request, timeout=START_TIMEOUT + settings.connect_timeout * 4)
-    started = last_marked_json(stdout, JOB_MARKER)
-    if exit_code != 0 or started is None:
+    timeout = START_TIMEOUT + settings.connect_timeout * 4
+    started = starter.ask(request, JOB_MARKER, timeout)
+    if started is None:
+        exit_code, _, _ = starter.finish(b"", timeout)
         raise RemoteStepFailed(f"could not start the run on the server (status {exit_code})",
                                "check the `activate` and `python` settings (python -m evalkit doctor)")
     status = started.get("status") or {}
@@ -94,9 +98,10 @@ class Follower:
     """Follows a run's steps in order, reconnecting when the link drops."""
 
     def __init__(self, connection: Connection, settings: Settings, run: RemoteRun, reporter: Reporter,
-                 log: BinaryIO, reconnect_for: float = 600.0) -> None:
+                 log: BinaryIO, reconnect_for: float = 600.0, doorbell: PendingCommand | None = None) -> None:
         self.connection, self.settings, self.run = connection, settings, run
         self.reporter, self.log, self.reconnect_for = reporter, log, reconnect_for
+        self.doorbell = doorbell  # the run's starter (see start): it rings when a step ends
 
     def follow(self, outcome: RunOutcome, steps: list[Step], on_step_done: Callable[[Step], None]) -> None:
         for step in steps:
@@ -172,8 +177,14 @@ class Follower:
                                      f"({self.settings.step_timeout:.0f} s)",
                                      f"raise step_timeout in the config file; cancel the run with "
                                      f"python -m evalkit cancel {self.run.run_id}")
-            time.sleep(pause)
+            self._pause(pause)
             pause = min(pause * 1.5, SLOWEST_POLL)
+
+    def _pause(self, seconds: float) -> None:
+        """SECONDS, or less when the doorbell rings; without one (attached later, or after a
+        reconnect) the polls alone find each step's end."""
+        if self.doorbell is None or not self.doorbell.wait_for_output(seconds):
+            time.sleep(seconds)
 
     def _check_alive(self, step: Step) -> None:
         state = self.safely(lambda: job_state(self.connection, self.settings, self.run))

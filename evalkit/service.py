@@ -83,7 +83,7 @@ def _check_start_follow(connection: Connection, settings: Settings, request: Req
         reporter.note("took over a stale lock on this checkpoint's directory (its run is gone)")
     if detach:
         return record
-    return _follow_to_end(connection, record, plan, reporter, facts)
+    return _follow_to_end(connection, record, plan, reporter, facts, doorbell=starter)
 
 
 def _first_checks(settings: Settings, request: Request, starter: PendingCommand) -> dict:
@@ -137,7 +137,7 @@ def _connect(settings: Settings) -> Connection:
 
 
 def _follow_to_end(connection: Connection, record: RunRecord, plan: Plan, reporter: Reporter,
-                   facts: ServerFacts | None = None) -> Report:
+                   facts: ServerFacts | None = None, doorbell: PendingCommand | None = None) -> Report:
     settings, request = record.settings, record.request
     log_path = log_path_for(settings, request, plan.label)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,7 @@ def _follow_to_end(connection: Connection, record: RunRecord, plan: Plan, report
     outcome = RunOutcome(plan)
     with log_path.open("wb") as log:
         follower = jobs.Follower(connection, settings, RemoteRun(record.run_id, record.server_run_dir, plan.steps),
-                                 reporter, log, reconnect_for=settings.reconnect_timeout)
+                                 reporter, log, reconnect_for=settings.reconnect_timeout, doorbell=doorbell)
         recorder = _OutputRecorder(connection, settings, request, plan, follower, facts)
         try:
             follower.follow(outcome, list(plan.steps), recorder.step_done)

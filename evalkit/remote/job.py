@@ -2,8 +2,10 @@
 
 Usage (on the server; standard library only):
   python job.py start  < JSON lines   evalkit's checks, then write DIR/run.json and start the driver
-                                      in the background; print whether it runs (see start)
-  python job.py drive  --run-dir DIR    run DIR/run.json's steps in order (what start starts)
+                                      in the background; print whether it runs, then a line each
+                                      time the run moves on (see start)
+  python job.py drive  --run-dir DIR [--bell-fd FD]
+                                      run DIR/run.json's steps in order (what start starts)
   python job.py cancel --run-dir DIR [--grace SECONDS]
   python job.py state  --run-dir DIR    print the run's state as one EVALKIT-JOB line
 
@@ -20,6 +22,7 @@ whose driver is gone (or from before a reboot) is taken over.
 import argparse
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -132,8 +135,10 @@ def release_lock(path, run_id):
 
 # --- drive --------------------------------------------------------------------------------------
 
-def drive(run_dir):
+def drive(run_dir, bell_fd=None):
     os.setsid()  # our own session and process group: the SSH session can end, we go on
+    global BELL
+    BELL = bell_fd
     run = read_json(os.path.join(run_dir, "run.json"))
     os.environ[RUN_ID_VARIABLE] = run["run_id"]
     # Started in the background of an ssh command, the driver inherits SSH_CLIENT and SHLVL=0,
@@ -151,6 +156,7 @@ def drive(run_dir):
             return
         record["took_over_stale_lock"] = stale
     write_atomically(os.path.join(run_dir, "driver.json"), json.dumps(record))
+    ring()
     state, failed = "succeeded", None
     try:
         for index, step in enumerate(run["steps"]):
@@ -170,8 +176,10 @@ def start(timeout):
 
     {"helpers": {NAME: {"argv", "env", "pythonpath"}}}  (optional) run these scripts at once,
         answer {"helpers": {NAME: {"exit_code", "stdout", "stderr"}}} on an EVALKIT-JOB line;
-    {"run_dir", "run"}  write run.json, start the driver in the background, and report once it
-        holds the lock (driver.json) or has finished already (status.json: refused, crashed).
+    {"run_dir", "run"}  write run.json, start the driver in the background, and answer
+        {"status", "driver"} once it holds the lock (driver.json) or has finished already
+        (status.json: refused, crashed); then a {"ring": true} line each time the run moves on
+        (relay_bells), until it ends or stdin does.
 
     An empty stdin (EOF) means no run after all."""
     request = read_request()
@@ -179,13 +187,23 @@ def start(timeout):
         answer({"helpers": run_helpers(request["helpers"])})
         request = read_request()
     if request is None:
-        return None
+        return
     run_dir = request["run_dir"]
     os.makedirs(run_dir, exist_ok=True)
     write_atomically(os.path.join(run_dir, "run.json"), json.dumps(request["run"], ensure_ascii=False))
-    log = open(os.path.join(run_dir, "driver.log"), "wb")
-    driver = subprocess.Popen([sys.executable, "-u", os.path.abspath(__file__), "drive", "--run-dir", run_dir],
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    bell, bell_end = os.pipe()
+    os.set_blocking(bell_end, False)  # the driver never waits on the bell
+    with open(os.path.join(run_dir, "driver.log"), "wb") as log:
+        driver = subprocess.Popen([sys.executable, "-u", os.path.abspath(__file__), "drive", "--run-dir", run_dir,
+                                   "--bell-fd", str(bell_end)], pass_fds=(bell_end,),
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    os.close(bell_end)
+    answer(wait_for_driver(run_dir, driver, bell, timeout))
+    relay_bells(bell)
+
+
+def wait_for_driver(run_dir, driver, bell, timeout):
+    """{"status", "driver"} once the driver holds the lock or has finished (refused, crashed)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = read_json(os.path.join(run_dir, "status.json"))
@@ -196,7 +214,8 @@ def start(timeout):
         if code is not None and not os.path.exists(os.path.join(run_dir, "status.json")):
             return {"status": {"state": "crashed", "error": f"the driver exited with status {code}"},
                     "driver": None}
-        time.sleep(0.01)
+        if select.select([bell], [], [], 0.05)[0] and not os.read(bell, 4096):
+            time.sleep(0.01)  # the driver closed its bell: it is ending, and poll() will say how
     return {"status": None, "driver": None}
 
 
@@ -237,17 +256,57 @@ def run_helpers(helpers):
 def run_step(run_dir, index, command):
     base = os.path.join(run_dir, f"step-{index}")
     write_atomically(f"{base}.started", now())
+    ring()
     started = time.monotonic()
     with open(f"{base}.out", "wb") as out, open(f"{base}.err", "wb") as err:
         code = subprocess.call(["bash", "-c", command], stdin=subprocess.DEVNULL, stdout=out, stderr=err)
     # the exit code, then the step's own duration (a client attaching later cannot measure it)
     write_atomically(f"{base}.exit", f"{code}\n{time.monotonic() - started:.3f}\n")
+    ring()
     return code
 
 
 def finish(run_dir, state, **details):
     write_atomically(os.path.join(run_dir, "status.json"),
                      json.dumps(dict(details, state=state, finished_at=now())))
+    ring()
+
+
+# --- the bell -----------------------------------------------------------------------------------
+# The driver writes a byte to a pipe from its starter each time a file the client waits for
+# appears (driver.json, step-N.started, step-N.exit, status.json); the starter passes each one on
+# to the client, which looks at once instead of at its next poll. The files stay the truth: a
+# bell nobody hears (the client detached, the starter gone) changes nothing.
+
+BELL = None
+
+
+def ring():
+    global BELL
+    if BELL is None:
+        return
+    try:
+        os.write(BELL, b".")
+    except BlockingIOError:
+        pass  # a full pipe already holds a ring the starter has not passed on
+    except OSError:
+        BELL = None  # the starter is gone: nobody to tell
+
+
+def relay_bells(bell):
+    """Until the run ends (every write end of BELL closed) or the client goes (EOF or a closed
+    channel), one line on stdout for each ring."""
+    while True:
+        readable, _, _ = select.select([bell, sys.stdin], [], [])
+        if sys.stdin in readable and not os.read(sys.stdin.fileno(), 4096):
+            return
+        if bell in readable:
+            if not os.read(bell, 4096):
+                return
+            try:
+                answer({"ring": True})
+            except OSError:
+                return
 
 
 # --- cancel -------------------------------------------------------------------------------------
@@ -310,19 +369,20 @@ def main(argv):
     parser.add_argument("--run-dir", help="every action but start (which reads it from stdin)")
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=60.0, help="start: how long to wait for the driver")
+    parser.add_argument("--bell-fd", type=int, help="drive: the starter's bell (see ring)")
     args = parser.parse_args(argv)
+    if args.action == "start":
+        start(args.timeout)
+        return
     if args.action == "drive":
         try:
-            drive(args.run_dir)
+            drive(args.run_dir, args.bell_fd)
         except Exception as exc:  # the client is waiting on status.json: tell it, then fail loudly
             finish(args.run_dir, "crashed", error=f"{type(exc).__name__}: {exc}")
             raise
         return
-    actions = {"start": lambda: start(args.timeout), "cancel": lambda: cancel(args.run_dir, args.grace),
-               "state": lambda: state(args.run_dir)}
-    result = actions[args.action]()
-    if result is not None:
-        answer(result)
+    actions = {"cancel": lambda: cancel(args.run_dir, args.grace), "state": lambda: state(args.run_dir)}
+    answer(actions[args.action]())
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ def test_detach_then_attach_gives_the_attached_results(testbed, tmp_path):
     run_id = started.stdout.split("started run ")[1].split()[0]
     assert f"python -m evalkit attach {run_id}" in started.stdout
     assert not (testbed.results_dir / SPEC.name).exists()  # nothing pulled yet
+    _assert_no_starter_left(testbed)  # its channel closed: no one to ring for
 
     status = _evalkit(testbed, "status", run_id, "--config", str(testbed.config))
     assert status.returncode == 0 and run_id in status.stdout, status.stderr
@@ -233,10 +234,14 @@ def test_an_evaluation_refused_before_its_run_starts_leaves_no_run_and_no_starte
                           "--model-path", str(missing)], capture_output=True, text=True, timeout=120)
     assert run.returncode == MissingInput.exit_code, run.stderr
     assert not _run_dirs(testbed)
+    _assert_no_starter_left(testbed)
+
+
+def _assert_no_starter_left(bed) -> None:
     deadline = time.monotonic() + 10
-    while _starters_of(testbed) and time.monotonic() < deadline:  # the channel closed: EOF reaches it
+    while _starters_of(bed) and time.monotonic() < deadline:  # the channel closed: EOF reaches it
         time.sleep(0.1)
-    assert not _starters_of(testbed)
+    assert not _starters_of(bed)
 
 
 def test_the_starter_runs_evalkits_checks_in_its_env_and_without_a_run_ends_quietly(tmp_path):
@@ -253,3 +258,39 @@ def test_the_starter_runs_evalkits_checks_in_its_env_and_without_a_run_ends_quie
     assert json.loads(line.removeprefix("EVALKIT-JOB "))["helpers"]["one"] == {
         "exit_code": 3, "stdout": f"x; touch pwned marked {tmp_path}\n", "stderr": "to stderr"}
     assert not list(tmp_path.rglob("pwned")) and not list(tmp_path.rglob("run.json"))
+
+
+def test_the_starter_rings_as_the_run_moves_on_and_ends_with_it_though_its_stdin_stays_open(tmp_path):
+    # the client's doorbell: it looks at the run's files when a line comes, not at its next poll
+    run_dir = tmp_path / "run"
+    steps = [{"name": name, "title": name, "command": "true"} for name in ("first", "second")]
+    starter = subprocess.Popen([sys.executable, str(REPO / "evalkit" / "remote" / "job.py"), "start"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    starter.stdin.write(json.dumps({"run_dir": str(run_dir), "run": {"run_id": "bell", "steps": steps}}) + "\n")
+    starter.stdin.flush()
+    try:
+        answer, *rings = starter.stdout.read().splitlines()  # to its end: stdin is still open
+        assert starter.wait(timeout=60) == 0
+    finally:
+        starter.kill()
+        starter.stdin.close()
+    assert json.loads(answer.removeprefix("EVALKIT-JOB "))["driver"]["pid"] > 0
+    assert rings and set(rings) == {'EVALKIT-JOB {"ring": true}'}
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "succeeded"
+
+
+def test_a_detached_client_leaves_the_starter_to_end_and_the_driver_to_go_on(tmp_path):
+    run_dir = tmp_path / "run"
+    steps = [{"name": "slow", "title": "slow", "command": f"sleep 1 && touch {tmp_path / 'done'}"}]
+    starter = subprocess.Popen([sys.executable, str(REPO / "evalkit" / "remote" / "job.py"), "start"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    starter.stdin.write(json.dumps({"run_dir": str(run_dir), "run": {"run_id": "gone", "steps": steps}}) + "\n")
+    starter.stdin.flush()
+    assert starter.stdout.readline().startswith("EVALKIT-JOB ")
+    starter.stdin.close()  # what closing the channel does
+    assert starter.wait(timeout=10) == 0
+    deadline = time.monotonic() + 30
+    while not (run_dir / "status.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "succeeded"
+    assert (tmp_path / "done").exists()
