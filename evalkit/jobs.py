@@ -8,6 +8,7 @@ no output line is lost or shown twice.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import posixpath
 import time
@@ -16,8 +17,9 @@ from typing import BinaryIO, Callable, Iterator
 
 from .config import Settings
 from .errors import ConnectError, ConnectionLost, RemoteStepFailed, RunLocked
-from .pipeline import TAIL_LINES, Reporter, RunOutcome, StepResult, remember, now_iso
-from .plan import LOCK_NAME, HelperCall, Plan, Step, job_command, start_run_command
+from .pipeline import (TAIL_LINES, Reporter, RunOutcome, StepResult, helper_names, helper_source, helper_sources,
+                       now_iso, remember)
+from .plan import BOOTSTRAP_NAME, LOCK_NAME, HelperCall, Plan, Step, job_command, start_run_command
 from .progress import StreamSplitter, last_marked_json
 from .ssh import Connection, PendingCommand
 
@@ -40,17 +42,38 @@ class RemoteRun:
         return posixpath.join(self.directory, name)
 
 
-def prepare_start(connection: Connection, settings: Settings) -> PendingCommand:
+def prepare_start(connection: Connection, settings: Settings, helpers: dict[str, bytes]) -> PendingCommand:
     """job.py start, begun before the run is known: its login shell and the env's activation
-    happen beside the inspection rather than after it. Needs job.py uploaded."""
-    return connection.start_command(start_run_command(settings, START_TIMEOUT))
+    serve the checks and the run. Returns once HELPERS (name -> source; job.py among them) are
+    current on the server: its bootstrap asks only for those that differ, so an unchanged
+    evalkit costs no upload at all, and a failing `activate` is reported here."""
+    starter = connection.start_command(start_run_command(settings, START_TIMEOUT, helper_source(BOOTSTRAP_NAME)
+                                                         .decode("utf-8")))
+    digests = {name: hashlib.sha256(source).hexdigest() for name, source in helpers.items()}
+    answered = starter.ask(_line({"files": digests}), JOB_MARKER, START_TIMEOUT)
+    if answered is not None and answered.get("missing"):
+        sent = {name: helpers[name].decode("utf-8") for name in answered["missing"]}
+        answered = starter.ask(_line({"files": sent}), JOB_MARKER, START_TIMEOUT)
+    if answered is None:
+        exit_code, stdout, stderr = starter.finish(b"", START_TIMEOUT)
+        tail = (stderr or stdout).decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
+        raise RemoteStepFailed(
+            f"starting evalkit on the server failed with status {exit_code}\nits output:\n"
+            + "\n".join(f"  {line}" for line in tail),
+            f"check the `activate` ({settings.activate}) and `python` ({settings.python}) settings: "
+            "the env must start in a login shell (python -m evalkit doctor)")
+    return starter
+
+
+def _line(message: dict) -> bytes:
+    return json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
 def run_helpers(starter: PendingCommand, calls: dict[str, HelperCall],
                 timeout: float) -> dict[str, tuple[int, bytes, bytes]]:
     """CALLS, all at once, by the starter in its activated env: (exit status, stdout, stderr) of
-    each. When the starter itself failed (the env did not activate), each gets its status and
-    output, so the caller reports that failure as its own."""
+    each. When the starter ended instead of answering, each gets its status and output, so the
+    caller reports that failure as its own."""
     request = json.dumps({"helpers": {name: call.as_dict() for name, call in calls.items()}}).encode() + b"\n"
     answered = starter.ask(request, JOB_MARKER, timeout)
     if answered is None:
@@ -70,7 +93,7 @@ def start(connection: Connection, settings: Settings, plan: Plan, run: RemoteRun
     spec = {"run_id": run.run_id, "lock": posixpath.join(plan.output_dir, LOCK_NAME),
             "steps": [{"name": s.name, "title": s.title, "command": s.command} for s in run.steps]}
     request = json.dumps({"run_dir": run.directory, "run": spec}, ensure_ascii=False).encode("utf-8") + b"\n"
-    starter = starter or prepare_start(connection, settings)
+    starter = starter or prepare_start(connection, settings, helper_sources(helper_names(settings)))
     timeout = START_TIMEOUT + settings.connect_timeout * 4
     started = starter.ask(request, JOB_MARKER, timeout)
     if started is None:
@@ -181,8 +204,8 @@ class Follower:
             pause = min(pause * 1.5, SLOWEST_POLL)
 
     def _pause(self, seconds: float) -> None:
-        """SECONDS, or less when the doorbell rings; without one (attached later, or after a
-        reconnect) the polls alone find each step's end."""
+        """SECONDS, or less when the doorbell rings; without one (attached later, after a
+        reconnect, or once the run has ended) the polls alone find each step's end."""
         if self.doorbell is None or not self.doorbell.wait_for_output(seconds):
             time.sleep(seconds)
 

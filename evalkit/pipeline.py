@@ -64,15 +64,25 @@ def helper_source(name: str) -> bytes:
     return resources.files("evalkit.remote").joinpath(name).read_bytes()
 
 
-def upload_helpers(connection: Connection, settings: Settings, extra: tuple[str, ...] = ()) -> None:
-    """evalkit's own server-side scripts: the read-only inspector, the job runner, the CPU
-    launcher (--device cpu), EXTRA."""
+def helper_sources(names: list[str]) -> dict[str, bytes]:
+    return {name: helper_source(name) for name in names}
+
+
+def helper_names(settings: Settings, extra: tuple[str, ...] = ()) -> list[str]:
+    """evalkit's own server-side scripts a run needs: the read-only inspector, the job runner,
+    the CPU launcher (--device cpu), the fast KNN (--knn fast), EXTRA."""
     names = [INSPECTOR_NAME, JOB_RUNNER_NAME, *extra]
     if settings.device == "cpu":
         names.append(CPU_LAUNCHER_NAME)
     if settings.knn == "fast":
         names.append(FAST_KNN_NAME)
-    for name in names:
+    return names
+
+
+def upload_helpers(connection: Connection, settings: Settings, extra: tuple[str, ...] = ()) -> None:
+    """helper_names' scripts, each uploaded over SFTP (the starter's bootstrap sends only changed
+    ones: see jobs.prepare_start)."""
+    for name in helper_names(settings, extra):
         upload_helper(connection, settings, name)
 
 

@@ -20,6 +20,7 @@ CPU_LAUNCHER_NAME = "cpu_launch.py"
 INSPECTOR_NAME = "inspect_outputs.py"
 FAST_KNN_NAME = "fast_knn.py"
 JOB_RUNNER_NAME = "job.py"
+BOOTSTRAP_NAME = "bootstrap.py"  # sent inline, never uploaded
 CHECK_STEPS = ("verify", "check_predictions")  # evalkit's own steps among upstream's
 LOCK_NAME = ".evalkit-lock"
 MANIFEST_NAME = "manifest.json"
@@ -356,11 +357,13 @@ def run_dir(settings: Settings, run_id: str) -> str:
     return posixpath.join(settings.output_root, ".evalkit", "runs", run_id)
 
 
-def start_run_command(settings: Settings, timeout: float) -> str:
-    """job.py start: reads the run from stdin, starts its driver in the background, every stream
-    redirected so the run does not depend on the SSH session; answers once the driver holds the
-    lock, or could not."""
-    argv = [settings.python, "-u", helper_path(settings, JOB_RUNNER_NAME), "start", "--timeout", f"{timeout:g}"]
+def start_run_command(settings: Settings, timeout: float, bootstrap: str) -> str:
+    """job.py start, through BOOTSTRAP (remote/bootstrap.py's source, given inline): that first
+    makes evalkit's scripts on the server current from stdin, then job.py reads the run, starts
+    its driver in the background, every stream redirected so the run does not depend on the SSH
+    session, and answers once the driver holds the lock, or could not."""
+    argv = [settings.python, "-u", "-c", bootstrap, posixpath.dirname(helper_path(settings, JOB_RUNNER_NAME)),
+            JOB_RUNNER_NAME, "start", "--timeout", f"{timeout:g}"]
     return f"{settings.activate} && {shlex.join(argv)}"
 
 

@@ -21,8 +21,8 @@ from .doctor_service import preflight
 from .errors import EvalkitError, OutputsNotReady
 from .jobs import RemoteRun
 from .outputs import ServerFacts
-from .pipeline import (Reporter, RunOutcome, facts_from, facts_printed, fetch_results, read_facts,
-                       upload_helper, upload_helpers)
+from .pipeline import (Reporter, RunOutcome, facts_from, facts_printed, fetch_results, helper_names,
+                       helper_sources, read_facts, upload_helper)
 from .plan import (JOB_RUNNER_NAME, Plan, Request, Step, build_plan, checkpoint_output_dir, inspect_call,
                    inspect_command, resolve_checkpoint, run_dir)
 from .runs import RunRecord
@@ -55,11 +55,12 @@ def evaluate(settings: Settings, request: Request, reporter: Reporter,
     returned as soon as they started, else they are followed to the end.
     """
     with _connect(settings) as connection:
-        # connected (host key and auth checked) before any local file is created
-        upload_helpers(connection, settings, extra=(PROBE_NAME,) if request.runs_extraction else ())
+        # connected (host key and auth checked) before any local file is created.
         # Every remote command waits on a login shell of its own (~/.bashrc, conda init): the
-        # run's starter is begun first, and its activated env runs the checks before the run.
-        starter = jobs.prepare_start(connection, settings)
+        # run's starter is begun first; it brings evalkit's scripts up to date, and its activated
+        # env runs the checks before the run.
+        helpers = helper_sources(helper_names(settings, extra=(PROBE_NAME,) if request.runs_extraction else ()))
+        starter = jobs.prepare_start(connection, settings, helpers)
         try:
             return _check_start_follow(connection, settings, request, reporter, detach, starter)
         finally:

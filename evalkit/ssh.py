@@ -440,17 +440,15 @@ class PendingCommand:
             self.channel.close()
 
     def wait_for_output(self, timeout: float) -> bool:
-        """Whether the command printed something within TIMEOUT (dropped unread: a ring); False
-        at once when it has ended or the link is gone."""
+        """Wait up to TIMEOUT for the command to print something (read and dropped: a ring).
+        False, at once, when it has ended or the link is gone: the caller must wait otherwise."""
         channel = self.channel
         if channel.closed or channel.eof_received or not channel.get_transport().is_active():
             return False
         select.select([channel], [], [], timeout)
-        printed = False
         while channel.recv_ready() or channel.recv_stderr_ready():
             channel.recv(_CHUNK) if channel.recv_ready() else channel.recv_stderr(_CHUNK)
-            printed = True
-        return printed or channel.eof_received
+        return True
 
     def abandon(self) -> None:
         """Not needed after all: the command sees an empty stdin (EOF) and ends."""

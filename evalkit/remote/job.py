@@ -5,7 +5,7 @@ Usage (on the server; standard library only):
                                       in the background; print whether it runs, then a line each
                                       time the run moves on (see start)
   python job.py drive  --run-dir DIR [--bell-fd FD]
-                                      run DIR/run.json's steps in order (what start starts)
+                                      run DIR/run.json's steps in order (what start forks)
   python job.py cancel --run-dir DIR [--grace SECONDS]
   python job.py state  --run-dir DIR    print the run's state as one EVALKIT-JOB line
 
@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 MARKER = "EVALKIT-JOB "
 RUN_ID_VARIABLE = "EVALKIT_RUN_ID"
@@ -170,6 +171,14 @@ def drive(run_dir, bell_fd=None):
     finish(run_dir, state, failed_step=failed)
 
 
+def drive_or_report(run_dir, bell_fd=None):
+    try:
+        drive(run_dir, bell_fd)
+    except Exception as exc:  # the client is waiting on status.json: tell it, then fail loudly
+        finish(run_dir, "crashed", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
 def start(timeout):
     """The client's first command, before it knows the run: its login shell and the env's
     activation serve evalkit's read-only checks too. From stdin, one JSON line each:
@@ -193,13 +202,36 @@ def start(timeout):
     write_atomically(os.path.join(run_dir, "run.json"), json.dumps(request["run"], ensure_ascii=False))
     bell, bell_end = os.pipe()
     os.set_blocking(bell_end, False)  # the driver never waits on the bell
-    with open(os.path.join(run_dir, "driver.log"), "wb") as log:
-        driver = subprocess.Popen([sys.executable, "-u", os.path.abspath(__file__), "drive", "--run-dir", run_dir,
-                                   "--bell-fd", str(bell_end)], pass_fds=(bell_end,),
-                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    driver = fork_driver(run_dir, bell, bell_end)
     os.close(bell_end)
     answer(wait_for_driver(run_dir, driver, bell, timeout))
     relay_bells(bell)
+
+
+def fork_driver(run_dir, bell, bell_end):
+    """The driver, as a child of this process (no second interpreter to start), its streams in
+    DIR/driver.log rather than on the SSH session's pipes; its pid."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.close(bell)
+        null = os.open(os.devnull, os.O_RDONLY)
+        log = os.open(os.path.join(run_dir, "driver.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(null)
+        os.close(log)
+        drive_or_report(run_dir, bell_end)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)  # never back into the starter's code
 
 
 def wait_for_driver(run_dir, driver, bell, timeout):
@@ -210,12 +242,12 @@ def wait_for_driver(run_dir, driver, bell, timeout):
         started = read_json(os.path.join(run_dir, "driver.json"))
         if status or started:
             return {"status": status, "driver": started}
-        code = driver.poll()
-        if code is not None and not os.path.exists(os.path.join(run_dir, "status.json")):
-            return {"status": {"state": "crashed", "error": f"the driver exited with status {code}"},
+        ended, code = os.waitpid(driver, os.WNOHANG)
+        if ended and not os.path.exists(os.path.join(run_dir, "status.json")):
+            return {"status": {"state": "crashed", "error": f"the driver exited with status {code >> 8}"},
                     "driver": None}
         if select.select([bell], [], [], 0.05)[0] and not os.read(bell, 4096):
-            time.sleep(0.01)  # the driver closed its bell: it is ending, and poll() will say how
+            time.sleep(0.01)  # the driver closed its bell: it is ending, and waitpid will say how
     return {"status": None, "driver": None}
 
 
@@ -375,11 +407,7 @@ def main(argv):
         start(args.timeout)
         return
     if args.action == "drive":
-        try:
-            drive(args.run_dir, args.bell_fd)
-        except Exception as exc:  # the client is waiting on status.json: tell it, then fail loudly
-            finish(args.run_dir, "crashed", error=f"{type(exc).__name__}: {exc}")
-            raise
+        drive_or_report(args.run_dir, args.bell_fd)
         return
     actions = {"cancel": lambda: cancel(args.run_dir, args.grace), "state": lambda: state(args.run_dir)}
     answer(actions[args.action]())

@@ -3,6 +3,7 @@ mid-extraction, Ctrl-C, detach and attach, two runs on one checkpoint, a stale l
 output. The run itself lives on the server (remote/job.py); the client only follows it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import os
@@ -98,11 +99,13 @@ def test_ctrl_c_cancels_the_remote_run_and_leaves_nothing_running(testbed):
     run_dir = _wait_for_extraction(testbed)
     run_id = run_dir.name
     assert _processes_of(run_id), "the run should be running on the server"
+    assert _starters_of(testbed), "the attached client's doorbell"
     client.send_signal(signal.SIGINT)
     out, err = client.communicate(timeout=60)
     assert client.returncode == INTERRUPTED_EXIT_CODE, err + out
     assert f"cancelled run {run_id}: no process of it remains on the server" in out
     assert _processes_of(run_id) == []
+    _assert_no_starter_left(testbed)
     assert json.loads((run_dir / "status.json").read_text())["state"] == "cancelled"
     assert not list(testbed.server_outputs.rglob(".evalkit-lock"))  # the checkpoint is free again
 
@@ -215,15 +218,18 @@ def test_the_steps_do_not_read_bashrc_again_as_bash_does_for_a_shell_it_thinks_s
 
 
 def _starters_of(bed) -> list[int]:
-    """job.py start processes of this test bed: begun with every evaluation, before it is known."""
-    job_py = str(bed.server_outputs / ".evalkit" / "job.py").encode()
+    """job.py start processes of this test bed, begun with every evaluation before it is known;
+    not the drivers forked from them (driver.json names each)."""
+    folder = str(bed.server_outputs / ".evalkit").encode()
+    drivers = {json.loads((run_dir / "driver.json").read_text())["pid"]
+               for run_dir in _run_dirs(bed) if (run_dir / "driver.json").exists()}
     found = []
     for entry in Path("/proc").iterdir():
         try:
             command = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if entry.name.isdigit() and job_py in command and b"start" in command:
+        if entry.name.isdigit() and folder in command and b"start" in command and int(entry.name) not in drivers:
             found.append(int(entry.name))
     return found
 
@@ -294,3 +300,46 @@ def test_a_detached_client_leaves_the_starter_to_end_and_the_driver_to_go_on(tmp
         time.sleep(0.1)
     assert json.loads((run_dir / "status.json").read_text())["state"] == "succeeded"
     assert (tmp_path / "done").exists()
+
+
+BOOTSTRAP = (REPO / "evalkit" / "remote" / "bootstrap.py").read_text()
+
+
+def _bootstrap(folder: Path, stdin: str) -> list[str]:
+    """remote/bootstrap.py as the starter's command runs it: inline, then FOLDER/hello.py."""
+    done = subprocess.run([sys.executable, "-u", "-c", BOOTSTRAP, str(folder), "hello.py", "an argument"],
+                          input=stdin, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+HELLO = "import sys; print('hello', sys.argv[1:], sys.stdin.readline().strip())\n"
+OTHER = "# another helper\n"
+
+
+def _digests(files: dict[str, str]) -> str:
+    return json.dumps({"files": {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()}})
+
+
+def test_the_bootstrap_writes_what_the_server_lacks_then_runs_the_script_on_the_rest_of_stdin(tmp_path):
+    folder = tmp_path / "fresh server" / ".evalkit"
+    files = {"hello.py": HELLO, "other.py": OTHER}
+    lines = _bootstrap(folder, _digests(files) + "\n" + json.dumps({"files": files}) + "\nthe rest\n")
+    assert lines == ['EVALKIT-JOB {"missing": ["hello.py", "other.py"]}',
+                     'EVALKIT-JOB {"written": ["hello.py", "other.py"]}',
+                     "hello ['an argument'] the rest"]
+    assert {p.name: p.read_text() for p in folder.iterdir()} == files  # and no temporary file left
+
+
+def test_the_bootstrap_asks_only_for_scripts_that_differ(tmp_path):
+    folder = tmp_path / ".evalkit"
+    folder.mkdir()
+    (folder / "hello.py").write_text(HELLO)
+    (folder / "other.py").write_text("# an older evalkit's\n")
+    before = (folder / "hello.py").stat().st_mtime_ns
+    files = {"hello.py": HELLO, "other.py": OTHER}
+    lines = _bootstrap(folder, _digests(files) + "\n" + json.dumps({"files": {"other.py": OTHER}}) + "\nmore\n")
+    assert lines[:2] == ['EVALKIT-JOB {"missing": ["other.py"]}', 'EVALKIT-JOB {"written": ["other.py"]}']
+    assert (folder / "other.py").read_text() == OTHER and (folder / "hello.py").stat().st_mtime_ns == before
+    assert _bootstrap(folder, _digests(files) + "\nagain\n") == [
+        'EVALKIT-JOB {"missing": []}', "hello ['an argument'] again"]

@@ -181,6 +181,6 @@ def test_an_unknown_dataset_is_named_before_anything_runs(testbed):
 def test_an_activate_command_that_fails_is_named(testbed):
     testbed.write_config(activate="source /nonexistent/conda.sh && conda activate training")
     run = _evaluate(testbed)
-    _assert_clean_failure(run, RemoteStepFailed.exit_code, "checking the server's files failed",
+    _assert_clean_failure(run, RemoteStepFailed.exit_code, "starting evalkit on the server failed",
                           "/nonexistent/conda.sh", "`activate`")
     assert not testbed.results_dir.exists()
