@@ -89,7 +89,7 @@ def checkpoint_probe_command(settings: Settings, checkpoint: str) -> str:
 def _probe_call(settings: Settings, probe_args: list[str]) -> HelperCall:
     # The environment of an upstream step (see plan._StepBuilder.python).
     root = settings.chinese_clip_dir
-    return HelperCall((settings.python, "-u", helper_path(settings, PROBE_NAME), *probe_args),
+    return HelperCall(settings.python, helper_path(settings, PROBE_NAME), tuple(probe_args),
                       (("CUDA_VISIBLE_DEVICES", str(settings.gpu)),), (root, posixpath.join(root, "cn_clip")))
 
 

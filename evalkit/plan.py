@@ -167,12 +167,21 @@ class HelperCall:
     """One of evalkit's server scripts as the run's starter runs it (remote/job.py start): in
     the env it activated already, rather than in a login shell of its own."""
 
-    argv: tuple[str, ...]
+    python: str
+    script: str
+    args: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()  # variables set
     pythonpath: tuple[str, ...] = ()       # directories put before the env's PYTHONPATH
 
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The command line that runs it on its own (in a login shell)."""
+        return (self.python, "-u", self.script, *self.args)
+
     def as_dict(self) -> dict:
-        return {"argv": list(self.argv), "env": dict(self.env), "pythonpath": list(self.pythonpath)}
+        """What the starter needs: it is that python already (see remote/job.py run_helpers)."""
+        return {"script": self.script, "args": list(self.args), "env": dict(self.env),
+                "pythonpath": list(self.pythonpath)}
 
 
 def inspect_command(settings: Settings, request: Request, checkpoint: str | None,
@@ -190,18 +199,17 @@ def inspect_call(settings: Settings, request: Request, checkpoint: str | None,
     line per image or text, else the check exits non-zero.
     """
     images, texts = dataset_paths(settings, request.dataset, request.split)
-    argv = [settings.python, "-u", helper_path(settings, INSPECTOR_NAME),
-            "--images", images, "--texts", texts, "--datapath", settings.datapath]
+    args = ["--images", images, "--texts", texts, "--datapath", settings.datapath]
     if checkpoint:
         out = checkpoint_output_dir(settings, request.dataset, request.split, checkpoint)
-        argv += ["--out", out, "--checkpoint", checkpoint]
+        args += ["--out", out, "--checkpoint", checkpoint]
     else:
-        argv += ["--latest-under", posixpath.join(settings.output_root, request.dataset, request.split)]
+        args += ["--latest-under", posixpath.join(settings.output_root, request.dataset, request.split)]
     for name, relative in OutputFiles("", request.split).checked_files().items():
-        argv += ["--file", f"{name}={relative}"]
+        args += ["--file", f"{name}={relative}"]
     for name in require_complete:
-        argv += ["--require-complete", name]
-    return HelperCall(tuple(argv))
+        args += ["--require-complete", name]
+    return HelperCall(settings.python, helper_path(settings, INSPECTOR_NAME), tuple(args))
 
 
 def _in_stage_order(steps: list[Step]) -> list[Step]:

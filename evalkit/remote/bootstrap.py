@@ -8,7 +8,9 @@ script need be on the server yet. From stdin, one JSON line each:
                               answer {"written": [NAME...]}.
 
 Then FOLDER/SCRIPT runs in this process with ARGS, reading the rest of stdin. An unchanged
-evalkit so costs no upload at all, and a new one only what changed.
+evalkit so costs no upload at all, and a new one only what changed. It runs before any of
+evalkit's scripts is known to be on the server, so it shares no code with them (job.py speaks
+the same JSON lines).
 """
 import hashlib
 import json

@@ -22,6 +22,7 @@ whose driver is gone (or from before a reboot) is taken over.
 import argparse
 import json
 import os
+import runpy
 import select
 import signal
 import subprocess
@@ -242,9 +243,9 @@ def wait_for_driver(run_dir, driver, bell, timeout):
         started = read_json(os.path.join(run_dir, "driver.json"))
         if status or started:
             return {"status": status, "driver": started}
-        ended, code = os.waitpid(driver, os.WNOHANG)
+        ended, status = os.waitpid(driver, os.WNOHANG)
         if ended and not os.path.exists(os.path.join(run_dir, "status.json")):
-            return {"status": {"state": "crashed", "error": f"the driver exited with status {code >> 8}"},
+            return {"status": {"state": "crashed", "error": f"the driver exited with status {exit_code_of(status)}"},
                     "driver": None}
         if select.select([bell], [], [], 0.05)[0] and not os.read(bell, 4096):
             time.sleep(0.01)  # the driver closed its bell: it is ending, and waitpid will say how
@@ -262,27 +263,70 @@ def answer(result):
 
 
 def run_helpers(helpers):
-    """Run every helper at once; each one's exit code and output (text: undecodable bytes
-    survive as surrogates)."""
+    """Run every helper at once, each in a child forked from this process (this is the python
+    they would run under: no interpreter to start); each one's exit code and output (text:
+    undecodable bytes survive as surrogates)."""
     running = {}
     for name, call in helpers.items():
-        env = dict(os.environ, **call.get("env", {}))
-        paths = call.get("pythonpath", []) + [path for path in [env.get("PYTHONPATH")] if path]
-        if paths:
-            env["PYTHONPATH"] = os.pathsep.join(paths)
         outputs = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # no pipe to fill up
-        running[name] = (subprocess.Popen(call["argv"], stdin=subprocess.DEVNULL, stdout=outputs[0],
-                                          stderr=outputs[1], env=env), outputs)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            run_helper(call, outputs[0].fileno(), outputs[1].fileno())
+        running[name] = (pid, outputs)
     answers = {}
-    for name, (process, outputs) in running.items():
-        code = process.wait()
+    for name, (pid, outputs) in running.items():
+        _, status = os.waitpid(pid, 0)
         texts = []
         for output in outputs:
             output.seek(0)
             texts.append(output.read().decode("utf-8", "surrogateescape"))
             output.close()
-        answers[name] = {"exit_code": code, "stdout": texts[0], "stderr": texts[1]}
+        answers[name] = {"exit_code": exit_code_of(status), "stdout": texts[0], "stderr": texts[1]}
     return answers
+
+
+def run_helper(call, stdout_fd, stderr_fd):
+    """In a forked child: CALL's script as `python -u SCRIPT ARGS` would run it, with its env and
+    PYTHONPATH; never returns."""
+    code = 1
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+        for fd, target in ((null, 0), (stdout_fd, 1), (stderr_fd, 2)):
+            os.dup2(fd, target)
+        os.environ.update(call.get("env", {}))
+        paths = list(call.get("pythonpath", []))
+        if paths:  # for whatever the script starts, as in its own login shell
+            os.environ["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        sys.path[:1] = [os.path.dirname(os.path.abspath(call["script"])), *paths]  # -c's '' was first
+        sys.argv = [call["script"], *call.get("args", [])]
+        try:
+            runpy.run_path(call["script"], run_name="__main__")
+            code = 0
+        except SystemExit as exc:
+            code = exit_status(exc.code)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def exit_code_of(status):
+    """A waitpid status as subprocess reports it: the exit code, or minus the signal."""
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+
+
+def exit_status(code):
+    """The process status sys.exit(CODE) gives."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
 
 
 def run_step(run_dir, index, command):

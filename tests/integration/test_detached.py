@@ -252,17 +252,19 @@ def _assert_no_starter_left(bed) -> None:
 
 def test_the_starter_runs_evalkits_checks_in_its_env_and_without_a_run_ends_quietly(tmp_path):
     # remote/job.py start: begun before the client knows the run, it answers the checks first
-    script = ("import os, sys; print(sys.argv[1], os.environ['MARK'], os.environ['PYTHONPATH'].split(os.pathsep)[0]);"
-              " sys.stderr.write('to stderr'); sys.exit(3)")
-    helpers = {"one": {"argv": [sys.executable, "-c", script, "x; touch pwned"], "env": {"MARK": "marked"},
-                       "pythonpath": [str(tmp_path)]}}
+    script = tmp_path / "helper.py"
+    script.write_text("import os, sys; print(sys.argv[1], os.environ['MARK'], os.environ['PYTHONPATH'].split(os.pathsep)[0],"
+                      " sys.path[1]); sys.stderr.write('to stderr'); sys.exit(3)")
+    helpers = {"one": {"script": str(script), "args": ["x; touch pwned"], "env": {"MARK": "marked"},
+                       "pythonpath": [str(tmp_path / "lib")]}}
     done = subprocess.run([sys.executable, str(REPO / "evalkit" / "remote" / "job.py"), "start"],
                           input=json.dumps({"helpers": helpers}) + "\n", capture_output=True, text=True,
                           cwd=tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr
     [line] = [line for line in done.stdout.splitlines() if line.startswith("EVALKIT-JOB ")]
     assert json.loads(line.removeprefix("EVALKIT-JOB "))["helpers"]["one"] == {
-        "exit_code": 3, "stdout": f"x; touch pwned marked {tmp_path}\n", "stderr": "to stderr"}
+        "exit_code": 3, "stdout": f"x; touch pwned marked {tmp_path / 'lib'} {tmp_path / 'lib'}\n",
+        "stderr": "to stderr"}
     assert not list(tmp_path.rglob("pwned")) and not list(tmp_path.rglob("run.json"))
 
 
