@@ -155,7 +155,7 @@ def knn_speedup(knn_results: dict) -> float:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5, help="alternating runs of each side (a, b)")
+    parser.add_argument("--runs", type=int, default=9, help="alternating runs of each side (a, b)")
     parser.add_argument("--knn-runs", type=int, default=3, help="runs of each side for d (minutes each)")
     parser.add_argument("--skip-knn", action="store_true", help="leave out d")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "run.json")

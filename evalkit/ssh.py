@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 import os
 import posixpath
 import secrets
@@ -16,12 +17,23 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import paramiko
+# paramiko imports invoke at once (and with it asyncio and unittest.mock: ~40 ms of every run's
+# start) only to run a `Match exec` line of an ssh config that paramiko parses itself, and works
+# without it. OpenSSH parses the config here (ssh -G); the fallback lends paramiko invoke first.
+_INVOKE_BLOCKED = "invoke" not in sys.modules
+if _INVOKE_BLOCKED:
+    sys.modules["invoke"] = None  # type: ignore[assignment]  # import raises ImportError
+try:
+    import paramiko
+finally:
+    if _INVOKE_BLOCKED:
+        del sys.modules["invoke"]
 
 from .errors import AuthenticationError, ConnectError, ConnectionLost, HostKeyError
 from .progress import last_marked_json
@@ -121,11 +133,21 @@ def _ssh_g(alias: str, config: Path) -> dict[str, list[str]]:
 
 
 def _paramiko_lookup(alias: str, config: Path) -> dict[str, list[str]]:
+    _lend_paramiko_invoke()
     found = paramiko.SSHConfig.from_path(str(config)).lookup(alias) if config.exists() else {}
     options = {key: value if isinstance(value, list) else str(value).split()
                if key.endswith("knownhostsfile") else [str(value)] for key, value in found.items()}
     options.setdefault("userknownhostsfile", ["~/.ssh/known_hosts"])
     return options
+
+
+def _lend_paramiko_invoke() -> None:
+    """For `Match exec` (see the import of paramiko above)."""
+    if getattr(paramiko.config, "invoke", None) is None:
+        try:
+            paramiko.config.invoke = importlib.import_module("invoke")
+        except ImportError:
+            pass  # paramiko names the missing module itself when a Match exec line needs it
 
 
 def _jump_hops(options: dict[str, list[str]]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import paramiko
@@ -94,6 +95,20 @@ def test_included_file_defines_hosts_too(resolver, ssh_config, request):
                    "does not follow Include", strict=True))
     target = resolve_target("third", ssh_config)
     assert (target.hostname, target.port, target.user) == ("10.0.0.3", 2022, "carol")
+
+
+def test_match_exec_lines_run_as_ssh_runs_them(resolver, tmp_path):
+    (tmp_path / "no-ssh-here").mkdir(exist_ok=True)  # a shell for paramiko's fallback, not ssh
+    (tmp_path / "no-ssh-here" / "bash").symlink_to(next(p for p in ("/bin/bash", "/usr/bin/bash")
+                                                        if Path(p).exists()))
+    config = tmp_path / "match_config"
+    config.write_text('Match exec "false"\n  Port 2001\n\nMatch exec "true"\n  Port 2002\n\n'
+                      "Host *\n  HostName 10.0.0.9\n")
+    # in a process of its own, as evalkit runs: paramiko's runner reads stdin, which pytest holds
+    resolved = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from evalkit.ssh import "
+                               "resolve_target; print(resolve_target('anything', Path(sys.argv[1])).port)", str(config)],
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert resolved.stdout.strip() == "2002", resolved.stderr
 
 
 def test_port_22_is_named_bare_in_known_hosts(resolver, ssh_config):
