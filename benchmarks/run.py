@@ -84,27 +84,46 @@ class Bed:
         os.link(self.checkpoint, path)
         return path
 
+    def plan(self, checkpoint: Path | None = None):
+        return build_plan(self.settings, Request(DATASET, "valid", str(checkpoint or self.checkpoint), "RN50",
+                                                 "RBT3-chinese"))
+
     def by_hand(self) -> float:
         """The upstream commands evalkit runs, chained in one ssh call as a user would type them."""
-        plan = build_plan(self.settings, Request(DATASET, "valid", str(self.checkpoint), "RN50", "RBT3-chinese"))
-        chain = " && ".join(step.command for step in plan.steps if step.name not in CHECK_STEPS)
+        chain = " && ".join(step.command for step in self.plan().steps if step.name not in CHECK_STEPS)
         return timed(["ssh", "-F", str(self.ssh_config), ALIAS, chain])
+
+
+def outside_the_steps(plan, started: float, seconds: float) -> dict:
+    """Where a run's time went besides the upstream steps, from the files the first step (the
+    copy of the texts) and the last (image→text recall) write: the same two files on both sides."""
+    first_done = os.stat(plan.files.texts_copy).st_mtime
+    last_done = os.stat(plan.files.i2t_result).st_mtime
+    return {"before_first_step": first_done - started, "after_last_step": started + seconds - last_done}
 
 
 def overhead(bed: Bed, runs: int) -> dict:
     config = bed.config("overhead")
     bed.evalkit(config)  # warm: uploads the launcher the hand-typed commands use, fills the page cache
-    tool, hand = [], []
+    tool, hand, spans = [], [], {"tool": [], "hand": []}
     for index in range(runs):
         checkpoint = bed.new_checkpoint(f"overhead-{index}")
-        pair = [("tool", lambda: bed.evalkit(config, checkpoint=checkpoint)), ("hand", bed.by_hand)]
-        for name, run in (pair if index % 2 == 0 else pair[::-1]):
-            (tool if name == "tool" else hand).append(run())
+        pair = [("tool", lambda: bed.evalkit(config, checkpoint=checkpoint), bed.plan(checkpoint)),
+                ("hand", bed.by_hand, bed.plan())]
+        for name, run, plan in (pair if index % 2 == 0 else pair[::-1]):
+            started = time.time()
+            seconds = run()
+            (tool if name == "tool" else hand).append(seconds)
+            spans[name].append(outside_the_steps(plan, started, seconds))
     # each run against the one beside it too: that cancels the drift of a shared machine
     paired = [a / b for a, b in zip(tool, hand)]
     return {"tool_seconds": tool, "by_hand_seconds": hand, "paired_ratios": paired,
             "median_paired_ratio": statistics.median(paired),
-            "ratio": statistics.median(tool) / statistics.median(hand)}
+            "ratio": statistics.median(tool) / statistics.median(hand),
+            "outside_the_steps": {name: {key: statistics.median(span[key] for span in runs_of)
+                                         for key in ("before_first_step", "after_last_step")}
+                                  for name, runs_of in spans.items()},
+            "outside_the_steps_each_run": spans}
 
 
 def rerun(bed: Bed, runs: int) -> dict:
@@ -146,6 +165,11 @@ def table(results: dict) -> str:
                      ratio >= TARGETS["knn_speedup"]))
     lines = [f"{'benchmark':52} {'median':>9} {'target':>8}  met"]
     lines += [f"{name:52} {value:>9} {target:>8}  {'yes' if met else 'NO'}" for name, value, target, met in rows]
+    outside = results["overhead"]["outside_the_steps"]
+    lines += ["", "a. seconds outside the upstream steps (medians)       evalkit   by hand",
+              *(f"   {label:50} {outside['tool'][key]:7.3f} {outside['hand'][key]:9.3f}"
+                for label, key in (("before the first step ends", "before_first_step"),
+                                   ("after the last step ends", "after_last_step")))]
     return "\n".join(lines)
 
 
