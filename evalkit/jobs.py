@@ -74,8 +74,8 @@ def run_helpers(starter: PendingCommand, calls: dict[str, HelperCall],
     """CALLS, all at once, by the starter in its activated env: (exit status, stdout, stderr) of
     each. When the starter ended instead of answering, each gets its status and output, so the
     caller reports that failure as its own."""
-    request = json.dumps({"helpers": {name: call.as_dict() for name, call in calls.items()}}).encode() + b"\n"
-    answered = starter.ask(request, JOB_MARKER, timeout)
+    answered = starter.ask(_line({"helpers": {name: call.as_dict() for name, call in calls.items()}}), JOB_MARKER,
+                           timeout)
     if answered is None:
         exit_code, stdout, stderr = starter.finish(b"", timeout)
         return {name: (exit_code or 1, stdout, stderr) for name in calls}
@@ -92,10 +92,9 @@ def start(connection: Connection, settings: Settings, plan: Plan, run: RemoteRun
     it as its doorbell sees a step's end at once (closing it changes nothing on the server)."""
     spec = {"run_id": run.run_id, "lock": posixpath.join(plan.output_dir, LOCK_NAME),
             "steps": [{"name": s.name, "title": s.title, "command": s.command} for s in run.steps]}
-    request = json.dumps({"run_dir": run.directory, "run": spec}, ensure_ascii=False).encode("utf-8") + b"\n"
     starter = starter or prepare_start(connection, settings, helper_sources(helper_names(settings)))
     timeout = START_TIMEOUT + settings.connect_timeout * 4
-    started = starter.ask(request, JOB_MARKER, timeout)
+    started = starter.ask(_line({"run_dir": run.directory, "run": spec}), JOB_MARKER, timeout)
     if started is None:
         exit_code, _, _ = starter.finish(b"", timeout)
         raise RemoteStepFailed(f"could not start the run on the server (status {exit_code})",

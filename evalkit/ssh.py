@@ -468,8 +468,10 @@ class PendingCommand:
         if channel.closed or channel.eof_received or not channel.get_transport().is_active():
             return False
         select.select([channel], [], [], timeout)
-        while channel.recv_ready() or channel.recv_stderr_ready():
-            channel.recv(_CHUNK) if channel.recv_ready() else channel.recv_stderr(_CHUNK)
+        while channel.recv_ready():
+            channel.recv(_CHUNK)
+        while channel.recv_stderr_ready():
+            channel.recv_stderr(_CHUNK)
         return True
 
     def abandon(self) -> None:

@@ -184,7 +184,7 @@ def start(timeout):
     """The client's first command, before it knows the run: its login shell and the env's
     activation serve evalkit's read-only checks too. From stdin, one JSON line each:
 
-    {"helpers": {NAME: {"argv", "env", "pythonpath"}}}  (optional) run these scripts at once,
+    {"helpers": {NAME: {"script", "args", "env", "pythonpath"}}}  (optional) run these scripts at once,
         answer {"helpers": {NAME: {"exit_code", "stdout", "stderr"}}} on an EVALKIT-JOB line;
     {"run_dir", "run"}  write run.json, start the driver in the background, and answer
         {"status", "driver"} once it holds the lock (driver.json) or has finished already
@@ -210,8 +210,22 @@ def start(timeout):
 
 
 def fork_driver(run_dir, bell, bell_end):
-    """The driver, as a child of this process (no second interpreter to start), its streams in
-    DIR/driver.log rather than on the SSH session's pipes; its pid."""
+    """The driver, forked (see fork), its streams in DIR/driver.log rather than on the SSH
+    session's pipes; its pid."""
+    def driver():
+        os.close(bell)
+        log = os.open(os.path.join(run_dir, "driver.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        redirect_streams(log, log)
+        os.close(log)
+        drive_or_report(run_dir, bell_end)
+        return 0
+    return fork(driver)
+
+
+def fork(child):
+    """CHILD() in a child of this process: this is the python it would run under, so there is no
+    interpreter to start. Its pid; the child exits with what CHILD returns (1 if it raised) and
+    never returns into the starter's code."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -219,20 +233,21 @@ def fork_driver(run_dir, bell, bell_end):
         return pid
     code = 1
     try:
-        os.close(bell)
-        null = os.open(os.devnull, os.O_RDONLY)
-        log = os.open(os.path.join(run_dir, "driver.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(null, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(null)
-        os.close(log)
-        drive_or_report(run_dir, bell_end)
-        code = 0
+        code = child()
     except BaseException:
         traceback.print_exc()
     finally:
-        os._exit(code)  # never back into the starter's code
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def redirect_streams(stdout_fd, stderr_fd):
+    """stdin from /dev/null, stdout and stderr to these descriptors: nothing on the SSH pipes."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    for fd, target in ((null, 0), (stdout_fd, 1), (stderr_fd, 2)):
+        os.dup2(fd, target)
+    os.close(null)
 
 
 def wait_for_driver(run_dir, driver, bell, timeout):
@@ -263,18 +278,12 @@ def answer(result):
 
 
 def run_helpers(helpers):
-    """Run every helper at once, each in a child forked from this process (this is the python
-    they would run under: no interpreter to start); each one's exit code and output (text:
+    """Run every helper at once, each forked (see fork); each one's exit code and output (text:
     undecodable bytes survive as surrogates)."""
     running = {}
     for name, call in helpers.items():
         outputs = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # no pipe to fill up
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            run_helper(call, outputs[0].fileno(), outputs[1].fileno())
-        running[name] = (pid, outputs)
+        running[name] = (fork(lambda: run_helper(call, outputs[0].fileno(), outputs[1].fileno())), outputs)
     answers = {}
     for name, (pid, outputs) in running.items():
         _, status = os.waitpid(pid, 0)
@@ -289,29 +298,19 @@ def run_helpers(helpers):
 
 def run_helper(call, stdout_fd, stderr_fd):
     """In a forked child: CALL's script as `python -u SCRIPT ARGS` would run it, with its env and
-    PYTHONPATH; never returns."""
-    code = 1
+    PYTHONPATH; its exit status."""
+    redirect_streams(stdout_fd, stderr_fd)
+    os.environ.update(call.get("env", {}))
+    paths = list(call.get("pythonpath", []))
+    if paths:  # for whatever the script starts, as in its own login shell
+        os.environ["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    sys.path[:1] = [os.path.dirname(os.path.abspath(call["script"])), *paths]  # -c's '' was first
+    sys.argv = [call["script"], *call.get("args", [])]
     try:
-        null = os.open(os.devnull, os.O_RDONLY)
-        for fd, target in ((null, 0), (stdout_fd, 1), (stderr_fd, 2)):
-            os.dup2(fd, target)
-        os.environ.update(call.get("env", {}))
-        paths = list(call.get("pythonpath", []))
-        if paths:  # for whatever the script starts, as in its own login shell
-            os.environ["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
-        sys.path[:1] = [os.path.dirname(os.path.abspath(call["script"])), *paths]  # -c's '' was first
-        sys.argv = [call["script"], *call.get("args", [])]
-        try:
-            runpy.run_path(call["script"], run_name="__main__")
-            code = 0
-        except SystemExit as exc:
-            code = exit_status(exc.code)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        runpy.run_path(call["script"], run_name="__main__")
+    except SystemExit as exc:
+        return exit_status(exc.code)
+    return 0
 
 
 def exit_code_of(status):
