@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -215,12 +214,14 @@ def test_malformed_yaml_exits_3_with_file_and_line(cli, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_missing_config_file_exits_3_or_2_naming_it(cli, tmp_path):
+def test_missing_config_file_exits_3_naming_it(cli, tmp_path):
     missing = tmp_path / "nope.yaml"
     result = cli("--dry-run", "--config", str(missing), "--model-path", SEED_CHECKPOINT)
-    assert result.exit_code in (2, 3)
-    assert "nope.yaml" in flat(result.stderr)
-    assert "Traceback" not in result.stderr
+    assert result.exit_code == ConfigError.exit_code == 3, result.stderr
+    err = flat(result.stderr)
+    assert err.startswith("error:") and str(missing) in err
+    assert "--config" in err, "the hint names the option to fix"
+    assert "Traceback" not in result.stderr and result.stdout == ""
 
 
 def test_debug_shows_the_traceback_of_a_config_error(cli, tmp_path):
@@ -233,18 +234,18 @@ def test_debug_shows_the_traceback_of_a_config_error(cli, tmp_path):
 
 # --- connection errors: exit 4 ------------------------------------------------------------------
 
-def test_unresolvable_host_exits_4_quickly_and_writes_nothing(cli, tmp_path):
+def test_unresolvable_host_exits_4_at_name_resolution_and_writes_nothing(cli, tmp_path):
     empty = config_file(tmp_path, "", "ssh_config")
     config = config_file(tmp_path, f"ssh_config: {empty}\n")
     results = tmp_path / "results"
-    started = time.monotonic()
     result = cli("--config", str(config), "--host", "no-such-host-evalkit.invalid",
                  "--model-path", SEED_CHECKPOINT, "--results-dir", str(results))
-    assert time.monotonic() - started < 20
     assert result.exit_code == ConnectError.exit_code == 4, result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1
-    assert "no-such-host-evalkit.invalid" in error_lines[0]
+    # it failed on the name lookup itself, not by waiting out a connect timeout
+    assert "cannot resolve host name 'no-such-host-evalkit.invalid'" in error_lines[0]
+    assert "timed out" not in result.stderr
     assert "Traceback" not in result.stderr
     assert not results.exists()
     assert list(Path.cwd().iterdir()) == []

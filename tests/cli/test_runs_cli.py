@@ -1,8 +1,14 @@
 """The run commands without a server: help, an unknown run id, no runs yet, a record's round trip."""
 from __future__ import annotations
 
+import re
+import shlex
+import subprocess
+import sys
+from datetime import datetime
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -23,10 +29,44 @@ def invoke(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
-@pytest.mark.parametrize("command", ["attach", "cancel", "status", "logs", "results", "doctor", "quick"])
-def test_every_command_teaches_with_help(command):
+REPO = Path(__file__).resolve().parents[2]
+ENTRY_SCRIPTS = sorted(path.name for path in REPO.glob("*.py"))
+
+
+def test_the_main_help_lists_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    rows = result.stdout.split("Commands:")[1].splitlines()
+    listed = {row.split()[0] for row in rows if row.startswith("  ") and not row.startswith("   ")}
+    assert listed == set(main.commands)
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_every_command_teaches_with_help_and_declares_each_flag_once(command):
     result = invoke(command, "--help")
-    assert result.exit_code == 0 and "Usage:" in result.stdout
+    assert result.exit_code == 0 and "Usage:" in result.stdout, result.output
+    declared = main.commands[command]
+    group = click.Context(main, info_name="evalkit", **main.context_settings)
+    context = click.Context(declared, info_name=command, parent=group, **declared.context_settings)
+    params = declared.get_params(context)  # with the --help option click adds
+    flags = [opt for param in params for opt in (*param.opts, *param.secondary_opts) if opt.startswith("-")]
+    assert len(flags) == len(set(flags)), sorted({flag for flag in flags if flags.count(flag) > 1})
+    names = [param.name for param in params]
+    assert len(names) == len(set(names)), sorted({name for name in names if names.count(name) > 1})
+    for flag in flags:
+        assert flag in result.stdout, f"{command} --help does not show {flag}"
+
+
+def test_the_entry_scripts_are_the_two_documented_ones():
+    assert ENTRY_SCRIPTS == ["distillation_model_evaluation.py", "quick_evaluation.py"]
+
+
+@pytest.mark.parametrize("script", ENTRY_SCRIPTS)
+def test_every_entry_script_teaches_with_help(script):
+    done = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"Usage: {script} ")
 
 
 @pytest.mark.parametrize("command", ["attach", "cancel", "logs", "status"])
@@ -54,7 +94,35 @@ def test_a_run_record_keeps_everything_attach_needs(tmp_path):
     assert [r.run_id for r in newest(Path(settings.results_dir), 5)] == [record.run_id]
 
 
-def test_run_ids_sort_by_time_and_need_no_quoting():
+def test_run_ids_made_later_sort_later_and_need_no_quoting(monkeypatch):
+    # `status` lists runs by id: ids made across second, hour, day and year boundaries (where a
+    # digit count or a field rolls over) must sort in the order they were made
+    moments = [datetime(2024, 12, 31, 23, 59, 59), datetime(2025, 1, 1, 0, 0, 0),
+               datetime(2025, 1, 1, 0, 0, 9), datetime(2025, 1, 1, 0, 0, 10),
+               datetime(2025, 1, 1, 9, 59, 59), datetime(2025, 1, 1, 10, 0, 0)]
+    clock = iter(moments)
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return next(clock)
+
+    monkeypatch.setattr("evalkit.runs.datetime", Clock)
+    ids = [new_run_id() for _ in moments]
+    for run_id, moment in zip(ids, moments):
+        assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", run_id), run_id
+        assert datetime.strptime(run_id[:15], "%Y%m%d-%H%M%S") == moment
+        assert shlex.quote(run_id) == run_id
+    assert sorted(ids) == ids
+
+
+def test_two_run_ids_made_in_one_second_differ(monkeypatch):
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2025, 1, 1, 12, 0, 0)
+
+    monkeypatch.setattr("evalkit.runs.datetime", Frozen)
     first, second = new_run_id(), new_run_id()
+    assert first[:15] == second[:15] == "20250101-120000"
     assert first != second
-    assert all(ch.isalnum() or ch == "-" for ch in first)

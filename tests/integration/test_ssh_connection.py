@@ -1,8 +1,6 @@
 """The SSH layer against the real sshd: jump hosts, large output, exit statuses, transfers."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from evalkit.ssh import Connection, resolve_target
@@ -37,11 +35,11 @@ def test_ten_megabytes_on_both_streams_does_not_deadlock(testbed):
     target = resolve_target("seetacloud-v800", testbed.ssh_dir / "config")
     command = ("head -c 10000000 /dev/zero | tr '\\0' o & "
                "head -c 10000000 /dev/zero | tr '\\0' e >&2; wait")
-    started = time.monotonic()
     with Connection(target) as connection:
+        # a deadlock would end as ConnectionLost at the (generous) step timeout; an exit status
+        # returned means the command ran to its own end with both streams drained
         code, out, err = _collect(connection, command, timeout=120)
-    assert (code, len(out), len(err)) == (0, 10_000_000, 10_000_000)
-    assert time.monotonic() - started < 120
+    assert (code, len(out), out.count(b"o"), len(err), err.count(b"e")) == (0, *[10_000_000] * 4)
 
 
 @pytest.mark.parametrize("status", [0, 1, 3, 42])

@@ -1,6 +1,7 @@
 """`--host` resolves the way `ssh HOST` would, and fingerprints read like ssh-keygen's."""
 from __future__ import annotations
 
+import base64
 import io
 import shutil
 import subprocess
@@ -208,5 +209,18 @@ def test_fingerprint_matches_ssh_keygen(tmp_path, make_key):
     assert fingerprint(key) == printed[1]
 
 
-def test_different_keys_have_different_fingerprints():
-    assert fingerprint(_ed25519()) != fingerprint(_ed25519())
+# A fixed key (seed bytes 0..31) and what `ssh-keygen -lf` prints for its public half.
+_FIXED_PUBLIC = "AAAAC3NzaC1lZDI1NTE5AAAAIAOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4"
+_FIXED_FINGERPRINT = "SHA256:lbmsoA0yIEcEiVDRnMWuzm+nV+3ZEEpVIURqFoeSspg"
+
+
+def test_a_fingerprint_names_the_public_key_the_user_compares_against():
+    # The user checks the fingerprint in a host-key message against the provider's: it must be
+    # ssh-keygen's text (pinned here even where ssh-keygen is absent), the same whether computed
+    # from the server's public key or the private key, and a different key must read differently.
+    private = paramiko.Ed25519Key.from_private_key(io.StringIO(Ed25519PrivateKey.from_private_bytes(
+        bytes(range(32))).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                        serialization.NoEncryption()).decode()))
+    public = paramiko.Ed25519Key(data=base64.b64decode(_FIXED_PUBLIC))
+    assert fingerprint(public) == fingerprint(private) == _FIXED_FINGERPRINT
+    assert fingerprint(_ed25519()) != _FIXED_FINGERPRINT
