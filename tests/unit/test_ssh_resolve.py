@@ -112,6 +112,16 @@ def test_match_exec_lines_run_as_ssh_runs_them(resolver, tmp_path):
     assert resolved.stdout.strip() == "2002", resolved.stderr
 
 
+def test_importing_ssh_leaves_invoke_unimported_and_importable():
+    # in a fresh process: pytest's own imports (paramiko above) already brought invoke in here
+    script = ("import sys, evalkit.ssh; print('paramiko' in sys.modules, "
+              "sys.modules.get('invoke', 'absent'))")
+    imported = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=60)
+    # 'None' would be a placeholder left behind, breaking every later `import invoke`
+    assert imported.stdout.split() == ["True", "absent"], imported.stderr
+
+
 def test_port_22_is_named_bare_in_known_hosts(resolver, ssh_config):
     target = resolve_target("plain", ssh_config)
     assert (target.hostname, target.port, target.user) == ("example.org", 22, "eve")

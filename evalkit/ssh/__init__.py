@@ -1,0 +1,12 @@
+"""SSH for evalkit: resolve an ssh alias, connect, run commands, transfer files.
+
+This package is the only importer of paramiko (through _paramiko, which keeps invoke out).
+Modules: resolve (alias -> Target, as the user's `ssh` would), connection (Connection: hops,
+host keys, SFTP), command (PendingCommand: one command's channel, its input and output).
+"""
+from .command import OutputSink, PendingCommand
+from .connection import Connection, fingerprint
+from .resolve import Target, default_ssh_config, resolve_target
+
+__all__ = ["Connection", "OutputSink", "PendingCommand", "Target", "default_ssh_config",
+           "fingerprint", "resolve_target"]

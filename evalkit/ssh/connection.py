@@ -1,0 +1,247 @@
+"""One SSH connection to a resolved Target: opened through its ProxyJump hops, host keys checked
+against the user's known_hosts and never added automatically; commands and SFTP over it."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import posixpath
+import secrets
+import socket
+
+from ..errors import AuthenticationError, ConnectError, ConnectionLost, HostKeyError
+from ._paramiko import paramiko
+from .command import OutputSink, PendingCommand
+from .resolve import Target
+
+KEEPALIVE_SECONDS = 15
+DEAD_PEER_SECONDS = 30  # an SFTP request unanswered this long means the peer is gone
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's SHA256 fingerprint, as `ssh-keygen -lf` prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        name = self.target.known_hosts_name
+        raise HostKeyError(
+            f"{self.target.alias} ({name}) is not in known_hosts: its {key.get_name()} key is "
+            f"{fingerprint(key)}",
+            f"check that fingerprint with the server's provider, then trust it once with "
+            f"`ssh {self.target.alias}` (answer yes) or `ssh-keyscan -p {self.target.port} "
+            f"{self.target.hostname} >> ~/.ssh/known_hosts`")
+
+
+# Errors that mean the link itself is gone (a dead socket, a closed transport, a silent peer).
+_LINK_ERRORS = (paramiko.SSHException, EOFError, socket.timeout, ConnectionError)
+
+
+def _is_link_error(exc: BaseException) -> bool:
+    # SFTP status errors carry an errno (ENOENT, EACCES); "Socket is closed" and friends do not.
+    return isinstance(exc, _LINK_ERRORS) or (isinstance(exc, OSError) and exc.errno is None)
+
+
+class Connection:
+    """One SSH connection per run: opened lazily, closed by the context manager."""
+
+    def __init__(self, target: Target, connect_timeout: float = 15.0) -> None:
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self._clients: list[paramiko.SSHClient] = []
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def open(self) -> "Connection":
+        """Connect now (through each ProxyJump hop in turn), so failures surface before any work."""
+        if not self._clients:
+            chain = (*self.target.proxy_jump, self.target)
+            sock = None
+            for index, hop in enumerate(chain):
+                self._clients.append(self._connect_hop(hop, sock))
+                if index + 1 < len(chain):
+                    sock = self._tunnel(self._clients[-1], next_hop=chain[index + 1])
+        return self
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        return self.open()._clients[-1]
+
+    def _tunnel(self, client: paramiko.SSHClient, next_hop: Target) -> paramiko.Channel:
+        try:
+            return client.get_transport().open_channel(
+                "direct-tcpip", (next_hop.hostname, next_hop.port), ("127.0.0.1", 0),
+                timeout=self.connect_timeout)
+        except (paramiko.SSHException, OSError) as exc:
+            raise ConnectError(f"jump host could not reach {next_hop.address}: {exc}",
+                               "check the ProxyJump host can connect to it") from exc
+
+    def _connect_hop(self, hop: Target, sock) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        for path in hop.known_hosts_files:
+            if os.path.exists(path):
+                client.load_system_host_keys(path)
+        client.set_missing_host_key_policy(_RejectUnknownHost(hop))
+        keys = [p for p in hop.identity_files if os.path.exists(p)]
+        try:
+            client.connect(hop.hostname, hop.port, hop.user, key_filename=keys or None,
+                           look_for_keys=not keys and not hop.identities_only, allow_agent=True,
+                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                           auth_timeout=self.connect_timeout, channel_timeout=self.connect_timeout,
+                           sock=sock)
+        except BaseException as exc:
+            client.close()
+            raise _translate_connect_error(exc, hop) from exc
+        client.get_transport().set_keepalive(KEEPALIVE_SECONDS)
+        return client
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except (paramiko.SSHException, OSError, EOFError):
+                pass  # closing a dead connection: nothing left to tidy
+            self._sftp = None
+        for client in reversed(self._clients):
+            client.close()
+        self._clients.clear()
+
+    def reconnect(self) -> None:
+        """Drop whatever is left of the connection and open a new one (same checks as open)."""
+        self.close()
+        self.open()
+
+    def run(self, command: str, sink: OutputSink, timeout: float) -> int:
+        """Run COMMAND; feed stdout and stderr to SINK as they arrive; return the exit status.
+
+        Both streams are drained in one loop, so a chatty stream can never block the other.
+        """
+        return self.start_command(command).stream(b"", sink, timeout)
+
+    def capture(self, command: str, timeout: float) -> tuple[int, bytes, bytes]:
+        """Run a short COMMAND to its end: (exit status, stdout, stderr)."""
+        return self.start_command(command).finish(b"", timeout)
+
+    def start_command(self, command: str) -> PendingCommand:
+        """Start COMMAND now; it waits on its stdin, which PendingCommand.finish gives it later."""
+        return PendingCommand(self._exec(command), self.target.alias)
+
+    def _exec(self, command: str) -> paramiko.Channel:
+        try:
+            channel = self.client.get_transport().open_session(timeout=self.connect_timeout)
+            channel.exec_command(command)
+            return channel
+        except (paramiko.SSHException, OSError) as exc:
+            raise ConnectionLost(f"could not start a command on {self.target.alias}: {exc}",
+                                 "check the connection and run again") from exc
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            try:
+                self._sftp = self.client.open_sftp()
+            except _LINK_ERRORS as exc:
+                raise self._lost(exc) from exc
+            # a silent peer fails each request after this long (keepalives alone never would)
+            self._sftp.get_channel().settimeout(DEAD_PEER_SECONDS)
+        return self._sftp
+
+    def size_of(self, path: str) -> int | None:
+        """The file's size, or None when it does not exist; ConnectionLost when the link is dead."""
+        try:
+            return self.sftp.stat(path).st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if _is_link_error(exc):
+                raise self._lost(exc) from exc
+            return None
+        except _LINK_ERRORS as exc:
+            raise self._lost(exc) from exc
+
+    def read_range(self, path: str, offset: int, limit: int) -> bytes:
+        """Up to LIMIT bytes of PATH from OFFSET (following a growing log by byte offset)."""
+        try:
+            with self.sftp.open(path, "rb") as remote:
+                remote.seek(offset)
+                return remote.read(limit)
+        except (*_LINK_ERRORS, OSError) as exc:
+            if _is_link_error(exc):
+                raise self._lost(exc) from exc
+            raise
+
+    def read_bytes(self, path: str) -> bytes:
+        """All of PATH; FileNotFoundError when it cannot be read, ConnectionLost when the link is dead."""
+        try:
+            with self.sftp.open(path, "rb") as remote:
+                return remote.read()
+        except (*_LINK_ERRORS, OSError) as exc:
+            if _is_link_error(exc):
+                raise self._lost(exc) from exc
+            raise FileNotFoundError(path) from exc
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write atomically: a temporary file beside PATH, then rename over it."""
+        self.mkdirs(posixpath.dirname(path))
+        # unique per writer: concurrent runs upload the same helper scripts
+        temporary = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        with self.sftp.open(temporary, "wb") as remote:
+            remote.write(data)
+        self.sftp.posix_rename(temporary, path)
+
+    def mkdirs(self, path: str) -> None:
+        """`mkdir -p PATH` over SFTP; a directory another run makes meanwhile is fine."""
+        parts = [p for p in path.split("/") if p]
+        current = "/" if path.startswith("/") else ""
+        for part in parts:
+            current = posixpath.join(current, part)
+            try:
+                self.sftp.stat(current)
+            except OSError:
+                try:
+                    self.sftp.mkdir(current)
+                except OSError:
+                    self.sftp.stat(current)  # made meanwhile by a concurrent run: fine
+
+    def _lost(self, exc: BaseException) -> ConnectionLost:
+        return ConnectionLost(f"the connection to {self.target.alias} dropped: {exc or type(exc).__name__}",
+                              "check the network; the run goes on on the server")
+
+
+def _translate_connect_error(exc: BaseException, hop: Target) -> BaseException:
+    """The EvalkitError a failed connect to HOP means; other exceptions (Ctrl-C) pass unchanged."""
+    where = f"{hop.alias} ({hop.address})"
+    if isinstance(exc, (HostKeyError, KeyboardInterrupt)):
+        return exc
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return HostKeyError(
+            f"the host key of {where} CHANGED: known_hosts has {fingerprint(exc.expected_key)}, "
+            f"the server offered {fingerprint(exc.key)}. This can mean someone is intercepting the "
+            f"connection, or the server was reinstalled",
+            f"if the provider confirms the new key, remove the old one with "
+            f"`ssh-keygen -R '{hop.known_hosts_name}'` and connect once with `ssh {hop.alias}`")
+    if isinstance(exc, paramiko.AuthenticationException):
+        return AuthenticationError(f"{where} refused authentication as {hop.user!r}",
+                                   f"check that `ssh {hop.alias}` logs in without a password; "
+                                   f"keys tried: {', '.join(hop.identity_files) or 'defaults'}")
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(f"cannot resolve host name {hop.hostname!r} for {hop.alias}",
+                            f"is {hop.alias!r} a Host entry in ~/.ssh/config (or the config you gave)?")
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return ConnectError(f"timed out connecting to {where}", "check the host and port, VPN, firewall")
+    if isinstance(exc, OSError):
+        return ConnectError(f"cannot connect to {where}: {exc.strerror or exc}",
+                            "check the host and port, and that the server is running")
+    if isinstance(exc, paramiko.SSHException):
+        return ConnectError(f"SSH handshake with {where} failed: {exc}", "check the host and port")
+    return exc
