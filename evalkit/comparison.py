@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 
 from .plan import DIRECTION_TITLES
 
@@ -124,12 +122,3 @@ def to_csv(document: dict) -> str:
         deltas = [((row.get("delta") or {}).get(d, {}).get(m, "")) for d, m in COLUMNS] if delta_keys else []
         writer.writerow([row["label"], row["status"], *values, *deltas, row["checkpoint"], row["error"] or ""])
     return out.getvalue()
-
-
-def comparison_paths(results_dir: Path, dataset: str, split: str) -> dict[str, Path]:
-    folder = results_dir / dataset / split
-    return {suffix: folder / f"comparison.{suffix}" for suffix in ("json", "csv", "md")}
-
-
-def now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -54,10 +54,15 @@ class Settings:
     top_k: int = 10
     eval_batch_size: int = 32768
     knn: str = "upstream"
+    executor: str = "ssh"
     connect_timeout: float = 15.0
     step_timeout: float = 24 * 3600.0
     reconnect_timeout: float = 600.0
     models: dict[str, ModelEntry] = field(default_factory=dict)
+
+    @property
+    def ssh_config_path(self) -> Path | None:
+        return Path(self.ssh_config) if self.ssh_config else None
 
     @property
     def output_root(self) -> str:
@@ -117,7 +122,8 @@ def check_values(values: Mapping[str, Any], source: str) -> None:
         if key in _POSITIVE and value <= 0:
             raise ConfigError(f"{key!r} in {source} must be positive, got {value!r}",
                               f"fix {key!r} in {source}")
-    for key, choices in _CHOICES.items():
+    from .executors import EXECUTORS  # the registry: a new executor is one line there, not here
+    for key, choices in {**_CHOICES, "executor": tuple(EXECUTORS)}.items():
         if values.get(key) is not None and values[key] not in choices:
             raise ConfigError(f"{key!r} in {source} must be one of {', '.join(choices)}, "
                               f"got {values[key]!r}", f"fix {key!r} in {source}")

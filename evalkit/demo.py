@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from .config import Settings
 from .errors import DemoSetupError
-from .plan import Request
+from .evaluation import Evaluation
 from .testbed.builders import build_checkpoint, build_dataset
 from .testbed.server_env import ensure_server_venv, site_packages
 from .testbed.sshd import LoopbackSshd
@@ -27,7 +27,7 @@ DEMO_EXPERIMENT = "muge_finetune_rn50_rbt3_demo"
 @dataclass(frozen=True)
 class DemoServer:
     settings: Settings
-    request: Request
+    evaluation: Evaluation
 
 
 def default_workdir() -> Path:
@@ -60,7 +60,7 @@ def demo_server(workdir: Path, results_dir: str, say: Callable[[str], None]) -> 
                             chinese_clip_dir=str(site_packages(python)),
                             activate=f"source {shlex.quote(str(python.parent / 'activate'))}",
                             device="cpu", results_dir=results_dir)
-        request = Request(DEMO_DATASET, "valid", str(checkpoint), "RN50", "RBT3-chinese")
-        yield DemoServer(settings, request)
+        evaluation = Evaluation(DEMO_DATASET, "valid", str(checkpoint), "RN50", "RBT3-chinese")
+        yield DemoServer(settings, evaluation)
     finally:
         sshd.stop()

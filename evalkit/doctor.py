@@ -1,376 +1,95 @@
-"""PURE: what `python -m evalkit doctor` concludes from what it found, one Check per line.
-
-The server's facts come from remote/doctor_probe.py (run in the activated env, as each
-upstream step is); the ssh facts from ssh.resolve_target and Connection.open(). Every decision
-and every sentence is made here, without I/O. Each check says what it found and, when it
-fails, one fix.
-"""
+"""`python -m evalkit doctor` and the evaluation's preflight: run the probe, hand its facts to
+diagnosis.py (which decides, without I/O, what they mean)."""
 from __future__ import annotations
 
-import posixpath
-import shlex
-from dataclasses import dataclass
-from typing import Optional, Sequence
+import os
+from typing import Callable
 
-from .architecture import VISION_SHAPES, Architecture, flags_for, infer_architecture, mismatch
+from . import diagnosis
 from .config import Settings
-from .errors import (AuthenticationError, ConfigError, EvalkitError, HostKeyError, MissingInput,
-                     PreflightFailed)
-from .plan import HelperCall, Request, dataset_paths, helper_path
-from .progress import last_marked_json
+from .diagnosis import Check
+from .errors import DoctorFailed, EvalkitError
+from .evaluation import Evaluation
+from .server import PROBE, script_path, scripts_for
+from .ssh import Connection, Target, resolve_target
+from .uploads import upload_scripts
 
-PROBE_NAME = "doctor_probe.py"
-PROBE_MARKER = b"EVALKIT-DOCTOR "     # remote/doctor_probe.py prints its JSON after this
-ACTIVATED_MARKER = "EVALKIT-ACTIVATED"  # printed once the user's activate command succeeded
-BYTES_PER_FLOAT = 20  # a feature value as upstream writes it: JSON text such as "-0.0123456789, "
-MIN_GPU_FREE = 1 << 30
-TAIL_LINES = 5
-TRAINING_KEYS = ("epoch", "step")  # upstream extract_features.py reads both besides state_dict
-_DATASET_FIX = ("check --datapath, --dataset-name and --split: on the server, "
-                "`ls DATAPATH/datasets/NAME/ DATAPATH/datasets/NAME/lmdb/` shows what is there")
-_TRAINING_FIX = "give a checkpoint saved by cn_clip training (it holds state_dict, epoch and step)"
+PROBE_TIMEOUT_SECONDS = 900.0  # loading a multi-GB checkpoint without mmap takes minutes
 
 
-@dataclass(frozen=True)
-class Check:
-    """One doctor line: ✓ or ✗, what was found, and on ✗ how to fix it."""
-
-    name: str
-    ok: bool
-    found: str
-    fix: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class ProbeRun:
-    """What came back from running the probe after the user's activate command."""
-
-    exit_code: int
-    activated: bool
-    facts: Optional[dict]
-    stderr_tail: tuple[str, ...]
+def run_doctors(settings: Settings, evaluations: list[Evaluation], on_check: Callable[[Check], None],
+                on_model: Callable[[Evaluation], None] | None = None) -> int:
+    """The doctor for each evaluation (ON_MODEL before each one's checks); the number of checks
+    made, or DoctorFailed naming each kind of check that failed."""
+    count, failed = 0, []
+    for evaluation in evaluations:
+        if on_model is not None:
+            on_model(evaluation)
+        found = run_doctor(settings, evaluation, on_check)
+        count += len(found)
+        failed += [check.name for check in found if not check.ok and check.name not in failed]
+    if failed:
+        raise DoctorFailed(f"{len(failed)} of {count} checks failed: {', '.join(failed)}",
+                           "fix the ✗ lines above, then run `python -m evalkit doctor` again")
+    return count
 
 
-# --- the remote command ------------------------------------------------------------------------
+def run_doctor(settings: Settings, evaluation: Evaluation,
+               on_check: Callable[[Check], None] = lambda check: None) -> list[Check]:
+    """Every check in order, each handed to ON_CHECK as soon as it is known.
 
-def doctor_command(settings: Settings, request: Request, checkpoint: Optional[str]) -> str:
-    """Activate, say so, then run the probe on everything the evaluation will touch."""
-    images, texts = dataset_paths(settings, request.dataset, request.split)
-    args = ["--clip-dir", settings.chinese_clip_dir, "--device", settings.device,
-            "--images", images, "--texts", texts, "--output-root", settings.output_root]
-    if checkpoint:
-        args += ["--checkpoint", checkpoint]
-    return _in_env(settings, args)
+    Stops after a failed ssh check, since nothing on the server can be checked then.
+    """
+    checks: list[Check] = []
 
+    def add(*found: Check) -> None:
+        for check in found:
+            checks.append(check)
+            on_check(check)
 
-def preflight_command(settings: Settings, request: Request, checkpoint: str) -> str:
-    """The evaluation's cheap subset, in a login shell (see preflight_call)."""
-    return _in_env(settings, _preflight_args(settings, request, checkpoint))
-
-
-def preflight_call(settings: Settings, request: Request, checkpoint: str) -> HelperCall:
-    """The evaluation's cheap subset, as the run's starter runs it: the dataset, the upstream
-    scripts, the disk and the checkpoint's shapes; no --device, so torch is imported only for
-    an old-format checkpoint."""
-    return _probe_call(settings, _preflight_args(settings, request, checkpoint))
-
-
-def _preflight_args(settings: Settings, request: Request, checkpoint: str) -> list[str]:
-    images, texts = dataset_paths(settings, request.dataset, request.split)
-    return ["--clip-dir", settings.chinese_clip_dir, "--images", images, "--texts", texts,
-            "--output-root", settings.output_root, "--checkpoint", checkpoint]
-
-
-def checkpoint_probe_command(settings: Settings, checkpoint: str) -> str:
-    """Only the checkpoint part of the probe: the evaluation's architecture preflight."""
-    return _in_env(settings, ["--checkpoint", checkpoint])
-
-
-def _probe_call(settings: Settings, probe_args: list[str]) -> HelperCall:
-    # The environment of an upstream step (see plan._StepBuilder.python).
-    root = settings.chinese_clip_dir
-    return HelperCall(settings.python, helper_path(settings, PROBE_NAME), tuple(probe_args),
-                      (("CUDA_VISIBLE_DEVICES", str(settings.gpu)),), (root, posixpath.join(root, "cn_clip")))
-
-
-def _in_env(settings: Settings, probe_args: list[str]) -> str:
-    """_probe_call in a login shell; `activate` is the user's own shell code, every other value
-    is quoted."""
-    call = _probe_call(settings, probe_args)
-    exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in call.env)
-    return (f"{settings.activate} && printf '%s\\n' {ACTIVATED_MARKER} && "
-            f"export PYTHONPATH={shlex.quote(':'.join(call.pythonpath))}${{PYTHONPATH:+:$PYTHONPATH}} "
-            f"{exports} && {shlex.join(call.argv)}")
-
-
-def parse_probe(exit_code: int, stdout: bytes, stderr: bytes, activated: bool | None = None) -> ProbeRun:
-    """ACTIVATED: known already (the starter that ran the probe did activate), else the marker
-    _in_env prints says."""
-    if activated is None:
-        activated = any(line.strip() == ACTIVATED_MARKER.encode() for line in stdout.splitlines())
-    tail = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
-    return ProbeRun(exit_code, activated, last_marked_json(stdout, PROBE_MARKER), tuple(tail[-TAIL_LINES:]))
-
-
-# --- ssh ---------------------------------------------------------------------------------------
-
-def alias_check(host: str, address: str, keys: Sequence[str], jumps: Sequence[str]) -> Check:
-    via = f" via {', '.join(jumps)}" if jumps else ""
-    key_text = ", ".join(keys) if keys else "ssh's default keys"
-    return Check("ssh alias", True, f"{host} is {address}{via}, key {key_text}")
-
-
-def alias_failure(error: EvalkitError) -> Check:
-    return Check("ssh alias", False, error.message, error.hint)
-
-
-def connection_checks(address: str, known_hosts_name: str, user: str,
-                      error: Optional[EvalkitError]) -> list[Check]:
-    """Reachable, host key, authentication: passed up to the one Connection.open() failed on."""
-    passed = [Check("server reachable", True, f"{address} answered"),
-              Check("host key", True, f"{known_hosts_name} matches your known_hosts"),
-              Check("authentication", True, f"logged in as {user}")]
-    if error is None:
-        return passed
-    failed_at = {HostKeyError: 1, AuthenticationError: 2}.get(type(error), 0)
-    return passed[:failed_at] + [Check(passed[failed_at].name, False, error.message, error.hint)]
-
-
-def upload_failure(path: str, reason: str) -> Check:
-    return Check("server output location", False,
-                 f"evalkit cannot write its probe to {path} on the server: {reason}",
-                 "set remote_output_dir (or --datapath) to a directory you can write there")
-
-
-# --- the probe's facts -------------------------------------------------------------------------
-
-def interpret(run: ProbeRun, settings: Settings, request: Request) -> list[Check]:
-    """Every server-side check, in the order the evaluation would trip over them."""
-    tail = "; ".join(run.stderr_tail) or "no output"
-    if not run.activated:
-        return [Check("activate", False, f"the activate command {settings.activate!r} exited with "
-                      f"status {run.exit_code}: {tail}",
-                      "fix `activate` in your config file (on the server, `conda env list` shows "
-                      "the environments)")]
-    checks = [Check("activate", True, f"{settings.activate!r} ran")]
-    facts = run.facts
-    if facts is None:
-        return checks + [Check("python", False, f"{settings.python!r} did not run evalkit's probe "
-                               f"after activate (status {run.exit_code}): {tail}",
-                               "set `python` in your config file to the env's interpreter "
-                               "(`which python` after activating)")]
-    python = facts.get("python", {})
-    checks.append(Check("python", True, f"Python {python.get('version')} at {python.get('executable')}"))
-    found = [torch_check(facts.get("torch", {})), clip_check(facts.get("clip", {})),
-             gpu_check(facts.get("torch", {}), settings), *dataset_checks(facts, request, settings),
-             *checkpoint_checks(facts.get("checkpoint"), request)]
-    found.append(disk_check(facts, request))
-    return checks + [check for check in found if check is not None]
-
-
-def torch_check(torch: dict) -> Check:
-    if "error" in torch:
-        return Check("torch", False, f"torch cannot be imported in the env: {torch['error']}",
-                     "install torch in the env that `activate` enters, or fix `activate`")
-    build = f"built for CUDA {torch['cuda_build']}" if torch.get("cuda_build") else "a CPU-only build"
-    return Check("torch", True, f"torch {torch.get('version')}, {build}")
-
-
-def clip_check(clip: dict) -> Check:
-    where = clip.get("dir")
-    fix = "set chinese_clip_dir to the Chinese-CLIP checkout (the folder holding cn_clip/eval/)"
-    if not clip.get("dir_exists"):
-        return Check("cn_clip", False, f"chinese_clip_dir {where} does not exist on the server", fix)
-    if clip.get("missing_scripts"):
-        return Check("cn_clip", False, f"{where}/cn_clip/eval lacks the upstream "
-                     f"{', '.join(clip['missing_scripts'])}", fix)
-    if "import_error" in clip:
-        return Check("cn_clip", False, f"cn_clip cannot be imported from {where}: "
-                     f"{clip['import_error']}", "install cn_clip's requirements in the env "
-                     "(`pip install -r requirements.txt` in the checkout)")
-    return Check("cn_clip", True, f"cn_clip imports from {clip.get('module')}, and the 6 upstream "
-                 f"scripts are in {where}/cn_clip/eval")
-
-
-def gpu_check(torch: dict, settings: Settings) -> Optional[Check]:
-    if settings.device == "cpu":
-        return Check("GPU", True, "skipped: --device cpu runs the scripts on the CPU")
-    gpu = torch.get("gpu")
-    if "error" in torch or gpu is None:
-        return None  # the torch line already failed
-    fix = "run `nvidia-smi` on the server and pick a free GPU with --gpu N, or use --device cpu"
-    if gpu.get("error"):
-        return Check("GPU", False, f"CUDA fails on GPU {settings.gpu}: {gpu['error']}", fix)
-    if not gpu.get("available"):
-        return Check("GPU", False, f"torch sees no CUDA GPU with CUDA_VISIBLE_DEVICES={settings.gpu}", fix)
-    memory = f"{size(gpu['free'])} free of {size(gpu['total'])}"
-    if gpu["free"] < MIN_GPU_FREE:
-        return Check("GPU", False, f"GPU {settings.gpu} ({gpu['name']}) has only {memory}", fix)
-    return Check("GPU", True, f"GPU {settings.gpu} ({gpu['name']}): {memory}")
-
-
-def dataset_checks(facts: dict, request: Request, settings: Settings) -> list[Check]:
-    images, texts = facts.get("images", {}), facts.get("texts", {})
-    checks = [images_check(images, request, settings.top_k), texts_check(texts, request, settings.top_k)]
-    if images.get("count") is not None and texts.get("lines") and texts.get("ids_checked"):
-        checks.append(image_ids_check(texts))  # only when both sides could be read
+    try:
+        target = resolve_target(settings.host, settings.ssh_config_path)
+    except EvalkitError as error:
+        add(diagnosis.alias_failure(error))
+        return checks
+    add(diagnosis.alias_check(settings.host, target.address, _existing(target.identity_files),
+                              [hop.address for hop in target.proxy_jump]))
+    connection = Connection(target, settings.connect_timeout)
+    try:
+        connection.open()
+    except EvalkitError as error:
+        add(*_connection_checks(target, error))
+        return checks
+    with connection:
+        add(*_connection_checks(target, None))
+        try:
+            upload_scripts(connection, settings, scripts_for(settings, extra=(PROBE,)))
+        except OSError as exc:  # sftp: permission denied, no such directory, disk full
+            add(diagnosis.upload_failure(script_path(settings, PROBE), str(exc) or type(exc).__name__))
+            return checks
+        exit_code, stdout, stderr = connection.capture(diagnosis.doctor_command(settings, evaluation),
+                                                       timeout=min(settings.step_timeout, PROBE_TIMEOUT_SECONDS))
+        add(*diagnosis.interpret(diagnosis.parse_probe(exit_code, stdout, stderr), settings, evaluation))
     return checks
 
 
-def images_check(images: dict, request: Request, top_k: int) -> Check:
-    path = images.get("path")
-    if not images.get("exists"):
-        return Check("images", False, f"split {request.split!r} of dataset {request.dataset!r} has "
-                     f"no image LMDB at {path}", _DATASET_FIX)
-    problem = images.get("problem")
-    if problem:
-        fix = ("install it in the env (`pip install lmdb`)" if "not installed" in problem else
-               "rebuild it with `python -m cn_clip.preprocess.build_lmdb_dataset`")
-        return Check("images", False, f"the image LMDB {path} cannot be read: {problem}", fix)
-    if images["count"] < top_k:
-        return Check("images", False, f"the image LMDB {path} has {images['count']} images, fewer "
-                     f"than top_k ({top_k})", "upstream evaluation needs at least top_k images")
-    return Check("images", True, f"{path}: {images['count']} images (num_images)")
+def preflight(settings: Settings, evaluation: Evaluation, ran: tuple[int, bytes, bytes]) -> None:
+    """Before an extraction, the doctor's cheap server-side checks for EVALUATION; raise on the first ✗.
 
-
-def texts_check(texts: dict, request: Request, top_k: int) -> Check:
-    path = texts.get("path")
-    shape = 'one JSON object per line, {"text_id": ..., "text": ..., "image_ids": [...]}'
-    if not texts.get("exists"):
-        return Check("texts", False, f"split {request.split!r} of dataset {request.dataset!r} has "
-                     f"no texts file {path}", _DATASET_FIX)
-    if texts.get("read_error"):
-        return Check("texts", False, f"the texts file {path} cannot be read: {texts['read_error']}",
-                     "fix its permissions on the server")
-    if not texts.get("lines"):
-        return Check("texts", False, f"the texts file {path} is empty", f"write {shape}")
-    if texts.get("bad_count"):
-        examples = ", ".join(f"line {bad['line']} {bad['problem']}" for bad in texts["bad_lines"])
-        return Check("texts", False, f"{texts['bad_count']} of the {texts['lines']} lines of {path} "
-                     f"are unusable: {examples}", f"fix those lines: {shape}")
-    if texts["lines"] < top_k:
-        return Check("texts", False, f"the texts file {path} has {texts['lines']} texts, fewer than "
-                     f"top_k ({top_k})", "upstream evaluation needs at least top_k texts")
-    return Check("texts", True, f"{path}: {texts['lines']} texts, each with text_id, text and "
-                 "image_ids")
-
-
-def image_ids_check(texts: dict) -> Check:
-    if texts.get("missing_count"):
-        examples = ", ".join(f"{missing['id']} (line {missing['line']})"
-                             for missing in texts["missing_ids"])
-        return Check("image ids", False, f"{texts['missing_count']} of the {texts['image_ids']} "
-                     f"image ids the texts name are not in the LMDB, e.g. {examples}",
-                     "the texts and the LMDB come from different data: rebuild the LMDB from "
-                     "this split's TSV (cn_clip.preprocess.build_lmdb_dataset) or fix the texts")
-    return Check("image ids", True, f"all {texts['image_ids']} image ids the texts name are in "
-                 "the LMDB")
-
-
-def checkpoint_checks(checkpoint: Optional[dict], request: Request) -> list[Check]:
-    """The file, then its towers against --vision-model / --text-model."""
-    if checkpoint is None:
-        return [Check("checkpoint", True, "skipped: no --model-path given")]
-    path = checkpoint.get("path")
-    if not checkpoint.get("exists"):
-        return [Check("checkpoint", False, f"checkpoint not found on the server: {path}",
-                      "check --model-path (a relative path is taken relative to DATAPATH; "
-                      "`ls -la DATAPATH/experiments/` lists the experiments)")]
-    if not checkpoint.get("readable"):
-        return [Check("checkpoint", False, f"checkpoint {path} is not readable on the server",
-                      "fix its permissions, or evaluate as its owner")]
-    file_size = size(checkpoint["size"])
-    if checkpoint.get("torch_missing"):
-        return [Check("checkpoint", True, f"{path}: {file_size}, not loaded (torch is missing)")]
-    if checkpoint.get("load_error"):
-        return [Check("checkpoint", False, f"checkpoint {path} ({file_size}) cannot be loaded: "
-                      f"{checkpoint['load_error']} (truncated or not a checkpoint?)",
-                      "copy it again from where it was trained and compare the sizes, or choose "
-                      "another --model-path")]
-    shapes = checkpoint.get("shapes")
-    if not shapes:
-        keys = ", ".join((checkpoint.get("keys") or [])[:5]) or checkpoint.get("top_type", "nothing")
-        return [Check("checkpoint", False, f"checkpoint {path} has no state_dict of tensors "
-                      f"(it holds: {keys})", _TRAINING_FIX)]
-    absent = [key for key in TRAINING_KEYS if key not in (checkpoint.get("keys") or [])]
-    if absent:
-        return [Check("checkpoint", False, f"checkpoint {path} has no {' or '.join(absent)}, which "
-                      "upstream extract_features.py reads", _TRAINING_FIX)]
-    return [Check("checkpoint", True, f"{path}: {file_size}, a state_dict of {len(shapes)} tensors"),
-            architecture_check(infer_architecture(shapes), request)]
-
-
-def architecture_check(architecture: Architecture, request: Request) -> Check:
-    problem = mismatch(architecture, request.vision_model, request.text_model)
-    if problem:
-        flags = flags_for(architecture)
-        return Check("architecture", False, problem,
-                     f"pass {flags}" if flags else "check --model-path: cn_clip has no model of "
-                     "this shape")
-    return Check("architecture", True, f"{architecture.describe()}, as --vision-model and "
-                 "--text-model say")
-
-
-def disk_check(facts: dict, request: Request) -> Check:
-    disk = facts.get("disk", {})
-    if "error" in disk or "free" not in disk:
-        return Check("disk", False, f"cannot measure the free space at {disk.get('existing')}: "
-                     f"{disk.get('error')}", "check remote_output_dir (or --datapath)")
-    count = (facts.get("images", {}).get("count") or 0) + (facts.get("texts", {}).get("lines") or 0)
-    shapes = (facts.get("checkpoint") or {}).get("shapes")
-    dim = (shapes and infer_architecture(shapes).embed_dim) or VISION_SHAPES[request.vision_model].embed_dim
-    need = feature_bytes(count, dim)
-    where = f"at {disk['path']}" + ("" if disk["existing"] == disk["path"] else
-                                    f" (on {disk['existing']}, which exists)")
-    if disk["free"] < need:
-        return Check("disk", False, f"only {size(disk['free'])} free {where}, but the features need "
-                     f"about {size(need)}", "free space on the server (`df -h`), or set "
-                     "remote_output_dir to a bigger disk")
-    return Check("disk", True, f"{size(disk['free'])} free {where}; the features need about {size(need)}")
-
-
-def feature_bytes(vectors: int, dim: int) -> int:
-    """The feature files' size: one JSON line of DIM floats per image and per text."""
-    return vectors * dim * BYTES_PER_FLOAT
-
-
-def failures(checks: Sequence[Check]) -> list[Check]:
-    return [check for check in checks if not check.ok]
-
-
-def checkpoint_refusal(run: ProbeRun, request: Request) -> Optional[EvalkitError]:
-    """For the evaluation's preflight: the error to stop with, or None when the checkpoint fits."""
-    if run.facts is None or "checkpoint" not in run.facts:
-        return None  # the env itself is broken: the upstream steps will say how
-    for check in checkpoint_checks(run.facts["checkpoint"], request):
-        if not check.ok:
-            kind = ConfigError if check.name == "architecture" else MissingInput
-            return kind(check.found, check.fix)
-    return None
-
-
-def preflight_refusal(run: ProbeRun, settings: Settings, request: Request) -> Optional[EvalkitError]:
-    """Before an extraction: the first failed check as the error to stop with, or None.
-
-    The checkpoint keeps its own kinds (missing/corrupt: MissingInput, wrong towers:
-    ConfigError); anything else the doctor would flag is a PreflightFailed.
+    RAN is the probe's exit status and output, run by the run's starter in the env it activated
+    (diagnosis.preflight_call): the texts, the image ids they name in the LMDB, the upstream
+    scripts, the disk, and the checkpoint's tensor shapes against the towers requested (read
+    from the archive without importing torch: milliseconds, against minutes of GPU time for an
+    extraction that would fail).
     """
-    refusal = checkpoint_refusal(run, request)
+    refusal = diagnosis.preflight_refusal(diagnosis.parse_probe(*ran, activated=True), settings, evaluation)
     if refusal is not None:
-        return refusal
-    skipped = {"torch", "GPU"} | ({"checkpoint", "architecture"} if "checkpoint" not in (run.facts or {}) else set())
-    for check in failures(interpret(run, settings, request)):
-        if check.name in skipped:  # sections the preflight did not probe
-            continue
-        return PreflightFailed(f"{check.name}: {check.found}",
-                               check.fix or "run `python -m evalkit doctor` for every check")
-    return None
+        raise refusal
 
 
-def size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
+def _connection_checks(target: Target, error: EvalkitError | None) -> list[Check]:
+    return diagnosis.connection_checks(target.address, target.known_hosts_name, target.user, error)
+
+
+def _existing(paths: tuple[str, ...]) -> list[str]:
+    return [path for path in paths if os.path.exists(path)]

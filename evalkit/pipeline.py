@@ -1,155 +1,271 @@
-"""The evaluation steps over a Connection: run each planned command, then fetch the results.
+"""One evaluation, start to finish: connect, check, decide, launch, follow, record, save.
 
-A run succeeds only when every step exits 0 and every result JSON says `success: true`
-(upstream evaluation.py exits 0 even when it fails).
+Both entry scripts come here: the one-shot run asks for every stage, quick_evaluation.py for one.
+Before anything runs, the server's files are inspected (remote/inspect_outputs.py) and
+server_outputs.py decides whether each stage may run: features are reused only when complete
+and made from the same checkpoint, and KNN and recall only ever read files of one recorded
+extraction. Before an extraction, the doctor's preflight checks the dataset and the checkpoint.
+The run itself is launched by an executor (executors/) and followed through its files (follow.py).
 """
 from __future__ import annotations
 
-import collections
-import json
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib import resources
+import dataclasses
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator
 
+from . import clock, server_outputs
 from .config import Settings
-from .errors import EvaluationFailed, RemoteStepFailed
-from .outputs import ServerFacts
-from .plan import CPU_LAUNCHER_NAME, FAST_KNN_NAME, INSPECTOR_NAME, JOB_RUNNER_NAME, Plan, Step, helper_path
-from .progress import Event, LogLine, ProgressUpdate, last_marked_json
-from .ssh import Connection
-
-TAIL_LINES = 30
-FACTS_MARKER = b"EVALKIT-FACTS "  # remote/inspect_outputs.py prints its JSON after this
-
-
-class Reporter(Protocol):
-    """What the pipeline tells the user about; the view implements it."""
-
-    def step_started(self, step: Step, index: int, count: int) -> None: ...
-
-    def step_event(self, step: Step, event: Event) -> None: ...
-
-    def step_finished(self, step: Step, result: "StepResult") -> None: ...
-
-    def note(self, text: str) -> None: ...
-
-    def log_opened(self, path: Path) -> None: ...
-
-    def done(self) -> None:
-        """The evaluation ended (either way): stop any live display."""
+from .diagnosis import preflight_call
+from .doctor import preflight
+from .errors import EvalkitError, EvaluationFailed, OutputsNotReady
+from .evaluation import Evaluation
+from .executors import executor_class
+from .executors.base import CancelResult, Executor, JobState, RemoteRun
+from .follow import Follower, read_logs
+from .outcome import Reporter, RunOutcome
+from .plan import Plan, Step, build_plan, checkpoint_output_dir, inspect_call, inspect_command, knn_commands
+from .run_record import RunRecord, new_record, new_run_id
+from .server import PROBE, run_dir, scripts_for
+from .server_outputs import ServerFacts, facts_from, facts_printed
+from .session import Session
+from .ssh import Connection, resolve_target
+from .store import LocalStore
+from .summary import build_summary, parse_result
 
 
 @dataclass(frozen=True)
-class StepResult:
-    name: str
-    title: str
-    command: str
-    exit_code: int
-    seconds: float
-    started_at: str
-    finished_at: str
+class Report:
+    evaluation: Evaluation     # as run: the checkpoint chosen, extraction skipped when reused
+    outcome: RunOutcome
+    facts: ServerFacts | None  # the server's files after extraction / KNN, when they ran
+    summary: dict | None       # only when recall ran
+    written: list[Path]
+    log_path: Path
 
 
-@dataclass
-class RunOutcome:
-    plan: Plan
-    steps: list[StepResult] = field(default_factory=list)
-    raw_results: dict[str, bytes] = field(default_factory=dict)  # direction -> the JSON, unchanged
-    results: dict[str, dict] = field(default_factory=dict)       # direction -> parsed JSON
+@contextmanager
+def connected(settings: Settings) -> Iterator[tuple[Session, Executor]]:
+    """Connected (host key and auth checked) before any local file is created."""
+    target = resolve_target(settings.host, settings.ssh_config_path)
+    with Connection(target, settings.connect_timeout).open() as connection:
+        executor = executor_class(settings.executor)(connection, settings)
+        try:
+            yield Session(connection), executor
+        finally:
+            executor.close()
 
 
-def helper_source(name: str) -> bytes:
-    return resources.files("evalkit.remote").joinpath(name).read_bytes()
+def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter,
+             detach: bool = False) -> Report | RunRecord:
+    """Run EVALUATION's stages on the server; recall results land in the local store.
+
+    The steps run detached on the server; with DETACH the run record is returned as soon as
+    they started, else they are followed to the end.
+    """
+    with connected(settings) as (session, executor):
+        # every remote command waits on a login shell of its own (~/.bashrc, conda init): the
+        # executor begins what the run needs first, and the checks run in the env it activated
+        executor.prepare(scripts_for(settings, extra=(PROBE,) if evaluation.runs_extraction else ()))
+        checks = _first_checks(settings, evaluation, executor)
+        evaluation, facts = locate(session.connection, settings, evaluation, reporter, checks.get("inspect"))
+        evaluation = decide(settings, evaluation, facts, reporter)
+        if evaluation.runs_extraction:  # before any GPU time
+            preflight(settings, evaluation, checks["preflight"])
+        plan = build_plan(settings, evaluation)
+        run_id = new_run_id()
+        record = new_record(settings, evaluation, plan, run_id, run_dir(settings, run_id))
+        launched = executor.launch(_remote(record))
+        LocalStore.of(settings).save_record(record)
+        if launched.took_over_stale_lock:
+            reporter.note("took over a stale lock on this checkpoint's directory (its run is gone)")
+        if detach:
+            return record
+        return _follow_to_end(session, executor, record, reporter, facts, launched.doorbell)
 
 
-def helper_sources(names: list[str]) -> dict[str, bytes]:
-    return {name: helper_source(name) for name in names}
+def _first_checks(settings: Settings, evaluation: Evaluation, executor: Executor) -> dict:
+    """The inspection of the checkpoint's files and, when it may be extracted, the preflight,
+    both at once. Without a checkpoint the latest extraction is looked for first (locate)."""
+    if not evaluation.checkpoint:
+        return {}
+    calls = {"inspect": inspect_call(settings, evaluation)}
+    if evaluation.runs_extraction:  # the checks count only if the features cannot be reused
+        calls["preflight"] = preflight_call(settings, evaluation)
+    ran = executor.run_scripts(calls, timeout=settings.step_timeout)
+    # the inspection's command names it in a failure message
+    return {**ran, "inspect": (ran["inspect"], inspect_command(settings, evaluation))}
 
 
-def helper_names(settings: Settings, extra: tuple[str, ...] = ()) -> list[str]:
-    """evalkit's own server-side scripts a run needs: the read-only inspector, the job runner,
-    the CPU launcher (--device cpu), the fast KNN (--knn fast), EXTRA."""
-    names = [INSPECTOR_NAME, JOB_RUNNER_NAME, *extra]
-    if settings.device == "cpu":
-        names.append(CPU_LAUNCHER_NAME)
-    if settings.knn == "fast":
-        names.append(FAST_KNN_NAME)
-    return names
+def attach(record: RunRecord, reporter: Reporter) -> Report:
+    """Follow a run started earlier (perhaps with --detach) to its end, exactly as if attached."""
+    with connected(record.settings) as (session, executor):
+        return _follow_to_end(session, executor, record, reporter)
 
 
-def upload_helpers(connection: Connection, settings: Settings, extra: tuple[str, ...] = ()) -> None:
-    """helper_names' scripts, each uploaded over SFTP (the starter's bootstrap sends only changed
-    ones: see jobs.prepare_start)."""
-    for name in helper_names(settings, extra):
-        upload_helper(connection, settings, name)
+def cancel(record: RunRecord, grace: float = 10.0) -> CancelResult:
+    with connected(record.settings) as (_, executor):
+        return executor.cancel(_remote(record), grace)
 
 
-def upload_helper(connection: Connection, settings: Settings, name: str) -> None:
-    """One of evalkit/remote/*.py, to REMOTE_OUTPUT_DIR/.evalkit/ (atomically)."""
-    connection.write_bytes(helper_path(settings, name), helper_source(name))
+def state(record: RunRecord) -> JobState:
+    with connected(record.settings) as (_, executor):
+        return executor.state(_remote(record))
 
 
-def read_facts(connection: Connection, command: str, settings: Settings) -> ServerFacts:
-    """Run the inspector; its stdout is one JSON object (see remote/inspect_outputs.py)."""
-    return facts_from(connection.capture(command, timeout=settings.step_timeout), command)
+def logs(record: RunRecord, follow: bool) -> Iterator[str]:
+    """Each step's output as text, step by step; with FOLLOW until the run ends."""
+    with connected(record.settings) as (session, _):
+        yield from read_logs(session, _remote(record), follow)
 
 
-def facts_from(ran: tuple[int, bytes, bytes], command: str) -> ServerFacts:
-    """The inspector's facts from (exit status, stdout, stderr) of COMMAND."""
-    exit_code, stdout, stderr = ran
-    if exit_code != 0:
-        tail = stderr.decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
-        raise RemoteStepFailed(
-            f"checking the server's files failed with status {exit_code}\ncommand: {command}\n"
-            "its output:\n" + "\n".join(f"  {line}" for line in tail),
-            "check the `activate` and `python` settings: the env must start in a login shell")
-    return facts_printed(stdout)
+def _remote(record: RunRecord) -> RemoteRun:
+    return RemoteRun(record.run_id, record.server_run_dir, record.plan)
 
 
-def facts_printed(stdout: bytes) -> ServerFacts:
-    """The facts in the inspector's output (a check step's, too)."""
-    try:
-        return ServerFacts.from_dict(last_marked_json(stdout, FACTS_MARKER))
-    except (KeyError, TypeError) as exc:  # no marked line (None), or not the facts we expect
-        raise RemoteStepFailed(f"the server's file check printed no facts: {stdout[-300:]!r}",
-                               "rerun with --debug and report it") from exc
+def _follow_to_end(session: Session, executor: Executor, record: RunRecord, reporter: Reporter,
+                   facts: ServerFacts | None = None, doorbell=None) -> Report:
+    settings, evaluation, plan = record.settings, record.evaluation, record.plan
+    store = LocalStore.of(settings)
+    log_path = store.new_log_path(evaluation, plan.label)
+    reporter.log_opened(log_path)
+    outcome = RunOutcome(plan)
+    session.resilient(settings.reconnect_timeout, reporter.note,
+                      f"re-attach later: python -m evalkit attach {record.run_id}")
+    with store.open_log(log_path) as log:
+        follower = Follower(session, executor, _remote(record), reporter, log, settings.step_timeout, doorbell)
+        recorder = _OutputRecorder(session, settings, evaluation, plan, follower, facts)
+        try:
+            follower.follow(outcome, recorder.step_done)
+        except KeyboardInterrupt:
+            _cancel_after_interrupt(executor, record, reporter)
+            raise
+        fetch_results(session, plan, outcome)
+    if "recall" not in evaluation.stages:
+        return Report(evaluation, outcome, recorder.facts, None, [], log_path)
+    summary = build_summary(outcome, evaluation, settings.host, log_path)
+    written = store.save_results(evaluation, plan.label, outcome.raw_results, summary)
+    return Report(evaluation, outcome, recorder.facts, summary, written, log_path)
 
 
-def remember(tail: collections.deque, event: Event) -> None:
-    if isinstance(event, LogLine):
-        tail.append(event.text)
-    elif isinstance(event, ProgressUpdate):
-        total = f"/{event.total:g}" if event.total is not None else ""
-        tail.append(f"{event.description + ': ' if event.description else ''}{event.n:g}{total}")
-
-
-def fetch_results(plan: Plan, connection: Connection, outcome: RunOutcome) -> None:
+def fetch_results(session: Session, plan: Plan, outcome: RunOutcome) -> None:
     """Read each result JSON from the server; raise EvaluationFailed unless it says success."""
     for direction, path in plan.result_files.items():
         try:
-            raw = connection.read_bytes(path)
+            raw = session.read_bytes(path)
         except FileNotFoundError as exc:
             raise EvaluationFailed(f"the {direction} evaluation wrote no result file {path}",
                                    "read the step output above") from exc
-        parsed = parse_result(raw, path, direction)
+        outcome.results[direction] = parse_result(raw, path, direction)
         outcome.raw_results[direction] = raw
-        outcome.results[direction] = parsed
 
 
-def parse_result(raw: bytes, path: str, direction: str) -> dict:
+def _cancel_after_interrupt(executor: Executor, record: RunRecord, reporter: Reporter) -> None:
+    """Ctrl-C while attached: nothing of the run may go on holding the server's GPU."""
     try:
-        parsed = json.loads(raw)
-    except ValueError as exc:
-        raise EvaluationFailed(f"{path} is not valid JSON", "rerun the evaluation") from exc
-    if not isinstance(parsed, dict) or parsed.get("success") is not True:
-        reason = parsed.get("errorMsg", "no reason given") if isinstance(parsed, dict) else "not an object"
-        raise EvaluationFailed(f"upstream {direction} evaluation reported failure: {reason} ({path})",
-                               "the predictions do not match the annotations: check the dataset "
-                               "split, top_k (upstream evaluation requires 10) and the step output")
-    return parsed
+        result = executor.cancel(_remote(record), 10.0)
+    except EvalkitError as error:
+        reporter.note(f"could not cancel run {record.run_id} ({error.message}): "
+                      f"python -m evalkit cancel {record.run_id}")
+        return
+    reporter.note(result.describe(record.run_id))
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+class _OutputRecorder:
+    """Writes the manifest once the features are verified, and the KNN record once the
+    predictions are: from the facts the check steps printed, with no further remote command."""
+
+    def __init__(self, session: Session, settings: Settings, evaluation: Evaluation, plan: Plan,
+                 follower: Follower, facts: ServerFacts | None) -> None:
+        self.session, self.settings, self.evaluation, self.plan = session, settings, evaluation, plan
+        self.follower = follower
+        self.facts = facts  # before the run; after each check step, what it found
+        self.manifest: dict | None = None  # the one this run wrote, once it has
+
+    def step_done(self, step: Step) -> None:
+        if step.name == "verify":
+            self._record_extraction(step)
+        elif step.name == "check_predictions":
+            self._record_knn(step)
+
+    def _record_extraction(self, verify: Step) -> None:
+        facts = self._printed_by(verify)
+        command = self.plan.steps_of("extract")[0].command
+        self.manifest = server_outputs.new_manifest(self.settings, self.evaluation, facts, command,
+                                                    clock.precise_timestamp())
+        self.session.write_bytes(self.plan.manifest, server_outputs.manifest_bytes(self.manifest))
+        self.facts = dataclasses.replace(facts, manifest=self.manifest)
+
+    def _record_knn(self, check: Step) -> None:
+        facts = self._printed_by(check)
+        # this run's manifest, when it extracted: the check may have run before it was written
+        facts = dataclasses.replace(facts, manifest=self.manifest or facts.manifest)
+        commands = {direction: step.command for step in self.plan.steps_of("knn") for direction in step.directions}
+        manifest = server_outputs.with_knn(facts, commands, clock.precise_timestamp())
+        self.session.write_bytes(self.plan.manifest, server_outputs.manifest_bytes(manifest))
+        self.facts = dataclasses.replace(facts, manifest=manifest)
+
+    def _printed_by(self, step: Step) -> ServerFacts:
+        return facts_printed(self.session.read_bytes(self.follower.output_path(step)))
+
+
+def locate(connection: Connection, settings: Settings, evaluation: Evaluation, reporter: Reporter,
+           inspected: tuple | None = None) -> tuple[Evaluation, ServerFacts]:
+    """The server's facts for EVALUATION (INSPECTED: already run, with its command); without a
+    checkpoint, for the most recent extraction, which then becomes the evaluation's checkpoint."""
+    facts = facts_from(*inspected) if inspected else _inspect(connection, settings, evaluation)
+    server_outputs.check_dataset(facts, evaluation)
+    if evaluation.checkpoint:
+        return evaluation, facts
+    if not facts.out_dir or not facts.manifest:
+        raise OutputsNotReady(
+            f"no extraction found for dataset {evaluation.dataset!r}, split {evaluation.split!r} "
+            f"under {settings.output_root}", "run --step extract --model-path CHECKPOINT first")
+    manifest = facts.manifest
+    chosen = dataclasses.replace(evaluation, checkpoint=manifest["checkpoint"]["path"],
+                                 vision_model=manifest["vision_model"], text_model=manifest["text_model"])
+    reporter.note(f"using the most recent extraction: {chosen.checkpoint} (extracted "
+                  f"{manifest.get('extracted_at')}); pass --model-path to choose another")
+    facts = _inspect(connection, settings, chosen)
+    expected_dir = checkpoint_output_dir(settings, chosen.dataset, chosen.split, chosen.checkpoint)
+    if facts.out_dir != expected_dir:  # a manifest copied by hand into another directory
+        raise OutputsNotReady(f"the manifest in {facts.out_dir} names a checkpoint whose outputs "
+                              f"belong in {expected_dir}", "run --step extract --model-path again")
+    return chosen, facts
+
+
+def _inspect(connection: Connection, settings: Settings, evaluation: Evaluation) -> ServerFacts:
+    command = inspect_command(settings, evaluation)
+    return facts_from(connection.capture(command, timeout=settings.step_timeout), command)
+
+
+def decide(settings: Settings, evaluation: Evaluation, facts: ServerFacts, reporter: Reporter) -> Evaluation:
+    """Check the stage's inputs; skip extraction when complete features can be reused."""
+    if "extract" in evaluation.stages and not evaluation.skip_extraction:
+        server_outputs.check_checkpoint(facts)
+        refusal = server_outputs.reuse_refusal(settings, evaluation, facts)
+        if refusal is None and not evaluation.force_extraction:
+            reporter.note(f"reusing the features extracted {facts.manifest['extracted_at']} for this "
+                          f"checkpoint ({facts.image_count} images, {facts.text_count} texts, "
+                          "checkpoint unchanged); --force-extraction extracts again")
+            return _reuse_predictions(settings, dataclasses.replace(evaluation, skip_extraction=True), facts,
+                                      reporter)
+        if facts.manifest and refusal:
+            reporter.note(f"extracting again: {refusal}")
+        return evaluation
+    hint = "drop --skip-extraction to extract first" if "extract" in evaluation.stages else None
+    server_outputs.check_features(facts, fix=hint)
+    if "recall" in evaluation.stages and "knn" not in evaluation.stages:
+        server_outputs.check_predictions(facts, evaluation.directions)
+    return evaluation
+
+
+def _reuse_predictions(settings: Settings, evaluation: Evaluation, facts: ServerFacts,
+                       reporter: Reporter) -> Evaluation:
+    """With reused features, KNN is skipped too when its recorded commands are the ones planned."""
+    if "knn" not in evaluation.stages or not server_outputs.predictions_reusable(facts,
+                                                                                knn_commands(settings, evaluation)):
+        return evaluation
+    reporter.note("reusing the KNN predictions made from these features by the same commands")
+    return dataclasses.replace(evaluation, stages=tuple(stage for stage in evaluation.stages if stage != "knn"))

@@ -16,15 +16,18 @@ from rich.table import Table
 from rich.text import Text
 
 from .comparison import COLUMNS, cell, header
-from .doctor import Check
+from .diagnosis import Check
 from .errors import EvalkitError
-from .outputs import ServerFacts
+from .executors.base import JobState
+from .outcome import StepResult
 from .plan import DIRECTION_TITLES, Plan, Step
 from .progress import Event, LogLine, ProgressUpdate
-from .results import Recall
+from .server_outputs import ServerFacts
+from .summary import Recall, recalls
 
 if TYPE_CHECKING:  # pipeline brings paramiko: kept out of `--help`'s start-up
-    from .pipeline import StepResult
+    from .pipeline import Report
+    from .run_record import RunRecord
 
 
 def make_consoles(to_stderr: bool = False) -> tuple[Console, Console]:
@@ -132,6 +135,15 @@ def show_results(console: Console, label: str, recalls: dict[str, Recall], writt
         console.print(Text(f"saved: {path}"), soft_wrap=True)
 
 
+def show_report(console: Console, report: Report) -> None:
+    """What one evaluation ends with: its recall table, or what the stage it ran left ready."""
+    plan = report.outcome.plan
+    if report.summary is None:
+        show_stage_done(console, report.evaluation.stages[-1], report.facts, plan)
+    else:
+        show_results(console, plan.label, recalls(report.outcome), report.written, plan.output_dir)
+
+
 def show_stage_done(console: Console, stage: str, facts: ServerFacts | None, plan: Plan) -> None:
     """After --step extract or knn: what is ready on the server, and the next command."""
     if stage == "extract":
@@ -172,26 +184,25 @@ def show_detached(console: Console, run_id: str, label: str) -> None:
         console.print(Text(f"  python -m evalkit {verb} {run_id}    # {what}", style="dim"), soft_wrap=True)
 
 
-def show_runs(console: Console, rows: list) -> None:
+def show_runs(console: Console, rows: list[tuple[RunRecord, JobState]]) -> None:
     """`status`: one row per run record, with what the server says about it."""
     table = Table(title="runs")
     for column in ("run", "label", "dataset / split", "started", "state"):
         table.add_column(column)
     for record, state in rows:
-        table.add_row(record.run_id, Text(record.label), Text(f"{record.request.dataset} / {record.request.split}"),
+        table.add_row(record.run_id, Text(record.label), Text(f"{record.evaluation.dataset} / {record.evaluation.split}"),
                       record.created_at, Text(describe_state(state)))
     console.print(table)
 
 
-def describe_state(state: dict) -> str:
-    if "error" in state:
-        return f"unknown: {state['error']}"
-    status = state.get("status") or {}
-    if status.get("state") == "failed":
-        return f"failed at step {status.get('failed_step')}"
-    if status.get("state"):
-        return str(status["state"])
-    return "running" if state.get("driver_alive") else "gone (driver died or server rebooted)"
+def describe_state(state: JobState) -> str:
+    if state.unknown:
+        return f"unknown: {state.unknown}"
+    if state.state == "failed":
+        return f"failed at step {state.failed_step}"
+    if state.state:
+        return state.state
+    return "running" if state.driver_alive else "gone (driver died or server rebooted)"
 
 
 def show_log_location(console: Console, path: Path) -> None:

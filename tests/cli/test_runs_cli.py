@@ -5,7 +5,7 @@ import re
 import shlex
 import subprocess
 import sys
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -15,8 +15,10 @@ from click.testing import CliRunner
 from evalkit.cli import main
 from evalkit.config import Settings
 from evalkit.errors import UnknownRun
-from evalkit.plan import Request, build_plan
-from evalkit.runs import load, new_record, new_run_id, newest, save
+from evalkit.evaluation import Evaluation
+from evalkit.plan import build_plan
+from evalkit.run_record import new_record, new_run_id
+from evalkit.store import LocalStore
 
 
 @pytest.fixture(autouse=True)
@@ -84,14 +86,25 @@ def test_status_with_no_runs_says_so(tmp_path):
 
 def test_a_run_record_keeps_everything_attach_needs(tmp_path):
     settings = Settings(host="gpu-box", datapath="/d", results_dir=str(tmp_path / "results"), device="cpu")
-    request = Request("Flickr30k-CN", "valid", "/d/ckpt.pt", "RN50", "RBT3-chinese", skip_extraction=True,
-                      stages=("extract", "recall"), label="team")
-    record = new_record(settings, request, build_plan(settings, request), new_run_id(), "/d/evalkit/.evalkit/runs/x")
-    save(record)
-    loaded = load(Path(settings.results_dir), record.run_id)
+    evaluation = Evaluation("Flickr30k-CN", "valid", "/d/ckpt.pt", "RN50", "RBT3-chinese", label="team",
+                            stages=("extract", "recall"), skip_extraction=True)
+    record = new_record(settings, evaluation, build_plan(settings, evaluation), new_run_id(),
+                        "/d/evalkit/.evalkit/runs/x")
+    store = LocalStore(Path(settings.results_dir))
+    store.save_record(record)
+    loaded = store.load_record(record.run_id)
     assert loaded == record
-    assert build_plan(loaded.settings, loaded.request) == build_plan(settings, request)
-    assert [r.run_id for r in newest(Path(settings.results_dir), 5)] == [record.run_id]
+    assert loaded.plan == build_plan(settings, evaluation)  # attach follows the very steps that were started
+    assert [r.run_id for r in store.newest_records(5)] == [record.run_id]
+
+
+def test_a_record_from_another_version_is_named_not_a_traceback(tmp_path):
+    store = LocalStore(tmp_path / "results")
+    store.runs_dir.mkdir(parents=True)
+    (store.runs_dir / "20250101-000000-abcdef.json").write_text('{"run_id": "20250101-000000-abcdef"}')
+    result = invoke("attach", "20250101-000000-abcdef", "--results-dir", str(tmp_path / "results"))
+    assert result.exit_code == UnknownRun.exit_code
+    assert "unreadable or from another evalkit version" in result.stderr
 
 
 def test_run_ids_made_later_sort_later_and_need_no_quoting(monkeypatch):
@@ -100,14 +113,8 @@ def test_run_ids_made_later_sort_later_and_need_no_quoting(monkeypatch):
     moments = [datetime(2024, 12, 31, 23, 59, 59), datetime(2025, 1, 1, 0, 0, 0),
                datetime(2025, 1, 1, 0, 0, 9), datetime(2025, 1, 1, 0, 0, 10),
                datetime(2025, 1, 1, 9, 59, 59), datetime(2025, 1, 1, 10, 0, 0)]
-    clock = iter(moments)
-
-    class Clock(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return next(clock)
-
-    monkeypatch.setattr("evalkit.runs.datetime", Clock)
+    clock = iter(moment.replace(tzinfo=timezone.utc) for moment in moments)
+    monkeypatch.setattr("evalkit.clock.now", lambda: next(clock))
     ids = [new_run_id() for _ in moments]
     for run_id, moment in zip(ids, moments):
         assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", run_id), run_id
@@ -117,12 +124,7 @@ def test_run_ids_made_later_sort_later_and_need_no_quoting(monkeypatch):
 
 
 def test_two_run_ids_made_in_one_second_differ(monkeypatch):
-    class Frozen(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return datetime(2025, 1, 1, 12, 0, 0)
-
-    monkeypatch.setattr("evalkit.runs.datetime", Frozen)
+    monkeypatch.setattr("evalkit.clock.now", lambda: datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc))
     first, second = new_run_id(), new_run_id()
     assert first[:15] == second[:15] == "20250101-120000"
     assert first != second

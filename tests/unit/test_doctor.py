@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from evalkit import doctor
+from evalkit import diagnosis as doctor
 from evalkit.architecture import infer_architecture, mismatch
 from evalkit.config import TEXT_MODELS, VISION_MODELS, Settings
-from evalkit.doctor import Check, ProbeRun
+from evalkit.diagnosis import Check, ProbeRun
 from evalkit.errors import AuthenticationError, ConfigError, ConnectError, HostKeyError, MissingInput
-from evalkit.plan import Request, helper_path
+from evalkit.evaluation import Evaluation as Request
+from evalkit.server import script_path as helper_path
 
 CONFIGS = Path(__file__).with_name("model_configs")
 PROBE = Path(__file__).resolve().parents[2] / "evalkit" / "remote" / "doctor_probe.py"
@@ -287,7 +288,7 @@ def test_hostile_values_reach_the_probe_as_text_and_never_run(tmp_path, hostile)
     probe.parent.mkdir(parents=True)
     shutil.copy(PROBE, probe)
     request = Request(hostile, "valid", str(root / "ckpt.pt"))
-    command = doctor.doctor_command(settings, request, request.model_path)
+    command = doctor.doctor_command(settings, request)
     done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, timeout=60)
     run = doctor.parse_probe(done.returncode, done.stdout, done.stderr)
     assert run.activated and run.facts is not None, done.stderr

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from evalkit.config import Settings
-from evalkit.plan import (CHECK_STEPS, I2T_RESULT, T2I_RESULT, Request, build_plan, checkpoint_label,
-                          dataset_paths, resolve_checkpoint)
+from evalkit.evaluation import Evaluation, checkpoint_label, checkpoint_path
+from evalkit.plan import CHECK_STEPS, I2T_RESULT, T2I_RESULT, build_plan, dataset_paths
 
 SEED_CHECKPOINT = "/root/autodl-tmp/datapath/experiments/exp/checkpoints/epoch_latest.pt"
 ALL_STEPS = ["prepare", "extract", "verify", "knn_t2i", "knn_i2t", "check_predictions", "recall_t2i", "transform",
@@ -21,10 +21,11 @@ ALL_STEPS = ["prepare", "extract", "verify", "knn_t2i", "knn_i2t", "check_predic
 PYTHON_STEPS = [name for name in ALL_STEPS if name not in ("prepare", *CHECK_STEPS)]
 
 
-def request(**overrides) -> Request:
+def request(**overrides) -> Evaluation:
+    """An evaluation as the CLI resolves it: MODEL_PATH relative to the default datapath."""
     values = {"dataset": "Flickr30k-CN", "split": "valid", "model_path": SEED_CHECKPOINT}
     values.update(overrides)
-    return Request(**values)
+    return Evaluation(checkpoint=checkpoint_path(Settings().datapath, values.pop("model_path")), **values)
 
 
 def steps_by_name(plan) -> dict:
@@ -71,11 +72,11 @@ def test_checkpoint_label(checkpoint, label):
     ("/abs//x/./model.pt", "/abs/x/model.pt"),
 ])
 def test_relative_model_path_is_taken_under_datapath(model_path, checkpoint):
-    assert resolve_checkpoint(Settings(), model_path) == checkpoint
+    assert checkpoint_path(Settings().datapath, model_path) == checkpoint
 
 
 def test_relative_model_path_follows_the_configured_datapath():
-    assert resolve_checkpoint(Settings(datapath="/data/"), "m.pt") == "/data/m.pt"
+    assert checkpoint_path("/data/", "m.pt") == "/data/m.pt"
 
 
 def test_two_checkpoints_with_the_same_label_get_different_output_dirs():

@@ -14,18 +14,19 @@ import pytest
 
 from evalkit.config import Settings
 from evalkit.errors import MissingInput, OutputsNotReady
-from evalkit.outputs import (FileFacts, ServerFacts, check_checkpoint, check_dataset, check_features,
-                             check_predictions, new_manifest, predictions_reusable, reuse_refusal, with_knn)
-from evalkit.plan import (INSPECTOR_NAME, MANIFEST_NAME, Request, build_plan, helper_path,
-                          inspect_command)
+from evalkit.server_outputs import (FileFacts, ServerFacts, check_checkpoint, check_dataset, check_features,
+                                    check_predictions, new_manifest, predictions_reusable, reuse_refusal, with_knn)
+from evalkit.evaluation import Evaluation
+from evalkit.plan import MANIFEST_NAME, build_plan, inspect_command
+from evalkit.server import INSPECTOR as INSPECTOR_NAME, script_path as helper_path
 
 CHECKPOINT = "/data/experiments/exp/checkpoints/epoch_latest.pt"
 SETTINGS = Settings(datapath="/data")
 
 
-def request(**overrides) -> Request:
-    return Request(**{"dataset": "Flickr30k-CN", "split": "valid", "model_path": CHECKPOINT,
-                      "vision_model": "RN50", "text_model": "RBT3-chinese", **overrides})
+def request(**overrides) -> Evaluation:
+    return Evaluation(**{"dataset": "Flickr30k-CN", "split": "valid", "checkpoint": CHECKPOINT,
+                         "vision_model": "RN50", "text_model": "RBT3-chinese", **overrides})
 
 
 # --- which steps each stage plans --------------------------------------------------------------
@@ -114,8 +115,9 @@ def _fake_server(root: Path, dataset: str) -> Settings:
     return settings
 
 
-def _facts(settings: Settings, req: Request, checkpoint: str | None, cwd: Path) -> dict:
-    done = subprocess.run(["bash", "-c", inspect_command(settings, req, checkpoint)], cwd=cwd,
+def _facts(settings: Settings, req: Evaluation, checkpoint: str | None, cwd: Path) -> dict:
+    evaluation = dataclasses.replace(req, checkpoint=checkpoint or "")
+    done = subprocess.run(["bash", "-c", inspect_command(settings, evaluation)], cwd=cwd,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     [line] = [line for line in done.stdout.splitlines() if line.startswith("EVALKIT-FACTS ")]
@@ -135,7 +137,7 @@ def test_the_file_check_receives_hostile_values_as_text(tmp_path, hostile):
 
 def test_the_file_check_counts_complete_lines_and_sees_a_partial_one(tmp_path):
     settings = _fake_server(tmp_path, "Flickr30k-CN")
-    plan = build_plan(settings, request(model_path=str(tmp_path / "ckpt.pt")))
+    plan = build_plan(settings, request(checkpoint=str(tmp_path / "ckpt.pt")))
     Path(plan.output_dir).mkdir(parents=True)
     Path(plan.files.image_feats).write_text('{"image_id": 1}\n{"image_id": 2', encoding="utf-8")
     Path(plan.files.text_feats).write_text('{"text_id": 1}\n{"text_id": 2}\n', encoding="utf-8")
@@ -153,7 +155,7 @@ def test_the_file_check_counts_complete_lines_and_sees_a_partial_one(tmp_path):
 ])
 def test_the_check_after_knn_passes_only_one_complete_line_per_query(tmp_path, predictions, exit_code, says):
     settings = _fake_server(tmp_path, "Flickr30k-CN")
-    plan = build_plan(settings, request(model_path=str(tmp_path / "ckpt.pt"), skip_image_to_text=True))
+    plan = build_plan(settings, request(checkpoint=str(tmp_path / "ckpt.pt"), skip_image_to_text=True))
     Path(plan.output_dir).mkdir(parents=True)
     Path(plan.files.t2i_predictions).write_text(predictions, encoding="utf-8")
     check = plan.steps_of("knn")[-1]
@@ -168,11 +170,11 @@ def test_without_a_checkpoint_the_file_check_picks_the_newest_manifest_of_this_d
     for name, when, datapath in (("old", "2026-01-01T00:00:00", settings.datapath),
                                  ("new", "2026-02-01T00:00:00", settings.datapath),
                                  ("other-datapath", "2026-03-01T00:00:00", "/elsewhere")):
-        plan = build_plan(settings, request(model_path=f"/ckpt/{name}/checkpoints/epoch_latest.pt"))
+        plan = build_plan(settings, request(checkpoint=f"/ckpt/{name}/checkpoints/epoch_latest.pt"))
         Path(plan.output_dir).mkdir(parents=True)
         Path(plan.manifest).write_text(json.dumps({"extracted_at": when, "datapath": datapath}))
         made[name] = plan.output_dir
-    assert _facts(settings, request(model_path=""), None, tmp_path)["out_dir"] == made["new"]
+    assert _facts(settings, request(checkpoint=""), None, tmp_path)["out_dir"] == made["new"]
 
 
 # --- when a stage may use the files ------------------------------------------------------------

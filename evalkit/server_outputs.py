@@ -14,10 +14,14 @@ import json
 from dataclasses import dataclass
 
 from .config import Settings
-from .errors import MissingInput, OutputsNotReady
-from .plan import DIRECTION_TITLES, PREDICTION_FILES, Request
+from .errors import MissingInput, OutputsNotReady, RemoteStepFailed
+from .evaluation import Evaluation
+from .plan import DIRECTION_TITLES, PREDICTION_FILES
+from .progress import last_marked_json
 
 MANIFEST_VERSION = 1
+FACTS_MARKER = b"EVALKIT-FACTS "  # remote/inspect_outputs.py prints its JSON after this
+TAIL_LINES = 30
 FEATURE_FILES = {"image_feats": "image", "text_feats": "text"}
 
 
@@ -60,9 +64,9 @@ class ServerFacts:
         return str((self.manifest or {}).get("checkpoint", {}).get("path", "?"))
 
 
-def check_dataset(facts: ServerFacts, request: Request) -> None:
+def check_dataset(facts: ServerFacts, evaluation: Evaluation) -> None:
     """The split's image LMDB and texts JSONL must exist before anything runs."""
-    where = f"split {request.split!r} of dataset {request.dataset!r}"
+    where = f"split {evaluation.split!r} of dataset {evaluation.dataset!r}"
     fix = "check --dataset-name and --split against the folders under DATAPATH/datasets/"
     if facts.images_problem == "missing":
         raise MissingInput(f"{where} is not on the server: no image LMDB at {facts.images_path}", fix)
@@ -83,23 +87,23 @@ def check_checkpoint(facts: ServerFacts) -> None:
                            "fix its permissions, or evaluate as its owner")
 
 
-def extraction_inputs(settings: Settings, request: Request, facts: ServerFacts) -> dict:
+def extraction_inputs(settings: Settings, evaluation: Evaluation, facts: ServerFacts) -> dict:
     """What the features depend on; equal inputs mean the features can be reused."""
     checkpoint = facts.checkpoint or {}
     return {"checkpoint": {"path": checkpoint.get("path"), "size": checkpoint.get("size"),
                            "mtime_ns": checkpoint.get("mtime_ns")},
-            "vision_model": request.vision_model, "text_model": request.text_model,
+            "vision_model": evaluation.vision_model, "text_model": evaluation.text_model,
             "context_length": settings.context_length}
 
 
-def reuse_refusal(settings: Settings, request: Request, facts: ServerFacts) -> str | None:
+def reuse_refusal(settings: Settings, evaluation: Evaluation, facts: ServerFacts) -> str | None:
     """None when complete features of exactly these inputs exist; else why they can't be reused."""
     manifest = facts.manifest
     if not manifest:
         return "no earlier extraction"
     recorded = {key: manifest.get(key) for key in ("checkpoint", "vision_model", "text_model",
                                                    "context_length")}
-    for key, wanted in extraction_inputs(settings, request, facts).items():
+    for key, wanted in extraction_inputs(settings, evaluation, facts).items():
         if recorded[key] != wanted:
             return f"the {key.replace('_', ' ')} changed since the last extraction"
     return feature_problem(facts)
@@ -196,12 +200,12 @@ def predictions_reusable(facts: ServerFacts, planned: dict[str, str]) -> bool:
     return all(knn[direction].get("command") == command for direction, command in planned.items())
 
 
-def new_manifest(settings: Settings, request: Request, facts: ServerFacts, command: str,
+def new_manifest(settings: Settings, evaluation: Evaluation, facts: ServerFacts, command: str,
                  extracted_at: str) -> dict:
     """The record of a finished extraction, from the facts gathered right after it."""
     return {"evalkit_manifest": MANIFEST_VERSION,
-            **extraction_inputs(settings, request, facts),
-            "datapath": settings.datapath, "dataset": request.dataset, "split": request.split,
+            **extraction_inputs(settings, evaluation, facts),
+            "datapath": settings.datapath, "dataset": evaluation.dataset, "split": evaluation.split,
             "num_images": facts.image_count, "num_texts": facts.text_count,
             "features": {name: facts.files[name].fingerprint for name in FEATURE_FILES
                          if facts.files.get(name)},
@@ -224,3 +228,24 @@ def with_knn(facts: ServerFacts, commands: dict[str, str], finished_at: str) -> 
 
 def manifest_bytes(manifest: dict) -> bytes:
     return (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def facts_from(ran: tuple[int, bytes, bytes], command: str) -> ServerFacts:
+    """The inspector's facts from (exit status, stdout, stderr) of COMMAND."""
+    exit_code, stdout, stderr = ran
+    if exit_code != 0:
+        tail = stderr.decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
+        raise RemoteStepFailed(
+            f"checking the server's files failed with status {exit_code}\ncommand: {command}\n"
+            "its output:\n" + "\n".join(f"  {line}" for line in tail),
+            "check the `activate` and `python` settings: the env must start in a login shell")
+    return facts_printed(stdout)
+
+
+def facts_printed(stdout: bytes) -> ServerFacts:
+    """The facts in the inspector's output (a check step's, too)."""
+    try:
+        return ServerFacts.from_dict(last_marked_json(stdout, FACTS_MARKER))
+    except (KeyError, TypeError) as exc:  # no marked line (None), or not the facts we expect
+        raise RemoteStepFailed(f"the server's file check printed no facts: {stdout[-300:]!r}",
+                               "rerun with --debug and report it") from exc

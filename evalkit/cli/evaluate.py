@@ -1,0 +1,169 @@
+"""click only: the evaluation commands (the two entry scripts' commands, doctor, demo)."""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from .. import view
+from ..comparison import ModelResult
+from ..config import Settings
+from ..errors import EvalkitError
+from ..evaluation import STAGES, Evaluation, RunOptions
+from ..plan import build_plan
+from ..store import LocalStore
+from .guard import CONTEXT, debug_option, guarded
+from .options import parse, shared_options
+
+
+@click.command(context_settings=CONTEXT)
+@shared_options
+@click.option("--skip-extraction", is_flag=True,
+              help="use the features already extracted for this checkpoint; an error if there "
+                   "are none (by default they are reused when complete and up to date)")
+@guarded
+def evaluate_command(**flags: Any) -> None:
+    """Evaluate a Chinese-CLIP checkpoint on the server: extract features, KNN, recall.
+
+    Runs the upstream cn_clip/eval scripts over SSH, streams their progress, and copies both
+    result JSONs to RESULTS_DIR/<dataset>/<split>/<label>/, then prints Recall@1/5/10.
+
+    \b
+    Example:
+      python distillation_model_evaluation.py --dataset-name Flickr30k-CN \\
+        --model-path /root/autodl-tmp/datapath/experiments/EXP/checkpoints/epoch_latest.pt
+    """
+    run(*parse(flags))
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--step", type=click.Choice(STAGES), required=True,
+              help="extract: image + text features of --model-path; knn: top-k predictions; "
+                   "recall: Recall@1/5/10, pulled back and shown")
+@shared_options
+@guarded
+def quick_command(step: str, **flags: Any) -> None:
+    """Run one stage of the evaluation, for debugging: extract, then knn, then recall.
+
+    knn and recall use the features of --model-path, or without it the most recent
+    extraction for this datapath, dataset and split (and say which checkpoint that was).
+    Each stage refuses to read files that are missing, incomplete, or not from one extraction
+    of one checkpoint; extraction is skipped when complete features of the unchanged
+    checkpoint exist (--force-extraction redoes it).
+
+    \b
+    Example:
+      python quick_evaluation.py --step extract --dataset-name Flickr30k-CN \\
+        --model-path /root/autodl-tmp/datapath/experiments/EXP/checkpoints/epoch_latest.pt
+      python quick_evaluation.py --step knn --dataset-name Flickr30k-CN
+      python quick_evaluation.py --step recall --dataset-name Flickr30k-CN
+    """
+    run(*parse(flags, stages=(step,)))
+
+
+def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) -> None:
+    """Dry run, one model, or several (a comparison); --json puts one summary on stdout."""
+    out, _ = view.make_consoles(to_stderr=options.json_output)
+    if options.dry_run:
+        for evaluation in evaluations:
+            view.show_plan(out, build_plan(settings, evaluation), settings.host)
+        return
+    from .. import gpu_queue, pipeline  # the SSH side loads only when a command needs it: `--help` starts fast
+    if options.detach:
+        for evaluation in evaluations:
+            record = pipeline.evaluate(settings, evaluation, view.QuietReporter(out), detach=True)
+            view.show_detached(out, record.run_id, record.label)
+        return
+    if len(evaluations) == 1:
+        results = [run_one(out, settings, evaluations[0], options.verbose)]
+    else:
+        results = _run_many(out, settings, evaluations, options)
+    first = evaluations[0]
+    document, written = gpu_queue.compare(LocalStore.of(settings), results, first.dataset, first.split,
+                                          save=len(results) > 1 and "recall" in first.stages)
+    if len(results) > 1 and "recall" in first.stages:
+        view.show_comparison(out, document, written)
+    if options.json_output:
+        click.echo(json.dumps(document, ensure_ascii=False, indent=2))
+    gpu_queue.check_all_succeeded(results)
+
+
+def run_one(out: Console, settings: Settings, evaluation: Evaluation, verbose: bool) -> ModelResult:
+    from .. import gpu_queue, pipeline
+    with view.LiveReporter(out, verbose) as reporter:
+        report = pipeline.evaluate(settings, evaluation, reporter)  # errors keep their own exit code
+    view.show_report(out, report)
+    return gpu_queue.model_result(report)
+
+
+def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation],
+              options: RunOptions) -> list[ModelResult]:
+    from ..gpu_queue import evaluate_all
+    gpus = list(options.gpus) or [settings.gpu]
+
+    def failed(evaluation: Evaluation, error: EvalkitError) -> None:
+        view.show_model_failed(out, evaluation.label or evaluation.checkpoint, error)
+
+    if len(gpus) <= 1:
+        def one_after_another(evaluation: Evaluation) -> view.LiveReporter:
+            view.show_model_header(out, evaluation.label, evaluation.checkpoint)
+            return view.LiveReporter(out, options.verbose)
+        return evaluate_all(settings, evaluations, gpus, one_after_another, failed)
+    with view.concurrent_progress(out) as progress:
+        return evaluate_all(settings, evaluations, gpus,
+                            lambda evaluation: view.ConcurrentReporter(out, progress, evaluation.label
+                                                                       or evaluation.checkpoint), failed)
+
+
+@click.command(context_settings=CONTEXT)
+@shared_options
+@guarded
+def doctor(**flags: Any) -> None:
+    """Check the server before evaluating: ssh, env, cn_clip, GPU, dataset, checkpoint, disk.
+
+    Each check prints one line, ✓ or ✗ with what it found and, on ✗, the fix. It reads only
+    (it uploads its probe beside evalkit's other helpers) and runs no upstream script. Takes the
+    evaluation's options; those about running (--force-extraction, --skip-*, --dry-run, ...) are
+    ignored. Exits 0 only when every check passes.
+
+    \b
+    Example:
+      python -m evalkit doctor --config configs/seetacloud-v800.yaml \\
+        --model-path /root/autodl-tmp/datapath/experiments/EXP/checkpoints/epoch_latest.pt
+    """
+    flags = {**flags, "dry_run": False, "skip_text_to_image": False, "skip_image_to_text": False,
+             "force_extraction": False}
+    settings, evaluations, _ = parse(flags, stages=())
+    out, _ = view.make_consoles()
+    from ..doctor import run_doctors
+    count = run_doctors(settings, evaluations, on_check=functools.partial(view.show_check, out),
+                        on_model=(lambda evaluation: view.show_model_header(out, evaluation.label,
+                                                                            evaluation.checkpoint))
+                        if len(evaluations) > 1 else None)
+    view.show_doctor_passed(out, count)
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="where the demo server's venv, data and keys live  [default: ~/.cache/evalkit/demo]")
+@click.option("--results-dir", default="results", show_default=True, help="local folder for results")
+@click.option("--verbose", is_flag=True, help="also print each remote command as it starts")
+@debug_option
+@guarded
+def demo(workdir: Path | None, results_dir: str, verbose: bool, debug: bool) -> None:
+    """Run a full evaluation against a local demo server: no GPU server needed.
+
+    Starts Debian's sshd on 127.0.0.1, a CPU venv with the cn_clip package, a tiny dataset in
+    the real LMDB + JSONL format and a random RN50 + RBT3 checkpoint, then evaluates it through
+    SSH with the unmodified upstream scripts, exactly as against the real server.
+    """
+    from ..demo import default_workdir, demo_server  # the test bed is only loaded when asked for
+
+    out, _ = view.make_consoles()
+    say = functools.partial(view.show_note, out)
+    with demo_server(workdir or default_workdir(), results_dir, say) as server:
+        run_one(out, server.settings, server.evaluation, verbose)

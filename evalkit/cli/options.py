@@ -1,0 +1,134 @@
+"""The evaluation commands' options, declared once, and the one place they become typed,
+resolved values: Settings, one Evaluation per checkpoint, RunOptions. Nothing below the CLI
+sees click's keyword arguments."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from ..config import ALL_MODELS, DEVICES, KNN_MODES, TEXT_MODELS, VISION_MODELS, ModelEntry, Settings, build_settings
+from ..evaluation import SPLITS, STAGES, Evaluation, RunOptions, Scope, Wanted, resolve
+from .guard import debug_option
+
+_SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir", "vision_model", "text_model", "knn")
+
+
+def _check_dataset_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value or value in (".", "..") or "/" in value or "\0" in value:
+        raise click.BadParameter(f"{value!r} is not a dataset directory name "
+                                 "(one name under DATAPATH/datasets, no '/')")
+    return value
+
+
+def _parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    try:
+        gpus = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of GPU indices, e.g. 0,1,2")
+    if any(gpu < 0 for gpu in gpus) or len(set(gpus)) != len(gpus):
+        raise click.BadParameter(f"{value!r}: each GPU index once, none negative")
+    return gpus
+
+
+def config_option(help_text: str) -> Callable:
+    return click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help=help_text)
+
+
+def shared_options(command: Callable) -> Callable:
+    """The options of every evaluation command."""
+    options = [
+        config_option("YAML file with server settings (see configs/seetacloud-v800.yaml). "
+                      "Flags override it; it overrides the built-in defaults."),
+        click.option("--host", help="ssh alias or user@host  [default: seetacloud-v800]"),
+        click.option("--datapath", help="server data root holding datasets/ and experiments/  "
+                                        "[default: /root/autodl-tmp/datapath]"),
+        click.option("--dataset-name", default="Flickr30k-CN", show_default=True,
+                     callback=_check_dataset_name, help="dataset directory under DATAPATH/datasets"),
+        click.option("--split", type=click.Choice(SPLITS), default="valid", show_default=True),
+        click.option("--model-path", help="checkpoint on the server, e.g. DATAPATH/experiments/"
+                                          "<name>/checkpoints/epoch_latest.pt (relative: to DATAPATH)"),
+        click.option("--model", "models", multiple=True, metavar="NAME",
+                     help="a checkpoint registered under `models:` in the config; repeatable; "
+                          "`all` for every registered one. Several give a comparison table"),
+        click.option("--force-extraction", is_flag=True,
+                     help="extract again even when complete features of this unchanged "
+                          "checkpoint exist (they are reused by default)"),
+        click.option("--vision-model", type=click.Choice(VISION_MODELS),
+                     help="the checkpoint's image tower  [default: ViT-B-16]"),
+        click.option("--text-model", type=click.Choice(TEXT_MODELS),
+                     help="the checkpoint's text tower  [default: RoBERTa-wwm-ext-base-chinese]"),
+        click.option("--device", type=click.Choice(DEVICES),
+                     help="cuda, or cpu to run the same upstream scripts without a GPU  [default: cuda]"),
+        click.option("--gpu", type=click.IntRange(min=0), help="GPU index, sets CUDA_VISIBLE_DEVICES  "
+                                                               "[default: 0]"),
+        click.option("--gpus", callback=_parse_gpus, metavar="0,1,2",
+                     help="evaluate several models at once, one per GPU (one GPU: one after another)"),
+        click.option("--results-dir", help="local folder for results  [default: results]"),
+        click.option("--knn", type=click.Choice(KNN_MODES),
+                     help="upstream: the two upstream KNN scripts; fast: evalkit's exact batched KNN, "
+                          "same prediction files, much faster on large galleries  [default: upstream]"),
+        click.option("--skip-text-to-image", is_flag=True, help="skip text→image KNN and recall"),
+        click.option("--skip-image-to-text", is_flag=True, help="skip image→text KNN and recall"),
+        click.option("--dry-run", is_flag=True, help="print the exact remote commands; run nothing"),
+        click.option("--detach", is_flag=True,
+                     help="start the run on the server and return at once with its run id "
+                          "(then: python -m evalkit attach RUN)"),
+        click.option("--json", "json_output", is_flag=True,
+                     help="print one machine-readable summary on stdout; everything else on stderr"),
+        click.option("--verbose", is_flag=True, help="also print each remote command as it starts"),
+        debug_option,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def records_options(command: Callable) -> Callable:
+    """Where the local run records are: RESULTS_DIR/runs/ (from --results-dir or --config)."""
+    command = debug_option(command)
+    command = click.option("--results-dir", help="local results folder holding runs/  [default: results]")(command)
+    return config_option("YAML config (for its results_dir)")(command)
+
+
+def parse(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
+          ) -> tuple[Settings, list[Evaluation], RunOptions]:
+    """The settings, one Evaluation per checkpoint named by --model / --model-path, the run options."""
+    settings = build_settings(flags.get("config"), {name: flags.get(name) for name in _SETTING_FLAGS})
+    scope = Scope(flags["dataset_name"], flags["split"], stages, flags.get("skip_extraction", False),
+                  flags["skip_text_to_image"], flags["skip_image_to_text"], flags["force_extraction"])
+    _check_flag_combinations(scope)
+    wanted = [Wanted(entry.path, flags["vision_model"] or entry.vision_model or settings.vision_model,
+                     flags["text_model"] or entry.text_model or settings.text_model, entry.name)
+              for entry in _registered(settings, flags["models"])]
+    if flags.get("model_path") or not wanted:
+        if not flags.get("model_path") and ("extract" in stages or flags.get("dry_run")):
+            raise click.UsageError("--model-path or --model is required: the checkpoint to evaluate, e.g. "
+                                   f"{settings.datapath}/experiments/<name>/checkpoints/epoch_latest.pt")
+        wanted.append(Wanted(flags.get("model_path") or "", settings.vision_model, settings.text_model))
+    options = RunOptions(flags.get("dry_run", False), flags.get("detach", False), flags.get("gpus") or (),
+                         flags.get("json_output", False), flags.get("verbose", False))
+    return settings, resolve(settings.datapath, scope, wanted), options
+
+
+def _check_flag_combinations(scope: Scope) -> None:
+    if scope.skip_text_to_image and scope.skip_image_to_text:
+        raise click.UsageError("--skip-text-to-image and --skip-image-to-text together leave nothing "
+                               "to evaluate; drop one of them")
+    if scope.skip_extraction and scope.force_extraction:
+        raise click.UsageError("--skip-extraction and --force-extraction contradict each other; "
+                               "drop one of them")
+
+
+def _registered(settings: Settings, names: tuple[str, ...]) -> list[ModelEntry]:
+    known = ", ".join(settings.models) or "none: add a `models:` map to the --config file"
+    wanted = list(settings.models) if ALL_MODELS in names else list(dict.fromkeys(names))
+    if ALL_MODELS in names and not settings.models:
+        raise click.UsageError(f"--model all: no models are registered ({known})")
+    for name in wanted:
+        if name not in settings.models:
+            raise click.UsageError(f"unknown model {name!r} for --model; registered: {known}")
+    return [settings.models[name] for name in wanted]

@@ -1,0 +1,62 @@
+"""click only: `results`, the comparison of everything evaluated so far (no connection)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .. import clock, view
+from ..comparison import build_comparison, to_csv, to_markdown
+from ..config import build_settings
+from ..errors import NothingEvaluated
+from ..evaluation import SPLITS
+from ..store import LocalStore
+from .guard import CONTEXT, debug_option, guarded
+from .options import config_option
+
+RESULT_FORMATS = ("table", "markdown", "csv", "json")
+
+
+@click.command(context_settings=CONTEXT)
+@config_option("YAML config: its results_dir and the order of its `models:`")
+@click.option("--results-dir", help="local results folder  [default: results]")
+@click.option("--dataset-name", help="only this dataset")
+@click.option("--split", type=click.Choice(SPLITS), help="only this split")
+@click.option("--format", "output_format", type=click.Choice(RESULT_FORMATS), default="table",
+              show_default=True, help="markdown and csv paste into a paper or a spreadsheet")
+@debug_option
+@guarded
+def results(config: Path | None, results_dir: str | None, dataset_name: str | None, split: str | None,
+            output_format: str, debug: bool) -> None:
+    """Compare everything evaluated so far, from the local results folder (no connection).
+
+    One table per dataset and split: a row per label (its newest run), the best of each
+    column highlighted, deltas against `baseline` when there is one.
+    """
+    settings = build_settings(config, {"results_dir": results_dir})
+    store = LocalStore.of(settings)
+    found = store.load_evaluated(dataset_name, split)
+    if not found:
+        scope = " ".join(filter(None, (dataset_name, split)))
+        raise NothingEvaluated(f"no results under {store.root.resolve()}" + (f" for {scope}" if scope else ""),
+                               "evaluate first, or point --results-dir / --config at your results folder")
+    out, _ = view.make_consoles()
+    registry = list(settings.models)
+    documents = [build_comparison(_in_registry_order(rows, registry), dataset, split_name, clock.timestamp())
+                 for (dataset, split_name), rows in sorted(found.items())]
+    for document in documents:
+        if output_format == "table":
+            view.show_comparison(out, document, [])
+        elif output_format == "markdown":
+            click.echo(to_markdown(document))
+        elif output_format == "csv":
+            click.echo(to_csv(document), nl=False)
+    if output_format == "json":
+        click.echo(json.dumps(documents, ensure_ascii=False, indent=2))
+
+
+def _in_registry_order(rows: list, registry: list[str]) -> list:
+    """Registered models first, in the config's order (team, large, ...), then the rest by name."""
+    rank = {name: index for index, name in enumerate(registry)}
+    return sorted(rows, key=lambda row: (rank.get(row.label, len(rank)), row.label))

@@ -1,0 +1,132 @@
+"""PURE: what to evaluate, resolved once at the edge and then passed down unchanged.
+
+An Evaluation is one checkpoint on one dataset split: its absolute server path, its identity
+(the label its results are kept under), its towers and the stages to run. RunOptions says how
+the command runs (dry run, detached, which GPUs, what it prints).
+"""
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+SPLITS = ("valid", "test")
+STAGES = ("extract", "knn", "recall")
+DIRECTIONS = ("text_to_image", "image_to_text")
+DEFAULT_VISION_MODEL = "ViT-B-16"
+DEFAULT_TEXT_MODEL = "RoBERTa-wwm-ext-base-chinese"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One checkpoint on one dataset split, resolved.
+
+    CHECKPOINT is an absolute, normalised server path, or "" for "the most recent extraction"
+    (quick_evaluation's knn / recall without --model-path; chosen on the server, see
+    pipeline.locate). LABEL is a registry name, else derived from the checkpoint.
+    """
+
+    dataset: str
+    split: str
+    checkpoint: str
+    vision_model: str = DEFAULT_VISION_MODEL
+    text_model: str = DEFAULT_TEXT_MODEL
+    label: str = ""
+    stages: tuple[str, ...] = STAGES
+    skip_extraction: bool = False
+    skip_text_to_image: bool = False
+    skip_image_to_text: bool = False
+    force_extraction: bool = False
+
+    def __post_init__(self) -> None:
+        if self.checkpoint and not posixpath.isabs(self.checkpoint):
+            raise ValueError(f"Evaluation needs an absolute checkpoint path, not {self.checkpoint!r}: "
+                             "resolve it with checkpoint_path()")
+        if not self.label and self.checkpoint:
+            object.__setattr__(self, "label", checkpoint_label(self.checkpoint))
+
+    @property
+    def directions(self) -> list[str]:
+        skipped = {"text_to_image": self.skip_text_to_image, "image_to_text": self.skip_image_to_text}
+        return [direction for direction in DIRECTIONS if not skipped[direction]]
+
+    @property
+    def runs_extraction(self) -> bool:
+        return "extract" in self.stages and not self.skip_extraction
+
+    @property
+    def runs_every_stage(self) -> bool:
+        return tuple(self.stages) == STAGES
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How an evaluation command runs, from its flags."""
+
+    dry_run: bool = False
+    detach: bool = False
+    gpus: tuple[int, ...] = ()   # several: evaluations share them as a work queue
+    json_output: bool = False
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One checkpoint as the user named it (--model-path, or a `models:` entry), before resolution."""
+
+    model_path: str
+    vision_model: str
+    text_model: str
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What every evaluation of one command shares: dataset, split, stages and their switches."""
+
+    dataset: str
+    split: str
+    stages: tuple[str, ...] = STAGES
+    skip_extraction: bool = False
+    skip_text_to_image: bool = False
+    skip_image_to_text: bool = False
+    force_extraction: bool = False
+
+
+def checkpoint_label(checkpoint: str) -> str:
+    """The experiment directory (parent of checkpoints/), else the checkpoint's file stem."""
+    parent = posixpath.dirname(checkpoint.rstrip("/"))
+    if posixpath.basename(parent) == "checkpoints":
+        experiment = posixpath.basename(posixpath.dirname(parent))
+        if experiment not in ("", ".", ".."):
+            return experiment
+    stem = posixpath.splitext(posixpath.basename(checkpoint))[0]
+    return stem if stem not in ("", ".", "..") else "checkpoint"
+
+
+def checkpoint_path(datapath: str, model_path: str) -> str:
+    """A relative --model-path is taken relative to DATAPATH, as the server has no cwd for us."""
+    if posixpath.isabs(model_path):
+        return posixpath.normpath(model_path)
+    return posixpath.normpath(posixpath.join(datapath, model_path))
+
+
+def resolve(datapath: str, scope: Scope, wanted: list[Wanted]) -> list[Evaluation]:
+    """One Evaluation per checkpoint wanted; refuses two names for one checkpoint, which would
+    write the same server directory at once."""
+    evaluations = [Evaluation(scope.dataset, scope.split,
+                              checkpoint_path(datapath, item.model_path) if item.model_path else "",
+                              item.vision_model, item.text_model, item.label, scope.stages,
+                              scope.skip_extraction, scope.skip_text_to_image, scope.skip_image_to_text,
+                              scope.force_extraction)
+                   for item in wanted]
+    seen: dict[str, str] = {}
+    for evaluation in evaluations:
+        if not evaluation.checkpoint:
+            continue
+        if evaluation.checkpoint in seen:
+            raise ConfigError(f"{seen[evaluation.checkpoint]!r} and {evaluation.label!r} are the same checkpoint "
+                              f"({evaluation.checkpoint})", "name each checkpoint once (check the `models:` paths)")
+        seen[evaluation.checkpoint] = evaluation.label
+    return evaluations

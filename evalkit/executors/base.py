@@ -1,0 +1,107 @@
+"""The executor seam: how a run's driver is launched on the server, asked about and stopped.
+
+Everything else (the follower, the view, the plan, the pipeline) sees only this interface. The
+run's own files on the server are the truth for every executor: each step's output, exit
+status and the run's status.json are written by the same driver (remote/job.py drive), and
+followed by reading them (follow.py).
+"""
+from __future__ import annotations
+
+import posixpath
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from ..config import Settings
+from ..plan import Plan
+from ..server import ServerCall
+
+if TYPE_CHECKING:  # the view reads JobState: the SSH side stays out of `--help`'s start-up
+    from ..ssh import Connection
+
+CallResult = tuple[int, bytes, bytes]  # exit status, stdout, stderr
+
+
+@dataclass(frozen=True)
+class RemoteRun:
+    """A run on the server: its id, its directory there, and its plan's steps."""
+
+    run_id: str
+    directory: str
+    plan: Plan
+
+    def path(self, name: str) -> str:
+        return posixpath.join(self.directory, name)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the server says about a run: its final state (None while it runs) and whether its
+    driver still lives."""
+
+    state: str | None
+    driver_alive: bool
+    failed_step: str | None = None
+    error: str | None = None    # why the driver failed (state "crashed")
+    unknown: str | None = None  # why the server could not be asked
+
+    @classmethod
+    def from_answer(cls, answer: dict) -> "JobState":
+        status = answer.get("status") or {}
+        return cls(status.get("state"), bool(answer.get("driver_alive")), status.get("failed_step"),
+                   status.get("error"))
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    signalled: list[int] = field(default_factory=list)
+    killed: list[int] = field(default_factory=list)
+    remaining: list[int] = field(default_factory=list)   # survived SIGKILL
+    gpu_processes: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_answer(cls, answer: dict) -> "CancelResult":
+        return cls(*(list(answer.get(key) or []) for key in ("signalled", "killed", "remaining", "gpu_processes")))
+
+    def describe(self, run_id: str) -> str:
+        if self.remaining:
+            return (f"run {run_id}: processes {self.remaining} survived SIGKILL on the server "
+                    f"(GPU: {self.gpu_processes or 'none'})")
+        gpu = "; no GPU process of it either" if not self.gpu_processes else ""
+        return f"cancelled run {run_id}: no process of it remains on the server{gpu}"
+
+
+@dataclass(frozen=True)
+class Launched:
+    took_over_stale_lock: bool = False
+    # wait(seconds) -> True when the run moved on within them; None: polling alone finds each step's end
+    doorbell: Callable[[float], bool] | None = None
+
+
+class Executor(ABC):
+    """One connection's worth of runs. Before `launch`, `prepare` makes evalkit's server scripts
+    current and `run_scripts` runs evalkit's checks in the server's env."""
+
+    def __init__(self, connection: "Connection", settings: Settings) -> None:
+        self.connection, self.settings = connection, settings
+
+    @abstractmethod
+    def prepare(self, scripts: list[str]) -> None: ...
+
+    @abstractmethod
+    def run_scripts(self, calls: dict[str, ServerCall], timeout: float) -> dict[str, CallResult]: ...
+
+    @abstractmethod
+    def launch(self, run: RemoteRun) -> Launched:
+        """Start RUN's driver; return once it holds the checkpoint directory's lock. Raises
+        RunLocked when another run holds it, RemoteStepFailed when the driver could not start."""
+
+    @abstractmethod
+    def state(self, run: RemoteRun) -> JobState: ...
+
+    @abstractmethod
+    def cancel(self, run: RemoteRun, grace: float) -> CancelResult:
+        """Stop every process of RUN: SIGTERM, GRACE seconds, SIGKILL; say what remained."""
+
+    def close(self) -> None:
+        """Release what prepare() began; a launched run goes on."""

@@ -1,0 +1,73 @@
+"""The `ssh` executor: the run's driver as a detached process on the server, started by the
+run's starter (starter.py) and asked about and cancelled through remote/job.py."""
+from __future__ import annotations
+
+from ..errors import RemoteStepFailed, RunLocked
+from ..progress import last_marked_json
+from ..server import JOB_RUNNER, ServerCall, in_server_env, script_call
+from ..uploads import upload_scripts
+from ..starter import MARKER, START_TIMEOUT, Starter
+from .base import CallResult, CancelResult, Executor, JobState, Launched, RemoteRun
+
+
+class SshExecutor(Executor):
+    starter: Starter | None = None
+    job_runner_sent = False  # by the starter, or over SFTP before the first job.py call without one
+
+    def prepare(self, scripts: list[str]) -> None:
+        self.starter = Starter.begin(self.connection, self.settings, scripts)
+        self.job_runner_sent = JOB_RUNNER in scripts
+
+    def run_scripts(self, calls: dict[str, ServerCall], timeout: float) -> dict[str, CallResult]:
+        return self._starter().run_scripts(calls, timeout)
+
+    def launch(self, run: RemoteRun) -> Launched:
+        """The starter stays after the start, a line on its stdout each time the run moves on:
+        the doorbell, so the follower sees a step's end at once."""
+        plan = run.plan
+        spec = {"run_id": run.run_id, "lock": plan.lock,
+                "steps": [{"name": s.name, "title": s.title, "command": s.command} for s in plan.steps]}
+        starter = self._starter()
+        started = starter.start_run(run.directory, spec, START_TIMEOUT + self.settings.connect_timeout * 4)
+        status = started.get("status") or {}
+        if status.get("state") == "crashed":
+            raise RemoteStepFailed(f"the run's driver failed on the server: {status.get('error')}",
+                                   f"see {run.path('driver.log')} on the server, and report it")
+        if status.get("state") == "refused":
+            holder = status.get("holder") or {}
+            raise RunLocked(f"run {holder.get('run_id')} is already evaluating this checkpoint "
+                            f"({plan.output_dir}, since {holder.get('taken_at')})",
+                            f"wait for it (python -m evalkit attach {holder.get('run_id')}) or cancel it "
+                            f"(python -m evalkit cancel {holder.get('run_id')})")
+        if not started.get("driver"):
+            raise RemoteStepFailed(f"the run's driver did not start within {START_TIMEOUT:.0f} s "
+                                   f"(see {run.path('driver.log')} on the server)",
+                                   "check the `python` setting (python -m evalkit doctor)")
+        return Launched(bool(started["driver"].get("took_over_stale_lock")), starter.wait_for_ring)
+
+    def state(self, run: RemoteRun) -> JobState:
+        return JobState.from_answer(self._job_call(run, "state", timeout=60))
+
+    def cancel(self, run: RemoteRun, grace: float = 10.0) -> CancelResult:
+        return CancelResult.from_answer(self._job_call(run, "cancel", timeout=grace + 60, grace=grace))
+
+    def close(self) -> None:
+        if self.starter is not None:
+            self.starter.abandon()
+
+    def _starter(self) -> Starter:
+        if self.starter is None:
+            raise RuntimeError("SshExecutor.prepare() must come first")
+        return self.starter
+
+    def _job_call(self, run: RemoteRun, action: str, timeout: float, grace: float = 10.0) -> dict:
+        if not self.job_runner_sent:  # status, cancel or attach from another evalkit version's run
+            upload_scripts(self.connection, self.settings, [JOB_RUNNER])
+            self.job_runner_sent = True
+        call = script_call(self.settings, JOB_RUNNER, [action, "--run-dir", run.directory, "--grace", f"{grace:g}"])
+        _, stdout, _ = self.connection.capture(in_server_env(self.settings, call), timeout=timeout)
+        found = last_marked_json(stdout, MARKER)
+        if found is None:
+            raise RemoteStepFailed(f"job.py {action} printed nothing for run {run.run_id}",
+                                   "check the `python` setting (python -m evalkit doctor)")
+        return found

@@ -1,0 +1,96 @@
+"""Several evaluations in one command, handed to GPUs as a work queue: a GPU that frees up
+takes the next evaluation (one GPU: one after another).
+
+Each evaluation is complete and isolated (its own connection, server directory, log and results
+folder); one failing never stops the others, it becomes a failed row.
+"""
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from pathlib import Path
+from typing import Callable
+
+from . import clock, pipeline
+from .comparison import ModelResult, build_comparison
+from .config import Settings
+from .errors import ComparisonIncomplete, EvalkitError
+from .evaluation import Evaluation
+from .outcome import Reporter
+from .store import LocalStore
+from .summary import recalls
+
+ReporterFactory = Callable[[Evaluation], Reporter]
+FailureHandler = Callable[[Evaluation, EvalkitError], None]
+
+
+def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[int],
+                 make_reporter: ReporterFactory, on_failure: FailureHandler) -> list[ModelResult]:
+    """Every evaluation's row, in the order given; with several GPUs, that many at a time."""
+    results: dict[int, ModelResult] = {}
+    work: queue.Queue = queue.Queue()
+    for index, evaluation in enumerate(evaluations):
+        work.put((index, evaluation))
+
+    def worker(gpu: int) -> None:
+        while True:
+            try:
+                index, evaluation = work.get_nowait()
+            except queue.Empty:
+                return
+            on_gpu = dataclasses.replace(settings, gpu=gpu)
+            results[index] = evaluate_one(on_gpu, evaluation, make_reporter(evaluation), on_failure)
+
+    if len(gpus) <= 1:
+        worker(gpus[0] if gpus else settings.gpu)
+    else:
+        # daemon threads: Ctrl-C ends the command without waiting for them
+        threads = [threading.Thread(target=worker, args=(gpu,), daemon=True) for gpu in gpus]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.2)  # short joins keep the main thread responsive to Ctrl-C
+    return [results[index] for index in range(len(evaluations))]
+
+
+def evaluate_one(settings: Settings, evaluation: Evaluation, reporter: Reporter,
+                 on_failure: FailureHandler) -> ModelResult:
+    started = clock.timestamp()
+    try:
+        report = pipeline.evaluate(settings, evaluation, reporter)
+    except Exception as exc:  # one model's failure, even a bug, must not stop the others
+        error = exc if isinstance(exc, EvalkitError) else EvalkitError(
+            f"unexpected error: {type(exc).__name__}: {exc}", "rerun this model alone with --debug and report it")
+        on_failure(evaluation, error)
+        return ModelResult(evaluation.label, evaluation.checkpoint, "failed", {}, error=error.message,
+                           exit_code=error.exit_code, started_at=started, finished_at=clock.timestamp())
+    finally:
+        reporter.done()  # a model run one after another must not leave its live display running
+    return model_result(report, started)
+
+
+def model_result(report: pipeline.Report, started_at: str | None = None) -> ModelResult:
+    plan = report.outcome.plan
+    recall = {direction: dataclasses.asdict(value) for direction, value in recalls(report.outcome).items()}
+    return ModelResult(plan.label, plan.checkpoint, "ok", recall, started_at=started_at,
+                       finished_at=clock.timestamp(), server_output_dir=plan.output_dir)
+
+
+def compare(store: LocalStore, results: list[ModelResult], dataset: str, split: str,
+            save: bool) -> tuple[dict, list[Path]]:
+    """The comparison document of RESULTS; with SAVE (several models' recall), kept in the store
+    unless every model failed."""
+    document = build_comparison(results, dataset, split, clock.timestamp())
+    written = store.save_comparison(document) if save and any(result.ok for result in results) else []
+    return document, written
+
+
+def check_all_succeeded(results: list[ModelResult]) -> None:
+    failures = [result for result in results if not result.ok]
+    if failures:
+        raise ComparisonIncomplete(
+            f"{len(failures)} of {len(results)} models failed: "
+            + "; ".join(f"{r.label} (exit {r.exit_code})" for r in failures),
+            "read each model's error above; rerun just those with --model NAME")

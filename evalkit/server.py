@@ -1,0 +1,107 @@
+"""PURE: the server side as the laptop sees it: where evalkit's own scripts live there, and the
+one way to say "run this in the server's environment" (cd, activate, PYTHONPATH,
+CUDA_VISIBLE_DEVICES, python), used by every step, check, probe and the run's starter.
+
+`activate` is the user's own shell code and is used as written; every other value is quoted
+here, once, with shlex.
+"""
+from __future__ import annotations
+
+import posixpath
+import shlex
+from dataclasses import dataclass
+
+from .config import Settings
+
+# evalkit's server scripts (evalkit/remote/), each uploaded to OUTPUT_ROOT/.evalkit/ as needed.
+INSPECTOR = "inspect_outputs.py"
+JOB_RUNNER = "job.py"
+CPU_LAUNCHER = "cpu_launch.py"
+FAST_KNN = "fast_knn.py"
+PROBE = "doctor_probe.py"
+BOOTSTRAP = "bootstrap.py"
+SERVER_SCRIPTS = {
+    INSPECTOR: "reads what the server's dataset and output directory hold (read-only)",
+    JOB_RUNNER: "starts, drives, reports on and cancels a run's steps, detached from SSH",
+    CPU_LAUNCHER: "--device cpu: runs the unmodified upstream scripts with torch.cuda made no-ops",
+    FAST_KNN: "--knn fast: exact batched KNN writing upstream's prediction files",
+    PROBE: "the doctor's and the preflight's checks (env, GPU, dataset, checkpoint, disk)",
+    BOOTSTRAP: "sent inline, never uploaded: brings the other scripts up to date, then runs one",
+}
+
+
+@dataclass(frozen=True)
+class ServerCall:
+    """A python script run in the server's environment."""
+
+    python: str
+    script: str
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # variables set
+    pythonpath: tuple[str, ...] = ()       # directories put before the env's PYTHONPATH
+    cwd: str | None = None
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return (self.python, "-u", self.script, *self.args)
+
+    def as_dict(self) -> dict:
+        """What the run's starter needs to run it in the env it activated (remote/job.py run_helpers)."""
+        return {"script": self.script, "args": list(self.args), "env": dict(self.env),
+                "pythonpath": list(self.pythonpath)}
+
+
+def in_server_env(settings: Settings, call: ServerCall, announce: str | None = None) -> str:
+    """CALL as one shell command: cd, the user's activate, exports, then the python command.
+    ANNOUNCE is printed once activate succeeded (the doctor tells a broken env from a broken probe)."""
+    parts = [f"cd {shlex.quote(call.cwd)}"] if call.cwd else []
+    parts.append(settings.activate)
+    if announce:
+        parts.append(f"printf '%s\\n' {shlex.quote(announce)}")
+    exports = [f"PYTHONPATH={shlex.quote(':'.join(call.pythonpath))}${{PYTHONPATH:+:$PYTHONPATH}}"] \
+        if call.pythonpath else []
+    exports += [f"{name}={shlex.quote(value)}" for name, value in call.env]
+    if exports:
+        parts.append("export " + " ".join(exports))
+    parts.append(shlex.join(call.argv))
+    return " && ".join(parts)
+
+
+def upstream_call(settings: Settings, script: str, args: list[str], launcher: str | None = None,
+                  cwd: bool = True) -> ServerCall:
+    """SCRIPT with the environment of an upstream cn_clip/eval step: Chinese-CLIP on PYTHONPATH,
+    the chosen GPU; through LAUNCHER (--device cpu) when given."""
+    root = settings.chinese_clip_dir
+    front = (script,) if launcher is None else (launcher, script)
+    return ServerCall(settings.python, front[0], (*front[1:], *args), (("CUDA_VISIBLE_DEVICES", str(settings.gpu)),),
+                      (root, posixpath.join(root, "cn_clip")), root if cwd else None)
+
+
+def script_call(settings: Settings, name: str, args: list[str] | tuple[str, ...]) -> ServerCall:
+    """One of evalkit's server scripts, plainly (no PYTHONPATH, no GPU, no cd)."""
+    return ServerCall(settings.python, script_path(settings, name), tuple(args))
+
+
+def script_path(settings: Settings, name: str) -> str:
+    """Where evalkit's server script NAME lives on the server."""
+    return posixpath.join(scripts_dir(settings), name)
+
+
+def scripts_dir(settings: Settings) -> str:
+    return posixpath.join(settings.output_root, ".evalkit")
+
+
+def run_dir(settings: Settings, run_id: str) -> str:
+    """The server directory of one run: its step list, each step's output, exit codes, status."""
+    return posixpath.join(scripts_dir(settings), "runs", run_id)
+
+
+def scripts_for(settings: Settings, extra: tuple[str, ...] = ()) -> list[str]:
+    """The server scripts a run needs: the inspector, the job runner, the CPU launcher
+    (--device cpu), the fast KNN (--knn fast), EXTRA."""
+    names = [INSPECTOR, JOB_RUNNER, *extra]
+    if settings.device == "cpu":
+        names.append(CPU_LAUNCHER)
+    if settings.knn == "fast":
+        names.append(FAST_KNN)
+    return names

@@ -1,0 +1,68 @@
+"""A Connection that survives the link dropping while a run is followed: the one place where
+evalkit reconnects, with bounded backoff. The run goes on on the server meanwhile, and every
+read is by offset, so nothing is lost or shown twice after a reconnect."""
+from __future__ import annotations
+
+import time
+from typing import Callable, TypeVar
+
+from .errors import ConnectError, ConnectionLost
+from .ssh import Connection, PendingCommand
+
+T = TypeVar("T")
+FIRST_PAUSE, LONGEST_PAUSE = 1.0, 30.0
+
+
+class Session:
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.reconnect_for = 0.0  # until resilient(): a dropped link fails at once
+        self._note: Callable[[str], None] = lambda text: None
+        self._give_up_hint: str | None = None
+
+    def resilient(self, reconnect_for: float, note: Callable[[str], None], give_up_hint: str) -> None:
+        """From now on reconnect for up to RECONNECT_FOR seconds, telling NOTE; when that is
+        not enough, fail with GIVE_UP_HINT as the fix."""
+        self.reconnect_for, self._note, self._give_up_hint = reconnect_for, note, give_up_hint
+
+    def call(self, operation: Callable[[Connection], T]) -> T:
+        """OPERATION on the connection, reconnecting while the link is down."""
+        deadline, pause = None, FIRST_PAUSE
+        while True:
+            try:
+                return operation(self.connection)
+            except ConnectionLost as lost:
+                if not self.reconnect_for:
+                    raise
+                if deadline is None:
+                    deadline = time.monotonic() + self.reconnect_for
+                    self._note(f"connection lost ({lost.message}); reconnecting, the run goes on on the server")
+                if time.monotonic() > deadline:
+                    raise ConnectionLost(f"could not reconnect for {self.reconnect_for:.0f} s; the run goes on "
+                                         "on the server", self._give_up_hint) from lost
+                time.sleep(pause)
+                pause = min(pause * 2, LONGEST_PAUSE)
+                try:
+                    self.connection.reconnect()
+                    self._note("reconnected; resuming where the output left off")
+                except (ConnectionLost, ConnectError):
+                    continue  # refused or unreachable while the server or its sshd restarts
+
+    # the connection's operations, each surviving a dropped link
+    def size_of(self, path: str) -> int | None:
+        return self.call(lambda connection: connection.size_of(path))
+
+    def read_range(self, path: str, offset: int, limit: int) -> bytes:
+        return self.call(lambda connection: connection.read_range(path, offset, limit))
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.call(lambda connection: connection.read_bytes(path))
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        self.call(lambda connection: connection.write_bytes(path, data))
+
+    def capture(self, command: str, timeout: float) -> tuple[int, bytes, bytes]:
+        return self.call(lambda connection: connection.capture(command, timeout))
+
+    def start_command(self, command: str) -> PendingCommand:
+        return self.call(lambda connection: connection.start_command(command))

@@ -1,0 +1,92 @@
+"""The run's starter: remote/job.py start, begun (through remote/bootstrap.py) before the run is
+known, so that one login shell and one activation of the user's env serve everything before the
+run and the run itself. Its protocol, one JSON line each way (answers marked EVALKIT-JOB):
+
+1. files: the SHA-256 of each server script; it answers which are missing or differ, then
+   takes their sources (an unchanged evalkit uploads nothing);
+2. helpers: evalkit's checks (the inspection, the preflight), run at once in its env;
+3. run: the run's steps; it starts the driver and answers once the driver holds the lock,
+   then stays as the run's doorbell, printing a line each time the run moves on.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .config import Settings
+from .errors import RemoteStepFailed
+from .server import BOOTSTRAP, JOB_RUNNER, ServerCall, in_server_env, scripts_dir
+from .ssh import Connection, PendingCommand
+from .uploads import script_digests, script_source
+
+MARKER = b"EVALKIT-JOB "
+START_TIMEOUT = 60.0
+TAIL_LINES = 30
+CallResult = tuple[int, bytes, bytes]  # exit status, stdout, stderr
+
+
+class Starter:
+    def __init__(self, command: PendingCommand, settings: Settings) -> None:
+        self.command, self.settings = command, settings
+
+    @classmethod
+    def begin(cls, connection: Connection, settings: Settings, scripts: list[str]) -> "Starter":
+        """Start it and make SCRIPTS (job.py among them) current on the server; a failing
+        `activate` is reported here."""
+        starter = cls(connection.start_command(start_command(settings)), settings)
+        answered = starter.ask({"files": script_digests(scripts)}, START_TIMEOUT)
+        if answered is not None and answered.get("missing"):
+            sources = {name: script_source(name).decode("utf-8") for name in answered["missing"]}
+            answered = starter.ask({"files": sources}, START_TIMEOUT)
+        if answered is None:
+            exit_code, stdout, stderr = starter.command.finish(b"", START_TIMEOUT)
+            tail = (stderr or stdout).decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
+            raise RemoteStepFailed(
+                f"starting evalkit on the server failed with status {exit_code}\nits output:\n"
+                + "\n".join(f"  {line}" for line in tail),
+                f"check the `activate` ({settings.activate}) and `python` ({settings.python}) settings: "
+                "the env must start in a login shell (python -m evalkit doctor)")
+        return starter
+
+    def ask(self, message: dict, timeout: float) -> dict | None:
+        """Send MESSAGE; its answer, or None when the starter ended instead."""
+        line = json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n"
+        return self.command.ask(line, MARKER, timeout)
+
+    def run_scripts(self, calls: dict[str, ServerCall], timeout: float) -> dict[str, CallResult]:
+        """CALLS, all at once, in its activated env. When the starter ended instead of
+        answering, each gets its status and output, so the caller reports that failure as its own."""
+        answered = self.ask({"helpers": {name: call.as_dict() for name, call in calls.items()}}, timeout)
+        if answered is None:
+            exit_code, stdout, stderr = self.command.finish(b"", timeout)
+            return {name: (exit_code or 1, stdout, stderr) for name in calls}
+        return {name: (result["exit_code"], result["stdout"].encode("utf-8", "surrogateescape"),
+                       result["stderr"].encode("utf-8", "surrogateescape"))
+                for name, result in answered["helpers"].items()}
+
+    def start_run(self, run_dir: str, spec: dict[str, Any], timeout: float) -> dict:
+        """Write run.json, start the driver in the background; its answer once the driver holds
+        the lock (or could not)."""
+        started = self.ask({"run_dir": run_dir, "run": spec}, timeout)
+        if started is None:
+            exit_code, _, _ = self.command.finish(b"", timeout)
+            raise RemoteStepFailed(f"could not start the run on the server (status {exit_code})",
+                                   "check the `activate` and `python` settings (python -m evalkit doctor)")
+        return started
+
+    def wait_for_ring(self, seconds: float) -> bool:
+        """Wait up to SECONDS for the run to move on; False at once when the starter is gone."""
+        return self.command.wait_for_output(seconds)
+
+    def abandon(self) -> None:
+        """Not needed (any more): it sees EOF and ends; a started run goes on without it."""
+        self.command.abandon()
+
+
+def start_command(settings: Settings) -> str:
+    """job.py start through the bootstrap, given inline: that first makes evalkit's scripts on
+    the server current from stdin, then job.py reads the run, starts its driver in the
+    background, every stream redirected so the run does not depend on the SSH session."""
+    inline = ServerCall(settings.python, "-c", (script_source(BOOTSTRAP).decode("utf-8"), scripts_dir(settings),
+                                                JOB_RUNNER, "start", "--timeout", f"{START_TIMEOUT:g}"))
+    return in_server_env(settings, inline)

@@ -1,0 +1,145 @@
+"""The local results folder, and the only code that knows its layout:
+
+    RESULTS_DIR/<dataset>/<split>/<label>/      summary.json and upstream's result JSONs
+    RESULTS_DIR/<dataset>/<split>/comparison.*  json, csv, md of a comparison
+    RESULTS_DIR/logs/                           one log per evaluation followed
+    RESULTS_DIR/runs/<run id>.json              run records (attach, logs, status, cancel)
+
+Every file is written atomically: readers see the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from . import clock
+from .config import Settings
+from .comparison import ModelResult, to_csv, to_markdown
+from .errors import LocalWriteError, UnknownRun
+from .evaluation import Evaluation
+from .run_record import RunRecord
+from .summary import RESULT_FILE_NAMES
+
+COMPARISON_SUFFIXES = ("json", "csv", "md")
+
+
+class LocalStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def of(cls, settings: Settings) -> "LocalStore":
+        return cls(Path(settings.results_dir))
+
+    # --- results ------------------------------------------------------------------------------
+
+    def result_dir(self, dataset: str, split: str, label: str) -> Path:
+        return self.root / dataset / split / label
+
+    def save_results(self, evaluation: Evaluation, label: str, raw_results: dict[str, bytes],
+                     summary: dict) -> list[Path]:
+        """The result JSONs byte for byte, and summary.json; returns the paths written."""
+        folder = self.result_dir(evaluation.dataset, evaluation.split, label)
+        written = [write_atomically(folder / RESULT_FILE_NAMES[direction], raw)
+                   for direction, raw in raw_results.items()]
+        text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
+        written.append(write_atomically(folder / "summary.json", text.encode("utf-8")))
+        return written
+
+    def load_evaluated(self, dataset: str | None = None,
+                       split: str | None = None) -> dict[tuple[str, str], list[ModelResult]]:
+        """Every label's latest summary.json, grouped by (dataset, split)."""
+        found: dict[tuple[str, str], list[ModelResult]] = {}
+        for path in sorted(self.root.glob("*/*/*/summary.json")):
+            label_dir = path.parent
+            key = (label_dir.parent.parent.name, label_dir.parent.name)
+            if (dataset and key[0] != dataset) or (split and key[1] != split):
+                continue
+            try:
+                summary = json.loads(path.read_text(encoding="utf-8"))
+                result = ModelResult(label_dir.name, summary["checkpoint"], "ok", summary["recall"],
+                                     finished_at=summary.get("timestamp"),
+                                     server_output_dir=summary.get("server_output_dir"))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not one of ours, or half-edited by hand: never block the others
+            found.setdefault(key, []).append(result)
+        return found
+
+    # --- comparisons ----------------------------------------------------------------------------
+
+    def comparison_paths(self, dataset: str, split: str) -> dict[str, Path]:
+        folder = self.root / dataset / split
+        return {suffix: folder / f"comparison.{suffix}" for suffix in COMPARISON_SUFFIXES}
+
+    def save_comparison(self, document: dict) -> list[Path]:
+        """comparison.json, .csv and .md of DOCUMENT's dataset and split."""
+        paths = self.comparison_paths(document["dataset"], document["split"])
+        texts = {"json": json.dumps(document, ensure_ascii=False, indent=2) + "\n",
+                 "csv": to_csv(document), "md": to_markdown(document)}
+        return [write_atomically(paths[suffix], texts[suffix].encode("utf-8")) for suffix in COMPARISON_SUFFIXES]
+
+    # --- logs -----------------------------------------------------------------------------------
+
+    def new_log_path(self, evaluation: Evaluation, label: str) -> Path:
+        stages = "" if evaluation.runs_every_stage else f"-{'-'.join(evaluation.stages)}"
+        name = f"{evaluation.dataset}-{evaluation.split}-{label}{stages}-{clock.name_stamp()}.log"
+        return self.root / "logs" / name
+
+    @staticmethod
+    def open_log(path: Path) -> BinaryIO:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return path.open("wb")
+        except OSError as exc:
+            raise LocalWriteError(f"cannot write the log {path}: {exc.strerror or exc}",
+                                  "check the --results-dir location is writable") from exc
+
+    # --- run records ----------------------------------------------------------------------------
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def save_record(self, record: RunRecord) -> Path:
+        return write_atomically(self.runs_dir / f"{record.run_id}.json", record.to_json().encode("utf-8"))
+
+    def load_record(self, run_id: str) -> RunRecord:
+        path = self.runs_dir / f"{run_id}.json"
+        if "/" in run_id or not path.is_file():
+            known = [record.run_id for record in self.newest_records(5)]
+            raise UnknownRun(f"no run {run_id!r} in {self.runs_dir}",
+                             "python -m evalkit status lists the runs" + (f"; newest: {', '.join(known)}" if known else ""))
+        try:
+            return RunRecord.from_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UnknownRun(f"the record of run {run_id!r} ({path}) is unreadable or from another evalkit "
+                             "version", "follow that run with the evalkit version that started it") from exc
+
+    def newest_records(self, count: int) -> list[RunRecord]:
+        records = []
+        for path in sorted(self.runs_dir.glob("*.json"), reverse=True)[:count]:
+            try:
+                records.append(RunRecord.from_json(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a record from another version, or edited by hand
+        return records
+
+
+def write_atomically(path: Path, data: bytes) -> Path:
+    """A temporary file beside PATH, then a rename over it; the temporary file never outlives a failure."""
+    temporary = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
+        raise LocalWriteError(f"cannot write {path}: {exc.strerror or exc}",
+                              "check the --results-dir location is writable") from exc
+    return path

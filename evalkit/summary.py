@@ -1,0 +1,66 @@
+"""PURE: upstream's result JSONs read as recall, and the summary.json kept beside them."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import clock
+from .errors import EvaluationFailed
+from .evaluation import Evaluation
+from .outcome import RunOutcome
+from .plan import I2T_RESULT, T2I_RESULT
+
+RESULT_FILE_NAMES = {"text_to_image": T2I_RESULT, "image_to_text": I2T_RESULT}
+
+
+@dataclass(frozen=True)
+class Recall:
+    """One direction's recall, in percent, as upstream reports it."""
+
+    r1: float
+    r5: float
+    r10: float
+    mean_recall: float
+
+    @classmethod
+    def from_result(cls, result: dict) -> "Recall":
+        score = result["scoreJson"]
+        return cls(score["r1"], score["r5"], score["r10"], score["mean_recall"])
+
+
+def recalls(outcome: RunOutcome) -> dict[str, Recall]:
+    return {direction: Recall.from_result(result) for direction, result in outcome.results.items()}
+
+
+def parse_result(raw: bytes, path: str, direction: str) -> dict:
+    """A result JSON, unless upstream says it failed: evaluation.py exits 0 even then."""
+    try:
+        parsed = json.loads(raw)
+    except ValueError as exc:
+        raise EvaluationFailed(f"{path} is not valid JSON", "rerun the evaluation") from exc
+    if not isinstance(parsed, dict) or parsed.get("success") is not True:
+        reason = parsed.get("errorMsg", "no reason given") if isinstance(parsed, dict) else "not an object"
+        raise EvaluationFailed(f"upstream {direction} evaluation reported failure: {reason} ({path})",
+                               "the predictions do not match the annotations: check the dataset "
+                               "split, top_k (upstream evaluation requires 10) and the step output")
+    return parsed
+
+
+def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_path: Path | None) -> dict:
+    plan = outcome.plan
+    return {
+        "label": plan.label,
+        "checkpoint": plan.checkpoint,
+        "host": host,
+        "dataset": evaluation.dataset,
+        "split": evaluation.split,
+        "vision_model": evaluation.vision_model,
+        "text_model": evaluation.text_model,
+        "server_output_dir": plan.output_dir,
+        "recall": {direction: asdict(recall) for direction, recall in recalls(outcome).items()},
+        "steps": [{"name": s.name, "seconds": round(s.seconds, 3), "started_at": s.started_at,
+                   "finished_at": s.finished_at, "command": s.command} for s in outcome.steps],
+        "log": str(log_path) if log_path else None,
+        "timestamp": clock.timestamp(),
+    }

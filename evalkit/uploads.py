@@ -1,0 +1,24 @@
+"""evalkit's server scripts (evalkit/remote/, listed in server.SERVER_SCRIPTS): their sources in
+this package, and their upload over SFTP where no run's starter brings them (see starter.py)."""
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+
+from .config import Settings
+from .server import script_path
+from .ssh import Connection
+
+
+def script_source(name: str) -> bytes:
+    return resources.files("evalkit.remote").joinpath(name).read_bytes()
+
+
+def script_digests(names: list[str]) -> dict[str, str]:
+    return {name: hashlib.sha256(script_source(name)).hexdigest() for name in names}
+
+
+def upload_scripts(connection: Connection, settings: Settings, names: list[str]) -> None:
+    """Each of NAMES to the server's scripts folder, atomically."""
+    for name in names:
+        connection.write_bytes(script_path(settings, name), script_source(name))
