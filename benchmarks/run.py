@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evalkit.config import Settings  # noqa: E402
-from evalkit.plan import CHECK_STEPS, Request, build_plan  # noqa: E402
+from evalkit.evaluation import Evaluation  # noqa: E402
+from evalkit.plan import CHECK_STEPS, build_plan  # noqa: E402
 from evalkit.testbed.builders import build_checkpoint, build_dataset  # noqa: E402
 from evalkit.testbed.server_env import ensure_server_venv, site_packages  # noqa: E402
 from evalkit.testbed.sshd import LoopbackSshd  # noqa: E402
@@ -85,8 +86,8 @@ class Bed:
         return path
 
     def plan(self, checkpoint: Path | None = None):
-        return build_plan(self.settings, Request(DATASET, "valid", str(checkpoint or self.checkpoint), "RN50",
-                                                 "RBT3-chinese"))
+        return build_plan(self.settings, Evaluation(DATASET, "valid", str(checkpoint or self.checkpoint), "RN50",
+                                                    "RBT3-chinese"))
 
     def by_hand(self) -> float:
         """The upstream commands evalkit runs, chained in one ssh call as a user would type them."""

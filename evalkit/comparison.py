@@ -37,17 +37,43 @@ class ModelResult:
         return self.recall.get(direction, {}).get(metric)
 
 
-def build_comparison(results: list[ModelResult], dataset: str, split: str, generated_at: str) -> dict:
-    """The comparison document: rows in the order given, best labels per column, deltas."""
+@dataclass(frozen=True)
+class Row:
+    """One model's row of a comparison: its result and, against the baseline, its deltas."""
+
+    result: ModelResult
+    delta: dict[str, dict[str, float]] | None = None  # direction -> metric -> points
+
+    @property
+    def label(self) -> str:
+        return self.result.label
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Several models' recall on one dataset split, as shown, saved and printed with --json."""
+
+    dataset: str
+    split: str
+    generated_at: str
+    baseline: str | None            # its label, when a successful baseline row is present
+    rows: tuple[Row, ...]
+    best: dict[str, list[str]]      # column key -> the labels with its best value
+
+    def to_dict(self) -> dict:
+        """comparison.json's document (and --json's)."""
+        return {"dataset": self.dataset, "split": self.split, "generated_at": self.generated_at,
+                "baseline": self.baseline, "models": [dict(asdict(row.result), delta=row.delta) for row in self.rows],
+                "best": self.best}
+
+
+def build_comparison(results: list[ModelResult], dataset: str, split: str, generated_at: str) -> Comparison:
+    """Rows in the order given, best labels per column, deltas against the baseline."""
     baseline = next((r for r in results if r.label == BASELINE and r.ok), None)
-    rows = []
-    for result in results:
-        row = asdict(result)
-        row["delta"] = _delta(result, baseline) if baseline and result is not baseline else None
-        rows.append(row)
-    return {"dataset": dataset, "split": split, "generated_at": generated_at,
-            "baseline": BASELINE if baseline else None, "models": rows,
-            "best": {column_key(*column): _best(results, *column) for column in COLUMNS}}
+    rows = tuple(Row(result, _delta(result, baseline) if baseline and result is not baseline else None)
+                 for result in results)
+    return Comparison(dataset, split, generated_at, BASELINE if baseline else None, rows,
+                      {column_key(*column): _best(results, *column) for column in COLUMNS})
 
 
 def column_key(direction: str, metric: str) -> str:
@@ -74,35 +100,39 @@ def _delta(result: ModelResult, baseline: ModelResult) -> dict[str, dict[str, fl
     return delta
 
 
-def cell(document: dict, row: dict, direction: str, metric: str, bold=("**", "**")) -> str:
+def cell(comparison: Comparison, row: Row, direction: str, metric: str, bold=("**", "**")) -> str:
     """'45.20', '**45.20**' for the column's best, '45.20 (+1.10)' against the baseline."""
-    value = row["recall"].get(direction, {}).get(metric)
+    value = row.result.value(direction, metric)
     if value is None:
         return "–"
     text = f"{value:.2f}"
-    if row["label"] in document["best"][column_key(direction, metric)]:
+    if row.label in comparison.best[column_key(direction, metric)]:
         text = f"{bold[0]}{text}{bold[1]}"
-    delta = (row.get("delta") or {}).get(direction, {}).get(metric)
+    delta = (row.delta or {}).get(direction, {}).get(metric)
     if delta is not None:
         text += f" ({delta:+.2f})"
     return text
+
+
+def failed_cell(row: Row) -> str:
+    return f"failed (exit {row.result.exit_code})"
 
 
 def header() -> list[str]:
     return ["model"] + [f"{DIRECTION_TITLES[d]} {METRIC_TITLES[m]}" for d, m in COLUMNS]
 
 
-def to_markdown(document: dict) -> str:
-    lines = [f"Recall (%) on {document['dataset']} {document['split']}"
-             + (f"; (±x.xx) against {document['baseline']}" if document["baseline"] else ""), "",
+def to_markdown(comparison: Comparison) -> str:
+    lines = [f"Recall (%) on {comparison.dataset} {comparison.split}"
+             + (f"; (±x.xx) against {comparison.baseline}" if comparison.baseline else ""), "",
              "| " + " | ".join(header()) + " |",
              "|---" + "|---:" * len(COLUMNS) + "|"]
-    for row in document["models"]:
-        if row["status"] != "ok":
-            cells = [f"failed (exit {row['exit_code']})"] + ["–"] * (len(COLUMNS) - 1)
+    for row in comparison.rows:
+        if not row.result.ok:
+            cells = [failed_cell(row)] + ["–"] * (len(COLUMNS) - 1)
         else:
-            cells = [cell(document, row, d, m) for d, m in COLUMNS]
-        lines.append("| " + " | ".join([_markdown_escape(row["label"]), *cells]) + " |")
+            cells = [cell(comparison, row, d, m) for d, m in COLUMNS]
+        lines.append("| " + " | ".join([_markdown_escape(row.label), *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -110,15 +140,16 @@ def _markdown_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def to_csv(document: dict) -> str:
+def to_csv(comparison: Comparison) -> str:
     """One row per model, plain numbers (deltas in their own columns), for spreadsheets."""
     keys = [column_key(d, m) for d, m in COLUMNS]
-    delta_keys = [f"delta_{key}" for key in keys] if document["baseline"] else []
+    delta_keys = [f"delta_{key}" for key in keys] if comparison.baseline else []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["model", "status", *keys, *delta_keys, "checkpoint", "error"])
-    for row in document["models"]:
-        values = [row["recall"].get(d, {}).get(m, "") for d, m in COLUMNS]
-        deltas = [((row.get("delta") or {}).get(d, {}).get(m, "")) for d, m in COLUMNS] if delta_keys else []
-        writer.writerow([row["label"], row["status"], *values, *deltas, row["checkpoint"], row["error"] or ""])
+    for row in comparison.rows:
+        result = row.result
+        values = [result.recall.get(d, {}).get(m, "") for d, m in COLUMNS]
+        deltas = [(row.delta or {}).get(d, {}).get(m, "") for d, m in COLUMNS] if delta_keys else []
+        writer.writerow([result.label, result.status, *values, *deltas, result.checkpoint, result.error or ""])
     return out.getvalue()

@@ -1,6 +1,6 @@
 """The one exception hierarchy of evalkit, and the exit code each kind of failure maps to.
 
-Domain code raises these; only the CLI edge prints them and exits (see cli.run_guarded).
+Domain code raises these; only the CLI edge prints them and exits (cli/guard.py, `guarded`).
 Every message says what failed, which thing, and how to fix it.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import clock, pipeline
-from .comparison import ModelResult, build_comparison
+from .comparison import Comparison, ModelResult, build_comparison
 from .config import Settings
 from .errors import ComparisonIncomplete, EvalkitError
 from .evaluation import Evaluation
@@ -79,7 +79,7 @@ def model_result(report: pipeline.Report, started_at: str | None = None) -> Mode
 
 
 def compare(store: LocalStore, results: list[ModelResult], dataset: str, split: str,
-            save: bool) -> tuple[dict, list[Path]]:
+            save: bool) -> tuple[Comparison, list[Path]]:
     """The comparison document of RESULTS; with SAVE (several models' recall), kept in the store
     unless every model failed."""
     document = build_comparison(results, dataset, split, clock.timestamp())

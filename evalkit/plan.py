@@ -104,7 +104,7 @@ class Plan:
 
     @property
     def lock(self) -> str:
-        return self.files.path(LOCK_NAME)
+        return posixpath.join(self.output_dir, LOCK_NAME)
 
     def steps_of(self, stage: str) -> list[Step]:
         return [step for step in self.steps if step.stage == stage]

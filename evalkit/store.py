@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from . import clock
 from .config import Settings
-from .comparison import ModelResult, to_csv, to_markdown
+from .comparison import Comparison, ModelResult, to_csv, to_markdown
 from .errors import LocalWriteError, UnknownRun
 from .evaluation import Evaluation
 from .run_record import RunRecord
@@ -74,11 +74,11 @@ class LocalStore:
         folder = self.root / dataset / split
         return {suffix: folder / f"comparison.{suffix}" for suffix in COMPARISON_SUFFIXES}
 
-    def save_comparison(self, document: dict) -> list[Path]:
-        """comparison.json, .csv and .md of DOCUMENT's dataset and split."""
-        paths = self.comparison_paths(document["dataset"], document["split"])
-        texts = {"json": json.dumps(document, ensure_ascii=False, indent=2) + "\n",
-                 "csv": to_csv(document), "md": to_markdown(document)}
+    def save_comparison(self, comparison: Comparison) -> list[Path]:
+        """comparison.json, .csv and .md of its dataset and split."""
+        paths = self.comparison_paths(comparison.dataset, comparison.split)
+        texts = {"json": json.dumps(comparison.to_dict(), ensure_ascii=False, indent=2) + "\n",
+                 "csv": to_csv(comparison), "md": to_markdown(comparison)}
         return [write_atomically(paths[suffix], texts[suffix].encode("utf-8")) for suffix in COMPARISON_SUFFIXES]
 
     # --- logs -----------------------------------------------------------------------------------

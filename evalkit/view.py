@@ -15,7 +15,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, Text
 from rich.table import Table
 from rich.text import Text
 
-from .comparison import COLUMNS, cell, header
+from .comparison import COLUMNS, Comparison, cell, failed_cell, header
 from .diagnosis import Check
 from .errors import EvalkitError
 from .executors.base import JobState
@@ -269,27 +269,26 @@ def show_model_failed(console: Console, label: str, error: EvalkitError) -> None
         console.print(Text(f"  fix: {error.hint}", style="yellow"), soft_wrap=True)
 
 
-def comparison_table(document: dict) -> Table:
+def comparison_table(comparison: Comparison) -> Table:
     """Rows per model; the best of each column in bold green; ±deltas against the baseline."""
-    title = f"Recall (%) — {document['dataset']} {document['split']}"
-    if document["baseline"]:
-        title += f" (±: against {document['baseline']})"
+    title = f"Recall (%) — {comparison.dataset} {comparison.split}"
+    if comparison.baseline:
+        title += f" (±: against {comparison.baseline})"
     table = Table(title=title)
     for index, column in enumerate(header()):
         table.add_column(column, justify="left" if index == 0 else "right")
-    for row in document["models"]:
-        if row["status"] != "ok":
-            table.add_row(row["label"], Text(f"failed (exit {row['exit_code']})", style="red"),
-                          *["–"] * (len(COLUMNS) - 1))
+    for row in comparison.rows:
+        if not row.result.ok:
+            table.add_row(Text(row.label), Text(failed_cell(row), style="red"), *["–"] * (len(COLUMNS) - 1))
             continue
-        cells = [Text.from_markup(cell(document, row, d, m, bold=("[bold green]", "[/]")))
+        cells = [Text.from_markup(cell(comparison, row, d, m, bold=("[bold green]", "[/]")))
                  for d, m in COLUMNS]
-        table.add_row(Text(row["label"]), *cells)
+        table.add_row(Text(row.label), *cells)
     return table
 
 
-def show_comparison(console: Console, document: dict, written: Iterable[Path]) -> None:
-    console.print(comparison_table(document))
+def show_comparison(console: Console, comparison: Comparison, written: Iterable[Path]) -> None:
+    console.print(comparison_table(comparison))
     for path in written:
         console.print(Text(f"saved: {path}"), soft_wrap=True)
 

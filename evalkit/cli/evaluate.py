@@ -88,7 +88,7 @@ def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) 
     if len(results) > 1 and "recall" in first.stages:
         view.show_comparison(out, document, written)
     if options.json_output:
-        click.echo(json.dumps(document, ensure_ascii=False, indent=2))
+        click.echo(json.dumps(document.to_dict(), ensure_ascii=False, indent=2))
     gpu_queue.check_all_succeeded(results)
 
 

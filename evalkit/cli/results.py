@@ -53,7 +53,7 @@ def results(config: Path | None, results_dir: str | None, dataset_name: str | No
         elif output_format == "csv":
             click.echo(to_csv(document), nl=False)
     if output_format == "json":
-        click.echo(json.dumps(documents, ensure_ascii=False, indent=2))
+        click.echo(json.dumps([document.to_dict() for document in documents], ensure_ascii=False, indent=2))
 
 
 def _in_registry_order(rows: list, registry: list[str]) -> list:

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from evalkit.errors import INTERRUPTED_EXIT_CODE, MissingInput, RunLocked
-from evalkit.jobs import Follower, RemoteRun, start
 from evalkit.plan import Step
 from evalkit.ssh import Connection, resolve_target
 
@@ -180,24 +179,33 @@ class _Counting:
 
 def test_ten_megabytes_on_both_streams_of_a_detached_step_arrive_whole(testbed, tmp_path):
     from evalkit.config import Settings
-    from evalkit.pipeline import RunOutcome, upload_helpers
-    from evalkit.plan import build_plan, Request, run_dir
+    from evalkit.evaluation import Evaluation
+    from evalkit.executors.base import RemoteRun
+    from evalkit.executors.ssh import SshExecutor
+    from evalkit.follow import Follower
+    from evalkit.outcome import RunOutcome
+    from evalkit.plan import build_plan
+    from evalkit.server import run_dir, scripts_for
+    from evalkit.session import Session
 
     settings = Settings(datapath=str(testbed.datapath), remote_output_dir=str(testbed.server_outputs),
                         python=str(testbed.server_python), activate="true")
     command = ("python3 -c \"import sys\nfor i in range(100000): print('o' * 99)\" & "
                "python3 -c \"import sys\nfor i in range(100000): print('e' * 99, file=sys.stderr)\"; wait")
     step = Step("flood", "10 MB on each stream", "extract", command)
-    plan = build_plan(settings, Request(SPEC.name, SPEC.split, str(testbed.checkpoint)))
+    plan = build_plan(settings, Evaluation(SPEC.name, SPEC.split, str(testbed.checkpoint)))
     plan = type(plan)(plan.label, plan.checkpoint, str(tmp_path / "out"), None, (step,), {}, plan.files)
     target = resolve_target("seetacloud-v800", testbed.ssh_dir / "config")
     with Connection(target) as connection:
-        upload_helpers(connection, settings)
-        remote = RemoteRun("flood-test", run_dir(settings, "flood-test"), (step,))
-        start(connection, settings, plan, remote)
+        executor = SshExecutor(connection, settings)
+        executor.prepare(scripts_for(settings))
+        remote = RemoteRun("flood-test", run_dir(settings, "flood-test"), plan)
+        launched = executor.launch(remote)
         reporter = _Counting()
         with (tmp_path / "log").open("wb") as log:
-            Follower(connection, settings, remote, reporter, log).follow(RunOutcome(plan), [step], lambda s: None)
+            Follower(Session(connection), executor, remote, reporter, log, step_timeout=600,
+                     doorbell=launched.doorbell).follow(RunOutcome(plan), lambda s: None)
+        executor.close()
     assert reporter.lines == {"stdout": 100000, "stderr": 100000}
     assert (tmp_path / "log").stat().st_size >= 20_000_000
 

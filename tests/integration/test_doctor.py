@@ -252,22 +252,3 @@ def test_every_upstream_model_is_recognised_from_its_real_state_dict(server_pyth
     for pair, shapes in json.loads(done.stdout).items():
         architecture = infer_architecture(shapes)
         assert f"{architecture.vision}|{architecture.text}" == pair
-
-
-# --- the evaluation's preflight -----------------------------------------------------------------
-
-def test_the_evaluation_preflight_names_the_architecture_or_refuses_a_mismatch(testbed):
-    from evalkit.config import build_settings
-    from evalkit.doctor_service import check_checkpoint_architecture
-    from evalkit.errors import ConfigError
-    from evalkit.plan import Request
-    from evalkit.ssh import Connection, resolve_target
-
-    settings = build_settings(testbed.config, {})
-    fitting = Request("Flickr30k-CN", "valid", str(testbed.checkpoint), "RN50", "RBT3-chinese")
-    with Connection(resolve_target(settings.host), settings.connect_timeout).open() as connection:
-        assert check_checkpoint_architecture(connection, settings, fitting).describe() == "RN50 + RBT3-chinese"
-        with pytest.raises(ConfigError, match="looks like RN50 [+] RBT3-chinese, but --text-model "
-                                              "RoBERTa-wwm-ext-base-chinese was given"):
-            check_checkpoint_architecture(connection, settings, Request(
-                "Flickr30k-CN", "valid", str(testbed.checkpoint), "RN50", "RoBERTa-wwm-ext-base-chinese"))

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from evalkit.comparison import ModelResult, build_comparison, to_csv, to_markdown
+from evalkit.comparison import Comparison, ModelResult, build_comparison, to_csv, to_markdown
 
 
 def recall(t2i: tuple, i2t: tuple) -> dict:
@@ -21,8 +21,13 @@ BASELINE = ModelResult("baseline", "/c/base.pt", "ok", recall((45.0, 75.0, 88.0,
 BROKEN = ModelResult("huge", "/c/huge.pt", "failed", {}, error="checkpoint not found", exit_code=12)
 
 
-def compare(*results: ModelResult) -> dict:
+def compare(*results: ModelResult) -> Comparison:
     return build_comparison(list(results), "Flickr30k-CN", "valid", "2026-11-27T00:00:00Z")
+
+
+def document(*results: ModelResult) -> dict:
+    """comparison.json's document, as a user's script reads it."""
+    return compare(*results).to_dict()
 
 
 @pytest.mark.parametrize("column, best", [
@@ -30,34 +35,34 @@ def compare(*results: ModelResult) -> dict:
     ("i2t_r1", ["team"]), ("i2t_r5", ["large"]), ("i2t_mean_recall", ["team"]),
 ])
 def test_the_best_of_each_column_is_named(column, best):
-    assert compare(TEAM, LARGE, BASELINE)["best"][column] == best
+    assert document(TEAM, LARGE, BASELINE)["best"][column] == best
 
 
 def test_a_single_model_wins_nothing():
-    assert all(labels == [] for labels in compare(TEAM)["best"].values())
+    assert all(labels == [] for labels in document(TEAM)["best"].values())
 
 
 def test_deltas_are_against_the_baseline_and_only_when_it_ran():
-    document = compare(TEAM, LARGE, BASELINE)
-    team = document["models"][0]
+    found = document(TEAM, LARGE, BASELINE)
+    team = found["models"][0]
     assert team["delta"]["text_to_image"]["r1"] == pytest.approx(5.0)
     assert team["delta"]["image_to_text"]["r10"] == pytest.approx(2.0)
-    assert document["models"][2]["delta"] is None  # the baseline itself
-    assert compare(TEAM, LARGE)["baseline"] is None
-    assert all(row["delta"] is None for row in compare(TEAM, LARGE)["models"])
+    assert found["models"][2]["delta"] is None  # the baseline itself
+    assert document(TEAM, LARGE)["baseline"] is None
+    assert all(row["delta"] is None for row in document(TEAM, LARGE)["models"])
 
 
 def test_a_failed_baseline_gives_no_deltas():
     failed_baseline = ModelResult("baseline", "/c/base.pt", "failed", {}, error="x", exit_code=7)
-    assert compare(TEAM, failed_baseline)["baseline"] is None
+    assert document(TEAM, failed_baseline)["baseline"] is None
 
 
 def test_a_failed_model_keeps_its_row_and_reason_but_wins_nothing():
-    document = compare(TEAM, BROKEN, LARGE)
-    assert [row["label"] for row in document["models"]] == ["team", "huge", "large"]
-    broken = document["models"][1]
+    found = document(TEAM, BROKEN, LARGE)
+    assert [row["label"] for row in found["models"]] == ["team", "huge", "large"]
+    broken = found["models"][1]
     assert (broken["status"], broken["error"], broken["exit_code"]) == ("failed", "checkpoint not found", 12)
-    assert all("huge" not in labels for labels in document["best"].values())
+    assert all("huge" not in labels for labels in found["best"].values())
 
 
 def test_markdown_pastes_as_a_table_with_best_in_bold_and_deltas():
