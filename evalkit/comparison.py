@@ -28,6 +28,7 @@ class ModelResult:
     started_at: str | None = None
     finished_at: str | None = None
     server_output_dir: str | None = None
+    checkpoint_chosen_by: str | None = None       # evaluation.NAMED, LAST_EXTRACT or SERVER_LATEST
 
     @property
     def ok(self) -> bool:

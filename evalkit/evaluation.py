@@ -16,15 +16,20 @@ STAGES = ("extract", "knn", "recall")
 DIRECTIONS = ("text_to_image", "image_to_text")
 DEFAULT_VISION_MODEL = "ViT-B-16"
 DEFAULT_TEXT_MODEL = "RoBERTa-wwm-ext-base-chinese"
+# how an evaluation's checkpoint was chosen (Evaluation.chosen_by)
+NAMED = "named"                          # --model-path or --model
+LAST_EXTRACT = "your last extract step"  # knn / recall without --model-path (store.current_checkpoint)
+SERVER_LATEST = "the server's most recent extraction"  # the same when this user never extracted
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """One checkpoint on one dataset split, resolved.
 
-    CHECKPOINT is an absolute, normalised server path, or "" for "the most recent extraction"
-    (quick_evaluation's knn / recall without --model-path; chosen on the server, see
-    pipeline.locate). LABEL is a registry name, else derived from the checkpoint.
+    CHECKPOINT is an absolute, normalised server path, or "" for quick_evaluation's knn / recall
+    without --model-path: then the checkpoint of this user's last extract step (store.py), else
+    the server's most recent extraction (pipeline.locate); CHOSEN_BY says which. LABEL is a
+    registry name, else derived from the checkpoint.
     """
 
     dataset: str
@@ -38,6 +43,7 @@ class Evaluation:
     skip_text_to_image: bool = False
     skip_image_to_text: bool = False
     force_extraction: bool = False
+    chosen_by: str = NAMED
 
     def __post_init__(self) -> None:
         if self.checkpoint and not posixpath.isabs(self.checkpoint):

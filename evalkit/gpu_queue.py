@@ -75,7 +75,8 @@ def model_result(report: pipeline.Report, started_at: str | None = None) -> Mode
     plan = report.outcome.plan
     recall = {direction: dataclasses.asdict(value) for direction, value in recalls(report.outcome).items()}
     return ModelResult(plan.label, plan.checkpoint, "ok", recall, started_at=started_at,
-                       finished_at=clock.timestamp(), server_output_dir=plan.output_dir)
+                       finished_at=clock.timestamp(), server_output_dir=plan.output_dir,
+                       checkpoint_chosen_by=report.evaluation.chosen_by)
 
 
 def compare(store: LocalStore, results: list[ModelResult], dataset: str, split: str,

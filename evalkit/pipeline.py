@@ -20,7 +20,7 @@ from .config import Settings
 from .diagnosis import preflight_call
 from .doctor import preflight
 from .errors import EvalkitError, EvaluationFailed, OutputsNotReady
-from .evaluation import Evaluation
+from .evaluation import SERVER_LATEST, Evaluation
 from .executors import executor_class
 from .executors.base import CancelResult, Executor, JobState, RemoteRun
 from .follow import Follower, read_logs
@@ -68,6 +68,8 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter,
         # every remote command waits on a login shell of its own (~/.bashrc, conda init): the
         # executor begins what the run needs first, and the checks run in the env it activated
         executor.prepare(scripts_for(settings, extra=(PROBE,) if evaluation.runs_extraction else ()))
+        store = LocalStore.of(settings)
+        evaluation = _current_unless_named(store, settings, evaluation, reporter)
         checks = _first_checks(settings, evaluation, executor)
         evaluation, facts = locate(session.connection, settings, evaluation, reporter, checks.get("inspect"))
         evaluation = decide(settings, evaluation, facts, reporter)
@@ -77,12 +79,28 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter,
         run_id = new_run_id()
         record = new_record(settings, evaluation, plan, run_id, run_dir(settings, run_id))
         launched = executor.launch(_remote(record))
-        LocalStore.of(settings).save_record(record)
+        store.save_record(record)
+        if "extract" in evaluation.stages:  # extracted or reused: the user's next steps follow it
+            store.make_current(settings, evaluation)
         if launched.took_over_stale_lock:
             reporter.note("took over a stale lock on this checkpoint's directory (its run is gone)")
         if detach:
             return record
         return _follow_to_end(session, executor, record, reporter, facts, launched.doorbell)
+
+
+def _current_unless_named(store: LocalStore, settings: Settings, evaluation: Evaluation,
+                          reporter: Reporter) -> Evaluation:
+    """Without a checkpoint named, the one of this user's last extract step for this server,
+    datapath, dataset and split: never another user's or another experiment's later work."""
+    if evaluation.checkpoint:
+        return evaluation
+    current = store.current_checkpoint(settings, evaluation)
+    if current is None:
+        return evaluation  # locate() falls back to the server's most recent extraction, and says so
+    reporter.note(f"using the checkpoint of your last extract step: {current.checkpoint}; "
+                  "pass --model-path to choose another")
+    return current
 
 
 def _first_checks(settings: Settings, evaluation: Evaluation, executor: Executor) -> dict:
@@ -224,8 +242,10 @@ def locate(connection: Connection, settings: Settings, evaluation: Evaluation, r
             f"under {settings.output_root}", "run --step extract --model-path CHECKPOINT first")
     manifest = facts.manifest
     chosen = dataclasses.replace(evaluation, checkpoint=manifest["checkpoint"]["path"],
-                                 vision_model=manifest["vision_model"], text_model=manifest["text_model"])
-    reporter.note(f"using the most recent extraction: {chosen.checkpoint} (extracted "
+                                 vision_model=manifest["vision_model"], text_model=manifest["text_model"],
+                                 chosen_by=SERVER_LATEST)
+    reporter.note(f"no extract step of yours is on record for this dataset split (in {settings.results_dir}): "
+                  f"using the most recent extraction on the server, by anyone: {chosen.checkpoint} (extracted "
                   f"{manifest.get('extracted_at')}); pass --model-path to choose another")
     facts = _inspect(connection, settings, chosen)
     expected_dir = checkpoint_output_dir(settings, chosen.dataset, chosen.split, chosen.checkpoint)

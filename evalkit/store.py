@@ -4,13 +4,17 @@
     RESULTS_DIR/<dataset>/<split>/comparison.*  json, csv, md of a comparison
     RESULTS_DIR/logs/                           one log per evaluation followed
     RESULTS_DIR/runs/<run id>.json              run records (attach, logs, status, cancel)
+    RESULTS_DIR/runs/current-checkpoints.json   each server dataset split's checkpoint of this
+                                                user's last extract step (knn / recall steps)
 
 Every file is written atomically: readers see the old file or the new one, never half of one.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
@@ -19,11 +23,13 @@ from . import clock
 from .config import Settings
 from .comparison import Comparison, ModelResult, to_csv, to_markdown
 from .errors import LocalWriteError, UnknownRun
-from .evaluation import Evaluation
+from .evaluation import LAST_EXTRACT, Evaluation
 from .run_record import RunRecord
 from .summary import RESULT_FILE_NAMES
 
 COMPARISON_SUFFIXES = ("json", "csv", "md")
+RUN_RECORD_NAME = re.compile(r"\d{8}-\d{6}-[0-9a-f]+\.json")
+CURRENT_CHECKPOINTS = "current-checkpoints.json"
 
 
 class LocalStore:
@@ -120,12 +126,48 @@ class LocalStore:
 
     def newest_records(self, count: int) -> list[RunRecord]:
         records = []
-        for path in sorted(self.runs_dir.glob("*.json"), reverse=True)[:count]:
+        paths = [path for path in self.runs_dir.glob("*.json") if RUN_RECORD_NAME.fullmatch(path.name)]
+        for path in sorted(paths, reverse=True)[:count]:
             try:
                 records.append(RunRecord.from_json(path.read_text(encoding="utf-8")))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # a record from another version, or edited by hand
         return records
+
+
+    # --- the step flow's current checkpoint ---------------------------------------------------
+
+    def make_current(self, settings: Settings, evaluation: Evaluation) -> None:
+        """EVALUATION's checkpoint becomes the one this user's next knn / recall step without
+        --model-path evaluates, for its host, datapath, dataset and split."""
+        current = self._current_checkpoints()
+        current[_current_key(settings, evaluation)] = {
+            "checkpoint": evaluation.checkpoint, "label": evaluation.label, "vision_model": evaluation.vision_model,
+            "text_model": evaluation.text_model, "since": clock.timestamp()}
+        text = json.dumps(current, ensure_ascii=False, indent=2) + "\n"
+        write_atomically(self.runs_dir / CURRENT_CHECKPOINTS, text.encode("utf-8"))
+
+    def current_checkpoint(self, settings: Settings, evaluation: Evaluation) -> Evaluation | None:
+        """EVALUATION (which names no checkpoint) with the checkpoint of this user's last
+        extract step for its host, datapath, dataset and split; None when there was none."""
+        found = self._current_checkpoints().get(_current_key(settings, evaluation))
+        if not isinstance(found, dict) or not found.get("checkpoint"):
+            return None
+        return dataclasses.replace(evaluation, checkpoint=found["checkpoint"], label=found.get("label") or "",
+                                   vision_model=found.get("vision_model") or evaluation.vision_model,
+                                   text_model=found.get("text_model") or evaluation.text_model,
+                                   chosen_by=LAST_EXTRACT)
+
+    def _current_checkpoints(self) -> dict:
+        try:
+            found = json.loads((self.runs_dir / CURRENT_CHECKPOINTS).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}  # none yet, or damaged: the step falls back and says so
+        return found if isinstance(found, dict) else {}
+
+
+def _current_key(settings: Settings, evaluation: Evaluation) -> str:
+    return json.dumps([settings.host, settings.datapath, evaluation.dataset, evaluation.split], ensure_ascii=False)
 
 
 def write_atomically(path: Path, data: bytes) -> Path:

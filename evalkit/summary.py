@@ -52,6 +52,7 @@ def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_pa
     return {
         "label": plan.label,
         "checkpoint": plan.checkpoint,
+        "checkpoint_chosen_by": evaluation.chosen_by,
         "host": host,
         "dataset": evaluation.dataset,
         "split": evaluation.split,

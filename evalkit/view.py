@@ -18,6 +18,7 @@ from rich.text import Text
 from .comparison import COLUMNS, Comparison, cell, failed_cell, header
 from .diagnosis import Check
 from .errors import EvalkitError
+from .evaluation import NAMED, SERVER_LATEST
 from .executors.base import JobState
 from .outcome import StepResult
 from .plan import DIRECTION_TITLES, Plan, Step
@@ -116,8 +117,10 @@ def show_plan(console: Console, plan: Plan, host: str) -> None:
         console.print(Text(step.command), soft_wrap=True)
 
 
-def recall_table(label: str, recalls: dict[str, Recall]) -> Table:
-    table = Table(title=f"Recall (%) — {label}")
+def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED) -> Table:
+    """The title names the evaluation; when the user did not name its checkpoint, how it was chosen."""
+    title = f"Recall (%) — {label}" + ("" if chosen_by == NAMED else f" ({chosen_by})")
+    table = Table(title=title)
     table.add_column("direction")
     for column in ("R@1", "R@5", "R@10", "Mean Recall"):
         table.add_column(column, justify="right")
@@ -127,11 +130,15 @@ def recall_table(label: str, recalls: dict[str, Recall]) -> Table:
     return table
 
 
-def show_results(console: Console, label: str, recalls: dict[str, Recall], written: Iterable[Path],
-                 server_dir: str) -> None:
-    console.print(recall_table(label, recalls))
-    console.print(Text(f"server files: {server_dir}"), soft_wrap=True)
-    for path in written:
+def show_results(console: Console, report: Report) -> None:
+    plan, evaluation = report.outcome.plan, report.evaluation
+    console.print(recall_table(plan.label, recalls(report.outcome), evaluation.chosen_by))
+    console.print(Text(f"checkpoint: {plan.checkpoint}"), soft_wrap=True)
+    if evaluation.chosen_by == SERVER_LATEST:
+        console.print(Text("  not named by you: the server's most recent extraction, by anyone; pass "
+                           "--model-path to evaluate another", style="bold yellow"), soft_wrap=True)
+    console.print(Text(f"server files: {plan.output_dir}"), soft_wrap=True)
+    for path in report.written:
         console.print(Text(f"saved: {path}"), soft_wrap=True)
 
 
@@ -139,12 +146,13 @@ def show_report(console: Console, report: Report) -> None:
     """What one evaluation ends with: its recall table, or what the stage it ran left ready."""
     plan = report.outcome.plan
     if report.summary is None:
-        show_stage_done(console, report.evaluation.stages[-1], report.facts, plan)
+        show_stage_done(console, report.evaluation.stages[-1], report.facts, plan, report.evaluation.chosen_by)
     else:
-        show_results(console, plan.label, recalls(report.outcome), report.written, plan.output_dir)
+        show_results(console, report)
 
 
-def show_stage_done(console: Console, stage: str, facts: ServerFacts | None, plan: Plan) -> None:
+def show_stage_done(console: Console, stage: str, facts: ServerFacts | None, plan: Plan,
+                    chosen_by: str = NAMED) -> None:
     """After --step extract or knn: what is ready on the server, and the next command."""
     if stage == "extract":
         counts = f": {facts.image_count} images, {facts.text_count} texts" if facts else ""
@@ -152,6 +160,8 @@ def show_stage_done(console: Console, stage: str, facts: ServerFacts | None, pla
     else:
         ready, following = "KNN predictions ready", "recall"
     console.print(Text(f"✓ {ready} for {plan.checkpoint}", style="green"), soft_wrap=True)
+    if chosen_by != NAMED:
+        console.print(Text(f"  ({chosen_by})", style="bold yellow" if chosen_by == SERVER_LATEST else "dim"))
     console.print(Text(f"server files: {plan.output_dir}"), soft_wrap=True)
     console.print(Text(f"next: --step {following}", style="dim"))
 

@@ -49,8 +49,10 @@ def evaluate_command(**flags: Any) -> None:
 def quick_command(step: str, **flags: Any) -> None:
     """Run one stage of the evaluation, for debugging: extract, then knn, then recall.
 
-    knn and recall use the features of --model-path, or without it the most recent
-    extraction for this datapath, dataset and split (and say which checkpoint that was).
+    knn and recall use the features of --model-path; without it, of the checkpoint of your
+    last extract step for this host, datapath, dataset and split (kept beside your run
+    records, so nobody else's extraction can change it); only when you have none, the server's
+    most recent extraction, and the table says so.
     Each stage refuses to read files that are missing, incomplete, or not from one extraction
     of one checkpoint; extraction is skipped when complete features of the unchanged
     checkpoint exist (--force-extraction redoes it).

@@ -31,7 +31,8 @@ def test_help_teaches_the_three_steps_and_every_option():
     for param in quick_command.params:
         for opt in param.opts:
             assert opt in result.stdout, f"{opt} missing from --help"
-    for step in ("--step extract", "--step knn", "--step recall", "most recent extraction"):
+    for step in ("--step extract", "--step knn", "--step recall", "last extract step",
+                 "most recent extraction"):
         assert step in " ".join(result.stdout.split())
 
 
