@@ -135,6 +135,20 @@ class UnknownRun(EvalkitError):
     title = "unknown run"
 
 
+class DriverGone(EvalkitError):
+    """The run's driver on the server died (killed, OOM, reboot) or crashed: the run is over."""
+
+    exit_code = 20
+    title = "run lost on the server"
+
+
+class TransferUnavailable(EvalkitError):
+    """The server's SSH has no SFTP subsystem, which evalkit needs to follow a run's files."""
+
+    exit_code = 21
+    title = "no SFTP on the server"
+
+
 INTERRUPTED_EXIT_CODE = 130
 UNEXPECTED_EXIT_CODE = 1
 USAGE_EXIT_CODE = 2
@@ -164,5 +178,7 @@ EXIT_CODES: dict[int, str] = {
                                "disk): the message names it",
     RunLocked.exit_code: "another run is evaluating the same checkpoint (the message names it)",
     UnknownRun.exit_code: "no record of that run id on this laptop",
+    DriverGone.exit_code: "the run's driver on the server died or crashed (killed, out of memory, reboot)",
+    TransferUnavailable.exit_code: "the server's SSH has no SFTP subsystem (the message says how to enable it)",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C)",
 }

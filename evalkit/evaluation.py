@@ -16,6 +16,7 @@ STAGES = ("extract", "knn", "recall")
 DIRECTIONS = ("text_to_image", "image_to_text")
 DEFAULT_VISION_MODEL = "ViT-B-16"
 DEFAULT_TEXT_MODEL = "RoBERTa-wwm-ext-base-chinese"
+LATEST_STEM = "epoch_latest"  # what cn_clip training keeps overwriting: its label is the experiment's
 # how an evaluation's checkpoint was chosen (Evaluation.chosen_by)
 NAMED = "named"                          # --model-path or --model
 LAST_EXTRACT = "your last extract step"  # knn / recall without --model-path (store.current_checkpoint)
@@ -84,7 +85,8 @@ class Wanted:
     model_path: str
     vision_model: str
     text_model: str
-    label: str = ""
+    registry_name: str = ""  # a `models:` name: it stands for the experiment in the label
+    label: str = ""          # --label: the label, exactly
 
 
 @dataclass(frozen=True)
@@ -100,14 +102,32 @@ class Scope:
     force_extraction: bool = False
 
 
-def checkpoint_label(checkpoint: str) -> str:
-    """The experiment directory (parent of checkpoints/), else the checkpoint's file stem."""
+def checkpoint_label(checkpoint: str, name: str | None = None) -> str:
+    """Where results are kept and how tables name them: the experiment (the folder above
+    checkpoints/), or NAME (a registry name) in its place; `@<file stem>` is added for any file
+    but epoch_latest.pt, so that the epochs of one experiment never share a label
+    (team_distill, team_distill@epoch_5). A file outside a checkpoints/ folder: NAME, else its stem."""
+    experiment, stem = _experiment(checkpoint), _stem(checkpoint)
+    if not experiment:
+        return name or stem
+    return (name or experiment) if stem == LATEST_STEM else f"{name or experiment}@{stem}"
+
+
+def experiment_name(checkpoint: str) -> str:
+    """The experiment folder (parent of checkpoints/), else the checkpoint's file stem."""
+    return _experiment(checkpoint) or _stem(checkpoint)
+
+
+def _experiment(checkpoint: str) -> str:
     parent = posixpath.dirname(checkpoint.rstrip("/"))
-    if posixpath.basename(parent) == "checkpoints":
-        experiment = posixpath.basename(posixpath.dirname(parent))
-        if experiment not in ("", ".", ".."):
-            return experiment
-    stem = posixpath.splitext(posixpath.basename(checkpoint))[0]
+    if posixpath.basename(parent) != "checkpoints":
+        return ""
+    experiment = posixpath.basename(posixpath.dirname(parent))
+    return experiment if experiment not in ("", ".", "..") else ""
+
+
+def _stem(checkpoint: str) -> str:
+    stem = posixpath.splitext(posixpath.basename(checkpoint.rstrip("/")))[0]
     return stem if stem not in ("", ".", "..") else "checkpoint"
 
 
@@ -121,18 +141,28 @@ def checkpoint_path(datapath: str, model_path: str) -> str:
 def resolve(datapath: str, scope: Scope, wanted: list[Wanted]) -> list[Evaluation]:
     """One Evaluation per checkpoint wanted; refuses two names for one checkpoint, which would
     write the same server directory at once."""
-    evaluations = [Evaluation(scope.dataset, scope.split,
-                              checkpoint_path(datapath, item.model_path) if item.model_path else "",
-                              item.vision_model, item.text_model, item.label, scope.stages,
-                              scope.skip_extraction, scope.skip_text_to_image, scope.skip_image_to_text,
-                              scope.force_extraction)
-                   for item in wanted]
-    seen: dict[str, str] = {}
-    for evaluation in evaluations:
-        if not evaluation.checkpoint:
-            continue
-        if evaluation.checkpoint in seen:
-            raise ConfigError(f"{seen[evaluation.checkpoint]!r} and {evaluation.label!r} are the same checkpoint "
-                              f"({evaluation.checkpoint})", "name each checkpoint once (check the `models:` paths)")
-        seen[evaluation.checkpoint] = evaluation.label
+    evaluations = []
+    for item in wanted:
+        checkpoint = checkpoint_path(datapath, item.model_path) if item.model_path else ""
+        label = item.label or (checkpoint_label(checkpoint, item.registry_name) if checkpoint else "")
+        evaluations.append(Evaluation(scope.dataset, scope.split, checkpoint, item.vision_model, item.text_model,
+                                      label, scope.stages, scope.skip_extraction, scope.skip_text_to_image,
+                                      scope.skip_image_to_text, scope.force_extraction))
+    _check_distinct(evaluations)
     return evaluations
+
+
+def _check_distinct(evaluations: list[Evaluation]) -> None:
+    """Two names for one checkpoint would write the same server directory at once; one label
+    for two checkpoints would keep only one's results."""
+    by_checkpoint: dict[str, str] = {}
+    by_label: dict[str, str] = {}
+    for evaluation in (e for e in evaluations if e.checkpoint):
+        if evaluation.checkpoint in by_checkpoint:
+            raise ConfigError(f"{by_checkpoint[evaluation.checkpoint]!r} and {evaluation.label!r} are the same "
+                              f"checkpoint ({evaluation.checkpoint})", "name each checkpoint once (check the `models:` paths)")
+        if evaluation.label in by_label:
+            raise ConfigError(f"two checkpoints would share the label {evaluation.label!r}: "
+                              f"{by_label[evaluation.label]} and {evaluation.checkpoint}",
+                              "give one of them its own --label NAME, or another `models:` name")
+        by_checkpoint[evaluation.checkpoint], by_label[evaluation.label] = evaluation.label, evaluation.checkpoint

@@ -11,8 +11,8 @@ import time
 from typing import BinaryIO, Callable, Iterator
 
 from . import clock
-from .errors import ConnectionLost, RemoteStepFailed
-from .executors.base import Executor, RemoteRun
+from .errors import ConnectionLost, DriverGone, RemoteStepFailed
+from .executors.base import Executor, JobState, RemoteRun
 from .outcome import Reporter, RunOutcome, StepResult
 from .plan import Step
 from .progress import Event, LogLine, ProgressUpdate, StreamSplitter
@@ -23,7 +23,7 @@ TAIL_LINES = 30
 # Polling is cheap (three SFTP stats) but not free: while output flows (tqdm redraws many times a
 # second) every FLOWING_POLL is enough, and the server's CPU stays with the step.
 FASTEST_POLL, FLOWING_POLL, SLOWEST_POLL = 0.05, 0.15, 0.25
-LIVENESS_EVERY = 10.0     # seconds without news before asking whether the driver still lives
+LIVENESS_EVERY = 10.0     # seconds between asking whether the driver still lives (a death is seen in ~10 s)
 STREAMS = {"stdout": "out", "stderr": "err"}
 
 
@@ -125,16 +125,17 @@ class Follower:
     def _wait_for(self, found: Callable[[], object], step: Step, while_waiting: Callable[[], bool] = lambda: False,
                   started: float | None = None):
         """Poll FOUND until it returns something; fast while output flows, slower when idle."""
-        pause, last_news = FASTEST_POLL, time.monotonic()
+        pause, last_check = FASTEST_POLL, time.monotonic()
         while True:
             if while_waiting():
-                pause, last_news = FLOWING_POLL, time.monotonic()
+                pause = FLOWING_POLL
             value = found()
             if value is not None:
                 return value
-            if time.monotonic() - last_news > LIVENESS_EVERY:
+            # also while output flows: a killed driver's steps may go on printing, orphaned
+            if time.monotonic() - last_check > LIVENESS_EVERY:
                 self._check_alive(step)
-                last_news = time.monotonic()
+                last_check = time.monotonic()
             if started is not None and time.monotonic() - started > self.step_timeout:
                 raise ConnectionLost(f"step {step.name!r} ran longer than step_timeout ({self.step_timeout:.0f} s)",
                                      f"raise step_timeout in the config file; cancel the run with "
@@ -149,14 +150,21 @@ class Follower:
             time.sleep(seconds)
 
     def _check_alive(self, step: Step) -> None:
-        state = self.session.call(lambda connection: self.executor.state(self.run))
-        if state.driver_alive or state.state:
-            if state.state == "cancelled":
-                raise RemoteStepFailed(f"run {self.run.run_id} was cancelled on the server",
-                                       "start the evaluation again")
-            return
-        raise RemoteStepFailed(f"the run's driver on the server is gone, during step {step.name!r} "
-                               "(killed, or the server rebooted)", "start the evaluation again")
+        check_alive(self.session.call(lambda connection: self.executor.state(self.run)), self.run,
+                    f"during step {step.name!r}")
+
+
+def check_alive(state: JobState, run: RemoteRun, when: str) -> None:
+    """Raise unless the run's driver lives or the run ended on its own (its files say how)."""
+    if state.state == "cancelled":
+        raise RemoteStepFailed(f"run {run.run_id} was cancelled on the server", "start the evaluation again")
+    if state.state == "crashed":
+        raise DriverGone(f"the run's driver crashed on the server {when}: {state.error}",
+                         f"see {run.path('driver.log')} on the server; start the evaluation again")
+    if state.state or state.driver_alive:
+        return
+    raise DriverGone(f"the run's driver on the server is gone {when} (killed, out of memory, or the server "
+                     "rebooted)", "start the evaluation again")
 
 
 def remember(tail: collections.deque, event: Event) -> None:
@@ -167,13 +175,17 @@ def remember(tail: collections.deque, event: Event) -> None:
         tail.append(f"{event.description + ': ' if event.description else ''}{event.n:g}{total}")
 
 
-def read_logs(session: Session, run: RemoteRun, follow: bool) -> Iterator[str]:
-    """Each step's stdout then stderr as text; with FOLLOW, waits for steps still to come."""
+def read_logs(session: Session, run: RemoteRun, follow: bool,
+              state: Callable[[], JobState] | None = None) -> Iterator[str]:
+    """Each step's stdout then stderr as text; with FOLLOW, waits for steps still to come,
+    asking STATE every LIVENESS_EVERY seconds whether the run's driver still lives."""
+    alive = _Liveness(run, state)
     for step in run.plan.steps:
         files = StepFiles(session, run, step)
         while not files.has_started():
             if not follow or session.size_of(run.path("status.json")) is not None:
                 return
+            alive.check(f"before step {step.name!r}")
             time.sleep(SLOWEST_POLL)
         yield f"### step {step.name}: {step.title}\n"
         while True:
@@ -186,6 +198,19 @@ def read_logs(session: Session, run: RemoteRun, follow: bool) -> Iterator[str]:
                 break
             if not follow:
                 return
+            alive.check(f"during step {step.name!r}")
             time.sleep(SLOWEST_POLL)
         if finished[0] != 0:
             return
+
+
+class _Liveness:
+    """Asks whether the driver lives at most every LIVENESS_EVERY seconds of waiting."""
+
+    def __init__(self, run: RemoteRun, state: Callable[[], JobState] | None) -> None:
+        self.run, self.state, self.last = run, state, time.monotonic()
+
+    def check(self, when: str) -> None:
+        if self.state is not None and time.monotonic() - self.last > LIVENESS_EVERY:
+            check_alive(self.state(), self.run, when)
+            self.last = time.monotonic()

@@ -19,10 +19,10 @@ from . import clock, server_outputs
 from .config import Settings
 from .diagnosis import preflight_call
 from .doctor import preflight
-from .errors import EvalkitError, EvaluationFailed, OutputsNotReady
+from .errors import EvalkitError, EvaluationFailed, OutputsNotReady, RunLocked
 from .evaluation import SERVER_LATEST, Evaluation
 from .executors import executor_class
-from .executors.base import CancelResult, Executor, JobState, RemoteRun
+from .executors.base import CancelResult, Executor, JobState, Launched, RemoteRun
 from .follow import Follower, read_logs
 from .outcome import Reporter, RunOutcome
 from .plan import Plan, Step, build_plan, checkpoint_output_dir, inspect_call, inspect_command, knn_commands
@@ -73,12 +73,17 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter,
         checks = _first_checks(settings, evaluation, executor)
         evaluation, facts = locate(session.connection, settings, evaluation, reporter, checks.get("inspect"))
         evaluation = decide(settings, evaluation, facts, reporter)
+        if "recall" in evaluation.stages:
+            store.check_label_is_free(evaluation)
         if evaluation.runs_extraction:  # before any GPU time
             preflight(settings, evaluation, checks["preflight"])
+        session.check_transfer()  # a run that could not be followed must not start
         plan = build_plan(settings, evaluation)
         run_id = new_run_id()
         record = new_record(settings, evaluation, plan, run_id, run_dir(settings, run_id))
-        launched = executor.launch(_remote(record))
+        store.save_record(record)  # first: whatever happens next, attach and cancel can find the run
+        launched = _launch(executor, store, record, reporter)
+        record = dataclasses.replace(record, state="started")
         store.save_record(record)
         if "extract" in evaluation.stages:  # extracted or reused: the user's next steps follow it
             store.make_current(settings, evaluation)
@@ -86,7 +91,30 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter,
             reporter.note("took over a stale lock on this checkpoint's directory (its run is gone)")
         if detach:
             return record
-        return _follow_to_end(session, executor, record, reporter, facts, launched.doorbell)
+        try:
+            return _follow_to_end(session, executor, record, reporter, facts, launched.doorbell)
+        except (EvalkitError, KeyboardInterrupt):
+            raise  # each says what became of the run
+        except Exception:  # a bug: the run goes on holding the GPU; the user must be able to reach it
+            reporter.note(_reach(record.run_id))
+            raise
+
+
+def _launch(executor: Executor, store: LocalStore, record: RunRecord, reporter: Reporter) -> Launched:
+    """The run's driver started; on any failure, nothing of it left running unnoticed."""
+    try:
+        return executor.launch(_remote(record))
+    except RunLocked:
+        store.forget_record(record.run_id)  # refused by the server: it never ran
+        raise
+    except BaseException:  # Ctrl-C, a timeout, a lost link: it may have started
+        _cancel_after_interrupt(executor, record, reporter)
+        raise
+
+
+def _reach(run_id: str) -> str:
+    return (f"run {run_id} may go on on the server: python -m evalkit attach {run_id} follows it, "
+            f"python -m evalkit cancel {run_id} stops it")
 
 
 def _current_unless_named(store: LocalStore, settings: Settings, evaluation: Evaluation,
@@ -134,8 +162,9 @@ def state(record: RunRecord) -> JobState:
 
 def logs(record: RunRecord, follow: bool) -> Iterator[str]:
     """Each step's output as text, step by step; with FOLLOW until the run ends."""
-    with connected(record.settings) as (session, _):
-        yield from read_logs(session, _remote(record), follow)
+    run = _remote(record)
+    with connected(record.settings) as (session, executor):
+        yield from read_logs(session, run, follow, state=lambda: executor.state(run))
 
 
 def _remote(record: RunRecord) -> RemoteRun:
@@ -159,7 +188,7 @@ def _follow_to_end(session: Session, executor: Executor, record: RunRecord, repo
         except KeyboardInterrupt:
             _cancel_after_interrupt(executor, record, reporter)
             raise
-        fetch_results(session, plan, outcome)
+        fetch_results(session, _remote(record), outcome)
     if "recall" not in evaluation.stages:
         return Report(evaluation, outcome, recorder.facts, None, [], log_path)
     summary = build_summary(outcome, evaluation, settings.host, log_path)
@@ -167,9 +196,20 @@ def _follow_to_end(session: Session, executor: Executor, record: RunRecord, repo
     return Report(evaluation, outcome, recorder.facts, summary, written, log_path)
 
 
-def fetch_results(session: Session, plan: Plan, outcome: RunOutcome) -> None:
-    """Read each result JSON from the server; raise EvaluationFailed unless it says success."""
-    for direction, path in plan.result_files.items():
+def fetch_results(session: Session, run: RemoteRun, outcome: RunOutcome) -> None:
+    """Read each result JSON from the server; raise EvaluationFailed unless it says success, or
+    OutputsNotReady when a later run of the checkpoint has replaced it since this run ended."""
+    ended = session.mtime_of(run.path("status.json"))  # None while the driver is finishing
+    for direction, path in run.plan.result_files.items():
+        modified = session.mtime_of(path)
+        if modified is None:
+            raise EvaluationFailed(f"the {direction} evaluation wrote no result file {path}",
+                                   "read the step output above")
+        if ended is not None and modified > ended:  # runs of one checkpoint hold its lock in turn
+            raise OutputsNotReady(f"the {direction} results of run {run.run_id} were replaced by a later run "
+                                  f"of {run.plan.checkpoint} ({path})",
+                                  "python -m evalkit results shows what was kept locally; evaluate again "
+                                  "for this run's numbers")
         try:
             raw = session.read_bytes(path)
         except FileNotFoundError as exc:

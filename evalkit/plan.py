@@ -11,7 +11,7 @@ import shlex
 from dataclasses import asdict, dataclass
 
 from .config import Settings
-from .evaluation import STAGES, Evaluation, checkpoint_label
+from .evaluation import STAGES, Evaluation, experiment_name
 from .server import FAST_KNN, INSPECTOR, CPU_LAUNCHER, ServerCall, in_server_env, script_call, script_path, \
     upstream_call
 
@@ -120,9 +120,10 @@ class Plan:
 
 
 def checkpoint_output_dir(settings: Settings, dataset: str, split: str, checkpoint: str) -> str:
-    """A directory of its own per checkpoint: label for people, a path hash so two never collide."""
+    """A directory of its own per checkpoint: the experiment's name for people, a path hash so two
+    never collide."""
     digest = hashlib.sha256(checkpoint.encode("utf-8")).hexdigest()[:8]
-    leaf = f"{checkpoint_label(checkpoint)}-{digest}"
+    leaf = f"{experiment_name(checkpoint)}-{digest}"
     return posixpath.join(settings.output_root, dataset, split, leaf)
 
 

@@ -21,6 +21,7 @@ class RunRecord:
     evaluation: Evaluation  # as decided before the start (extraction skipped when reused, ...)
     plan: Plan              # the steps the server runs: followed, cancelled and read by these
     server_run_dir: str
+    state: str = "started"  # "starting" while evalkit launches it: saved first, so it can always be found
 
     @property
     def label(self) -> str:
@@ -35,7 +36,8 @@ class RunRecord:
         settings.pop("models")  # the registry is not needed to follow a run
         return json.dumps({"run_id": self.run_id, "created_at": self.created_at, "settings": settings,
                            "evaluation": dataclasses.asdict(self.evaluation), "plan": self.plan.to_dict(),
-                           "server_run_dir": self.server_run_dir}, ensure_ascii=False, indent=2) + "\n"
+                           "server_run_dir": self.server_run_dir, "state": self.state},
+                          ensure_ascii=False, indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> "RunRecord":
@@ -43,7 +45,7 @@ class RunRecord:
         data = json.loads(text)
         evaluation = dict(data["evaluation"], stages=tuple(data["evaluation"]["stages"]))
         return cls(data["run_id"], data["created_at"], Settings(**data["settings"]), Evaluation(**evaluation),
-                   Plan.from_dict(data["plan"]), data["server_run_dir"])
+                   Plan.from_dict(data["plan"]), data["server_run_dir"], data.get("state", "started"))
 
 
 def new_run_id() -> str:
@@ -52,4 +54,4 @@ def new_run_id() -> str:
 
 
 def new_record(settings: Settings, evaluation: Evaluation, plan: Plan, run_id: str, server_run_dir: str) -> RunRecord:
-    return RunRecord(run_id, clock.timestamp(), settings, evaluation, plan, server_run_dir)
+    return RunRecord(run_id, clock.timestamp(), settings, evaluation, plan, server_run_dir, state="starting")

@@ -26,14 +26,19 @@ class Session:
         self.reconnect_for, self._note, self._give_up_hint = reconnect_for, note, give_up_hint
 
     def call(self, operation: Callable[[Connection], T]) -> T:
-        """OPERATION on the connection, reconnecting while the link is down."""
-        deadline, pause = None, FIRST_PAUSE
+        """OPERATION on the connection, reconnecting while the link is down. A failure that
+        comes back the same way right after a reconnect succeeded is not the link: it is final."""
+        deadline, pause, before_reconnect = None, FIRST_PAUSE, None
         while True:
             try:
                 return operation(self.connection)
             except ConnectionLost as lost:
                 if not self.reconnect_for:
                     raise
+                if before_reconnect == lost.message:
+                    raise ConnectionLost(f"{lost.message}, again right after reconnecting: the connection is "
+                                         "up but this keeps failing", self._give_up_hint) from lost
+                before_reconnect = None
                 if deadline is None:
                     deadline = time.monotonic() + self.reconnect_for
                     self._note(f"connection lost ({lost.message}); reconnecting, the run goes on on the server")
@@ -45,12 +50,21 @@ class Session:
                 try:
                     self.connection.reconnect()
                     self._note("reconnected; resuming where the output left off")
+                    before_reconnect = lost.message
                 except (ConnectionLost, ConnectError):
                     continue  # refused or unreachable while the server or its sshd restarts
+
+    def check_transfer(self) -> None:
+        """A run is followed by reading its files over SFTP: a server without it is refused
+        before the run starts (TransferUnavailable), not after."""
+        self.connection.sftp
 
     # the connection's operations, each surviving a dropped link
     def size_of(self, path: str) -> int | None:
         return self.call(lambda connection: connection.size_of(path))
+
+    def mtime_of(self, path: str) -> int | None:
+        return self.call(lambda connection: connection.mtime_of(path))
 
     def read_range(self, path: str, offset: int, limit: int) -> bytes:
         return self.call(lambda connection: connection.read_range(path, offset, limit))

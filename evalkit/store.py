@@ -22,7 +22,7 @@ from typing import BinaryIO
 from . import clock
 from .config import Settings
 from .comparison import Comparison, ModelResult, to_csv, to_markdown
-from .errors import LocalWriteError, UnknownRun
+from .errors import ConfigError, LocalWriteError, UnknownRun
 from .evaluation import LAST_EXTRACT, Evaluation
 from .run_record import RunRecord
 from .summary import RESULT_FILE_NAMES
@@ -47,13 +47,29 @@ class LocalStore:
 
     def save_results(self, evaluation: Evaluation, label: str, raw_results: dict[str, bytes],
                      summary: dict) -> list[Path]:
-        """The result JSONs byte for byte, and summary.json; returns the paths written."""
+        """The result JSONs byte for byte, and summary.json; returns the paths written. A
+        direction this run skipped leaves no earlier run's result beside the new summary."""
         folder = self.result_dir(evaluation.dataset, evaluation.split, label)
         written = [write_atomically(folder / RESULT_FILE_NAMES[direction], raw)
                    for direction, raw in raw_results.items()]
+        for direction, name in RESULT_FILE_NAMES.items():
+            if direction not in raw_results:
+                _remove(folder / name)
         text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
         written.append(write_atomically(folder / "summary.json", text.encode("utf-8")))
         return written
+
+    def check_label_is_free(self, evaluation: Evaluation) -> None:
+        """A label keeps one checkpoint's results: another checkpoint's would silently replace them."""
+        summary_path = self.result_dir(evaluation.dataset, evaluation.split, evaluation.label) / "summary.json"
+        try:
+            kept = json.loads(summary_path.read_text(encoding="utf-8")).get("checkpoint")
+        except (OSError, ValueError, AttributeError):
+            return  # nothing kept there (or not ours): nothing to lose
+        if kept and kept != evaluation.checkpoint:
+            raise ConfigError(f"the label {evaluation.label!r} already holds the results of {kept} "
+                              f"({summary_path.parent}); this evaluation is of {evaluation.checkpoint}",
+                              "give this checkpoint its own --label NAME (or delete that folder if its results may go)")
 
     def load_evaluated(self, dataset: str | None = None,
                        split: str | None = None) -> dict[tuple[str, str], list[ModelResult]]:
@@ -112,6 +128,10 @@ class LocalStore:
     def save_record(self, record: RunRecord) -> Path:
         return write_atomically(self.runs_dir / f"{record.run_id}.json", record.to_json().encode("utf-8"))
 
+    def forget_record(self, run_id: str) -> None:
+        """For a run the server refused: nothing of it runs, nothing to attach to."""
+        _remove(self.runs_dir / f"{run_id}.json")
+
     def load_record(self, run_id: str) -> RunRecord:
         path = self.runs_dir / f"{run_id}.json"
         if "/" in run_id or not path.is_file():
@@ -153,7 +173,8 @@ class LocalStore:
         found = self._current_checkpoints().get(_current_key(settings, evaluation))
         if not isinstance(found, dict) or not found.get("checkpoint"):
             return None
-        return dataclasses.replace(evaluation, checkpoint=found["checkpoint"], label=found.get("label") or "",
+        return dataclasses.replace(evaluation, checkpoint=found["checkpoint"],
+                                   label=evaluation.label or found.get("label") or "",
                                    vision_model=found.get("vision_model") or evaluation.vision_model,
                                    text_model=found.get("text_model") or evaluation.text_model,
                                    chosen_by=LAST_EXTRACT)
@@ -168,6 +189,16 @@ class LocalStore:
 
 def _current_key(settings: Settings, evaluation: Evaluation) -> str:
     return json.dumps([settings.host, settings.datapath, evaluation.dataset, evaluation.split], ensure_ascii=False)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise LocalWriteError(f"cannot remove the stale {path}: {exc.strerror or exc}",
+                              "check the --results-dir location is writable") from exc
 
 
 def write_atomically(path: Path, data: bytes) -> Path:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from typing import Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
                            TimeRemainingColumn)
 from rich.table import Table
@@ -81,7 +82,7 @@ class LiveReporter:
         if self._task is None or update.n < self._last_n:
             # A new tqdm loop: name it after what the script last said it was doing.
             what = update.description or self._last_line.rstrip(".:") or step.title
-            self._task = self.progress.add_task(f"  {step.name}: {what}"[:60], total=update.total,
+            self._task = self.progress.add_task(escape(f"  {step.name}: {what}"[:60]), total=update.total,
                                                 rate=update.rate)
         self.progress.update(self._task, completed=update.n, total=update.total, rate=update.rate)
         self._last_n = update.n
@@ -239,10 +240,11 @@ class ConcurrentReporter:
 
     def __init__(self, console: Console, progress: Progress, label: str) -> None:
         self.console, self.progress, self.label = console, progress, label
-        self._task = progress.add_task(f"{label}: waiting", total=None, rate="")
+        # a task's description is rich markup: a label such as "lr[/]1e-4" must stay text
+        self._task = progress.add_task(f"{escape(label)}: waiting", total=None, rate="")
 
     def step_started(self, step: Step, index: int, count: int) -> None:
-        self.progress.update(self._task, description=f"{self.label}: [{index + 1}/{count}] {step.title}",
+        self.progress.update(self._task, description=escape(f"{self.label}: [{index + 1}/{count}] {step.title}"),
                              completed=0, total=None, rate="")
 
     def step_event(self, step: Step, event: Event) -> None:

@@ -22,6 +22,12 @@ def _check_dataset_name(ctx: click.Context, param: click.Parameter, value: str) 
     return value
 
 
+def _check_label(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and (not value.strip() or value in (".", "..") or "/" in value or "\0" in value):
+        raise click.BadParameter(f"{value!r} is not a label: it names a results folder (no '/')")
+    return value
+
+
 def _parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
     if value is None:
         return ()
@@ -51,6 +57,9 @@ def shared_options(command: Callable) -> Callable:
         click.option("--split", type=click.Choice(SPLITS), default="valid", show_default=True),
         click.option("--model-path", help="checkpoint on the server, e.g. DATAPATH/experiments/"
                                           "<name>/checkpoints/epoch_latest.pt (relative: to DATAPATH)"),
+        click.option("--label", callback=_check_label, metavar="NAME",
+                     help="the name --model-path's results are kept and shown under  [default: the experiment "
+                          "folder, plus @<file stem> for any file but epoch_latest.pt, e.g. team_distill@epoch_5]"),
         click.option("--model", "models", multiple=True, metavar="NAME",
                      help="a checkpoint registered under `models:` in the config; repeatable; "
                           "`all` for every registered one. Several give a comparison table"),
@@ -102,13 +111,17 @@ def parse(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
                   flags["skip_text_to_image"], flags["skip_image_to_text"], flags["force_extraction"])
     _check_flag_combinations(scope)
     wanted = [Wanted(entry.path, flags["vision_model"] or entry.vision_model or settings.vision_model,
-                     flags["text_model"] or entry.text_model or settings.text_model, entry.name)
+                     flags["text_model"] or entry.text_model or settings.text_model, registry_name=entry.name)
               for entry in _registered(settings, flags["models"])]
     if flags.get("model_path") or not wanted:
         if not flags.get("model_path") and ("extract" in stages or flags.get("dry_run")):
             raise click.UsageError("--model-path or --model is required: the checkpoint to evaluate, e.g. "
                                    f"{settings.datapath}/experiments/<name>/checkpoints/epoch_latest.pt")
-        wanted.append(Wanted(flags.get("model_path") or "", settings.vision_model, settings.text_model))
+        wanted.append(Wanted(flags.get("model_path") or "", settings.vision_model, settings.text_model,
+                             label=flags.get("label") or ""))
+    elif flags.get("label"):
+        raise click.UsageError("--label names the checkpoint of --model-path; a `models:` entry is labelled "
+                               "by its name")
     options = RunOptions(flags.get("dry_run", False), flags.get("detach", False), flags.get("gpus") or (),
                          flags.get("json_output", False), flags.get("verbose", False))
     return settings, resolve(settings.datapath, scope, wanted), options

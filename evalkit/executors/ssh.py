@@ -2,6 +2,8 @@
 run's starter (starter.py) and asked about and cancelled through remote/job.py."""
 from __future__ import annotations
 
+import json
+
 from ..errors import RemoteStepFailed, RunLocked
 from ..progress import last_marked_json
 from ..server import JOB_RUNNER, ServerCall, in_server_env, script_call
@@ -46,7 +48,35 @@ class SshExecutor(Executor):
         return Launched(bool(started["driver"].get("took_over_stale_lock")), starter.wait_for_ring)
 
     def state(self, run: RemoteRun) -> JobState:
-        return JobState.from_answer(self._job_call(run, "state", timeout=60))
+        """From the run's files and /proc over SFTP (a few reads, no login shell: cheap enough to
+        ask every few seconds); through job.py where /proc cannot be read."""
+        status, driver = self._read_json(run.path("status.json")), self._read_json(run.path("driver.json"))
+        alive = self._is_alive(driver)
+        if alive is None:
+            return JobState.from_answer(self._job_call(run, "state", timeout=60))
+        return JobState.from_answer({"status": status, "driver_alive": alive})
+
+    def _is_alive(self, driver: dict | None) -> bool | None:
+        """Is the process driver.json describes still running: same boot, pid and start time, as
+        remote/job.py is_alive decides. None when the server's /proc cannot be read."""
+        try:
+            boot_id = self.connection.read_bytes("/proc/sys/kernel/random/boot_id").decode().strip()
+        except FileNotFoundError:
+            return None
+        if not driver or driver.get("boot_id") != boot_id or driver.get("start_time") is None:
+            return False
+        try:
+            stat = self.connection.read_bytes(f"/proc/{int(driver['pid'])}/stat")
+            return int(stat.rsplit(b")", 1)[1].split()[19]) == driver["start_time"]
+        except (FileNotFoundError, IndexError, ValueError, KeyError, TypeError):
+            return False
+
+    def _read_json(self, path: str) -> dict | None:
+        try:
+            found = json.loads(self.connection.read_bytes(path))
+        except (FileNotFoundError, ValueError):
+            return None  # not written yet (or being replaced: the next look sees it)
+        return found if isinstance(found, dict) else None
 
     def cancel(self, run: RemoteRun, grace: float = 10.0) -> CancelResult:
         return CancelResult.from_answer(self._job_call(run, "cancel", timeout=grace + 60, grace=grace))

@@ -9,7 +9,7 @@ import posixpath
 import secrets
 import socket
 
-from ..errors import AuthenticationError, ConnectError, ConnectionLost, HostKeyError
+from ..errors import AuthenticationError, ConnectError, ConnectionLost, HostKeyError, TransferUnavailable
 from ._paramiko import paramiko
 from .command import OutputSink, PendingCommand
 from .resolve import Target
@@ -151,6 +151,13 @@ class Connection:
             try:
                 self._sftp = self.client.open_sftp()
             except _LINK_ERRORS as exc:
+                transport = self.client.get_transport()
+                if transport is not None and transport.is_active():  # the link is fine: SFTP was refused
+                    raise TransferUnavailable(
+                        f"{self.target.alias} ({self.target.address}) has no SFTP subsystem: evalkit reads "
+                        "and writes a run's files over SFTP",
+                        "enable it on the server (OpenSSH: `Subsystem sftp /usr/lib/openssh/sftp-server` in "
+                        "sshd_config; dropbear: install its sftp-server), then run again") from exc
                 raise self._lost(exc) from exc
             # a silent peer fails each request after this long (keepalives alone never would)
             self._sftp.get_channel().settimeout(DEAD_PEER_SECONDS)
@@ -158,8 +165,17 @@ class Connection:
 
     def size_of(self, path: str) -> int | None:
         """The file's size, or None when it does not exist; ConnectionLost when the link is dead."""
+        found = self._stat(path)
+        return found.st_size if found is not None else None
+
+    def mtime_of(self, path: str) -> int | None:
+        """The file's modification time on the server's clock (whole seconds), or None."""
+        found = self._stat(path)
+        return found.st_mtime if found is not None else None
+
+    def _stat(self, path: str) -> paramiko.SFTPAttributes | None:
         try:
-            return self.sftp.stat(path).st_size
+            return self.sftp.stat(path)
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -58,8 +58,11 @@ class LoopbackSshd:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, sftp_server: Optional[str] = "internal-sftp") -> None:
+        """SFTP_SERVER: the `Subsystem sftp` program (Debian's is /usr/lib/openssh/sftp-server);
+        None for a server without SFTP, as some containers and hardened servers are."""
         self.workdir = Path(workdir).resolve()
+        self.sftp_server = sftp_server
         self.port = 0
         self.user = getpass.getuser()
         self.user_key = self.workdir / "id_ed25519"
@@ -115,9 +118,10 @@ class LoopbackSshd:
             "KbdInteractiveAuthentication no",
             "PermitRootLogin prohibit-password",
             "AllowTcpForwarding yes",
-            "Subsystem sftp internal-sftp",
             "LogLevel VERBOSE",
         ]
+        if self.sftp_server:
+            lines.append(f"Subsystem sftp {self.sftp_server}")
         return "\n".join(lines) + "\n"
 
     def _wait_ready(self) -> None:

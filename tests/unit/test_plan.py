@@ -50,18 +50,47 @@ def option(argv: list[str], name: str) -> str:
 
 @pytest.mark.parametrize("checkpoint, label", [
     ("/root/autodl-tmp/datapath/experiments/distill_v3/checkpoints/epoch_latest.pt", "distill_v3"),
-    ("/root/autodl-tmp/datapath/experiments/distill_v3/checkpoints/epoch_5.pt", "distill_v3"),
+    ("/root/autodl-tmp/datapath/experiments/distill_v3/checkpoints/epoch_5.pt", "distill_v3@epoch_5"),
+    ("/root/autodl-tmp/datapath/experiments/distill_v3/checkpoints/epoch_10.pt", "distill_v3@epoch_10"),
+    ("/other/distill_v3/checkpoints/epoch_latest.pt", "distill_v3"),
     ("experiments/exp/checkpoints/epoch_latest.pt", "exp"),
     ("/a/b/model.pt", "model"),
     ("/a/b/model", "model"),
     ("/a/b/model.tar.gz", "model.tar"),
     ("model.pt", "model"),
     ("checkpoints/epoch_latest.pt", "epoch_latest"),     # no experiment directory above
+    ("/a/checkpoints/epoch_3.pt", "a@epoch_3"),
     ("/checkpoints/epoch_latest.pt", "epoch_latest"),
     ("/a/中文实验/checkpoints/epoch_latest.pt", "中文实验"),
 ])
 def test_checkpoint_label(checkpoint, label):
     assert checkpoint_label(checkpoint) == label
+
+
+@pytest.mark.parametrize("checkpoint, label", [
+    ("/d/experiments/team_distill/checkpoints/epoch_latest.pt", "team"),
+    ("/d/experiments/team_distill/checkpoints/epoch_5.pt", "team@epoch_5"),
+    ("/d/weights/model.pt", "team"),
+])
+def test_a_registry_name_stands_for_the_experiment(checkpoint, label):
+    assert checkpoint_label(checkpoint, "team") == label
+
+
+def test_epochs_of_one_experiment_and_its_namesake_elsewhere_never_share_a_label():
+    from evalkit.evaluation import Scope, Wanted, resolve
+    from evalkit.errors import ConfigError
+    scope = Scope("Flickr30k-CN", "valid")
+    epochs = [Wanted(f"/d/experiments/exp/checkpoints/epoch_{n}.pt", "RN50", "RBT3-chinese") for n in (5, 10)]
+    labels = [e.label for e in resolve("/d", scope, [*epochs, Wanted("experiments/exp/checkpoints/epoch_latest.pt",
+                                                                       "RN50", "RBT3-chinese")])]
+    assert labels == ["exp@epoch_5", "exp@epoch_10", "exp"]
+    elsewhere = Wanted("/other/exp/checkpoints/epoch_latest.pt", "RN50", "RBT3-chinese")
+    with pytest.raises(ConfigError, match="two checkpoints would share the label 'exp': "
+                                          "/d/experiments/exp/checkpoints/epoch_latest.pt and /other/exp"):
+        resolve("/d", scope, [Wanted("experiments/exp/checkpoints/epoch_latest.pt", "RN50", "RBT3-chinese"),
+                              elsewhere])
+    renamed = resolve("/d", scope, [elsewhere.__class__(**{**elsewhere.__dict__, "label": "exp-other"})])
+    assert renamed[0].label == "exp-other"
 
 
 @pytest.mark.parametrize("model_path, checkpoint", [
@@ -79,11 +108,11 @@ def test_relative_model_path_follows_the_configured_datapath():
     assert checkpoint_path("/data/", "m.pt") == "/data/m.pt"
 
 
-def test_two_checkpoints_with_the_same_label_get_different_output_dirs():
+def test_two_checkpoints_of_one_experiment_name_get_different_output_dirs():
     a = build_plan(Settings(), request(model_path="/x/experiments/e/checkpoints/epoch_latest.pt"))
     b = build_plan(Settings(), request(model_path="/y/experiments/e/checkpoints/epoch_latest.pt"))
     c = build_plan(Settings(), request(model_path="/x/experiments/e/checkpoints/epoch_2.pt"))
-    assert a.label == b.label == c.label == "e"
+    assert (a.label, b.label, c.label) == ("e", "e", "e@epoch_2")
     assert len({a.output_dir, b.output_dir, c.output_dir}) == 3
     assert len({tuple(p.result_files.values()) for p in (a, b, c)}) == 3
 

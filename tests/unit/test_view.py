@@ -1,0 +1,48 @@
+"""What the terminal shows is text: labels and remote output with rich markup in them are
+printed literally, never interpreted (nor a crash)."""
+from __future__ import annotations
+
+from rich.console import Console
+
+from evalkit import view
+from evalkit.comparison import ModelResult, build_comparison
+from evalkit.errors import MissingInput
+from evalkit.plan import Step
+from evalkit.progress import LogLine, ProgressUpdate
+
+MARKUP_LABEL = "lr[/]1e-4[bold]"
+STEP = Step("extract", "extract image + text features", "extract", "true")
+
+
+def console() -> Console:
+    return Console(record=True, width=200, force_terminal=False)
+
+
+def test_a_failed_models_label_with_markup_is_shown_literally():
+    out = console()
+    view.show_model_header(out, MARKUP_LABEL, "/c/x.pt")
+    view.show_model_failed(out, MARKUP_LABEL, MissingInput("checkpoint not found on the server: /c/x.pt", "check it"))
+    failed = ModelResult(MARKUP_LABEL, "/c/x.pt", "failed", {}, error="x", exit_code=12)
+    view.show_comparison(out, build_comparison([failed], "Flickr30k-CN", "valid", "2026-01-01T00:00:00+00:00"), [])
+    text = out.export_text()
+    assert text.count(MARKUP_LABEL) == 3
+    assert "failed (exit 12)" in text
+
+
+def test_concurrent_rows_keep_a_markup_label_and_remote_text_literal():
+    out = console()
+    with view.concurrent_progress(out) as progress:
+        reporter = view.ConcurrentReporter(out, progress, MARKUP_LABEL)
+        reporter.step_started(STEP, 0, 3)
+        reporter.note("reusing [red]features[/]")
+        reporter.done()
+    assert f"{MARKUP_LABEL}: reusing [red]features[/]" in out.export_text()
+
+
+def test_a_progress_bar_named_after_remote_output_keeps_its_markup_literal():
+    out = console()
+    with view.LiveReporter(out) as reporter:
+        reporter.step_started(STEP, 0, 1)
+        reporter.step_event(STEP, LogLine("Make inference for [/]images", "stdout"))
+        reporter.step_event(STEP, ProgressUpdate(1, 3, "", ""))
+    assert "Make inference for [/]images" in out.export_text()
