@@ -109,7 +109,10 @@ class LoopbackSshd:
             # Quoted so that a work dir with spaces still parses.
             f'HostKey "{self.host_key}"',
             f'AuthorizedKeysFile "{self.workdir / "authorized_keys"}"',
-            "UsePAM no",
+            # With PAM, sshd leaves account checks to PAM, which allows a key login to an
+            # account whose password is locked ('!...', as root's is in many containers);
+            # without it sshd refuses that account outright.
+            "UsePAM yes",
             # The work dir is usually under /tmp, which StrictModes rejects.
             "StrictModes no",
             f'PidFile "{self.workdir / "sshd.pid"}"',

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +50,20 @@ DATASETS = (
     DatasetSpec("Flickr30k-CN", "valid", 20, 4, 1000, 1, 0),
     DatasetSpec("MUGE 小样", "test", 14, 3, 500000, 90001, 7),
 )
+
+
+def start_interruptible(argv: list[str], **popen_kwargs) -> subprocess.Popen:
+    """Popen for a child that a test will interrupt with SIGINT, as Ctrl-C in a terminal would.
+
+    Run from a background job, under nohup or by some CI runners, the tests have SIGINT ignored
+    and a child inherits that: Python then never raises KeyboardInterrupt, and the test would fail
+    with evalkit working as it should (a program started with SIGINT ignored keeps it ignored).
+    So the child starts with SIGINT's default disposition, as from an interactive shell."""
+    return subprocess.Popen(argv, preexec_fn=_default_sigint, **popen_kwargs)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _unavailable(reason: str):

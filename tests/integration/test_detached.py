@@ -19,7 +19,7 @@ from evalkit.errors import INTERRUPTED_EXIT_CODE, MissingInput, RunLocked
 from evalkit.plan import Step
 from evalkit.ssh import Connection, resolve_target
 
-from .conftest import DATASETS, ENTRY_SCRIPT, REPO, run_upstream_by_hand
+from .conftest import DATASETS, ENTRY_SCRIPT, REPO, run_upstream_by_hand, start_interruptible
 
 pytestmark = pytest.mark.integration
 
@@ -27,11 +27,12 @@ SPEC = DATASETS[0]
 
 
 def _launch(bed, *args: str) -> subprocess.Popen:
-    """The one-shot command in the background, as a user's terminal would run it."""
-    return subprocess.Popen([sys.executable, str(ENTRY_SCRIPT), "--config", str(bed.config),
-                             "--datapath", str(bed.datapath), "--model-path", str(bed.checkpoint), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=bed.results_dir.parent,
-                            stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "200"})
+    """The one-shot command in the background, as a user's terminal would run it (Ctrl-C included)."""
+    return start_interruptible([sys.executable, str(ENTRY_SCRIPT), "--config", str(bed.config),
+                                "--datapath", str(bed.datapath), "--model-path", str(bed.checkpoint), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=bed.results_dir.parent, stdin=subprocess.DEVNULL,
+                               env={**os.environ, "COLUMNS": "200"})
 
 
 def _evalkit(bed, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
