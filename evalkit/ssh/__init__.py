@@ -2,10 +2,12 @@
 
 This package is the only importer of paramiko (through _paramiko, which keeps invoke out).
 Modules: resolve (alias -> Target, as the user's `ssh` would), connection (Connection: hops,
-host keys, SFTP), command (PendingCommand: one command's channel, its input and output).
+SFTP), known_hosts (the host key check, as ssh reads known_hosts), identities (which keys to
+offer, as ssh picks them), command (PendingCommand: one command's channel, its input and output).
 """
 from .command import OutputSink, PendingCommand
-from .connection import Connection, fingerprint
+from .connection import Connection
+from .known_hosts import fingerprint
 from .resolve import Target, default_ssh_config, resolve_target
 
 __all__ = ["Connection", "OutputSink", "PendingCommand", "Target", "default_ssh_config",

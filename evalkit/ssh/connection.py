@@ -2,8 +2,6 @@
 against the user's known_hosts and never added automatically; commands and SFTP over it."""
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import posixpath
 import secrets
@@ -12,30 +10,12 @@ import socket
 from ..errors import AuthenticationError, ConnectError, ConnectionLost, HostKeyError, TransferUnavailable
 from ._paramiko import paramiko
 from .command import OutputSink, PendingCommand
+from .identities import OpenSshIdentities, open_agent
+from .known_hosts import KnownHostsPolicy
 from .resolve import Target
 
 KEEPALIVE_SECONDS = 15
 DEAD_PEER_SECONDS = 30  # an SFTP request unanswered this long means the peer is gone
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH's SHA256 fingerprint, as `ssh-keygen -lf` prints it."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
-class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
-    def __init__(self, target: Target) -> None:
-        self.target = target
-
-    def missing_host_key(self, client, hostname, key) -> None:
-        name = self.target.known_hosts_name
-        raise HostKeyError(
-            f"{self.target.alias} ({name}) is not in known_hosts: its {key.get_name()} key is "
-            f"{fingerprint(key)}",
-            f"check that fingerprint with the server's provider, then trust it once with "
-            f"`ssh {self.target.alias}` (answer yes) or `ssh-keyscan -p {self.target.port} "
-            f"{self.target.hostname} >> ~/.ssh/known_hosts`")
 
 
 # Errors that mean the link itself is gone (a dead socket, a closed transport, a silent peer).
@@ -88,20 +68,21 @@ class Connection:
 
     def _connect_hop(self, hop: Target, sock) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
-        for path in hop.known_hosts_files:
-            if os.path.exists(path):
-                client.load_system_host_keys(path)
-        client.set_missing_host_key_policy(_RejectUnknownHost(hop))
-        keys = [p for p in hop.identity_files if os.path.exists(p)]
+        policy = KnownHostsPolicy(hop)  # known_hosts is read here, not by paramiko
+        client.set_missing_host_key_policy(policy)
+        agent = open_agent(hop)
         try:
-            client.connect(hop.hostname, hop.port, hop.user, key_filename=keys or None,
-                           look_for_keys=not keys and not hop.identities_only, allow_agent=True,
+            client.connect(hop.hostname, hop.port, hop.user, auth_strategy=OpenSshIdentities(hop, agent),
+                           transport_factory=_transport_preferring(policy.preferred_algorithms()),
                            timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
                            auth_timeout=self.connect_timeout, channel_timeout=self.connect_timeout,
                            sock=sock)
         except BaseException as exc:
             client.close()
-            raise _translate_connect_error(exc, hop) from exc
+            raise _translate_connect_error(exc, hop, agent) from exc
+        finally:
+            if agent is not None:
+                agent.close()  # needed only to sign during authentication
         client.get_transport().set_keepalive(KEEPALIVE_SECONDS)
         return client
 
@@ -234,22 +215,16 @@ class Connection:
                               "check the network; the run goes on on the server")
 
 
-def _translate_connect_error(exc: BaseException, hop: Target) -> BaseException:
+def _translate_connect_error(exc: BaseException, hop: Target,
+                             agent: paramiko.agent.AgentSSH | None) -> BaseException:
     """The EvalkitError a failed connect to HOP means; other exceptions (Ctrl-C) pass unchanged."""
     where = f"{hop.alias} ({hop.address})"
     if isinstance(exc, (HostKeyError, KeyboardInterrupt)):
         return exc
-    if isinstance(exc, paramiko.BadHostKeyException):
-        return HostKeyError(
-            f"the host key of {where} CHANGED: known_hosts has {fingerprint(exc.expected_key)}, "
-            f"the server offered {fingerprint(exc.key)}. This can mean someone is intercepting the "
-            f"connection, or the server was reinstalled",
-            f"if the provider confirms the new key, remove the old one with "
-            f"`ssh-keygen -R '{hop.known_hosts_name}'` and connect once with `ssh {hop.alias}`")
     if isinstance(exc, paramiko.AuthenticationException):
         return AuthenticationError(f"{where} refused authentication as {hop.user!r}",
                                    f"check that `ssh {hop.alias}` logs in without a password; "
-                                   f"keys tried: {', '.join(hop.identity_files) or 'defaults'}")
+                                   f"{_offered(hop, agent)}")
     if isinstance(exc, socket.gaierror):
         return ConnectError(f"cannot resolve host name {hop.hostname!r} for {hop.alias}",
                             f"is {hop.alias!r} a Host entry in ~/.ssh/config (or the config you gave)?")
@@ -261,3 +236,28 @@ def _translate_connect_error(exc: BaseException, hop: Target) -> BaseException:
     if isinstance(exc, paramiko.SSHException):
         return ConnectError(f"SSH handshake with {where} failed: {exc}", "check the host and port")
     return exc
+
+
+def _offered(hop: Target, agent: paramiko.agent.AgentSSH | None) -> str:
+    """Which keys were offered, and why the agent's were not, for the authentication hint."""
+    files = [path for path in hop.identity_files if os.path.exists(path)]
+    said = f"key files offered: {', '.join(files) or 'none found'}"
+    if hop.identity_agent == "none":
+        return said + " (IdentityAgent none: no agent keys)"
+    if agent is None or not agent.get_keys():
+        return said + " (no agent keys)"
+    if hop.identities_only:
+        return said + " (IdentitiesOnly yes: the agent's other keys were not offered)"
+    return said + f" and the agent's {len(agent.get_keys())} keys"
+
+
+def _transport_preferring(algorithms: list[str]):
+    """A Transport maker that asks first for the host key algorithms known_hosts can check,
+    as ssh does; the server may still offer another, which then reads as CHANGED or unknown."""
+    def make(sock, disabled_algorithms=None) -> paramiko.Transport:
+        transport = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms)
+        options = transport.get_security_options()
+        offered = list(options.key_types)
+        options.key_types = [a for a in algorithms if a in offered] + [a for a in offered if a not in algorithms]
+        return transport
+    return make

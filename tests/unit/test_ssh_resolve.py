@@ -234,3 +234,100 @@ def test_a_fingerprint_names_the_public_key_the_user_compares_against():
     public = paramiko.Ed25519Key(data=base64.b64decode(_FIXED_PUBLIC))
     assert fingerprint(public) == fingerprint(private) == _FIXED_FINGERPRINT
     assert fingerprint(_ed25519()) != _FIXED_FINGERPRINT
+
+
+# --- hostile destinations, ProxyJump loops, the system config ---------------------------------
+
+@pytest.mark.parametrize("destination", [
+    "user@-oProxyCommand=touch pwned", "user@-oProxyCommand=x", "ssh://-oProxyCommand=x",
+    "ssh://user@-v", "alice@-v:22", "bob@[-oProxyCommand=x]:22", "[-x]", "user@", "ssh://",
+])
+def test_a_host_that_begins_with_a_dash_anywhere_is_refused(resolver, ssh_config, destination, tmp_path):
+    with pytest.raises(ConnectError) as info:
+        resolve_target(destination, ssh_config)
+    assert info.value.message == f"invalid host {destination!r}"
+    assert "begin with '-'" in info.value.hint
+    assert not list(tmp_path.rglob("pwned"))
+
+
+def test_a_jump_host_that_begins_with_a_dash_is_refused(resolver, tmp_path):
+    config = tmp_path / "dash_jump"
+    config.write_text("Host srv\n  HostName 10.0.0.1\n  ProxyJump user@-oProxyCommand=x\n")
+    with pytest.raises(ConnectError, match="invalid host 'user@-oProxyCommand=x'"):
+        resolve_target("srv", config)
+
+
+@pytest.fixture
+def jump_loops(tmp_path) -> Path:
+    config = tmp_path / "loops"
+    hops = "".join(f"Host h{n}\n  HostName 10.0.1.{n}\n  ProxyJump h{n + 1}\n" for n in range(12))
+    config.write_text("Host a\n  HostName 10.0.0.1\n  ProxyJump b\n\nHost b\n  HostName 10.0.0.2\n"
+                      "  ProxyJump a\n\nHost self\n  HostName 10.0.0.3\n  ProxyJump self\n\n"
+                      "Host c\n  HostName 10.0.0.4\n  ProxyJump d,a\n\nHost d\n  HostName 10.0.0.5\n\n" + hops)
+    return config
+
+
+@pytest.mark.parametrize("alias, chain", [("a", "a -> b -> a"), ("b", "b -> a -> b"),
+                                          ("self", "self -> self"), ("c", "c -> a -> b -> a")])
+def test_a_proxy_jump_loop_is_refused_naming_the_chain(resolver, jump_loops, alias, chain):
+    with pytest.raises(ConnectError) as info:
+        resolve_target(alias, jump_loops)
+    assert info.value.message == f"the ProxyJump chain {chain} loops"
+    assert str(jump_loops) in info.value.hint
+
+
+def test_a_proxy_jump_chain_past_the_bound_is_refused(resolver, jump_loops):
+    with pytest.raises(ConnectError, match=r"the ProxyJump chain h0 -> h1 -> .* -> h9 is longer than 8 hops"):
+        resolve_target("h0", jump_loops)
+    assert resolve_target("h4", jump_loops).proxy_jump[0].alias == "h5"  # 8 hops behind h4: fine
+
+
+@pytest.fixture
+def system_config(tmp_path, monkeypatch) -> Path:
+    """OpenSSH's /etc/ssh/ssh_config, moved to where a test may write it."""
+    from evalkit.ssh import resolve
+
+    path = tmp_path / "etc_ssh_config"
+    path.write_text("Host sysonly\n  HostName 192.0.2.50\n  Port 2050\n\n"
+                    "Host *\n  User sysuser\n  Port 2999\n")
+    monkeypatch.setattr(resolve, "SYSTEM_SSH_CONFIG", path)
+    return path
+
+
+def test_the_system_config_applies_after_the_users_own(resolver, system_config):
+    (Path.home() / ".ssh").mkdir()
+    (Path.home() / ".ssh" / "config").write_text("Host homehost\n  HostName 192.0.2.7\n  Port 2022\n")
+    system_only, both = resolve_target("sysonly"), resolve_target("homehost")
+    assert (system_only.hostname, system_only.port, system_only.user) == ("192.0.2.50", 2050, "sysuser")
+    assert (both.hostname, both.port, both.user) == ("192.0.2.7", 2022, "sysuser")  # first value wins
+
+
+def test_the_system_config_applies_without_a_user_config(resolver, system_config):
+    assert resolve_target("sysonly").port == 2050
+
+
+def test_a_named_ssh_config_is_the_only_one_read(resolver, system_config, ssh_config):
+    assert resolve_target("sysonly", ssh_config).port == 22
+    assert resolve_target("plain", ssh_config).user == "eve"
+
+
+# --- IdentitiesOnly and IdentityAgent -----------------------------------------------------------
+
+@pytest.mark.parametrize("lines, only, agent", [
+    ("", False, None),
+    ("  IdentitiesOnly yes\n", True, None),
+    ("  IdentityAgent none\n", False, "none"),
+    ("  IdentityAgent SSH_AUTH_SOCK\n", False, "SSH_AUTH_SOCK"),
+    ("  IdentityAgent ~/agent.sock\n", False, "{home}/agent.sock"),
+])
+def test_identities_only_and_identity_agent_are_read(resolver, tmp_path, lines, only, agent):
+    config = tmp_path / "agent_config"
+    config.write_text(f"Host srv\n  HostName 10.0.0.1\n{lines}")
+    target = resolve_target("srv", config)
+    assert (target.identities_only, target.identity_agent) == (only, agent and agent.format(home=Path.home()))
+
+
+def test_without_an_identity_file_the_default_keys_are_offered(resolver, ssh_config):
+    target = resolve_target("plain", ssh_config)
+    assert f"{Path.home()}/.ssh/id_ed25519" in target.identity_files
+    assert f"{Path.home()}/.ssh/id_rsa" in target.identity_files
