@@ -3,7 +3,8 @@ known, so that one login shell and one activation of the user's env serve everyt
 run and the run itself. Its protocol, one JSON line each way (answers marked EVALKIT-JOB):
 
 1. files: the SHA-256 of each server script; it answers which are missing or differ, then
-   takes their sources (an unchanged evalkit uploads nothing);
+   takes their sources (an unchanged evalkit uploads nothing), or refuses a scripts folder that
+   other users could write;
 2. helpers: evalkit's checks (the inspection, the preflight), run at once in its env;
 3. run: the run's steps; it starts the driver and answers once the driver holds the lock,
    then stays as the run's doorbell, printing a line each time the run moves on.
@@ -35,6 +36,9 @@ class Starter:
         `activate` is reported here."""
         starter = cls(connection.start_command(start_command(settings)), settings)
         answered = starter.ask({"files": script_digests(scripts)}, START_TIMEOUT)
+        if answered is not None and answered.get("refused"):  # evalkit's folder is unsafe to run from
+            starter.command.finish(b"", START_TIMEOUT)
+            raise RemoteStepFailed(answered["refused"], answered.get("fix"))
         if answered is not None and answered.get("missing"):
             sources = {name: script_source(name).decode("utf-8") for name in answered["missing"]}
             answered = starter.ask({"files": sources}, START_TIMEOUT)

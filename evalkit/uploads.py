@@ -19,6 +19,7 @@ def script_digests(names: list[str]) -> dict[str, str]:
 
 
 def upload_scripts(connection: Connection, settings: Settings, names: list[str]) -> None:
-    """Each of NAMES to the server's scripts folder, atomically."""
+    """Each of NAMES to the server's scripts folder, atomically; the folder, if new, is the
+    user's alone (0o700), as the bootstrap makes it: it holds code evalkit runs."""
     for name in names:
-        connection.write_bytes(script_path(settings, name), script_source(name))
+        connection.write_bytes(script_path(settings, name), script_source(name), folder_mode=0o700)

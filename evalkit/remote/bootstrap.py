@@ -8,14 +8,22 @@ script need be on the server yet. From stdin, one JSON line each:
                               answer {"written": [NAME...]}.
 
 Then FOLDER/SCRIPT runs in this process with ARGS, reading the rest of stdin. An unchanged
-evalkit so costs no upload at all, and a new one only what changed. It runs before any of
-evalkit's scripts is known to be on the server, so it shares no code with them (job.py speaks
-the same JSON lines).
+evalkit so costs no upload at all, and a new one only what changed.
+
+FOLDER is made 0o700, and one that others could write (group- or world-writable, or another
+user's) is refused before anything is written or run, with the answer {"refused": WHAT, "fix":
+HOW}: whoever can write there could run anything as this user through evalkit.
+
+It runs before any of evalkit's scripts is known to be on the server, so it shares no code with
+them (job.py speaks the same JSON lines).
 """
 import hashlib
 import json
 import os
+import pwd
 import runpy
+import secrets
+import shlex
 import sys
 
 MARKER = "EVALKIT-JOB "
@@ -40,16 +48,58 @@ def is_current(path, digest):
 
 
 def write_atomically(path, data):
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as handle:
+    """DATA to PATH through a new file beside it: O_EXCL and O_NOFOLLOW, so nothing planted at its
+    name redirects the write; the rename replaces a symlink at PATH rather than follow it."""
+    temporary = f"{path}.tmp-{secrets.token_hex(8)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with open(os.open(temporary, flags, 0o600), "wb") as handle:
         handle.write(data)
     os.replace(temporary, path)
+
+
+def refusal(folder):
+    """Why evalkit must not run code from FOLDER ((what, fix)), or None: another user who can
+    write it, or owns it, could put anything there."""
+    info = os.stat(folder)
+    me, quoted = user_name(os.getuid()), shlex.quote(folder)
+    if info.st_uid != os.getuid():
+        return (f"evalkit will not run its scripts from {folder}: it belongs to {user_name(info.st_uid)}, not to {me}",
+                f"on the server, remove it (rm -r {quoted}) or make it yours (as root: chown -R {me} {quoted})")
+    if info.st_mode & 0o022:
+        return (f"evalkit will not run its scripts from {folder}: other users can write to it "
+                f"(mode {info.st_mode & 0o7777:o})",
+                f"on the server: chmod go-w {quoted} (and check that its scripts are evalkit's)")
+    return None
+
+
+def user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def make_folder(path, mode=0o700):
+    """`mkdir -p PATH`, PATH itself MODE (see refusal), the folders above it 0o755 (each less the
+    umask)."""
+    parent = os.path.dirname(path)
+    if parent != path and not os.path.isdir(parent):
+        make_folder(parent, 0o755)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
 
 
 def main(folder, script, args):
     wanted = read_request()
     if wanted is None:
         return  # the client went away before it said anything
+    make_folder(folder)  # then checked, whoever made it
+    refused = refusal(folder)
+    if refused:
+        answer({"refused": refused[0], "fix": refused[1]})
+        sys.exit(1)
     missing = sorted(name for name, digest in wanted["files"].items()
                      if not is_current(os.path.join(folder, name), digest))
     answer({"missing": missing})
@@ -57,7 +107,6 @@ def main(folder, script, args):
         sent = read_request()
         if sent is None:
             return
-        os.makedirs(folder, exist_ok=True)
         for name in missing:
             write_atomically(os.path.join(folder, name), sent["files"][name].encode("utf-8"))
         answer({"written": missing})

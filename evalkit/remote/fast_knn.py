@@ -27,6 +27,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import secrets
 import sys
 import time
 from typing import TYPE_CHECKING, List, Optional, Tuple
@@ -320,10 +321,12 @@ def predictions(queries: torch.Tensor, gallery: torch.Tensor, candidates: Candid
 
 def write_predictions(path: str, query_key: str, query_ids: list, result_key: str,
                       gallery_ids: list, ranked: np.ndarray) -> None:
-    """One JSON line per query, formatted like upstream; replaces `path` only when complete."""
-    temporary = f"{path}.tmp-{os.getpid()}"
+    """One JSON line per query, formatted like upstream; replaces `path` only when complete.
+    The temporary file is new (O_EXCL, O_NOFOLLOW): nothing planted at its name redirects it."""
+    temporary = f"{path}.tmp-{secrets.token_hex(8)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        with open(temporary, "w") as handle:
+        with open(os.open(temporary, flags, 0o644), "w") as handle:
             for query_id, row in zip(query_ids, ranked.tolist()):
                 line = json.dumps({query_key: query_id, result_key: [gallery_ids[i] for i in row]})
                 handle.write(f"{line}\n")

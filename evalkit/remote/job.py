@@ -16,13 +16,19 @@ step's stdout and stderr go to files of their own (step-N.out / step-N.err); its
 written atomically to step-N.exit, the run's outcome to status.json. The client follows these
 files by byte offset, over SFTP, and can come back at any time.
 
-A lock file in the checkpoint's output directory keeps two runs from writing it at once; a lock
-whose driver is gone (or from before a reboot) is taken over.
+A kernel lock (flock) on a file in the checkpoint's output directory keeps two runs from writing
+it at once; it dies with its driver, so a crashed run's lock is free again, and taken over.
+
+Files are written so that nothing planted in their folders redirects them: each through a new
+temporary file (O_EXCL, O_NOFOLLOW) renamed over its name, each stream opened O_NOFOLLOW. The
+run's folder is made 0o700: its commands and output are the user's alone.
 """
 import argparse
+import fcntl
 import json
 import os
 import runpy
+import secrets
 import select
 import signal
 import subprocess
@@ -33,13 +39,33 @@ import traceback
 
 MARKER = "EVALKIT-JOB "
 RUN_ID_VARIABLE = "EVALKIT_RUN_ID"
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # a symlink at the name: ELOOP
 
 
 def write_atomically(path, data):
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(data)
-    os.replace(temporary, path)
+    """DATA (text) to PATH: a new temporary file beside it (O_EXCL: never one planted there), then
+    renamed over PATH, which replaces whatever is at PATH, a symlink too, and follows nothing."""
+    temporary = f"{path}.tmp-{secrets.token_hex(8)}"
+    with open(os.open(temporary, NEW_FILE | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
+        try:
+            handle.write(data)
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+
+
+def make_dirs(path, mode):
+    """`mkdir -p PATH`, every folder it makes with MODE (less the umask), not only the last as
+    os.makedirs does."""
+    parent = os.path.dirname(path)
+    if parent != path and not os.path.isdir(parent):
+        make_dirs(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
 
 
 def read_json(path):
@@ -102,37 +128,78 @@ def processes_of(run_id):
 # --- the lock -------------------------------------------------------------------------------------
 
 def acquire_lock(path, run_id):
-    """Take the lock at PATH for RUN_ID; returns (taken, holder, took_over_stale)."""
-    mine = dict(identity(os.getpid()), run_id=run_id, taken_at=now())
-    stale = False
-    for _ in range(3):
+    """Take the lock at PATH for RUN_ID: (its descriptor, to hold until release_lock, or None;
+    the holder's record when refused; whether a dead holder's record was there).
+
+    The lock is the kernel's flock on the file: one process at a time holds it, however many try
+    at once, and it goes with its holder's death. The file holds the holder's record (run_id,
+    taken_at, ...), for the refusal's message; a record under a free flock is a dead run's."""
+    deadline = time.monotonic() + 2
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
-            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = read_json(path)
-            if holder and is_alive(holder):
-                return False, holder, False
-            # Stale: only one taker wins the rename, then creates the lock afresh.
-            try:
-                os.rename(path, f"{path}.stale-{os.getpid()}")
-                os.unlink(f"{path}.stale-{os.getpid()}")
-            except OSError:
-                pass
-            stale = True
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = read_record(handle)
+            os.close(handle)
+            if is_alive(holder) or time.monotonic() > deadline:
+                return None, holder, False
+            time.sleep(0.01)  # granted a moment ago: its holder is about to write its record
             continue
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(mine, out)
-        return True, None, stale
-    return False, read_json(path), False
+        if is_file_at(handle, path):
+            break
+        os.close(handle)  # its holder released it (removed it) between our open and our flock
+    previous = read_record(handle)
+    if is_alive(previous):  # an evalkit from before the flock, whose lock is its record
+        os.close(handle)
+        return None, previous, False
+    mine = json.dumps(dict(identity(os.getpid()), run_id=run_id, taken_at=now())).encode()
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, mine, 0)
+    return handle, None, previous is not None
 
 
-def release_lock(path, run_id):
-    holder = read_json(path)
-    if holder and holder.get("run_id") == run_id:
-        try:
+def release_lock(handle, path):
+    """Remove the lock's file, then its flock: whoever opened the file meanwhile finds, once its
+    flock is granted, that the file is no longer at PATH, and opens anew (acquire_lock)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    os.close(handle)
+
+
+def release_dead_lock(path, run_id):
+    """Remove RUN_ID's lock at PATH once its driver is gone (cancel): its flock is free then."""
+    try:
+        handle = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if is_file_at(handle, path) and (read_record(handle) or {}).get("run_id") == run_id:
             os.unlink(path)
-        except OSError:
-            pass
+    except OSError:
+        pass  # held: its driver lives on, or another run took it
+    finally:
+        os.close(handle)
+
+
+def read_record(handle):
+    try:
+        record = json.loads(os.pread(handle, 65536, 0))
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and record else None
+
+
+def is_file_at(handle, path):
+    try:
+        there = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    opened = os.fstat(handle)
+    return (there.st_dev, there.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 # --- drive --------------------------------------------------------------------------------------
@@ -150,10 +217,11 @@ def drive(run_dir, bell_fd=None):
     os.environ["SHLVL"] = str(max(1, int(os.environ.get("SHLVL") or 0)))
     lock = run.get("lock")
     record = dict(identity(os.getpid()), pgid=os.getpgid(0), started_at=now())
+    held = None
     if lock:
-        os.makedirs(os.path.dirname(lock), exist_ok=True)
-        taken, holder, stale = acquire_lock(lock, run["run_id"])
-        if not taken:
+        make_dirs(os.path.dirname(lock), 0o755)  # features others may read; the umask may narrow it
+        held, holder, stale = acquire_lock(lock, run["run_id"])
+        if held is None:
             finish(run_dir, "refused", holder=holder)
             return
         record["took_over_stale_lock"] = stale
@@ -167,8 +235,8 @@ def drive(run_dir, bell_fd=None):
                 state, failed = "failed", index
                 break
     finally:
-        if lock:
-            release_lock(lock, run["run_id"])
+        if held is not None:
+            release_lock(held, lock)
     finish(run_dir, state, failed_step=failed)
 
 
@@ -199,7 +267,7 @@ def start(timeout):
     if request is None:
         return
     run_dir = request["run_dir"]
-    os.makedirs(run_dir, exist_ok=True)
+    make_dirs(run_dir, 0o700)  # the run's commands and output: the user's alone
     write_atomically(os.path.join(run_dir, "run.json"), json.dumps(request["run"], ensure_ascii=False))
     bell, bell_end = os.pipe()
     os.set_blocking(bell_end, False)  # the driver never waits on the bell
@@ -214,7 +282,7 @@ def fork_driver(run_dir, bell, bell_end):
     session's pipes; its pid."""
     def driver():
         os.close(bell)
-        log = os.open(os.path.join(run_dir, "driver.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        log = os.open(os.path.join(run_dir, "driver.log"), NEW_FILE | os.O_TRUNC, 0o600)
         redirect_streams(log, log)
         os.close(log)
         drive_or_report(run_dir, bell_end)
@@ -333,7 +401,8 @@ def run_step(run_dir, index, command):
     write_atomically(f"{base}.started", now())
     ring()
     started = time.monotonic()
-    with open(f"{base}.out", "wb") as out, open(f"{base}.err", "wb") as err:
+    with open(os.open(f"{base}.out", NEW_FILE | os.O_TRUNC, 0o600), "wb") as out, \
+            open(os.open(f"{base}.err", NEW_FILE | os.O_TRUNC, 0o600), "wb") as err:
         code = subprocess.call(["bash", "-c", command], stdin=subprocess.DEVNULL, stdout=out, stderr=err)
     # the exit code, then the step's own duration (a client attaching later cannot measure it)
     write_atomically(f"{base}.exit", f"{code}\n{time.monotonic() - started:.3f}\n")
@@ -406,7 +475,7 @@ def cancel(run_dir, grace):
     time.sleep(0.2)
     remaining = processes_of(run_id)
     if run.get("lock"):
-        release_lock(run["lock"], run_id)
+        release_dead_lock(run["lock"], run_id)
     if not os.path.exists(os.path.join(run_dir, "status.json")) or \
             (read_json(os.path.join(run_dir, "status.json")) or {}).get("state") not in ("succeeded", "failed"):
         finish(run_dir, "cancelled")

@@ -187,17 +187,20 @@ class Connection:
                 raise self._lost(exc) from exc
             raise FileNotFoundError(path) from exc
 
-    def write_bytes(self, path: str, data: bytes) -> None:
-        """Write atomically: a temporary file beside PATH, then rename over it."""
-        self.mkdirs(posixpath.dirname(path))
+    def write_bytes(self, path: str, data: bytes, folder_mode: int = 0o755) -> None:
+        """Write atomically: a new temporary file beside PATH (exclusive create, so a symlink
+        planted at its name fails it rather than redirect it), then rename over PATH (which
+        replaces a symlink there, never follows it). Missing folders are made FOLDER_MODE."""
+        self.mkdirs(posixpath.dirname(path), folder_mode)
         # unique per writer: concurrent runs upload the same helper scripts
         temporary = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        with self.sftp.open(temporary, "wb") as remote:
+        with self.sftp.open(temporary, "wbx") as remote:
             remote.write(data)
         self.sftp.posix_rename(temporary, path)
 
-    def mkdirs(self, path: str) -> None:
-        """`mkdir -p PATH` over SFTP; a directory another run makes meanwhile is fine."""
+    def mkdirs(self, path: str, mode: int = 0o755) -> None:
+        """`mkdir -p PATH` over SFTP, each folder it makes MODE (less the server's umask); a
+        directory another run makes meanwhile is fine."""
         parts = [p for p in path.split("/") if p]
         current = "/" if path.startswith("/") else ""
         for part in parts:
@@ -206,7 +209,7 @@ class Connection:
                 self.sftp.stat(current)
             except OSError:
                 try:
-                    self.sftp.mkdir(current)
+                    self.sftp.mkdir(current, mode)
                 except OSError:
                     self.sftp.stat(current)  # made meanwhile by a concurrent run: fine
 
