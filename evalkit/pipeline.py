@@ -65,30 +65,9 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter,
     they started, else they are followed to the end.
     """
     with connected(settings) as (session, executor):
-        # every remote command waits on a login shell of its own (~/.bashrc, conda init): the
-        # executor begins what the run needs first, and the checks run in the env it activated
-        executor.prepare(scripts_for(settings, extra=(PROBE,) if evaluation.runs_extraction else ()))
         store = LocalStore.of(settings)
-        evaluation = _current_unless_named(store, settings, evaluation, reporter)
-        checks = _first_checks(settings, evaluation, executor)
-        evaluation, facts = locate(session.connection, settings, evaluation, reporter, checks.get("inspect"))
-        evaluation = decide(settings, evaluation, facts, reporter)
-        if "recall" in evaluation.stages:
-            store.check_label_is_free(evaluation)
-        if evaluation.runs_extraction:  # before any GPU time
-            preflight(settings, evaluation, checks["preflight"])
-        session.check_transfer()  # a run that could not be followed must not start
-        plan = build_plan(settings, evaluation)
-        run_id = new_run_id()
-        record = new_record(settings, evaluation, plan, run_id, run_dir(settings, run_id))
-        store.save_record(record)  # first: whatever happens next, attach and cancel can find the run
-        launched = _launch(executor, store, record, reporter)
-        record = dataclasses.replace(record, state="started")
-        store.save_record(record)
-        if "extract" in evaluation.stages:  # extracted or reused: the user's next steps follow it
-            store.make_current(settings, evaluation)
-        if launched.took_over_stale_lock:
-            reporter.note("took over a stale lock on this checkpoint's directory (its run is gone)")
+        evaluation, facts = _ready(session, executor, store, settings, evaluation, reporter)
+        record, launched = _start(executor, store, settings, evaluation, reporter)
         if detach:
             return record
         try:
@@ -98,6 +77,41 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter,
         except Exception:  # a bug: the run goes on holding the GPU; the user must be able to reach it
             reporter.note(_reach(record.run_id))
             raise
+
+
+def _ready(session: Session, executor: Executor, store: LocalStore, settings: Settings, evaluation: Evaluation,
+           reporter: Reporter) -> tuple[Evaluation, ServerFacts]:
+    """EVALUATION as it will run (its checkpoint chosen, what can be reused skipped), once every
+    check before GPU time passed; and the server's facts about its files."""
+    # every remote command waits on a login shell of its own (~/.bashrc, conda init): the
+    # executor begins what the run needs first, and the checks run in the env it activated
+    executor.prepare(scripts_for(settings, extra=(PROBE,) if evaluation.runs_extraction else ()))
+    evaluation = _current_unless_named(store, settings, evaluation, reporter)
+    checks = _first_checks(settings, evaluation, executor)
+    evaluation, facts = locate(session.connection, settings, evaluation, reporter, checks.get("inspect"))
+    evaluation = decide(settings, evaluation, facts, reporter)
+    if "recall" in evaluation.stages:
+        store.check_label_is_free(evaluation)
+    if evaluation.runs_extraction:
+        preflight(settings, evaluation, checks["preflight"])
+    session.check_transfer()  # a run that could not be followed must not start
+    return evaluation, facts
+
+
+def _start(executor: Executor, store: LocalStore, settings: Settings, evaluation: Evaluation,
+           reporter: Reporter) -> tuple[RunRecord, Launched]:
+    plan = build_plan(settings, evaluation)
+    run_id = new_run_id()
+    record = new_record(settings, evaluation, plan, run_id, run_dir(settings, run_id))
+    store.save_record(record)  # first: whatever happens next, attach and cancel can find the run
+    launched = _launch(executor, store, record, reporter)
+    record = dataclasses.replace(record, state="started")
+    store.save_record(record)
+    if "extract" in evaluation.stages:  # extracted or reused: the user's next steps follow it
+        store.make_current(settings, evaluation)
+    if launched.took_over_stale_lock:
+        reporter.note("took over a stale lock on this checkpoint's directory (its run is gone)")
+    return record, launched
 
 
 def _launch(executor: Executor, store: LocalStore, record: RunRecord, reporter: Reporter) -> Launched:

@@ -202,18 +202,23 @@ def show_runs(console: Console, rows: list[tuple[RunRecord, JobState]]) -> None:
         table.add_column(column)
     for record, state in rows:
         table.add_row(record.run_id, Text(record.label), Text(f"{record.evaluation.dataset} / {record.evaluation.split}"),
-                      record.created_at, Text(describe_state(state)))
+                      record.created_at, Text(describe_state(state, record.state)))
     console.print(table)
 
 
-def describe_state(state: JobState) -> str:
+def describe_state(state: JobState, recorded: str = "started") -> str:
+    """What the server says; RECORDED: the local record's state ("starting" until launched)."""
     if state.unknown:
         return f"unknown: {state.unknown}"
     if state.state == "failed":
         return f"failed at step {state.failed_step}"
     if state.state:
         return state.state
-    return "running" if state.driver_alive else "gone (driver died or server rebooted)"
+    if state.driver_alive:
+        return "running"
+    if recorded == "starting":
+        return "never started (evalkit stopped while starting it)"
+    return "gone (driver died or server rebooted)"
 
 
 def show_log_location(console: Console, path: Path) -> None:
