@@ -154,17 +154,17 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def brute_force(files: CaseFiles) -> dict:
+def brute_force(image_feats: Path, texts_path: Path, labels: Path) -> dict:
     """The issue's definitions, literally, over every pair of images."""
-    images = _read_jsonl(files.image_feats)
+    images = _read_jsonl(image_feats)
     ids = [record["image_id"] for record in images]
-    if files.labels.exists():
-        label = {record["image_id"]: record["label"] for record in _read_jsonl(files.labels)}
+    if labels.exists():
+        label = {record["image_id"]: record["label"] for record in _read_jsonl(labels)}
 
         def relevant(a, b):
             return a != b and a in label and b in label and label[a] == label[b]
     else:
-        texts = [set(record["image_ids"]) for record in _read_jsonl(files.texts)]
+        texts = [set(record["image_ids"]) for record in _read_jsonl(texts_path)]
 
         def relevant(a, b):
             return a != b and any(a in listed and b in listed for listed in texts)
@@ -196,7 +196,7 @@ def brute_force(files: CaseFiles) -> dict:
 def test_metrics_equal_a_brute_force_computation(results, case):
     files = results[case.name]
     result = json.loads(files.result.read_text())
-    expected = brute_force(files)
+    expected = brute_force(files.image_feats, files.texts, files.labels)
     assert result["success"] is True and "skipped" not in result
     assert result["scoreJson"]["num_queries"] == expected["num_queries"] > 0
     for metric in ("r1", "r5", "r10", "mean_recall", "map10"):
@@ -209,7 +209,7 @@ def test_metrics_equal_a_brute_force_computation(results, case):
 def test_without_relevant_pairs_the_direction_is_skipped_with_one_sentence(results, case):
     files = results[case.name]
     result = json.loads(files.result.read_text())
-    assert brute_force(files) == {"num_queries": 0}
+    assert brute_force(files.image_feats, files.texts, files.labels) == {"num_queries": 0}
     assert result["success"] is True and result["scoreJson"] == {"num_queries": 0}
     assert result["skipped"].startswith("image→image skipped: ")
     assert result["skipped"].endswith("so no image has a relevant partner")
