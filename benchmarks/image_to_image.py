@@ -48,23 +48,9 @@ def run_once(python: str, paths: knn.Paths, texts: Path, work: Path, device: str
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=3, help="timed runs (default 3)")
     parser.add_argument("--output", type=Path,
                         default=knn.ROOT / "benchmarks" / "results" / "image_to_image.json")
-    parser.add_argument("--server-python", default=os.environ.get("EVALKIT_TESTBED_PYTHON"),
-                        help="python with torch (default $EVALKIT_TESTBED_PYTHON)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--data-dir", type=Path, help="keep the generated features here and reuse them")
-    parser.add_argument("--images", type=int, default=29806)
-    parser.add_argument("--texts", type=int, default=5008)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if not args.server_python:
-        parser.error("no server python: pass --server-python or set EVALKIT_TESTBED_PYTHON")
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    return args
+    return knn.parse_common(parser, argv)
 
 
 def benchmark(args: argparse.Namespace, work: Path) -> dict:

@@ -30,7 +30,7 @@ import os
 import secrets
 import sys
 import time
-from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -429,12 +429,17 @@ def run(args: argparse.Namespace) -> None:
         _say(f"top-{args.top_k} image→text predictions are saved in {args.i2t_output}")
 
 
+def run_reporting(prog: str, work: Callable[[], None]) -> None:
+    """WORK; bad input or an unwritable output becomes one line on stderr and exit status 1."""
+    try:
+        work()
+    except KnnError as error:
+        sys.exit(f"{prog}: error: {error}")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    try:
-        run(args)
-    except KnnError as error:
-        sys.exit(f"{PROG}: error: {error}")
+    run_reporting(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

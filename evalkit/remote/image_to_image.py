@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Dict, List, Optional, Set
@@ -274,10 +273,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    try:
-        run(args)
-    except KnnError as error:
-        sys.exit(f"{PROG}: error: {error}")
+    fast_knn.run_reporting(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":
