@@ -112,3 +112,20 @@ def test_a_split_with_one_image_per_caption_is_skipped_with_its_sentence(testbed
     summary = json.loads((_local(testbed, FLICKR, testbed.checkpoint.parents[1].name) / "summary.json").read_text())
     assert summary["skipped"]["image_to_image"].startswith(sentence)
     assert set(summary["recall"]) == {"text_to_image", "image_to_text"}
+
+
+def test_a_comparison_gets_an_image_to_image_column_group(testbed, second_checkpoint):
+    testbed.write_config(models={"team": {"path": str(testbed.checkpoint)}, "baseline": {"path": str(second_checkpoint)}})
+    run = testbed.evaluate("--datapath", str(testbed.datapath), "--dataset-name", MUGE.name, "--split", MUGE.split,
+                           "--model", "team", "--model", "baseline", "--image-to-image", "--knn", "fast", timeout=600)
+    assert run.returncode == 0, run.stderr + run.stdout
+    folder = testbed.results_dir / MUGE.name / MUGE.split
+    document = json.loads((folder / "comparison.json").read_text())
+    for row in document["models"]:
+        pulled = json.loads((folder / row["label"] / I2I).read_text())
+        assert row["recall"]["image_to_image"]["map10"] == pulled["scoreJson"]["map10"]
+    team = document["models"][0]
+    assert team["delta"]["image_to_image"]["map10"] == pytest.approx(
+        team["recall"]["image_to_image"]["map10"] - document["models"][1]["recall"]["image_to_image"]["map10"])
+    assert "image→image mAP@10" in (folder / "comparison.md").read_text()
+    assert "i2i_map10" in (folder / "comparison.csv").read_text().splitlines()[0].split(",")
