@@ -255,9 +255,15 @@ _SERVER_TASKS = {"_generate": _generate, "_parity": _parity}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=3, help="timed runs of each side (default 3)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "knn.json",
                         help="JSON results file (default benchmarks/results/knn.json)")
+    parser.add_argument("--top-k", type=int, default=10)
+    return parse_common(parser, argv)
+
+
+def parse_common(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The options every feature benchmark shares (the data, the server python, the runs), parsed."""
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of each side (default 3)")
     parser.add_argument("--server-python", default=os.environ.get("EVALKIT_TESTBED_PYTHON"),
                         help="python with torch + cn_clip (default $EVALKIT_TESTBED_PYTHON)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -266,7 +272,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=29806)
     parser.add_argument("--texts", type=int, default=5008)
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not args.server_python:

@@ -10,9 +10,11 @@ from .plan import DIRECTION_TITLES
 
 BASELINE = "baseline"
 METRICS = ("r1", "r5", "r10", "mean_recall")
-METRIC_TITLES = {"r1": "R@1", "r5": "R@5", "r10": "R@10", "mean_recall": "MR"}
-SHORT_DIRECTIONS = {"text_to_image": "t2i", "image_to_text": "i2t"}
-COLUMNS = tuple((direction, metric) for direction in DIRECTION_TITLES for metric in METRICS)
+METRIC_TITLES = {"r1": "R@1", "r5": "R@5", "r10": "R@10", "mean_recall": "MR", "map10": "mAP@10"}
+SHORT_DIRECTIONS = {"text_to_image": "t2i", "image_to_text": "i2t", "image_to_image": "i2i"}
+COLUMNS = tuple((direction, metric) for direction in ("text_to_image", "image_to_text") for metric in METRICS)
+# a column group of its own, shown when some model has image→image numbers (--image-to-image)
+IMAGE_COLUMNS = tuple(("image_to_image", metric) for metric in (*METRICS, "map10"))
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Comparison:
     baseline: str | None            # its label, when a successful baseline row is present
     rows: tuple[Row, ...]
     best: dict[str, list[str]]      # column key -> the labels with its best value
+    columns: tuple[tuple[str, str], ...] = COLUMNS  # (direction, metric) shown, in order
 
     def to_dict(self) -> dict:
         """comparison.json's document (and --json's)."""
@@ -71,10 +74,11 @@ class Comparison:
 def build_comparison(results: list[ModelResult], dataset: str, split: str, generated_at: str) -> Comparison:
     """Rows in the order given, best labels per column, deltas against the baseline."""
     baseline = next((r for r in results if r.label == BASELINE and r.ok), None)
-    rows = tuple(Row(result, _delta(result, baseline) if baseline and result is not baseline else None)
+    columns = COLUMNS + (IMAGE_COLUMNS if any("image_to_image" in r.recall for r in results) else ())
+    rows = tuple(Row(result, _delta(result, baseline, columns) if baseline and result is not baseline else None)
                  for result in results)
     return Comparison(dataset, split, generated_at, BASELINE if baseline else None, rows,
-                      {column_key(*column): _best(results, *column) for column in COLUMNS})
+                      {column_key(*column): _best(results, *column) for column in columns}, columns)
 
 
 def column_key(direction: str, metric: str) -> str:
@@ -90,11 +94,12 @@ def _best(results: list[ModelResult], direction: str, metric: str) -> list[str]:
     return [label for label, value in values.items() if value == top]
 
 
-def _delta(result: ModelResult, baseline: ModelResult) -> dict[str, dict[str, float]] | None:
+def _delta(result: ModelResult, baseline: ModelResult,
+           columns: tuple[tuple[str, str], ...]) -> dict[str, dict[str, float]] | None:
     if not result.ok:
         return None
     delta: dict[str, dict[str, float]] = {}
-    for direction, metric in COLUMNS:
+    for direction, metric in columns:
         mine, theirs = result.value(direction, metric), baseline.value(direction, metric)
         if mine is not None and theirs is not None:
             delta.setdefault(direction, {})[metric] = round(mine - theirs, 10)
@@ -119,20 +124,20 @@ def failed_cell(row: Row) -> str:
     return f"failed (exit {row.result.exit_code})"
 
 
-def header() -> list[str]:
-    return ["model"] + [f"{DIRECTION_TITLES[d]} {METRIC_TITLES[m]}" for d, m in COLUMNS]
+def header(comparison: Comparison) -> list[str]:
+    return ["model"] + [f"{DIRECTION_TITLES[d]} {METRIC_TITLES[m]}" for d, m in comparison.columns]
 
 
 def to_markdown(comparison: Comparison) -> str:
     lines = [f"Recall (%) on {comparison.dataset} {comparison.split}"
              + (f"; (±x.xx) against {comparison.baseline}" if comparison.baseline else ""), "",
-             "| " + " | ".join(header()) + " |",
-             "|---" + "|---:" * len(COLUMNS) + "|"]
+             "| " + " | ".join(header(comparison)) + " |",
+             "|---" + "|---:" * len(comparison.columns) + "|"]
     for row in comparison.rows:
         if not row.result.ok:
-            cells = [failed_cell(row)] + ["–"] * (len(COLUMNS) - 1)
+            cells = [failed_cell(row)] + ["–"] * (len(comparison.columns) - 1)
         else:
-            cells = [cell(comparison, row, d, m) for d, m in COLUMNS]
+            cells = [cell(comparison, row, d, m) for d, m in comparison.columns]
         lines.append("| " + " | ".join([_markdown_escape(row.label), *cells]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -143,14 +148,14 @@ def _markdown_escape(text: str) -> str:
 
 def to_csv(comparison: Comparison) -> str:
     """One row per model, plain numbers (deltas in their own columns), for spreadsheets."""
-    keys = [column_key(d, m) for d, m in COLUMNS]
+    keys = [column_key(d, m) for d, m in comparison.columns]
     delta_keys = [f"delta_{key}" for key in keys] if comparison.baseline else []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["model", "status", *keys, *delta_keys, "checkpoint", "error"])
     for row in comparison.rows:
         result = row.result
-        values = [result.recall.get(d, {}).get(m, "") for d, m in COLUMNS]
-        deltas = [(row.delta or {}).get(d, {}).get(m, "") for d, m in COLUMNS] if delta_keys else []
+        values = [result.recall.get(d, {}).get(m, "") for d, m in comparison.columns]
+        deltas = [(row.delta or {}).get(d, {}).get(m, "") for d, m in comparison.columns] if delta_keys else []
         writer.writerow([result.label, result.status, *values, *deltas, result.checkpoint, result.error or ""])
     return out.getvalue()

@@ -54,6 +54,7 @@ class Settings:
     top_k: int = 10
     eval_batch_size: int = 32768
     knn: str = "upstream"
+    image_to_image: bool = False
     executor: str = "ssh"
     connect_timeout: float = 15.0
     step_timeout: float = 24 * 3600.0
@@ -72,7 +73,7 @@ class Settings:
 
 # What each key may hold, for messages that name the expected type.
 _KEY_TYPES: dict[str, tuple[type, ...]] = {
-    f.name: ((int, float) if f.type == "float" else (int,) if f.type == "int" else
+    f.name: ((int, float) if f.type == "float" else (int,) if f.type == "int" else (bool,) if f.type == "bool" else
              (dict,) if f.name == "models" else (str,))
     for f in dataclasses.fields(Settings)
 }
@@ -116,7 +117,7 @@ def check_values(values: Mapping[str, Any], source: str) -> None:
         if value is None and key in _NULLABLE:
             continue
         expected = _KEY_TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, expected):
+        if isinstance(value, bool) != (expected == (bool,)) or not isinstance(value, expected):
             raise ConfigError(f"{key!r} in {source} must be {_type_name(expected)}, "
                               f"got {type(value).__name__} {value!r}", f"fix {key!r} in {source}")
         if key in _POSITIVE and value <= 0:
@@ -151,6 +152,8 @@ def _check_model_entry(name: Any, entry: Any, source: str) -> None:
 
 
 def _type_name(types: tuple[type, ...]) -> str:
+    if bool in types:
+        return "true or false"
     return "a number" if float in types else "an integer" if int in types else "a string"
 
 

@@ -25,7 +25,8 @@ from .executors import executor_class
 from .executors.base import CancelResult, Executor, JobState, Launched, RemoteRun
 from .follow import Follower, read_logs
 from .outcome import Reporter, RunOutcome
-from .plan import Plan, Step, build_plan, checkpoint_output_dir, inspect_call, inspect_command, knn_commands
+from .plan import Plan, Step, build_plan, checkpoint_output_dir, directions, inspect_call, inspect_command, \
+    knn_commands
 from .run_record import RunRecord, new_record, new_run_id
 from .server import PROBE, run_dir, scripts_for
 from .server_outputs import ServerFacts, facts_from, facts_printed
@@ -331,7 +332,7 @@ def decide(settings: Settings, evaluation: Evaluation, facts: ServerFacts, repor
     hint = "drop --skip-extraction to extract first" if "extract" in evaluation.stages else None
     server_outputs.check_features(facts, fix=hint)
     if "recall" in evaluation.stages and "knn" not in evaluation.stages:
-        server_outputs.check_predictions(facts, evaluation.directions)
+        server_outputs.check_predictions(facts, directions(settings, evaluation))
     return evaluation
 
 

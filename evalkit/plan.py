@@ -12,17 +12,21 @@ from dataclasses import asdict, dataclass
 
 from .config import Settings
 from .evaluation import STAGES, Evaluation, experiment_name
-from .server import FAST_KNN, INSPECTOR, CPU_LAUNCHER, ServerCall, in_server_env, script_call, script_path, \
-    upstream_call
+from .server import FAST_KNN, IMAGE_TO_IMAGE, INSPECTOR, CPU_LAUNCHER, ServerCall, in_server_env, script_call, \
+    script_path, upstream_call
 
-DIRECTION_TITLES = {"text_to_image": "text→image", "image_to_text": "image→text"}
+DIRECTION_TITLES = {"text_to_image": "text→image", "image_to_text": "image→text", "image_to_image": "image→image"}
+UPSTREAM_DIRECTIONS = ("text_to_image", "image_to_text")  # scored by upstream from a prediction file
 CHECK_STEPS = ("verify", "check_predictions")  # evalkit's own steps among upstream's
 LOCK_NAME = ".evalkit-lock"
 MANIFEST_NAME = "manifest.json"
 FEATURE_FILE_NAMES = ("image_feats", "text_feats")  # of OutputFiles.checked_files
-PREDICTION_FILES = {"text_to_image": "t2i_predictions", "image_to_text": "i2t_predictions"}
+# what each direction's KNN step writes (of OutputFiles); image→image ranks and scores in one step
+PREDICTION_FILES = {"text_to_image": "t2i_predictions", "image_to_text": "i2t_predictions",
+                    "image_to_image": "i2i_result"}
 T2I_RESULT = "text_to_image_results.json"
 I2T_RESULT = "image_to_text_results.json"
+I2I_RESULT = "image_to_image_results.json"
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,10 @@ class OutputFiles:
     def i2t_result(self) -> str:
         return self.path(I2T_RESULT)
 
+    @property
+    def i2i_result(self) -> str:
+        return self.path(I2I_RESULT)
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -133,6 +141,16 @@ def dataset_paths(settings: Settings, dataset: str, split: str) -> tuple[str, st
     return posixpath.join(root, "lmdb", split, "imgs"), posixpath.join(root, f"{split}_texts.jsonl")
 
 
+def directions(settings: Settings, evaluation: Evaluation) -> list[str]:
+    """The directions evaluated: upstream's two unless skipped, and image→image when asked for."""
+    return evaluation.directions + (["image_to_image"] if settings.image_to_image else [])
+
+
+def labels_path(settings: Settings, dataset: str, split: str) -> str:
+    """DATASET/<split>_imgs_labels.jsonl: when it exists, image→image relevance is the same label."""
+    return posixpath.join(settings.datapath, "datasets", dataset, f"{split}_imgs_labels.jsonl")
+
+
 def build_plan(settings: Settings, evaluation: Evaluation) -> Plan:
     """The steps of EVALUATION's stages; extraction only when evaluation.runs_extraction."""
     checkpoint = evaluation.checkpoint
@@ -153,6 +171,8 @@ def build_plan(settings: Settings, evaluation: Evaluation) -> Plan:
     if not evaluation.skip_image_to_text:
         steps += [builder.transform_annotation(), builder.evaluate_image_to_text()]
         results["image_to_text"] = files.i2t_result
+    if settings.image_to_image:
+        results["image_to_image"] = files.i2i_result  # written by its KNN step, checked like predictions
     if evaluation.directions:
         # recall must never read half-written predictions; its facts are the KNN record's
         steps.append(Step("check_predictions", "check the predictions are complete", "knn",
@@ -191,8 +211,11 @@ def inspect_call(settings: Settings, evaluation: Evaluation, require_complete: t
         args += ["--out", out, "--checkpoint", evaluation.checkpoint]
     else:
         args += ["--latest-under", posixpath.join(settings.output_root, evaluation.dataset, evaluation.split)]
-    for name, relative in OutputFiles("", evaluation.split).checked_files().items():
-        args += ["--file", f"{name}={relative}"]
+    relative = OutputFiles("", evaluation.split)
+    for name, path in relative.checked_files().items():
+        args += ["--file", f"{name}={path}"]
+    if settings.image_to_image:
+        args += ["--file", f"i2i_result={relative.i2i_result}"]
     for name in require_complete:
         args += ["--require-complete", name]
     return script_call(settings, INSPECTOR, args)
@@ -245,8 +268,9 @@ class _StepBuilder:
 
     def knn_steps(self) -> list[Step]:
         """The steps writing the predictions of every direction evaluated."""
+        image_to_image = [self.image_to_image()] if self.settings.image_to_image else []
         if self.settings.knn == "fast":
-            return [self.knn_fast()]
+            return [self.knn_fast(), *image_to_image]
         steps = []
         if not self.evaluation.skip_text_to_image:
             steps.append(Step("knn_t2i", "KNN text→image", "knn",
@@ -256,7 +280,7 @@ class _StepBuilder:
             steps.append(Step("knn_i2t", "KNN image→text", "knn",
                               self.upstream("make_topk_predictions_tr.py", self._knn_args(self.files.i2t_predictions)),
                               ("image_to_text",)))
-        return steps
+        return steps + image_to_image
 
     def _knn_args(self, output: str) -> list[str]:
         return ["--image-feats", self.files.image_feats, "--text-feats", self.files.text_feats,
@@ -275,6 +299,17 @@ class _StepBuilder:
         title = "KNN " + " + ".join(DIRECTION_TITLES[d] for d in directions) + " (fast)"
         command = in_server_env(self.settings, upstream_call(self.settings, script_path(self.settings, FAST_KNN), args))
         return Step("knn_fast", title, "knn", command, tuple(directions))
+
+    def image_to_image(self) -> Step:
+        """Image→image from the image features (remote/image_to_image.py): it ranks and scores in
+        one step and writes the result JSON, recorded and reused as KNN predictions are."""
+        s, evaluation = self.settings, self.evaluation
+        _, texts = dataset_paths(s, evaluation.dataset, evaluation.split)
+        args = ["--image-feats", self.files.image_feats, "--texts", texts,
+                "--labels", labels_path(s, evaluation.dataset, evaluation.split),
+                "--output", self.files.i2i_result, "--device", "cpu" if s.device == "cpu" else "auto"]
+        command = in_server_env(s, upstream_call(s, script_path(s, IMAGE_TO_IMAGE), args))
+        return Step("knn_i2i", "KNN + recall image→image", "knn", command, ("image_to_image",))
 
     def evaluate_text_to_image(self) -> Step:
         _, texts = dataset_paths(self.settings, self.evaluation.dataset, self.evaluation.split)

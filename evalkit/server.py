@@ -18,6 +18,7 @@ INSPECTOR = "inspect_outputs.py"
 JOB_RUNNER = "job.py"
 CPU_LAUNCHER = "cpu_launch.py"
 FAST_KNN = "fast_knn.py"
+IMAGE_TO_IMAGE = "image_to_image.py"
 PROBE = "doctor_probe.py"
 BOOTSTRAP = "bootstrap.py"
 SERVER_SCRIPTS = {
@@ -25,6 +26,7 @@ SERVER_SCRIPTS = {
     JOB_RUNNER: "starts, drives, reports on and cancels a run's steps, detached from SSH",
     CPU_LAUNCHER: "--device cpu: runs the unmodified upstream scripts with torch.cuda made no-ops",
     FAST_KNN: "--knn fast: exact batched KNN writing upstream's prediction files",
+    IMAGE_TO_IMAGE: "--image-to-image: image→image recall and mAP@10 from the image features (beside fast_knn.py)",
     PROBE: "the doctor's and the preflight's checks (env, GPU, dataset, checkpoint, disk)",
     BOOTSTRAP: "sent inline, never uploaded: brings the other scripts up to date, then runs one",
 }
@@ -98,10 +100,12 @@ def run_dir(settings: Settings, run_id: str) -> str:
 
 def scripts_for(settings: Settings, extra: tuple[str, ...] = ()) -> list[str]:
     """The server scripts a run needs: the inspector, the job runner, the CPU launcher
-    (--device cpu), the fast KNN (--knn fast), EXTRA."""
+    (--device cpu), the fast KNN (--knn fast, and for --image-to-image, which imports it), EXTRA."""
     names = [INSPECTOR, JOB_RUNNER, *extra]
     if settings.device == "cpu":
         names.append(CPU_LAUNCHER)
-    if settings.knn == "fast":
+    if settings.knn == "fast" or settings.image_to_image:
         names.append(FAST_KNN)
+    if settings.image_to_image:
+        names.append(IMAGE_TO_IMAGE)
     return names

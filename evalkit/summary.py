@@ -9,9 +9,9 @@ from . import clock
 from .errors import EvaluationFailed
 from .evaluation import Evaluation
 from .outcome import RunOutcome
-from .plan import I2T_RESULT, T2I_RESULT
+from .plan import I2I_RESULT, I2T_RESULT, T2I_RESULT
 
-RESULT_FILE_NAMES = {"text_to_image": T2I_RESULT, "image_to_text": I2T_RESULT}
+RESULT_FILE_NAMES = {"text_to_image": T2I_RESULT, "image_to_text": I2T_RESULT, "image_to_image": I2I_RESULT}
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,29 @@ class Recall:
         return cls(score["r1"], score["r5"], score["r10"], score["mean_recall"])
 
 
+@dataclass(frozen=True)
+class ImageRecall(Recall):
+    """Image→image (remote/image_to_image.py): recall, mAP@10 (percent) and how many queries."""
+
+    map10: float
+    num_queries: int
+
+    @classmethod
+    def from_result(cls, result: dict) -> "ImageRecall":
+        score = result["scoreJson"]
+        return cls(score["r1"], score["r5"], score["r10"], score["mean_recall"], score["map10"],
+                   score["num_queries"])
+
+
 def recalls(outcome: RunOutcome) -> dict[str, Recall]:
-    return {direction: Recall.from_result(result) for direction, result in outcome.results.items()}
+    """Each direction's numbers; a skipped direction (no relevant pairs) has none."""
+    return {direction: (ImageRecall if direction == "image_to_image" else Recall).from_result(result)
+            for direction, result in outcome.results.items() if "skipped" not in result}
+
+
+def skipped(outcome: RunOutcome) -> dict[str, str]:
+    """Direction -> the sentence saying why it was skipped."""
+    return {direction: result["skipped"] for direction, result in outcome.results.items() if "skipped" in result}
 
 
 def parse_result(raw: bytes, path: str, direction: str) -> dict:
@@ -60,6 +81,7 @@ def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_pa
         "text_model": evaluation.text_model,
         "server_output_dir": plan.output_dir,
         "recall": {direction: asdict(recall) for direction, recall in recalls(outcome).items()},
+        **({"skipped": skipped(outcome)} if skipped(outcome) else {}),
         "steps": [{"name": s.name, "seconds": round(s.seconds, 3), "started_at": s.started_at,
                    "finished_at": s.finished_at, "command": s.command} for s in outcome.steps],
         "log": str(log_path) if log_path else None,

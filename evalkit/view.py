@@ -16,7 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, Text
 from rich.table import Table
 from rich.text import Text
 
-from .comparison import COLUMNS, Comparison, cell, failed_cell, header
+from .comparison import Comparison, cell, failed_cell, header
 from .diagnosis import Check
 from .errors import EvalkitError
 from .evaluation import NAMED, SERVER_LATEST
@@ -25,7 +25,7 @@ from .outcome import StepResult
 from .plan import DIRECTION_TITLES, Plan, Step
 from .progress import Event, LogLine, ProgressUpdate
 from .server_outputs import ServerFacts
-from .summary import Recall, recalls
+from .summary import ImageRecall, Recall, recalls, skipped
 
 if TYPE_CHECKING:  # pipeline brings paramiko: kept out of `--help`'s start-up
     from .pipeline import Report
@@ -123,17 +123,26 @@ def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED)
     title = f"Recall (%) — {label}" + ("" if chosen_by == NAMED else f" ({chosen_by})")
     table = Table(title=title)
     table.add_column("direction")
-    for column in ("R@1", "R@5", "R@10", "Mean Recall"):
+    with_map = any(isinstance(recall, ImageRecall) for recall in recalls.values())
+    for column in ("R@1", "R@5", "R@10", "Mean Recall", *(("mAP@10",) if with_map else ())):
         table.add_column(column, justify="right")
     for direction, recall in recalls.items():
-        table.add_row(DIRECTION_TITLES[direction], *(f"{value:.2f}" for value in
-                      (recall.r1, recall.r5, recall.r10, recall.mean_recall)))
+        values = [f"{value:.2f}" for value in (recall.r1, recall.r5, recall.r10, recall.mean_recall)]
+        if with_map:
+            values.append(f"{recall.map10:.2f}" if isinstance(recall, ImageRecall) else "")
+        table.add_row(DIRECTION_TITLES[direction], *values)
     return table
 
 
 def show_results(console: Console, report: Report) -> None:
     plan, evaluation = report.outcome.plan, report.evaluation
     console.print(recall_table(plan.label, recalls(report.outcome), evaluation.chosen_by))
+    for reason in skipped(report.outcome).values():
+        console.print(Text(reason, style="yellow"), soft_wrap=True)
+    image = recalls(report.outcome).get("image_to_image")
+    if isinstance(image, ImageRecall):
+        console.print(Text(f"image→image: {image.num_queries} query images (those with a relevant other image)",
+                           style="dim"), soft_wrap=True)
     console.print(Text(f"checkpoint: {plan.checkpoint}"), soft_wrap=True)
     if evaluation.chosen_by == SERVER_LATEST:
         console.print(Text("  not named by you: the server's most recent extraction, by anyone; pass "
@@ -292,14 +301,14 @@ def comparison_table(comparison: Comparison) -> Table:
     if comparison.baseline:
         title += f" (±: against {comparison.baseline})"
     table = Table(title=title)
-    for index, column in enumerate(header()):
+    for index, column in enumerate(header(comparison)):
         table.add_column(column, justify="left" if index == 0 else "right")
     for row in comparison.rows:
         if not row.result.ok:
-            table.add_row(Text(row.label), Text(failed_cell(row), style="red"), *["–"] * (len(COLUMNS) - 1))
+            table.add_row(Text(row.label), Text(failed_cell(row), style="red"), *["–"] * (len(comparison.columns) - 1))
             continue
         cells = [Text.from_markup(cell(comparison, row, d, m, bold=("[bold green]", "[/]")))
-                 for d, m in COLUMNS]
+                 for d, m in comparison.columns]
         table.add_row(Text(row.label), *cells)
     return table
 

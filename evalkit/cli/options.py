@@ -12,7 +12,8 @@ from ..config import ALL_MODELS, DEVICES, KNN_MODES, TEXT_MODELS, VISION_MODELS,
 from ..evaluation import SPLITS, STAGES, Evaluation, RunOptions, Scope, Wanted, resolve
 from .guard import debug_option
 
-_SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir", "vision_model", "text_model", "knn")
+_SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir", "vision_model", "text_model", "knn",
+                  "image_to_image")
 
 
 def _check_dataset_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -80,6 +81,9 @@ def shared_options(command: Callable) -> Callable:
         click.option("--knn", type=click.Choice(KNN_MODES),
                      help="upstream: the two upstream KNN scripts; fast: evalkit's exact batched KNN, "
                           "same prediction files, much faster on large galleries  [default: upstream]"),
+        click.option("--image-to-image", is_flag=True, default=None,
+                     help="also image→image: R@1/5/10 and mAP@10 from the image features, relevance by "
+                          "texts listing several images (or DATASET/<split>_imgs_labels.jsonl)  [default: off]"),
         click.option("--skip-text-to-image", is_flag=True, help="skip text→image KNN and recall"),
         click.option("--skip-image-to-text", is_flag=True, help="skip image→text KNN and recall"),
         click.option("--dry-run", is_flag=True, help="print the exact remote commands; run nothing"),
@@ -106,7 +110,9 @@ def records_options(command: Callable) -> Callable:
 def parse(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
           ) -> tuple[Settings, list[Evaluation], RunOptions]:
     """The settings, one Evaluation per checkpoint named by --model / --model-path, the run options."""
-    settings = build_settings(flags.get("config"), {name: flags.get(name) for name in _SETTING_FLAGS})
+    # a flag not given is None, so the config file decides; --image-to-image can only turn it on
+    given = {name: flags.get(name) for name in _SETTING_FLAGS}
+    settings = build_settings(flags.get("config"), dict(given, image_to_image=given["image_to_image"] or None))
     scope = Scope(flags["dataset_name"], flags["split"], stages, flags.get("skip_extraction", False),
                   flags["skip_text_to_image"], flags["skip_image_to_text"], flags["force_extraction"])
     _check_flag_combinations(scope)

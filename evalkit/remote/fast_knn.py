@@ -30,7 +30,7 @@ import os
 import secrets
 import sys
 import time
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -199,7 +199,7 @@ def choose_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _merge(best: Optional[Tuple[torch.Tensor, torch.Tensor]], values: torch.Tensor,
+def merge_top(best: Optional[Tuple[torch.Tensor, torch.Tensor]], values: torch.Tensor,
            indices: torch.Tensor, keep: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Top-`keep` per row of the union of two candidate sets (values, gallery indices)."""
     import torch
@@ -256,20 +256,20 @@ def top_candidates(texts: torch.Tensor, images: torch.Tensor, keep: int, chunk: 
             scores = texts[t0:t0 + chunk] @ image_tile.T
             if want_t2i:
                 top = scores.topk(min(keep, scores.shape[1]), dim=1)
-                t2i_best[text_block] = _merge(t2i_best[text_block], top.values,
+                t2i_best[text_block] = merge_top(t2i_best[text_block], top.values,
                                               top.indices + i0, keep)
             if want_i2t:
                 # topk over a transposed view is ~3x slower on the CPU than copy + topk.
                 top = scores.T.contiguous().topk(min(keep, scores.shape[0]), dim=1)
-                i2t_best = _merge(i2t_best, top.values, top.indices + t0, keep)
+                i2t_best = merge_top(i2t_best, top.values, top.indices + t0, keep)
             progress.update(image_block * len(text_blocks) + text_block + 1)
         if want_i2t:
             i2t_parts.append(i2t_best)
-    return (_to_numpy(t2i_best) if want_t2i else None,
-            _to_numpy(i2t_parts) if want_i2t else None)
+    return (to_numpy(t2i_best) if want_t2i else None,
+            to_numpy(i2t_parts) if want_i2t else None)
 
 
-def _to_numpy(parts: list) -> Candidates:
+def to_numpy(parts: list) -> Candidates:
     import torch
     values = torch.cat([part[0] for part in parts]).cpu().numpy()
     indices = torch.cat([part[1] for part in parts]).cpu().numpy()
@@ -321,19 +321,25 @@ def predictions(queries: torch.Tensor, gallery: torch.Tensor, candidates: Candid
 
 def write_predictions(path: str, query_key: str, query_ids: list, result_key: str,
                       gallery_ids: list, ranked: np.ndarray) -> None:
-    """One JSON line per query, formatted like upstream; replaces `path` only when complete.
-    The temporary file is new (O_EXCL, O_NOFOLLOW): nothing planted at its name redirects it."""
+    """One JSON line per query, formatted like upstream; replaces `path` only when complete."""
+    lines = (json.dumps({query_key: query_id, result_key: [gallery_ids[i] for i in row]}) + "\n"
+             for query_id, row in zip(query_ids, ranked.tolist()))
+    write_atomically(path, lines, "predictions")
+
+
+def write_atomically(path: str, pieces: Iterable[str], what: str) -> None:
+    """PIECES of text into `path`, replacing it only when complete. The temporary file is new
+    (O_EXCL, O_NOFOLLOW): nothing planted at its name redirects it."""
     temporary = f"{path}.tmp-{secrets.token_hex(8)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         with open(os.open(temporary, flags, 0o644), "w") as handle:
-            for query_id, row in zip(query_ids, ranked.tolist()):
-                line = json.dumps({query_key: query_id, result_key: [gallery_ids[i] for i in row]})
-                handle.write(f"{line}\n")
+            for piece in pieces:
+                handle.write(piece)
         os.replace(temporary, path)
     except OSError as error:
         _remove_quietly(temporary)
-        raise KnnError(f"cannot write predictions to {path}: {error.strerror}") from None
+        raise KnnError(f"cannot write {what} to {path}: {error.strerror}") from None
     except BaseException:
         _remove_quietly(temporary)
         raise
@@ -373,21 +379,26 @@ def _say(message: str) -> None:
     print(f"{PROG}: {message}", flush=True)
 
 
-def load_both(args: argparse.Namespace) -> Tuple[Features, Features]:
-    """Parse both feature files, in parallel pieces when they are large."""
-    sizes = (file_size(args.image_feats, "image"), file_size(args.text_feats, "text"))
+def load(files: List[Tuple[str, str, str]]) -> List[Features]:
+    """Parse feature files, given as (path, id key, kind), in parallel pieces when they are large."""
+    sizes = [file_size(path, kind) for path, _, kind in files]
     workers = parse_workers(sum(sizes))
     # fork starts workers at once; it is safe because torch is not imported yet.
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
     try:
-        image_load = FeatureLoad(args.image_feats, "image_id", "image", sizes[0], pool, workers)
-        text_load = FeatureLoad(args.text_feats, "text_id", "text", sizes[1], pool, workers)
+        loads = [FeatureLoad(path, id_key, kind, size, pool, workers)
+                 for (path, id_key, kind), size in zip(files, sizes)]
         if pool is not None:
             import torch  # noqa: F401  the parent would only wait: import while workers parse
-        images, texts = image_load.result(), text_load.result()
+        return [each.result() for each in loads]
     finally:
         if pool is not None:
             pool.terminate()
+
+
+def load_both(args: argparse.Namespace) -> Tuple[Features, Features]:
+    """Parse both feature files, in parallel pieces when they are large."""
+    images, texts = load([(args.image_feats, "image_id", "image"), (args.text_feats, "text_id", "text")])
     dims = (images.matrix.shape[1], texts.matrix.shape[1])
     if dims[0] != dims[1]:
         raise KnnError(f"image features have {dims[0]} values but text features have "
@@ -418,12 +429,17 @@ def run(args: argparse.Namespace) -> None:
         _say(f"top-{args.top_k} image→text predictions are saved in {args.i2t_output}")
 
 
+def run_reporting(prog: str, work: Callable[[], None]) -> None:
+    """WORK; bad input or an unwritable output becomes one line on stderr and exit status 1."""
+    try:
+        work()
+    except KnnError as error:
+        sys.exit(f"{prog}: error: {error}")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    try:
-        run(args)
-    except KnnError as error:
-        sys.exit(f"{PROG}: error: {error}")
+    run_reporting(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

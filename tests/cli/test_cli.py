@@ -137,6 +137,16 @@ def test_dry_run_with_skip_flag_omits_that_direction(cli):
     assert "cn_clip/eval/evaluation.py" in result.stdout
 
 
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_dry_run_with_image_to_image_adds_its_step_by_flag_or_config(cli, tmp_path, how):
+    args = ["--image-to-image"] if how == "flag" else ["--config", str(config_file(tmp_path, "image_to_image: true\n"))]
+    result = cli("--dry-run", *args, "--model-path", SEED_CHECKPOINT)
+    assert result.exit_code == 0, result.stderr
+    assert "# knn_i2i: KNN + recall image→image" in result.stdout
+    assert "/.evalkit/image_to_image.py --image-feats" in flat(result.stdout)
+    assert "image_to_image.py" not in cli("--dry-run", "--model-path", SEED_CHECKPOINT).stdout
+
+
 # --- usage errors: exit 2 -----------------------------------------------------------------------
 
 def test_missing_model_path_is_a_usage_error(cli):
