@@ -31,6 +31,11 @@ class ModelResult:
     finished_at: str | None = None
     server_output_dir: str | None = None
     checkpoint_chosen_by: str | None = None       # evaluation.NAMED, LAST_EXTRACT or SERVER_LATEST
+    # across epochs (epochs.annotate): EXP of EXP@epoch_5, 5 (None for epoch_latest.pt), and
+    # whether this is its experiment's best row (highest average of the directions' mean recall)
+    experiment: str | None = None
+    epoch: int | None = None
+    best: bool = False
 
     @property
     def ok(self) -> bool:

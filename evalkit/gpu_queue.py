@@ -15,6 +15,7 @@ from typing import Callable
 from . import clock, pipeline
 from .comparison import Comparison, ModelResult, build_comparison
 from .config import Settings
+from .epochs import annotate
 from .errors import ComparisonIncomplete, EvalkitError
 from .evaluation import Evaluation
 from .outcome import Reporter
@@ -83,7 +84,7 @@ def compare(store: LocalStore, results: list[ModelResult], dataset: str, split: 
             save: bool) -> tuple[Comparison, list[Path]]:
     """The comparison document of RESULTS; with SAVE (several models' recall), kept in the store
     unless every model failed."""
-    document = build_comparison(results, dataset, split, clock.timestamp())
+    document = build_comparison(annotate(results), dataset, split, clock.timestamp())
     written = store.save_comparison(document) if save and any(result.ok for result in results) else []
     return document, written
 

@@ -21,6 +21,7 @@ FAST_KNN = "fast_knn.py"
 IMAGE_TO_IMAGE = "image_to_image.py"
 PROBE = "doctor_probe.py"
 BOOTSTRAP = "bootstrap.py"
+CHECKPOINT_LISTER = "list_checkpoints.py"
 SERVER_SCRIPTS = {
     INSPECTOR: "reads what the server's dataset and output directory hold (read-only)",
     JOB_RUNNER: "starts, drives, reports on and cancels a run's steps, detached from SSH",
@@ -29,6 +30,7 @@ SERVER_SCRIPTS = {
     IMAGE_TO_IMAGE: "--image-to-image: image→image recall and mAP@10 from the image features (beside fast_knn.py)",
     PROBE: "the doctor's and the preflight's checks (env, GPU, dataset, checkpoint, disk)",
     BOOTSTRAP: "sent inline, never uploaded: brings the other scripts up to date, then runs one",
+    CHECKPOINT_LISTER: "sent inline, never uploaded: the checkpoint files a sweep's directory or glob names",
 }
 
 

@@ -18,6 +18,7 @@ from rich.text import Text
 
 from .comparison import Comparison, cell, failed_cell, header
 from .diagnosis import Check
+from .epochs import Trend
 from .errors import EvalkitError
 from .evaluation import NAMED, SERVER_LATEST
 from .executors.base import JobState
@@ -282,6 +283,33 @@ class ConcurrentReporter:
 def concurrent_progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), console=console, transient=True)
+
+
+def show_cells(console: Console, cells: list[tuple[str, str, str, str]]) -> None:
+    """--dry-run of a sweep or a matrix: each cell (label, dataset, split, checkpoint), in order."""
+    table = Table(title=f"{len(cells)} cells")
+    for column in ("#", "label", "dataset", "split", "checkpoint"):
+        table.add_column(column)
+    for index, (label, dataset, split, checkpoint) in enumerate(cells, 1):
+        table.add_row(str(index), Text(label), Text(dataset), split, Text(checkpoint))
+    console.print(table)
+
+
+def show_trends(console: Console, trends: list[Trend]) -> None:
+    """Each experiment's mean recall (both directions' average) over its epochs, as a sparkline."""
+    for trend in trends:
+        line = Text(f"{trend.experiment}  ", style="bold")
+        line.append(trend.sparkline, style="green")
+        line.append(f"  {trend.scores[0]:.2f} → {trend.scores[-1]:.2f} over {len(trend.scores)} checkpoints; "
+                    f"best: {trend.best_label}", style="default")
+        console.print(line, soft_wrap=True)
+
+
+def show_checkpoint_set(console: Console, searched: str, count: int, aliases: list[str]) -> None:
+    """A sweep's directory or glob: how many checkpoints it holds, and each alias left out."""
+    console.print(Text(f"· {searched}: {count} checkpoint{'s' if count != 1 else ''}", style="cyan"), soft_wrap=True)
+    for alias in aliases:
+        console.print(Text(f"  alias: {alias}", style="dim"), soft_wrap=True)
 
 
 def show_model_header(console: Console, label: str, checkpoint: str) -> None:

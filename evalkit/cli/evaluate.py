@@ -12,6 +12,7 @@ from rich.console import Console
 from .. import view
 from ..comparison import ModelResult
 from ..config import Settings
+from ..epochs import trends
 from ..errors import EvalkitError
 from ..evaluation import STAGES, Evaluation, RunOptions
 from ..plan import build_plan
@@ -71,6 +72,8 @@ def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) 
     """Dry run, one model, or several (a comparison); --json puts one summary on stdout."""
     out, _ = view.make_consoles(to_stderr=options.json_output)
     if options.dry_run:
+        if len(evaluations) > 1:
+            view.show_cells(out, [(e.label, e.dataset, e.split, e.checkpoint) for e in evaluations])
         for evaluation in evaluations:
             view.show_plan(out, build_plan(settings, evaluation), settings.host)
         return
@@ -84,14 +87,26 @@ def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) 
         results = [run_one(out, settings, evaluations[0], options.verbose)]
     else:
         results = _run_many(out, settings, evaluations, options)
-    first = evaluations[0]
-    document, written = gpu_queue.compare(LocalStore.of(settings), results, first.dataset, first.split,
-                                          save=len(results) > 1 and "recall" in first.stages)
-    if len(results) > 1 and "recall" in first.stages:
-        view.show_comparison(out, document, written)
-    if options.json_output:
-        click.echo(json.dumps(document.to_dict(), ensure_ascii=False, indent=2))
+    documents = []
+    for (dataset, split), rows in by_dataset_split(evaluations, results).items():
+        compared = len(rows) > 1 and "recall" in evaluations[0].stages
+        document, written = gpu_queue.compare(LocalStore.of(settings), rows, dataset, split, save=compared)
+        if compared:
+            view.show_comparison(out, document, written)
+            view.show_trends(out, trends([row.result for row in document.rows]))
+        documents.append(document.to_dict())
+    if options.json_output:  # one document per dataset split: a list only for a matrix
+        click.echo(json.dumps(documents[0] if len(documents) == 1 else documents, ensure_ascii=False, indent=2))
     gpu_queue.check_all_succeeded(results)
+
+
+def by_dataset_split(evaluations: list[Evaluation], results: list[ModelResult]
+                     ) -> dict[tuple[str, str], list[ModelResult]]:
+    """Each cell's row under its dataset and split, in the order run (a sweep's: by epoch)."""
+    grouped: dict[tuple[str, str], list[ModelResult]] = {}
+    for evaluation, result in zip(evaluations, results):
+        grouped.setdefault((evaluation.dataset, evaluation.split), []).append(result)
+    return grouped
 
 
 def run_one(out: Console, settings: Settings, evaluation: Evaluation, verbose: bool) -> ModelResult:
@@ -107,18 +122,23 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation],
     from ..gpu_queue import evaluate_all
     gpus = list(options.gpus) or [settings.gpu]
 
+    is_matrix = len({(e.dataset, e.split) for e in evaluations}) > 1
+
+    def name(evaluation: Evaluation) -> str:
+        label = evaluation.label or evaluation.checkpoint
+        return f"{label} · {evaluation.dataset} {evaluation.split}" if is_matrix else label
+
     def failed(evaluation: Evaluation, error: EvalkitError) -> None:
-        view.show_model_failed(out, evaluation.label or evaluation.checkpoint, error)
+        view.show_model_failed(out, name(evaluation), error)
 
     if len(gpus) <= 1:
         def one_after_another(evaluation: Evaluation) -> view.LiveReporter:
-            view.show_model_header(out, evaluation.label, evaluation.checkpoint)
+            view.show_model_header(out, name(evaluation), evaluation.checkpoint)
             return view.LiveReporter(out, options.verbose)
         return evaluate_all(settings, evaluations, gpus, one_after_another, failed)
     with view.concurrent_progress(out) as progress:
         return evaluate_all(settings, evaluations, gpus,
-                            lambda evaluation: view.ConcurrentReporter(out, progress, evaluation.label
-                                                                       or evaluation.checkpoint), failed)
+                            lambda evaluation: view.ConcurrentReporter(out, progress, name(evaluation)), failed)
 
 
 @click.command(context_settings=CONTEXT)

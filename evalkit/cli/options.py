@@ -9,18 +9,21 @@ from typing import Any, Callable
 import click
 
 from ..config import ALL_MODELS, DEVICES, KNN_MODES, TEXT_MODELS, VISION_MODELS, ModelEntry, Settings, build_settings
-from ..evaluation import SPLITS, STAGES, Evaluation, RunOptions, Scope, Wanted, resolve
+from .. import view
+from ..evaluation import SPLITS, STAGES, Evaluation, RunOptions, Scope, Wanted
+from ..sweep import cells, describe_alias, is_checkpoint_set
 from .guard import debug_option
 
 _SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir", "vision_model", "text_model", "knn",
                   "image_to_image")
 
 
-def _check_dataset_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not value or value in (".", "..") or "/" in value or "\0" in value:
-        raise click.BadParameter(f"{value!r} is not a dataset directory name "
-                                 "(one name under DATAPATH/datasets, no '/')")
-    return value
+def _check_dataset_name(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    for name in value:
+        if not name or name in (".", "..") or "/" in name or "\0" in name:
+            raise click.BadParameter(f"{name!r} is not a dataset directory name "
+                                     "(one name under DATAPATH/datasets, no '/')")
+    return tuple(dict.fromkeys(value))
 
 
 def _check_label(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -53,11 +56,16 @@ def shared_options(command: Callable) -> Callable:
         click.option("--host", help="ssh alias or user@host  [default: seetacloud-v800]"),
         click.option("--datapath", help="server data root holding datasets/ and experiments/  "
                                         "[default: /root/autodl-tmp/datapath]"),
-        click.option("--dataset-name", default="Flickr30k-CN", show_default=True,
-                     callback=_check_dataset_name, help="dataset directory under DATAPATH/datasets"),
-        click.option("--split", type=click.Choice(SPLITS), default="valid", show_default=True),
+        click.option("--dataset-name", multiple=True, default=("Flickr30k-CN",), show_default=True,
+                     callback=_check_dataset_name, help="dataset directory under DATAPATH/datasets; repeatable: "
+                                                        "each checkpoint is evaluated on each"),
+        click.option("--split", type=click.Choice(SPLITS), multiple=True, default=("valid",), show_default=True,
+                     callback=lambda ctx, param, value: tuple(dict.fromkeys(value)),
+                     help="repeatable: checkpoints x datasets x splits, each cell its own evaluation"),
         click.option("--model-path", help="checkpoint on the server, e.g. DATAPATH/experiments/"
-                                          "<name>/checkpoints/epoch_latest.pt (relative: to DATAPATH)"),
+                                          "<name>/checkpoints/epoch_latest.pt (relative: to DATAPATH); or a "
+                                          "checkpoints directory or a quoted glob ('.../epoch_*.pt'): every "
+                                          "checkpoint in it, by epoch, epoch_latest.pt last"),
         click.option("--label", callback=_check_label, metavar="NAME",
                      help="the name --model-path's results are kept and shown under  [default: the experiment "
                           "folder, plus @<file stem> for any file but epoch_latest.pt, e.g. team_distill@epoch_5]"),
@@ -113,9 +121,10 @@ def parse(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
     # a flag not given is None, so the config file decides; --image-to-image can only turn it on
     given = {name: flags.get(name) for name in _SETTING_FLAGS}
     settings = build_settings(flags.get("config"), dict(given, image_to_image=given["image_to_image"] or None))
-    scope = Scope(flags["dataset_name"], flags["split"], stages, flags.get("skip_extraction", False),
-                  flags["skip_text_to_image"], flags["skip_image_to_text"], flags["force_extraction"])
-    _check_flag_combinations(scope)
+    scopes = [Scope(dataset, split, stages, flags.get("skip_extraction", False), flags["skip_text_to_image"],
+                    flags["skip_image_to_text"], flags["force_extraction"])
+              for dataset in flags["dataset_name"] for split in flags["split"]]
+    _check_flag_combinations(scopes[0])
     wanted = [Wanted(entry.path, flags["vision_model"] or entry.vision_model or settings.vision_model,
                      flags["text_model"] or entry.text_model or settings.text_model, registry_name=entry.name)
               for entry in _registered(settings, flags["models"])]
@@ -128,9 +137,23 @@ def parse(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
     elif flags.get("label"):
         raise click.UsageError("--label names the checkpoint of --model-path; a `models:` entry is labelled "
                                "by its name")
+    if flags.get("label") and is_checkpoint_set(flags.get("model_path") or ""):
+        raise click.UsageError("--label names one checkpoint; each checkpoint of a directory or glob is "
+                               "labelled EXPERIMENT@epoch_N (EXPERIMENT for epoch_latest.pt): drop --label")
     options = RunOptions(flags.get("dry_run", False), flags.get("detach", False), flags.get("gpus") or (),
                          flags.get("json_output", False), flags.get("verbose", False))
-    return settings, resolve(settings.datapath, scope, wanted), options
+    return settings, cells(settings.datapath, scopes, _expanded(settings, wanted)), options
+
+
+def _expanded(settings: Settings, wanted: list[Wanted]) -> list[Wanted]:
+    """Each checkpoints directory or glob as its files, listed on the server (one command);
+    the aliases left out are said on stderr."""
+    from ..checkpoint_sets import expand  # the SSH side loads only for a sweep
+    wanted, sets = expand(settings, wanted)
+    err = view.make_consoles(to_stderr=True)[0]
+    for found in sets:
+        view.show_checkpoint_set(err, found.searched, len(found.checkpoints), [describe_alias(a) for a in found.aliases])
+    return wanted
 
 
 def _check_flag_combinations(scope: Scope) -> None:

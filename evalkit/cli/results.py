@@ -9,6 +9,7 @@ import click
 from .. import clock, view
 from ..comparison import build_comparison, to_csv, to_markdown
 from ..config import build_settings
+from ..epochs import annotate, in_epoch_order, selected, trends
 from ..errors import NothingEvaluated
 from ..evaluation import SPLITS
 from ..store import LocalStore
@@ -23,22 +24,28 @@ RESULT_FORMATS = ("table", "markdown", "csv", "json")
 @click.option("--results-dir", help="local results folder  [default: results]")
 @click.option("--dataset-name", help="only this dataset")
 @click.option("--split", type=click.Choice(SPLITS), help="only this split")
+@click.option("--model", "models", multiple=True, metavar="NAME",
+              help="only this experiment (or label); repeatable")
+@click.option("--best", "best_only", is_flag=True,
+              help="one row per experiment: its best checkpoint (highest average of both directions' mean recall)")
 @click.option("--format", "output_format", type=click.Choice(RESULT_FORMATS), default="table",
               show_default=True, help="markdown and csv paste into a paper or a spreadsheet")
 @debug_option
 @guarded
 def results(config: Path | None, results_dir: str | None, dataset_name: str | None, split: str | None,
-            output_format: str, debug: bool) -> None:
+            models: tuple[str, ...], best_only: bool, output_format: str, debug: bool) -> None:
     """Compare everything evaluated so far, from the local results folder (no connection).
 
-    One table per dataset and split: a row per label (its newest run), the best of each
-    column highlighted, deltas against `baseline` when there is one.
+    One table per dataset and split: a row per label (its newest run), an experiment's epochs
+    in order with its best row marked, the best of each column highlighted, deltas against
+    `baseline` when there is one; under the table, each experiment's trend over its epochs.
     """
     settings = build_settings(config, {"results_dir": results_dir})
     store = LocalStore.of(settings)
-    found = store.load_evaluated(dataset_name, split)
+    found = {key: kept for key, rows in store.load_evaluated(dataset_name, split).items()
+             if (kept := selected(annotate(rows), models, best_only))}
     if not found:
-        scope = " ".join(filter(None, (dataset_name, split)))
+        scope = " ".join(filter(None, (dataset_name, split, *models)))
         raise NothingEvaluated(f"no results under {store.root.resolve()}" + (f" for {scope}" if scope else ""),
                                "evaluate first, or point --results-dir / --config at your results folder")
     out, _ = view.make_consoles()
@@ -48,6 +55,7 @@ def results(config: Path | None, results_dir: str | None, dataset_name: str | No
     for document in documents:
         if output_format == "table":
             view.show_comparison(out, document, [])
+            view.show_trends(out, [] if best_only else trends([row.result for row in document.rows]))
         elif output_format == "markdown":
             click.echo(to_markdown(document))
         elif output_format == "csv":
@@ -57,6 +65,6 @@ def results(config: Path | None, results_dir: str | None, dataset_name: str | No
 
 
 def _in_registry_order(rows: list, registry: list[str]) -> list:
-    """Registered models first, in the config's order (team, large, ...), then the rest by name."""
-    rank = {name: index for index, name in enumerate(registry)}
-    return sorted(rows, key=lambda row: (rank.get(row.label, len(rank)), row.label))
+    """Registered models first, in the config's order (team, large, ...), then the rest by name;
+    an experiment's checkpoints by epoch, epoch_latest.pt last."""
+    return in_epoch_order(rows, {name: index for index, name in enumerate(registry)})
