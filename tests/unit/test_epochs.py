@@ -1,0 +1,66 @@
+"""The comparison across epochs: experiment and epoch from the label, the best row, filters,
+order and the trend."""
+from __future__ import annotations
+
+import pytest
+
+from evalkit.comparison import ModelResult
+from evalkit.epochs import annotate, in_epoch_order, score, selected, sparkline, split_label, trends
+
+
+def row(label: str, t2i: float | None, i2t: float | None = None, status: str = "ok") -> ModelResult:
+    recall = {direction: {"mean_recall": value} for direction, value in
+              (("text_to_image", t2i), ("image_to_text", i2t)) if value is not None}
+    return ModelResult(label, f"/c/{label}.pt", status, recall if status == "ok" else {})
+
+
+@pytest.mark.parametrize("label, expected", [
+    ("team@epoch_5", ("team", "epoch_5")), ("team", ("team", "epoch_latest")), ("a@b@epoch_1", ("a@b", "epoch_1")),
+    ("@epoch_1", ("@epoch_1", "epoch_latest")), ("team@best", ("team", "best")),
+])
+def test_split_label(label, expected):
+    assert split_label(label) == expected
+
+
+@pytest.mark.parametrize("result, expected", [
+    (row("a", 40.0, 60.0), 50.0), (row("a", 40.0), 40.0), (row("a", None, 30.0), 30.0),
+    (row("a", None), None), (row("a", 50.0, 50.0, status="failed"), None),
+])
+def test_score_is_the_average_of_both_directions_mean_recall(result, expected):
+    assert score(result) == expected
+
+
+def test_annotate_marks_each_experiments_best_row_and_its_epochs():
+    rows = annotate([row("t@epoch_1", 10, 20), row("t@epoch_2", 30, 20), row("t", 30, 20), row("t@epoch_3", 1, 1),
+                     row("b", 5, 5), row("f@epoch_1", 0, status="failed")])
+    assert [(r.experiment, r.epoch, r.best) for r in rows] == [
+        ("t", 1, False), ("t", 2, True), ("t", None, False), ("t", 3, False), ("b", None, True), ("f", 1, False)]
+
+
+def test_in_epoch_order_follows_the_registry_then_names_then_epochs():
+    rows = [row(label, 1) for label in ("z@epoch_10", "a", "z", "z@epoch_2", "reg@epoch_1")]
+    assert [r.label for r in in_epoch_order(rows, {"reg": 0})] == ["reg@epoch_1", "a", "z@epoch_2", "z@epoch_10", "z"]
+
+
+@pytest.mark.parametrize("models, best_only, labels", [
+    ((), False, ["t@epoch_1", "t@epoch_2", "b"]), (("t",), False, ["t@epoch_1", "t@epoch_2"]),
+    (("t@epoch_1",), False, ["t@epoch_1"]), ((), True, ["t@epoch_2", "b"]), (("b",), True, ["b"]),
+    (("nobody",), False, []),
+])
+def test_selected_filters_by_experiment_or_label_and_best(models, best_only, labels):
+    rows = annotate([row("t@epoch_1", 1), row("t@epoch_2", 2), row("b", 1)])
+    assert [r.label for r in selected(rows, models, best_only)] == labels
+
+
+def test_trends_per_experiment_with_two_or_more_scored_checkpoints():
+    rows = annotate([row("t", 40), row("t@epoch_2", 30), row("t@epoch_1", 10), row("solo", 5),
+                     row("t@epoch_3", 0, status="failed")])
+    [trend] = trends(rows)
+    assert (trend.experiment, trend.labels, trend.scores) == ("t", ("t@epoch_1", "t@epoch_2", "t"), (10, 30, 40))
+    assert trend.best_label == "t" and trend.sparkline == "▁▆█"
+
+
+@pytest.mark.parametrize("values, line", [([], ""), ([3.0], "▄"), ([2, 2], "▄▄"), ([0, 7], "▁█"),
+                                          ([0, 1, 2, 3, 4, 5, 6, 7], "▁▂▃▄▅▆▇█")])
+def test_sparkline(values, line):
+    assert sparkline(values) == line
