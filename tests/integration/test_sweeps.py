@@ -1,0 +1,77 @@
+"""A sweep on the real test bed: a checkpoints directory holding two epochs and an
+epoch_latest.pt with the last epoch's bytes (written separately, as training does), on two
+datasets and both splits, through a two-GPU queue. The alias is evaluated once, the cells a
+dataset lacks are failed rows while the others finish (exit 14), each good cell's recall is
+upstream's own, and the comparison across epochs marks the best."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from evalkit.comparison import METRICS
+from evalkit.errors import ComparisonIncomplete, MissingInput
+
+from .conftest import DATASETS, REPO, run_upstream_by_hand
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def experiment(testbed, second_checkpoint, tmp_path):
+    folder = tmp_path / "实验 sweep" / "experiments" / "sweep_exp" / "checkpoints"
+    folder.mkdir(parents=True)
+    os.link(testbed.checkpoint, folder / "epoch_1.pt")
+    os.link(second_checkpoint, folder / "epoch_2.pt")
+    shutil.copyfile(second_checkpoint, folder / "epoch_latest.pt")  # its own inode and mtime: same bytes
+    return folder
+
+
+def test_a_directory_sweep_over_two_datasets_on_a_queue(testbed, experiment, second_checkpoint, tmp_path):
+    matrix = ("--dataset-name", DATASETS[0].name, "--dataset-name", DATASETS[1].name,
+              "--split", "valid", "--split", "test")
+    dry = testbed.evaluate("--model-path", str(experiment.parent), *matrix, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"{experiment}: 2 checkpoints" in dry.stderr
+    assert "alias: epoch_latest.pt has the same content as epoch_2.pt: evaluated once, as epoch_2.pt" in dry.stderr
+    assert "8 cells" in dry.stdout and dry.stdout.count("extract_features.py") == 8
+
+    run = testbed.evaluate("--model-path", str(experiment / "epoch_*.pt"), *matrix, "--gpus", "0,1", "--json",
+                           timeout=900)
+    assert run.returncode == ComparisonIncomplete.exit_code, run.stderr
+    assert "4 of 8 models failed" in run.stderr
+    documents = {(d["dataset"], d["split"]): d for d in json.loads(run.stdout)}
+    assert set(documents) == {(spec.name, split) for spec in DATASETS for split in ("valid", "test")}
+    for spec in DATASETS:
+        other = "test" if spec.split == "valid" else "valid"
+        failed = documents[(spec.name, other)]["models"]
+        assert [(r["status"], r["exit_code"]) for r in failed] == [("failed", MissingInput.exit_code)] * 2
+        rows = documents[(spec.name, spec.split)]["models"]
+        assert [(r["label"], r["experiment"], r["epoch"], r["status"]) for r in rows] == [
+            ("sweep_exp@epoch_1", "sweep_exp", 1, "ok"), ("sweep_exp@epoch_2", "sweep_exp", 2, "ok")]
+        assert sum(r["best"] for r in rows) == 1
+        folder = testbed.results_dir / spec.name / spec.split
+        assert json.loads((folder / "comparison.json").read_text())["models"] == rows
+        assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["sweep_exp@epoch_1", "sweep_exp@epoch_2"]
+        # upstream by hand for one cell per dataset, together covering both checkpoints
+        index = DATASETS.index(spec)
+        row, checkpoint = rows[index], (testbed.checkpoint, second_checkpoint)[index]
+        by_hand = run_upstream_by_hand(testbed, spec, tmp_path / f"by-hand-{index}", checkpoint)
+        for direction, result in by_hand.items():
+            assert row["recall"][direction] == {key: result["scoreJson"][key] for key in METRICS}, row["label"]
+
+    best = subprocess.run([sys.executable, "-m", "evalkit", "results", "--config", str(testbed.config), "--best",
+                           "--model", "sweep_exp", "--format", "json"], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert best.returncode == 0, best.stderr
+    assert [[r["best"] for r in d["models"]] for d in json.loads(best.stdout)] == [[True], [True]]
+
+    empty = experiment.parent / "empty"
+    empty.mkdir()
+    nothing = testbed.evaluate("--model-path", str(empty))
+    assert nothing.returncode == MissingInput.exit_code
+    assert f"error: no checkpoint (*.pt, *.pth) in the directory {empty} on the server" in nothing.stderr
