@@ -24,24 +24,37 @@ from .summary import recalls
 
 ReporterFactory = Callable[[Evaluation], Reporter]
 FailureHandler = Callable[[Evaluation, EvalkitError], None]
+DoneHandler = Callable[[ModelResult], None]
 
 
 def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[int],
-                 make_reporter: ReporterFactory, on_failure: FailureHandler) -> list[ModelResult]:
-    """Every evaluation's row, in the order given; with several GPUs, that many at a time."""
+                 make_reporter: ReporterFactory, on_failure: FailureHandler,
+                 on_done: DoneHandler | None = None) -> list[ModelResult]:
+    """Every evaluation's row, in the order given; with several GPUs, that many at a time.
+    Each GPU's evaluations share one connection (reconnecting as one run does)."""
     results: dict[int, ModelResult] = {}
     work: queue.Queue = queue.Queue()
     for index, evaluation in enumerate(evaluations):
         work.put((index, evaluation))
 
     def worker(gpu: int) -> None:
-        while True:
-            try:
-                index, evaluation = work.get_nowait()
-            except queue.Empty:
-                return
-            on_gpu = dataclasses.replace(settings, gpu=gpu)
-            results[index] = evaluate_one(on_gpu, evaluation, make_reporter(evaluation), on_failure)
+        try:
+            shared = pipeline.sweep_connection(settings)
+        except EvalkitError:
+            shared = None  # the host cannot be resolved: each evaluation reports it as its failed row
+        try:
+            while True:
+                try:
+                    index, evaluation = work.get_nowait()
+                except queue.Empty:
+                    return
+                on_gpu = dataclasses.replace(settings, gpu=gpu)
+                results[index] = evaluate_one(on_gpu, evaluation, make_reporter(evaluation), on_failure, shared)
+                if on_done is not None:
+                    on_done(results[index])
+        finally:
+            if shared is not None:
+                shared.close()
 
     if len(gpus) <= 1:
         worker(gpus[0] if gpus else settings.gpu)
@@ -57,10 +70,10 @@ def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[i
 
 
 def evaluate_one(settings: Settings, evaluation: Evaluation, reporter: Reporter,
-                 on_failure: FailureHandler) -> ModelResult:
+                 on_failure: FailureHandler, shared: pipeline.Connection | None = None) -> ModelResult:
     started = clock.timestamp()
     try:
-        report = pipeline.evaluate(settings, evaluation, reporter)
+        report = pipeline.evaluate(settings, evaluation, reporter, shared=shared)
     except Exception as exc:  # one model's failure, even a bug, must not stop the others
         error = exc if isinstance(exc, EvalkitError) else EvalkitError(
             f"unexpected error: {type(exc).__name__}: {exc}", "rerun this model alone with --debug and report it")

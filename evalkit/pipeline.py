@@ -47,25 +47,43 @@ class Report:
 
 
 @contextmanager
-def connected(settings: Settings) -> Iterator[tuple[Session, Executor]]:
-    """Connected (host key and auth checked) before any local file is created."""
+def connected(settings: Settings, shared: Connection | None = None) -> Iterator[tuple[Session, Executor]]:
+    """Connected (host key and auth checked) before any local file is created. SHARED: a
+    connection that serves several evaluations one after another (a sweep), opened here when
+    it is not yet, and left open for the next."""
+    if shared is not None:
+        with _executor_on(shared.open(), settings) as pair:
+            yield pair
+        return
     target = resolve_target(settings.host, settings.ssh_config_path)
     with Connection(target, settings.connect_timeout).open() as connection:
-        executor = executor_class(settings.executor)(connection, settings)
-        try:
-            yield Session(connection), executor
-        finally:
-            executor.close()
+        with _executor_on(connection, settings) as pair:
+            yield pair
+
+
+@contextmanager
+def _executor_on(connection: Connection, settings: Settings) -> Iterator[tuple[Session, Executor]]:
+    executor = executor_class(settings.executor)(connection, settings)
+    try:
+        yield Session(connection), executor
+    finally:
+        executor.close()
+
+
+def sweep_connection(settings: Settings) -> Connection:
+    """One connection for the evaluations of a sweep that run one after another: opened by the
+    first (connected()), closed by the caller after the last."""
+    return Connection(resolve_target(settings.host, settings.ssh_config_path), settings.connect_timeout)
 
 
 def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter,
-             detach: bool = False) -> Report | RunRecord:
+             detach: bool = False, shared: Connection | None = None) -> Report | RunRecord:
     """Run EVALUATION's stages on the server; recall results land in the local store.
 
     The steps run detached on the server; with DETACH the run record is returned as soon as
-    they started, else they are followed to the end.
+    they started, else they are followed to the end. SHARED: see connected().
     """
-    with connected(settings) as (session, executor):
+    with connected(settings, shared) as (session, executor):
         store = LocalStore.of(settings)
         evaluation, facts = _ready(session, executor, store, settings, evaluation, reporter)
         record, launched = _start(executor, store, settings, evaluation, reporter)

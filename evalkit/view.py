@@ -5,6 +5,7 @@ Remote text is always printed as plain Text (never markup), so output such as "[
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Iterable
@@ -16,7 +17,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, Text
 from rich.table import Table
 from rich.text import Text
 
-from .comparison import Comparison, cell, failed_cell, header
+from .comparison import Comparison, ModelResult, cell, failed_cell, header
 from .diagnosis import Check
 from .epochs import Trend
 from .errors import EvalkitError
@@ -282,7 +283,24 @@ class ConcurrentReporter:
 
 def concurrent_progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), console=console, transient=True)
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True)
+
+
+class OverallRow:
+    """Under the running cells' rows: cells done of the total, how many failed, the time left."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress, self.failed = progress, 0
+        self._lock = threading.Lock()
+        self._task = progress.add_task(self._describe(), total=total, rate="")
+
+    def _describe(self) -> str:
+        return "all cells" + (f" ({self.failed} failed)" if self.failed else "")
+
+    def cell_done(self, result: ModelResult) -> None:
+        with self._lock:
+            self.failed += not result.ok
+            self.progress.update(self._task, advance=1, description=self._describe())
 
 
 def show_cells(console: Console, cells: list[tuple[str, str, str, str]]) -> None:

@@ -133,12 +133,15 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation],
 
     if len(gpus) <= 1:
         def one_after_another(evaluation: Evaluation) -> view.LiveReporter:
-            view.show_model_header(out, name(evaluation), evaluation.checkpoint)
+            position = f"[{evaluations.index(evaluation) + 1}/{len(evaluations)}] "
+            view.show_model_header(out, position + name(evaluation), evaluation.checkpoint)
             return view.LiveReporter(out, options.verbose)
         return evaluate_all(settings, evaluations, gpus, one_after_another, failed)
     with view.concurrent_progress(out) as progress:
+        overall = view.OverallRow(progress, len(evaluations))
         return evaluate_all(settings, evaluations, gpus,
-                            lambda evaluation: view.ConcurrentReporter(out, progress, name(evaluation)), failed)
+                            lambda evaluation: view.ConcurrentReporter(out, progress, name(evaluation)), failed,
+                            overall.cell_done)
 
 
 @click.command(context_settings=CONTEXT)
