@@ -7,7 +7,7 @@ from .errors import RemoteStepFailed
 from .evaluation import Wanted, checkpoint_path
 from .progress import last_marked_json
 from .server import CHECKPOINT_LISTER, ServerCall, in_server_env
-from .sweep import CheckpointSet, Listed, choose, expanded, is_checkpoint_set
+from .sweep import CheckpointSet, Listed, choose, expanded, is_checkpoint_set, is_settled
 from .uploads import script_source
 
 MARKER = b"EVALKIT-CHECKPOINTS "
@@ -35,6 +35,24 @@ def listing_command(settings: Settings, patterns: list[str]) -> str:
 
 
 def list_on_server(settings: Settings, patterns: list[str]) -> list[CheckpointSet]:
+    answer = ask_server(settings, patterns)
+    return [choose(found["pattern"], found["kind"], found["searched"],
+                   [Listed.from_dict(entry) for entry in found["files"]]) for found in answer["sets"]]
+
+
+def settled_on_server(settings: Settings, patterns: list[str]) -> list[CheckpointSet]:
+    """--watch: the complete checkpoints of each pattern (see sweep.is_settled); none yet is no error."""
+    answer = ask_server(settings, patterns)
+    sets = []
+    for found in answer["sets"]:
+        ready = [entry for entry in map(Listed.from_dict, found["files"])
+                 if is_settled(entry, int(answer["now_ns"]), settings.watch_settle)]
+        sets.append(choose(found["pattern"], found["kind"], found["searched"], ready) if ready
+                    else CheckpointSet(found["pattern"], found["searched"], ()))
+    return sets
+
+
+def ask_server(settings: Settings, patterns: list[str]) -> dict:
     from .pipeline import connected  # the SSH side loads only when a sweep needs it
     with connected(settings) as (session, _):
         exit_code, stdout, stderr = session.capture(listing_command(settings, patterns),
@@ -45,5 +63,4 @@ def list_on_server(settings: Settings, patterns: list[str]) -> list[CheckpointSe
         raise RemoteStepFailed(f"listing the checkpoints of {', '.join(patterns)} failed (status {exit_code}): "
                                + " / ".join(tail), "check the `activate` and `python` settings "
                                                    "(python -m evalkit doctor)")
-    return [choose(found["pattern"], found["kind"], found["searched"],
-                   [Listed.from_dict(entry) for entry in found["files"]]) for found in answer["sets"]]
+    return answer

@@ -59,6 +59,8 @@ class Settings:
     connect_timeout: float = 15.0
     step_timeout: float = 24 * 3600.0
     reconnect_timeout: float = 600.0
+    watch_settle: float = 60.0     # --watch: a checkpoint untouched this long (and a readable zip) is complete
+    watch_interval: float = 300.0  # --watch: seconds between looks at the checkpoints directory
     models: dict[str, ModelEntry] = field(default_factory=dict)
 
     @property
@@ -82,7 +84,7 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ALL_MODELS = "all"
 _NULLABLE = {"ssh_config", "remote_output_dir"}
 _POSITIVE = {"img_batch_size", "text_batch_size", "context_length", "top_k", "eval_batch_size",
-             "connect_timeout", "step_timeout", "reconnect_timeout"}
+             "connect_timeout", "step_timeout", "reconnect_timeout", "watch_settle", "watch_interval"}
 CONFIG_KEYS = tuple(_KEY_TYPES)
 
 

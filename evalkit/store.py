@@ -6,6 +6,8 @@
     RESULTS_DIR/runs/<run id>.json              run records (attach, logs, status, cancel)
     RESULTS_DIR/runs/current-checkpoints.json   each server dataset split's checkpoint of this
                                                 user's last extract step (knn / recall steps)
+    RESULTS_DIR/runs/watched-checkpoints.json   --watch: each checkpoint evaluated, with its size
+                                                and mtime then (skipped while they are unchanged)
 
 Every file is written atomically: readers see the old file or the new one, never half of one.
 """
@@ -30,6 +32,7 @@ from .summary import RESULT_FILE_NAMES
 COMPARISON_SUFFIXES = ("json", "csv", "md")
 RUN_RECORD_NAME = re.compile(r"\d{8}-\d{6}-[0-9a-f]+\.json")
 CURRENT_CHECKPOINTS = "current-checkpoints.json"
+WATCHED_CHECKPOINTS = "watched-checkpoints.json"
 
 
 class LocalStore:
@@ -185,6 +188,31 @@ class LocalStore:
         except (OSError, ValueError):
             return {}  # none yet, or damaged: the step falls back and says so
         return found if isinstance(found, dict) else {}
+
+
+    # --- --watch: the checkpoints evaluated, as they were ------------------------------------
+
+    def was_watched(self, settings: Settings, evaluation: Evaluation, size: int, mtime_ns: int) -> bool:
+        """Whether --watch already evaluated EVALUATION's checkpoint with this size and mtime."""
+        found = self._watched().get(_watch_key(settings, evaluation))
+        return found == {"size": size, "mtime_ns": mtime_ns}
+
+    def mark_watched(self, settings: Settings, evaluation: Evaluation, size: int, mtime_ns: int) -> None:
+        watched = self._watched()
+        watched[_watch_key(settings, evaluation)] = {"size": size, "mtime_ns": mtime_ns}
+        text = json.dumps(watched, ensure_ascii=False, indent=2) + "\n"
+        write_atomically(self.runs_dir / WATCHED_CHECKPOINTS, text.encode("utf-8"))
+
+    def _watched(self) -> dict:
+        try:
+            found = json.loads((self.runs_dir / WATCHED_CHECKPOINTS).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}  # none yet, or damaged: evaluated again, its features reused
+        return found if isinstance(found, dict) else {}
+
+
+def _watch_key(settings: Settings, evaluation: Evaluation) -> str:
+    return json.dumps([settings.host, evaluation.dataset, evaluation.split, evaluation.checkpoint], ensure_ascii=False)
 
 
 def _current_key(settings: Settings, evaluation: Evaluation) -> str:

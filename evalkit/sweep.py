@@ -83,6 +83,7 @@ class CheckpointSet:
     searched: str
     checkpoints: tuple[str, ...]
     aliases: tuple[Alias, ...] = ()
+    files: tuple[Listed, ...] = ()  # the checkpoints' own descriptions, in the same order
 
 
 def choose(pattern: str, kind: str, searched: str, listed: list[Listed]) -> CheckpointSet:
@@ -100,7 +101,7 @@ def choose(pattern: str, kind: str, searched: str, listed: list[Listed]) -> Chec
             kept.append(entry)
         else:
             aliases.append(Alias(entry.path, twin.path))
-    return CheckpointSet(pattern, searched, tuple(entry.path for entry in kept), tuple(aliases))
+    return CheckpointSet(pattern, searched, tuple(entry.path for entry in kept), tuple(aliases), tuple(kept))
 
 
 def _nothing_found(pattern: str, kind: str, searched: str) -> str:
@@ -135,3 +136,15 @@ def cells(datapath: str, scopes: list[Scope], wanted: list[Wanted]) -> list[Eval
     evaluation with its own server directory and results folder."""
     per_scope = [resolve(datapath, scope, wanted) for scope in scopes]
     return [cell for cells_of_one in zip(*per_scope) for cell in cells_of_one]
+
+
+def is_settled(entry: Listed, server_now_ns: int, settle: float) -> bool:
+    """--watch takes a file only when complete: untouched for SETTLE seconds by the server's
+    clock (size and mtime unchanged) and its zip directory, which torch.save writes last, readable."""
+    return entry.is_zip and server_now_ns - entry.mtime_ns >= settle * 1e9
+
+
+def reached(checkpoints: list[str], until_epoch: int | None) -> bool:
+    """--until-epoch N: the watch ends once a checkpoint of epoch N or later was evaluated."""
+    epochs = [epoch_of_stem(stem_of(path)) for path in checkpoints]
+    return until_epoch is not None and any(epoch is not None and epoch >= until_epoch for epoch in epochs)

@@ -12,13 +12,14 @@ from rich.console import Console
 from .. import view
 from ..comparison import ModelResult
 from ..config import Settings
-from ..epochs import trends
+from ..epochs import in_epoch_order, split_label, trends
 from ..errors import EvalkitError
-from ..evaluation import STAGES, Evaluation, RunOptions
+from ..evaluation import STAGES, Evaluation, RunOptions, Scope, Wanted
 from ..plan import build_plan
 from ..store import LocalStore
 from .guard import CONTEXT, debug_option, guarded
-from .options import parse, shared_options
+from ..sweep import is_checkpoint_set
+from .options import parse, parse_request, shared_options
 
 
 @click.command(context_settings=CONTEXT)
@@ -26,6 +27,11 @@ from .options import parse, shared_options
 @click.option("--skip-extraction", is_flag=True,
               help="use the features already extracted for this checkpoint; an error if there "
                    "are none (by default they are reused when complete and up to date)")
+@click.option("--watch", is_flag=True,
+              help="with a checkpoints directory or glob: keep evaluating checkpoints as training writes them "
+                   "(each once complete; `watch_interval`, `watch_settle` in the config); Ctrl-C ends it")
+@click.option("--until-epoch", type=click.IntRange(min=0), metavar="N",
+              help="--watch ends once epoch N (or later) is evaluated")
 @guarded
 def evaluate_command(**flags: Any) -> None:
     """Evaluate a Chinese-CLIP checkpoint on the server: extract features, KNN, recall.
@@ -38,6 +44,12 @@ def evaluate_command(**flags: Any) -> None:
       python distillation_model_evaluation.py --dataset-name Flickr30k-CN \\
         --model-path /root/autodl-tmp/datapath/experiments/EXP/checkpoints/epoch_latest.pt
     """
+    watching, until_epoch = flags.pop("watch"), flags.pop("until_epoch")
+    if watching:
+        run_watch(*parse_request(flags), until_epoch)
+        return
+    if until_epoch is not None:
+        raise click.UsageError("--until-epoch ends a --watch: add --watch")
     run(*parse(flags))
 
 
@@ -66,6 +78,39 @@ def quick_command(step: str, **flags: Any) -> None:
       python quick_evaluation.py --step recall --dataset-name Flickr30k-CN
     """
     run(*parse(flags, stages=(step,)))
+
+
+def run_watch(settings: Settings, scopes: list[Scope], wanted: list[Wanted], options: RunOptions,
+              until_epoch: int | None) -> None:
+    """--watch: each round's new cells run as a sweep does; after each, every dataset split's
+    comparison of all the checkpoints evaluated so far (earlier rounds and runs included)."""
+    if options.dry_run or options.detach or options.json_output:
+        raise click.UsageError("--watch runs until stopped: drop --dry-run, --detach and --json")
+    if not wanted or not all(item.model_path and is_checkpoint_set(item.model_path) for item in wanted):
+        raise click.UsageError("--watch needs a checkpoints directory or a quoted glob as --model-path "
+                               "(or as each --model's path), e.g. DATAPATH/experiments/EXP/checkpoints")
+    from .. import gpu_queue
+    from ..watch import watch
+    out, _ = view.make_consoles()
+    store = LocalStore.of(settings)
+
+    def run_cells(evaluations: list[Evaluation]) -> list[ModelResult]:
+        results = _run_many(out, settings, evaluations, options)
+        for (dataset, split), _rows in by_dataset_split(evaluations, results).items():
+            labels = {e.label for e in evaluations if (e.dataset, e.split) == (dataset, split)}
+            kept = store.load_evaluated(dataset, split).get((dataset, split), [])
+            rows = in_epoch_order([r for r in kept if split_label(r.label)[0] in _experiments(labels)])
+            if len(rows) > 1:
+                document, written = gpu_queue.compare(store, rows, dataset, split, save=True)
+                view.show_comparison(out, document, written)
+                view.show_trends(out, trends([row.result for row in document.rows]))
+        return results
+
+    watch(settings, scopes, wanted, until_epoch, run_cells, lambda text: view.show_note(out, text))
+
+
+def _experiments(labels: set[str]) -> set[str]:
+    return {split_label(label)[0] for label in labels}
 
 
 def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) -> None:

@@ -117,7 +117,16 @@ def records_options(command: Callable) -> Callable:
 
 def parse(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
           ) -> tuple[Settings, list[Evaluation], RunOptions]:
-    """The settings, one Evaluation per checkpoint named by --model / --model-path, the run options."""
+    """The settings, one Evaluation per cell (each checkpoint named by --model / --model-path,
+    a directory or glob listed on the server, on each dataset split), the run options."""
+    settings, scopes, wanted, options = parse_request(flags, stages)
+    return settings, cells(settings.datapath, scopes, _expanded(settings, wanted)), options
+
+
+def parse_request(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
+                  ) -> tuple[Settings, list[Scope], list[Wanted], RunOptions]:
+    """The settings, the dataset splits, the checkpoints as named (directories and globs not
+    yet listed), the run options."""
     # a flag not given is None, so the config file decides; --image-to-image can only turn it on
     given = {name: flags.get(name) for name in _SETTING_FLAGS}
     settings = build_settings(flags.get("config"), dict(given, image_to_image=given["image_to_image"] or None))
@@ -142,7 +151,7 @@ def parse(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
                                "labelled EXPERIMENT@epoch_N (EXPERIMENT for epoch_latest.pt): drop --label")
     options = RunOptions(flags.get("dry_run", False), flags.get("detach", False), flags.get("gpus") or (),
                          flags.get("json_output", False), flags.get("verbose", False))
-    return settings, cells(settings.datapath, scopes, _expanded(settings, wanted)), options
+    return settings, scopes, wanted, options
 
 
 def _expanded(settings: Settings, wanted: list[Wanted]) -> list[Wanted]:

@@ -51,7 +51,7 @@ def test_every_setting_can_come_from_the_config_file(tmp_path):
               "activate": "echo ready", "python": "python3", "remote_output_dir": "/o", "device": "cpu",
               "gpu": 1, "results_dir": "r", "img_batch_size": 2, "text_batch_size": 3,
               "context_length": 4, "top_k": 5, "eval_batch_size": 6, "connect_timeout": 7.5,
-              "step_timeout": 8, "reconnect_timeout": 9, "knn": "fast", "image_to_image": True, "executor": "ssh", "vision_model": "RN50",
+              "step_timeout": 8, "reconnect_timeout": 9, "watch_settle": 10, "watch_interval": 11.5, "knn": "fast", "image_to_image": True, "executor": "ssh", "vision_model": "RN50",
               "text_model": "RBT3-chinese", "models": {"team": {"path": "experiments/t/checkpoints/epoch_latest.pt"}}}
     assert set(values) == set(CONFIG_KEYS), "this test must cover every key"
     text = "".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items())
@@ -183,7 +183,7 @@ def test_wrong_type_names_the_key_and_the_file(tmp_path, text, key):
 
 
 @pytest.mark.parametrize("key", ["img_batch_size", "text_batch_size", "context_length", "top_k",
-                                 "eval_batch_size", "connect_timeout", "step_timeout", "reconnect_timeout"])
+                                 "eval_batch_size", "connect_timeout", "step_timeout", "reconnect_timeout", "watch_settle", "watch_interval"])
 @pytest.mark.parametrize("value", [0, -1])
 def test_zero_and_negative_sizes_are_rejected(tmp_path, key, value):
     error, path = config_error(tmp_path, f"{key}: {value}\n")
