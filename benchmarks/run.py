@@ -9,6 +9,7 @@ b. re-run:   a second run of an unchanged checkpoint vs the first          targe
 c. start-up: `python distillation_model_evaluation.py --help`              target <= 0.3 s
 d. KNN at MUGE-valid scale: upstream's two scripts vs --knn fast (benchmarks/knn.py)
                                                                            target >= 20x
+e, f, g (sweeps; with --sweeps, or alone with --sweeps-only): see benchmarks/sweeps.py
 
 The server side is the test bed's: Debian's sshd on 127.0.0.1, a CPU venv with cn_clip
 (EVALKIT_TESTBED_PYTHON, else built under .testbed/), the tiny Flickr30k-CN-format dataset and a
@@ -37,6 +38,8 @@ from evalkit.plan import CHECK_STEPS, build_plan  # noqa: E402
 from evalkit.testbed.builders import build_checkpoint, build_dataset  # noqa: E402
 from evalkit.testbed.server_env import ensure_server_venv, site_packages  # noqa: E402
 from evalkit.testbed.sshd import LoopbackSshd  # noqa: E402
+
+import sweeps  # noqa: E402  (benchmarks/sweeps.py, beside this file)
 
 ALIAS = "evalkit-bench"
 DATASET = "Flickr30k-CN"
@@ -152,7 +155,8 @@ def knn(python: Path, runs: int, work: Path) -> dict:
 
 
 def table(results: dict) -> str:
-    rows = [("a. one-shot run: evalkit / by hand", f"{results['overhead']['ratio']:.3f}", "<= 1.05",
+    rows = [] if "overhead" not in results else [
+            ("a. one-shot run: evalkit / by hand", f"{results['overhead']['ratio']:.3f}", "<= 1.05",
              results["overhead"]["ratio"] <= TARGETS["overhead"]),
             ("   (median of each run / the one beside it)", f"{results['overhead']['median_paired_ratio']:.3f}",
              "<= 1.05", results["overhead"]["median_paired_ratio"] <= TARGETS["overhead"]),
@@ -160,12 +164,15 @@ def table(results: dict) -> str:
              results["rerun"]["ratio"] <= TARGETS["rerun"]),
             ("c. --help start-up (s)", f"{results['startup']['median']:.3f}", "<= 0.3",
              results["startup"]["median"] <= TARGETS["startup_seconds"])]
+    rows += sweeps.rows(results)
     if "knn" in results:
         ratio = knn_speedup(results["knn"])
         rows.append(("d. KNN at MUGE scale: upstream / --knn fast", f"{ratio:.1f}x", ">= 20x",
                      ratio >= TARGETS["knn_speedup"]))
     lines = [f"{'benchmark':52} {'median':>9} {'target':>8}  met"]
     lines += [f"{name:52} {value:>9} {target:>8}  {'yes' if met else 'NO'}" for name, value, target, met in rows]
+    if "overhead" not in results:
+        return "\n".join(lines)
     outside = results["overhead"]["outside_the_steps"]
     lines += ["", "a. seconds outside the upstream steps (medians)       evalkit   by hand",
               *(f"   {label:50} {outside['tool'][key]:7.3f} {outside['hand'][key]:9.3f}"
@@ -183,6 +190,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=9, help="alternating runs of each side (a, b)")
     parser.add_argument("--knn-runs", type=int, default=3, help="runs of each side for d (minutes each)")
     parser.add_argument("--skip-knn", action="store_true", help="leave out d")
+    parser.add_argument("--sweeps", action="store_true", help="also e, f, g (benchmarks/sweeps.py)")
+    parser.add_argument("--sweeps-only", action="store_true", help="only e, f, g")
+    parser.add_argument("--sweep-cells", type=int, default=100, help="reused cells of g")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "run.json")
     return parser.parse_args()
 
@@ -204,10 +214,13 @@ def main() -> None:
         with LoopbackSshd(work / "sshd") as sshd:
             bed = Bed(work, python, sshd)
             results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                   "python": platform.python_version()},
-                       "runs": args.runs, "overhead": overhead(bed, args.runs), "rerun": rerun(bed, args.runs),
-                       "startup": startup(args.runs)}
-        if not args.skip_knn:
+                                   "python": platform.python_version()}, "runs": args.runs}
+            if not args.sweeps_only:
+                results.update(overhead=overhead(bed, args.runs), rerun=rerun(bed, args.runs),
+                               startup=startup(args.runs))
+            if args.sweeps or args.sweeps_only:
+                results.update(sweep=sweeps.sweep_vs_loop(bed), reused_sweep=sweeps.reused_sweep(bed, args.sweep_cells))
+        if not args.skip_knn and not args.sweeps_only:
             results["knn"] = knn(python, args.knn_runs, work)
     print(table(results))
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -99,3 +99,13 @@ def test_results_best_and_model_filters(epochs_results, args, labels):
 def test_results_for_an_unknown_model_says_so(epochs_results):
     shown = results_command("--results-dir", str(epochs_results), "--model", "nobody")
     assert shown.exit_code == NothingEvaluated.exit_code and "for nobody" in shown.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--model-path", "/e/t/checkpoints", "--until-epoch", "3"), "--until-epoch ends a --watch: add --watch"),
+    (("--model-path", "/e/t/checkpoints/epoch_1.pt", "--watch"), "--watch needs a checkpoints directory or a quoted glob"),
+    (("--model-path", "/e/t/checkpoints", "--watch", "--dry-run"), "--watch runs until stopped: drop --dry-run"),
+])
+def test_watch_usage_errors_come_before_connecting(args, says):
+    result = evaluate("--host", "no-such-host-evalkit.invalid", *args)
+    assert result.exit_code == 2 and says in result.stderr, result.stderr

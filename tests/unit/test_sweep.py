@@ -2,7 +2,7 @@
 server's lister run on real files (hard links, copies, a half-written file)."""
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -14,10 +14,11 @@ import pytest
 from evalkit.checkpoint_sets import MARKER, patterns_of
 from evalkit.config import Settings
 from evalkit.errors import MissingInput
-from evalkit.evaluation import Scope, Wanted
+from evalkit.evaluation import Evaluation, Scope, Wanted
 from evalkit.progress import last_marked_json
+from evalkit.store import LocalStore
 from evalkit.sweep import Alias, Listed, cells, choose, describe_alias, epoch_of_stem, expanded, is_checkpoint_set, \
-    order_key
+    is_settled, order_key, reached
 from evalkit.uploads import script_source
 
 CKPTS = "/d/experiments/team/checkpoints"
@@ -125,3 +126,31 @@ def test_the_server_lister_on_real_files(tmp_path):
     assert sorted(Path(f["path"]).name for f in by_glob["files"]) == ["epoch_1.pt", "epoch_2.pt"]
     assert nothing["kind"] == "glob" and nothing["files"] == []
     assert all(f["zip"] is False for f in by_dir["files"])  # random bytes: no zip directory
+
+
+@pytest.mark.parametrize("mtime_s, is_zip, settled", [(40, True, True), (41, True, True), (42, True, False),
+                                                      (0, False, False), (100, True, False)])
+def test_watch_takes_a_file_untouched_for_watch_settle_seconds_with_its_zip_directory(mtime_s, is_zip, settled):
+    entry = Listed("/c/epoch_1.pt", 10, mtime_s * 10**9, is_zip=is_zip)
+    assert is_settled(entry, server_now_ns=101 * 10**9, settle=60) is settled
+
+
+@pytest.mark.parametrize("names, until, ends", [
+    (["epoch_1.pt", "epoch_latest.pt"], 2, False), (["epoch_1.pt", "epoch_2.pt"], 2, True),
+    (["epoch_3.pt"], 2, True), (["epoch_9.pt"], None, False), ([], 0, False), (["epoch_0.pt"], 0, True),
+])
+def test_the_watch_ends_once_epoch_n_or_later_was_evaluated(names, until, ends):
+    assert reached([f"{CKPTS}/{name}" for name in names], until) is ends
+
+
+def test_watched_checkpoints_are_kept_per_dataset_split_with_their_size_and_mtime(tmp_path):
+    store, settings = LocalStore(tmp_path), Settings(host="h")
+    cell = Evaluation("A", "valid", f"{CKPTS}/epoch_1.pt")
+    assert not store.was_watched(settings, cell, 10, 5)
+    store.mark_watched(settings, cell, 10, 5)
+    assert LocalStore(tmp_path).was_watched(settings, cell, 10, 5)  # across restarts: a file
+    assert not store.was_watched(settings, cell, 10, 6)             # rewritten: evaluated again
+    assert not store.was_watched(settings, dataclasses.replace(cell, split="test"), 10, 5)
+    assert not store.was_watched(Settings(host="other"), cell, 10, 5)
+    (tmp_path / "runs" / "watched-checkpoints.json").write_text("{damaged")
+    assert not store.was_watched(settings, cell, 10, 5)

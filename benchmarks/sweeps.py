@@ -1,0 +1,104 @@
+"""Sweep benchmarks (rows e, f, g of issue 15), on benchmarks/run.py's loopback bed.
+
+e. a sweep of 6 checkpoints in one command / the same 6 as one-shot commands in a shell loop
+   (each side on its own server output root: nothing reused)                     target <= 0.95
+f. re-running that finished sweep after a 7th epoch appeared / one evaluation of epoch 7 alone
+                                                                                   target <= 1.2
+g. evalkit's peak RSS during a sweep of N (100) checkpoints whose cells are all reused, and its
+   time per reused cell                                                            target <= 150 MiB
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY = ROOT / "distillation_model_evaluation.py"
+TARGETS = {"sweep_vs_loop": 0.95, "new_epoch_rerun": 1.2, "peak_rss_mib": 150.0}
+
+
+def _evalkit(bed, config: Path, model_path: Path | str) -> float:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, str(ENTRY), "--config", str(config), "--model-path", str(model_path)],
+                          capture_output=True, text=True, cwd=bed.work)
+    if done.returncode != 0:
+        sys.exit(f"sweep benchmark failed ({done.returncode}): {done.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def _epochs(bed, name: str, seeds: range) -> Path:
+    from evalkit.testbed.builders import build_checkpoint
+    folder = bed.checkpoint.parents[2] / name / "checkpoints"
+    for seed in seeds:  # distinct weights: copies of one file would be aliases, evaluated once
+        build_checkpoint(bed.python, folder / f"epoch_{seed}.pt", seed=seed)
+    return folder
+
+
+def sweep_vs_loop(bed) -> dict:
+    folder = _epochs(bed, "sweep", range(1, 7))
+    sweep = _evalkit(bed, bed.config("sweep-e", remote_output_dir=str(bed.work / "out-sweep")), folder)
+    loop_config = bed.config("loop-e", remote_output_dir=str(bed.work / "out-loop"))
+    loop = sum(_evalkit(bed, loop_config, folder / f"epoch_{epoch}.pt") for epoch in range(1, 7))
+    seven = _epochs(bed, "sweep", range(7, 8)) / "epoch_7.pt"
+    rerun = _evalkit(bed, bed.config("sweep-e"), folder)
+    alone = _evalkit(bed, bed.config("alone-f", remote_output_dir=str(bed.work / "out-alone")), seven)
+    return {"sweep_seconds": sweep, "loop_seconds": loop, "ratio": sweep / loop,
+            "rerun_with_new_epoch_seconds": rerun, "new_epoch_alone_seconds": alone, "rerun_ratio": rerun / alone}
+
+
+def reused_sweep(bed, count: int) -> dict:
+    """COUNT small distinct checkpoint files whose cells are all reused: each gets a copy of one
+    real evaluation's server directory, its manifest rewritten for it (as if it had been extracted)."""
+    from evalkit.plan import checkpoint_output_dir
+    config = bed.config("reused-g", remote_output_dir=str(bed.work / "out-reused"))
+    _evalkit(bed, config, bed.checkpoint)
+    settings = bed.settings.__class__(**{**vars(bed.settings), "remote_output_dir": str(bed.work / "out-reused")})
+    source = Path(checkpoint_output_dir(settings, "Flickr30k-CN", "valid", str(bed.checkpoint)))
+    folder = bed.checkpoint.parents[2] / "reused" / "checkpoints"
+    folder.mkdir(parents=True)
+    for epoch in range(1, count + 1):
+        checkpoint = folder / f"epoch_{epoch}.pt"
+        checkpoint.write_bytes(epoch.to_bytes(4, "big") * 256)
+        target = Path(checkpoint_output_dir(settings, "Flickr30k-CN", "valid", str(checkpoint)))
+        shutil.copytree(source, target, copy_function=shutil.copy2)
+        manifest = (target / "manifest.json").read_text().replace(str(source), str(target))
+        manifest = json.loads(manifest.replace(str(bed.checkpoint), str(checkpoint)))
+        info = checkpoint.stat()
+        manifest["checkpoint"] = {"path": str(checkpoint), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+        (target / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
+    # a fresh parent whose only child is evalkit: ru_maxrss of children is the largest child's peak
+    measure = ("import resource, subprocess, sys, time; started = time.perf_counter(); "
+               "done = subprocess.run(sys.argv[1:], capture_output=True); "
+               "print(done.returncode, time.perf_counter() - started, "
+               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", measure, sys.executable, str(ENTRY), "--config", str(config),
+                           "--model-path", str(folder)], capture_output=True, text=True, cwd=bed.work, check=True)
+    code, seconds, peak_kib = done.stdout.split()
+    if code != "0":
+        sys.exit(f"the reused sweep failed with exit {code}")
+    return {"checkpoints": count, "seconds": float(seconds), "seconds_per_cell": float(seconds) / count,
+            "peak_rss_mib": int(peak_kib) / 1024}
+
+
+def rows(results: dict) -> list[tuple[str, str, str, bool]]:
+    found = []
+    if "sweep" in results:
+        sweep = results["sweep"]
+        found += [("e. sweep of 6 / the 6 one-shot in a loop", f"{sweep['ratio']:.3f}", "<= 0.95",
+                   sweep["ratio"] <= TARGETS["sweep_vs_loop"]),
+                  ("f. finished sweep + 1 new epoch / that epoch alone", f"{sweep['rerun_ratio']:.3f}", "<= 1.2",
+                   sweep["rerun_ratio"] <= TARGETS["new_epoch_rerun"])]
+    if "reused_sweep" in results:
+        reused = results["reused_sweep"]
+        found.append((f"g. peak RSS, {reused['checkpoints']} reused cells (MiB)", f"{reused['peak_rss_mib']:.0f}",
+                      "<= 150", reused["peak_rss_mib"] <= TARGETS["peak_rss_mib"]))
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit("run through benchmarks/run.py --sweeps")

@@ -1,0 +1,63 @@
+"""--watch on the real test bed: a checkpoint written while evalkit watches is evaluated once it
+is complete, never while half of it is written (even left alone past watch_settle), the watch
+ends at --until-epoch, and a restart skips what was evaluated unchanged."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import ENTRY_SCRIPT, start_interruptible
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(path, process, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear within {seconds} s"
+        time.sleep(0.5)
+
+
+def test_watch_takes_a_new_epoch_once_complete_and_skips_it_after_a_restart(testbed, second_checkpoint, tmp_path):
+    folder = tmp_path / "watched" / "experiments" / "live_exp" / "checkpoints"
+    folder.mkdir(parents=True)
+    os.link(testbed.checkpoint, folder / "epoch_1.pt")
+    os.utime(folder / "epoch_1.pt", (time.time() - 10, time.time() - 10))  # written before the watch
+    testbed.write_config(watch_settle=3, watch_interval=1)
+    argv = [sys.executable, str(ENTRY_SCRIPT), "--config", str(testbed.config), "--model-path", str(folder),
+            "--watch", "--until-epoch", "2"]
+    results = testbed.results_dir / "Flickr30k-CN" / "valid"
+    watcher = start_interruptible(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, cwd=testbed.results_dir.parent)
+    try:
+        wait_for(results / "live_exp@epoch_1" / "summary.json", watcher, 600)
+        data = second_checkpoint.read_bytes()
+        with open(folder / "epoch_2.pt", "wb") as half:  # a writer that stalls half-way, past watch_settle
+            half.write(data[: len(data) // 2])
+        time.sleep(6)
+        assert not (results / "live_exp@epoch_2").exists()
+        with open(folder / "epoch_2.pt", "ab") as rest:
+            rest.write(data[len(data) // 2:])
+        stdout, stderr = watcher.communicate(timeout=600)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert watcher.returncode == 0, stderr
+    assert "failed" not in stdout, stdout
+    summary = json.loads((results / "live_exp@epoch_2" / "summary.json").read_text())
+    assert summary["checkpoint"] == str(folder / "epoch_2.pt")
+    comparison = json.loads((results / "comparison.json").read_text())
+    assert [(row["label"], row["epoch"]) for row in comparison["models"]] == [("live_exp@epoch_1", 1),
+                                                                              ("live_exp@epoch_2", 2)]
+    assert "live_exp  " in stdout  # the trend line under the table
+    logs = sorted((testbed.results_dir / "logs").iterdir())
+
+    again = testbed.evaluate("--model-path", str(folder), "--watch", "--until-epoch", "2", timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert sorted((testbed.results_dir / "logs").iterdir()) == logs  # nothing evaluated again
