@@ -10,15 +10,7 @@ from click.testing import CliRunner
 
 from evalkit.cli import evaluate_command, main
 from evalkit.errors import NothingEvaluated
-
-
-def write_summary(results: Path, dataset: str, split: str, label: str, r1: float) -> None:
-    folder = results / dataset / split / label
-    folder.mkdir(parents=True)
-    recall = {"r1": r1, "r5": 80.0, "r10": 90.0, "mean_recall": (r1 + 170) / 3}
-    (folder / "summary.json").write_text(json.dumps({
-        "label": label, "checkpoint": f"/c/{label}.pt", "recall": {"text_to_image": recall, "image_to_text": recall},
-        "server_output_dir": f"/out/{label}", "timestamp": "2026-11-27T00:00:00+00:00"}))
+from test_compare_cli import write_summary  # tests/cli is on sys.path, as for every test module there
 
 
 @pytest.fixture(autouse=True)
