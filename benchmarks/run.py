@@ -192,6 +192,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-knn", action="store_true", help="leave out d")
     parser.add_argument("--sweeps", action="store_true", help="also e, f, g (benchmarks/sweeps.py)")
     parser.add_argument("--sweeps-only", action="store_true", help="only e, f, g")
+    parser.add_argument("--sweep-size", type=int, default=6, help="checkpoints of e (then one more for f)")
     parser.add_argument("--sweep-cells", type=int, default=100, help="reused cells of g")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "run.json")
     return parser.parse_args()
@@ -219,7 +220,8 @@ def main() -> None:
                 results.update(overhead=overhead(bed, args.runs), rerun=rerun(bed, args.runs),
                                startup=startup(args.runs))
             if args.sweeps or args.sweeps_only:
-                results.update(sweep=sweeps.sweep_vs_loop(bed), reused_sweep=sweeps.reused_sweep(bed, args.sweep_cells))
+                results.update(sweep=sweeps.sweep_vs_loop(bed, args.sweep_size),
+                               reused_sweep=sweeps.reused_sweep(bed, args.sweep_cells))
         if not args.skip_knn and not args.sweeps_only:
             results["knn"] = knn(python, args.knn_runs, work)
     print(table(results))
