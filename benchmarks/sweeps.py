@@ -44,11 +44,12 @@ def _epochs(bed, name: str, seeds: range) -> Path:
 def sweep_vs_loop(bed, size: int = 6) -> dict:
     folder = _epochs(bed, "sweep", range(1, size + 1))
     shown: list[str] = []
-    sweep = _evalkit(bed, bed.config("sweep-e", remote_output_dir=str(bed.work / "out-sweep")), folder)
+    sweep_config = bed.config("sweep-e", remote_output_dir=str(bed.work / "out-sweep"))
+    sweep = _evalkit(bed, sweep_config, folder)
     loop_config = bed.config("loop-e", remote_output_dir=str(bed.work / "out-loop"))
     loop = sum(_evalkit(bed, loop_config, folder / f"epoch_{epoch}.pt") for epoch in range(1, size + 1))
     new = _epochs(bed, "sweep", range(size + 1, size + 2)) / f"epoch_{size + 1}.pt"
-    rerun = _evalkit(bed, bed.config("sweep-e"), folder, shown)
+    rerun = _evalkit(bed, sweep_config, folder, shown)
     alone = _evalkit(bed, bed.config("alone-f", remote_output_dir=str(bed.work / "out-alone")), new)
     return {"checkpoints": size, "sweep_seconds": sweep, "loop_seconds": loop, "ratio": sweep / loop,
             "rerun_with_new_epoch_seconds": rerun, "new_epoch_alone_seconds": alone, "rerun_ratio": rerun / alone,
