@@ -134,9 +134,11 @@ def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) 
         results = _run_many(out, settings, evaluations, options)
     documents = []
     for (dataset, split), rows in by_dataset_split(evaluations, results).items():
-        compared = len(rows) > 1 and "recall" in evaluations[0].stages
-        document, written = gpu_queue.compare(LocalStore.of(settings), rows, dataset, split, save=compared)
-        if compared:
+        # a matrix of one checkpoint shows a table per dataset split too; a file keeps only comparisons
+        shown = len(results) > 1 and "recall" in evaluations[0].stages
+        document, written = gpu_queue.compare(LocalStore.of(settings), rows, dataset, split,
+                                              save=shown and len(rows) > 1)
+        if shown:
             view.show_comparison(out, document, written)
             view.show_trends(out, trends([row.result for row in document.rows]))
         documents.append(document.to_dict())
