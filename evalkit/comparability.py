@@ -2,8 +2,8 @@
 
 Two rows compare only when their numbers were made the same way: the same images and texts
 (the dataset's fingerprints), context length, precision, KNN mode, upstream scripts and top_k.
-Each fact is compared with the value most rows share (the first row's on a tie); a row that
-differs gets a footnote naming the difference. A row without provenance (evaluated before
+Each fact is compared with the value most rows share; a row that differs gets a footnote naming
+the difference (without a majority, e.g. two rows, every row gets one). A row without provenance (evaluated before
 evalkit recorded it) beside rows with one gets a footnote saying so, and is not refused for it.
 """
 from __future__ import annotations
@@ -53,10 +53,13 @@ def differences(results: list[ModelResult]) -> dict[str, list[str]]:
         known = [value for value in values.values() if value is not None]
         if len(set(known)) < 2:
             continue
-        common = Counter(known).most_common(1)[0][0]
+        common, count = Counter(known).most_common(1)[0]
+        majority = common if count * 2 > len(known) else None  # on a tie, every row differs from the others
         for label, value in values.items():
-            if value is not None and value != common:
-                found.setdefault(label, []).append(f"{name} {show(value)} (the others: {show(common)})")
+            if value is None or value == majority:
+                continue
+            others = majority if majority is not None else next(v for v in known if v != value)
+            found.setdefault(label, []).append(f"{name} {show(value)} (the others: {show(others)})")
     return found
 
 

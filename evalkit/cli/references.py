@@ -20,7 +20,7 @@ def _to_references(ctx: click.Context, param: click.Parameter, value: tuple[str,
             raise click.BadParameter(f"no published result is named {name!r}; known: {', '.join(names())} "
                                      "(python -m evalkit references lists them with their numbers)")
         found.append(reference)
-    return tuple(dict.fromkeys(found))
+    return tuple({reference.name: reference for reference in found}.values())  # each once
 
 
 def reference_option(command: Callable) -> Callable:
