@@ -91,7 +91,12 @@ def test_provenance_warnings_comparability_and_references(testbed, git_checkout,
                                                                  "print(m.version('cn_clip'))"),
                                  "path": str(root / "cn_clip")}
     assert server["chinese_clip_git"] == {"commit": commit, "dirty": False, "toplevel": str(root)}
-    assert server["gpu"] == ("cpu" if DEVICE == "cpu" else server["gpu"])
+    if DEVICE == "cpu":
+        assert server["gpu"] == "cpu"
+    else:  # EVALKIT_TEST_DEVICE=cuda: GPU 0 as nvidia-smi names it
+        smi = subprocess.run(["nvidia-smi", "-i", "0", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             check=True, capture_output=True, text=True).stdout.splitlines()[0]
+        assert [server["gpu"]["name"], server["gpu"]["driver"]] == [part.strip() for part in smi.rsplit(",", 1)]
     assert found["upstream_scripts_sha256"] == {name: sha256(root / "cn_clip" / "eval" / name) for name in SCRIPTS}
     # the dataset: its counts, the texts' SHA-256 and the LMDB's records
     dataset_dir = testbed.datapath / "datasets" / spec.name
