@@ -246,10 +246,10 @@ def to_csv(comparison: Comparison) -> str:
         result = row.result
         values = [result.recall.get(d, {}).get(m, "") for d, m in comparison.columns]
         deltas = [(row.delta or {}).get(d, {}).get(m, "") for d, m in comparison.columns] if delta_keys else []
-        notes_ = [*comparison.footnotes.get(row.label, []), *result.warnings]
+        row_notes = [*comparison.footnotes.get(row.label, []), *result.warnings]
         comparable = not any(note != comparability.UNKNOWN for note in comparison.footnotes.get(row.label, []))
         writer.writerow([result.label, result.status, *values, *deltas, result.checkpoint, result.error or "",
-                         *((comparable, " | ".join(notes_)) if annotated else ())])
+                         *((comparable, " | ".join(row_notes)) if annotated else ())])
     for reference in comparison.references:
         values = [reference["recall"].get(d, {}).get(m, "") for d, m in comparison.columns]
         deltas = [((reference["delta"] or {}).get(d) or {}).get(m, "") for d, m in comparison.columns] \

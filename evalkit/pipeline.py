@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
-import posixpath
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,13 +192,12 @@ def _evalkit_version() -> str:
 def _keep_provenance(session: Session, record: RunRecord, origin: dict | None) -> None:
     """Beside the run's files on the server, so that `attach` (from any laptop) records it too."""
     if origin is not None:
-        session.write_bytes(posixpath.join(record.server_run_dir, PROVENANCE_FILE),
-                            json.dumps(origin, ensure_ascii=False).encode("utf-8"))
+        session.write_bytes(_remote(record).path(PROVENANCE_FILE), json.dumps(origin, ensure_ascii=False).encode())
 
 
 def _kept_provenance(session: Session, record: RunRecord) -> dict | None:
     try:
-        kept = json.loads(session.read_bytes(posixpath.join(record.server_run_dir, PROVENANCE_FILE)))
+        kept = json.loads(session.read_bytes(_remote(record).path(PROVENANCE_FILE)))
     except (FileNotFoundError, ValueError):
         return None  # a run started by an evalkit that kept none
     return kept if isinstance(kept, dict) else None
