@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from .plan import DIRECTION_TITLES
+from .significance import half_width, is_significant, significance
 
 BASELINE = "baseline"
 METRICS = ("r1", "r5", "r10", "mean_recall")
@@ -15,6 +16,7 @@ SHORT_DIRECTIONS = {"text_to_image": "t2i", "image_to_text": "i2t", "image_to_im
 COLUMNS = tuple((direction, metric) for direction in ("text_to_image", "image_to_text") for metric in METRICS)
 # a column group of its own, shown when some model has image→image numbers (--image-to-image)
 IMAGE_COLUMNS = tuple(("image_to_image", metric) for metric in (*METRICS, "map10"))
+MARKDOWN_MARKER = "\\*"  # a bare * would start emphasis
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class ModelResult:
     finished_at: str | None = None
     server_output_dir: str | None = None
     checkpoint_chosen_by: str | None = None       # evaluation.NAMED, LAST_EXTRACT or SERVER_LATEST
+    ci95: dict[str, dict[str, list[float]]] | None = None  # direction -> metric -> [low, high], percent
+    # query_hits.json's directions (significance.parse_query_hits): what paired tests read; not shown
+    query_hits: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -39,6 +44,9 @@ class ModelResult:
     def value(self, direction: str, metric: str) -> float | None:
         return self.recall.get(direction, {}).get(metric)
 
+    def interval(self, direction: str, metric: str) -> list[float] | None:
+        return (self.ci95 or {}).get(direction, {}).get(metric)
+
 
 @dataclass(frozen=True)
 class Row:
@@ -46,6 +54,8 @@ class Row:
 
     result: ModelResult
     delta: dict[str, dict[str, float]] | None = None  # direction -> metric -> points
+    # against the baseline, on the same queries: direction -> metric -> {"delta", "p_value"}
+    significance: dict[str, dict[str, dict[str, float]]] | None = None
 
     @property
     def label(self) -> str:
@@ -67,17 +77,38 @@ class Comparison:
     def to_dict(self) -> dict:
         """comparison.json's document (and --json's)."""
         return {"dataset": self.dataset, "split": self.split, "generated_at": self.generated_at,
-                "baseline": self.baseline, "models": [dict(asdict(row.result), delta=row.delta) for row in self.rows],
+                "baseline": self.baseline, "models": [_model_dict(row) for row in self.rows],
                 "best": self.best}
 
+    @property
+    def has_significance(self) -> bool:
+        return any(row.significance for row in self.rows)
 
-def build_comparison(results: list[ModelResult], dataset: str, split: str, generated_at: str) -> Comparison:
-    """Rows in the order given, best labels per column, deltas against the baseline."""
-    baseline = next((r for r in results if r.label == BASELINE and r.ok), None)
+    @property
+    def has_intervals(self) -> bool:
+        return any(row.result.ci95 for row in self.rows)
+
+
+def _model_dict(row: Row) -> dict:
+    found = dict(asdict(row.result), delta=row.delta)
+    del found["query_hits"]  # the raw hits stay in query_hits.json beside the summary
+    if not found["ci95"]:
+        del found["ci95"]
+    if row.significance:
+        found["significance"] = row.significance
+    return found
+
+
+def build_comparison(results: list[ModelResult], dataset: str, split: str, generated_at: str,
+                     baseline_label: str = BASELINE) -> Comparison:
+    """Rows in the order given, best labels per column, deltas against the baseline (the row
+    labelled BASELINE_LABEL) and, where both ran on the same queries, their significance."""
+    baseline = next((r for r in results if r.label == baseline_label and r.ok), None)
     columns = COLUMNS + (IMAGE_COLUMNS if any("image_to_image" in r.recall for r in results) else ())
-    rows = tuple(Row(result, _delta(result, baseline, columns) if baseline and result is not baseline else None)
-                 for result in results)
-    return Comparison(dataset, split, generated_at, BASELINE if baseline else None, rows,
+    rows = tuple(Row(result, _delta(result, baseline, columns),
+                     significance(result.query_hits, baseline.query_hits) if result.ok else None)
+                 if baseline and result is not baseline else Row(result) for result in results)
+    return Comparison(dataset, split, generated_at, baseline_label if baseline else None, rows,
                       {column_key(*column): _best(results, *column) for column in columns}, columns)
 
 
@@ -106,18 +137,38 @@ def _delta(result: ModelResult, baseline: ModelResult,
     return delta
 
 
-def cell(comparison: Comparison, row: Row, direction: str, metric: str, bold=("**", "**")) -> str:
-    """'45.20', '**45.20**' for the column's best, '45.20 (+1.10)' against the baseline."""
+def cell(comparison: Comparison, row: Row, direction: str, metric: str, bold=("**", "**"),
+         marker: str = "*") -> str:
+    """'45.20', '**45.20**' for the column's best, '45.20 (+1.10)' against the baseline; with
+    per-query hits '45.20 ±1.4' (the 95% interval's half-width) and '(+1.10*)' when p < 0.05."""
     value = row.result.value(direction, metric)
     if value is None:
         return "–"
     text = f"{value:.2f}"
     if row.label in comparison.best[column_key(direction, metric)]:
         text = f"{bold[0]}{text}{bold[1]}"
+    spread = half_width(row.result.interval(direction, metric))
+    if spread is not None:
+        text += f" ±{spread:.1f}"
     delta = (row.delta or {}).get(direction, {}).get(metric)
     if delta is not None:
-        text += f" ({delta:+.2f})"
+        text += f" ({delta:+.2f}{marker if is_significant(p_value(row, direction, metric)) else ''})"
     return text
+
+
+def p_value(row: Row, direction: str, metric: str) -> float | None:
+    return (row.significance or {}).get(direction, {}).get(metric, {}).get("p_value")
+
+
+def footnote(comparison: Comparison, marker: str = "*") -> str | None:
+    """What ± and the marker mean, under a table that shows them."""
+    notes = []
+    if comparison.has_intervals:
+        notes.append("±: half-width of the 95% bootstrap interval over the queries")
+    if comparison.has_significance:
+        notes.append(f"{marker}: differs from {comparison.baseline} with p < 0.05 on the same queries "
+                     "(exact McNemar test for R@k, paired bootstrap for MR)")
+    return "; ".join(notes) or None
 
 
 def failed_cell(row: Row) -> str:
@@ -137,9 +188,10 @@ def to_markdown(comparison: Comparison) -> str:
         if not row.result.ok:
             cells = [failed_cell(row)] + ["–"] * (len(comparison.columns) - 1)
         else:
-            cells = [cell(comparison, row, d, m) for d, m in comparison.columns]
+            cells = [cell(comparison, row, d, m, marker=MARKDOWN_MARKER) for d, m in comparison.columns]
         lines.append("| " + " | ".join([_markdown_escape(row.label), *cells]) + " |")
-    return "\n".join(lines) + "\n"
+    note = footnote(comparison, marker=MARKDOWN_MARKER)
+    return "\n".join(lines + (["", note] if note else [])) + "\n"
 
 
 def _markdown_escape(text: str) -> str:
@@ -152,10 +204,32 @@ def to_csv(comparison: Comparison) -> str:
     delta_keys = [f"delta_{key}" for key in keys] if comparison.baseline else []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["model", "status", *keys, *delta_keys, "checkpoint", "error"])
+    writer.writerow(["model", "status", *keys, *delta_keys, *_statistics_header(comparison, keys),
+                     "checkpoint", "error"])
     for row in comparison.rows:
         result = row.result
         values = [result.recall.get(d, {}).get(m, "") for d, m in comparison.columns]
         deltas = [(row.delta or {}).get(d, {}).get(m, "") for d, m in comparison.columns] if delta_keys else []
-        writer.writerow([result.label, result.status, *values, *deltas, result.checkpoint, result.error or ""])
+        writer.writerow([result.label, result.status, *values, *deltas, *_statistics(comparison, row),
+                         result.checkpoint, result.error or ""])
     return out.getvalue()
+
+
+def _statistics_header(comparison: Comparison, keys: list[str]) -> list[str]:
+    """ci95_low_/ci95_high_ and p_ columns, only when some row has them."""
+    intervals = [f"ci95_{end}_{key}" for key in keys for end in ("low", "high")] if comparison.has_intervals else []
+    return intervals + ([f"p_{key}" for key in keys] if comparison.has_significance else [])
+
+
+def _statistics(comparison: Comparison, row: Row) -> list:
+    found: list = []
+    if comparison.has_intervals:
+        for direction, metric in comparison.columns:
+            found += row.result.interval(direction, metric) or ["", ""]
+    if comparison.has_significance:
+        found += [_blank_if_none(p_value(row, d, m)) for d, m in comparison.columns]
+    return found
+
+
+def _blank_if_none(value):
+    return "" if value is None else value
