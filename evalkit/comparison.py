@@ -7,7 +7,7 @@ import io
 from dataclasses import asdict, dataclass, field
 
 from .plan import DIRECTION_TITLES
-from .significance import half_width, is_significant, significance
+from .significance import is_significant, plus_minus, significance
 
 BASELINE = "baseline"
 METRICS = ("r1", "r5", "r10", "mean_recall")
@@ -147,9 +147,7 @@ def cell(comparison: Comparison, row: Row, direction: str, metric: str, bold=("*
     text = f"{value:.2f}"
     if row.label in comparison.best[column_key(direction, metric)]:
         text = f"{bold[0]}{text}{bold[1]}"
-    spread = half_width(row.result.interval(direction, metric))
-    if spread is not None:
-        text += f" ±{spread:.1f}"
+    text += plus_minus(row.result.interval(direction, metric))
     delta = (row.delta or {}).get(direction, {}).get(metric)
     if delta is not None:
         text += f" ({delta:+.2f}{marker if is_significant(p_value(row, direction, metric)) else ''})"

@@ -149,6 +149,12 @@ def half_width(interval: list[float] | None) -> float | None:
     return None if not interval else (interval[1] - interval[0]) / 2
 
 
+def plus_minus(interval: list[float] | None) -> str:
+    """' ±1.4' after a value (one decimal: the interval is itself an estimate); '' without one."""
+    spread = half_width(interval)
+    return "" if spread is None else f" ±{spread:.1f}"
+
+
 def best_versus_runner_up(candidates: dict[str, tuple[float, dict | None]], direction: str,
                           metric: str, resamples: int = RESAMPLES) -> dict | None:
     """For a sweep's best-epoch mark: CANDIDATES label -> (value, query hits). The best and the

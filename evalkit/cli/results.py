@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .. import clock, view
-from ..comparison import build_comparison, to_csv, to_markdown
+from ..comparison import BASELINE, build_comparison, to_csv, to_markdown
 from ..config import build_settings
 from ..errors import NothingEvaluated
 from ..evaluation import SPLITS
@@ -25,14 +25,17 @@ RESULT_FORMATS = ("table", "markdown", "csv", "json")
 @click.option("--split", type=click.Choice(SPLITS), help="only this split")
 @click.option("--format", "output_format", type=click.Choice(RESULT_FORMATS), default="table",
               show_default=True, help="markdown and csv paste into a paper or a spreadsheet")
+@click.option("--baseline", default=BASELINE, show_default=True, metavar="NAME",
+              help="the label the others are compared with: deltas, and their significance on the same queries")
 @debug_option
 @guarded
 def results(config: Path | None, results_dir: str | None, dataset_name: str | None, split: str | None,
-            output_format: str, debug: bool) -> None:
+            output_format: str, baseline: str, debug: bool) -> None:
     """Compare everything evaluated so far, from the local results folder (no connection).
 
     One table per dataset and split: a row per label (its newest run), the best of each
-    column highlighted, deltas against `baseline` when there is one.
+    column highlighted, deltas against `baseline` (or --baseline NAME) when there is one, marked
+    when significant (p < 0.05) on the same queries, and each value's 95% interval (±).
     """
     settings = build_settings(config, {"results_dir": results_dir})
     store = LocalStore.of(settings)
@@ -43,7 +46,8 @@ def results(config: Path | None, results_dir: str | None, dataset_name: str | No
                                "evaluate first, or point --results-dir / --config at your results folder")
     out, _ = view.make_consoles()
     registry = list(settings.models)
-    documents = [build_comparison(_in_registry_order(rows, registry), dataset, split_name, clock.timestamp())
+    documents = [build_comparison(_in_registry_order(rows, registry), dataset, split_name, clock.timestamp(),
+                                  baseline)
                  for (dataset, split_name), rows in sorted(found.items())]
     for document in documents:
         if output_format == "table":
