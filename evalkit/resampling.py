@@ -67,19 +67,19 @@ def _btrs(rng: random.Random, n: int, p: float) -> int:
 
 
 def multinomial(rng: random.Random, counts: list[int]) -> list[int]:
-    """A resample of sum(COUNTS) items with replacement, as how many of each class it drew."""
-    remaining_items = total = sum(counts)
-    remaining_weight = total
-    drawn = []
-    for count in counts:
-        if remaining_items == 0 or count == 0:
-            drawn.append(0)
-        elif count == remaining_weight:
-            drawn.append(remaining_items)
-            remaining_items = 0
-        else:
-            got = binomial(rng, remaining_items, count / remaining_weight)
-            drawn.append(got)
+    """A resample of sum(COUNTS) items with replacement, as how many of each class it drew.
+    The largest class is drawn last: it takes what is left, without a draw of its own."""
+    remaining_items = remaining_weight = sum(counts)
+    drawn = [0] * len(counts)
+    for index in sorted(range(len(counts)), key=counts.__getitem__):
+        count = counts[index]
+        if remaining_items == 0:
+            break
+        if count == remaining_weight:
+            drawn[index] = remaining_items
+            break
+        if count:
+            drawn[index] = got = binomial(rng, remaining_items, count / remaining_weight)
             remaining_items -= got
-        remaining_weight -= count
+            remaining_weight -= count
     return drawn

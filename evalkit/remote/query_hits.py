@@ -35,34 +35,24 @@ FIELDS = {"text_to_image": (("text_id", "image_ids"), ("text_id", "image_ids")),
           "image_to_text": (("image_id", "text_ids"), ("image_id", "text_ids"))}
 
 
-def read_reference(path: str, fields: tuple) -> Dict[int, List[int]]:
-    """upstream's read_reference: every line, a repeated id keeps its first place and last answers."""
-    reference = {}
+def read_by_id(path: str, fields: tuple) -> Dict[int, List[int]]:
+    """upstream's read_reference (and read_submission's dict): one JSON object per line, a
+    repeated id keeps its first place and its last line's list. One parse of the whole file:
+    a line that is blank or not JSON fails it, as it fails upstream's line-by-line parse."""
     with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            obj = json.loads(line.strip())
-            reference[obj[fields[0]]] = obj[fields[1]]
-    return reference
-
-
-def read_predictions(path: str, fields: tuple) -> Dict[int, List[int]]:
-    predictions = {}
-    with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            obj = json.loads(line.strip())
-            predictions[obj[fields[0]]] = obj[fields[1]]
-    return predictions
+        objects = json.loads("[" + ",".join(line.strip() for line in lines) + "]")
+    return {obj[fields[0]]: obj[fields[1]] for obj in objects}
 
 
 def hit_strings(reference: Dict[int, List[int]], predictions: Dict[int, List[int]]) -> Dict[str, str]:
     """'r1', 'r5', 'r10' -> one '0'/'1' per query in reference order (a query without
     predictions is a KeyError: upstream fails on it too)."""
-    hits = {f"r{k}": [] for k in KS}
+    first_hits = []  # the first rank holding an answer: a hit at k when it is below k
     for qid in reference:
-        answers, top = set(reference[qid]), predictions[qid]
-        for k in KS:
-            hits[f"r{k}"].append("1" if any(idx in top[:k] for idx in answers) else "0")
-    return {key: "".join(values) for key, values in hits.items()}
+        answers = set(reference[qid])
+        first_hits.append(next((rank for rank, idx in enumerate(predictions[qid][:KS[-1]]) if idx in answers),
+                               KS[-1]))
+    return {f"r{k}": "".join("1" if rank < k else "0" for rank in first_hits) for k in KS}
 
 
 def ci95(hits: Dict[str, str], seed: int, resamples: int = RESAMPLES) -> Dict[str, List[float]]:
@@ -92,8 +82,8 @@ def direction_record(direction: str, reference_path: str, predictions_path: str,
     try:
         with open(reference_path, "rb") as raw:
             digest = hashlib.sha256(raw.read()).hexdigest()
-        reference = read_reference(reference_path, reference_fields)
-        hits = hit_strings(reference, read_predictions(predictions_path, prediction_fields))
+        reference = read_by_id(reference_path, reference_fields)
+        hits = hit_strings(reference, read_by_id(predictions_path, prediction_fields))
     except (OSError, ValueError, KeyError, TypeError) as exc:  # upstream's own result says more
         return {"error": f"{type(exc).__name__}: {exc}"}
     return {"queries": len(reference), "reference_sha256": digest, "hits": hits,
