@@ -12,7 +12,6 @@ Standard library only: this runs on the laptop, which has no numpy.
 from __future__ import annotations
 
 import json
-import math
 import random
 
 from .resampling import multinomial

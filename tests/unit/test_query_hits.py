@@ -76,7 +76,7 @@ def test_a_known_large_difference_is_significant(tmp_path):
     def predictions(name: str, rate: float) -> str:
         rows = []
         for t in range(2000):
-            others = [i for i in rng.sample(range(2000, 4000), 10)]
+            others = rng.sample(range(2000, 4000), 10)
             rows.append({"text_id": t, "image_ids": [t, *others[:9]] if rng.random() < rate else others})
         return write_jsonl(tmp_path / name, rows)
 
