@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from . import comparability
 from .plan import DIRECTION_TITLES
+from .significance import is_significant, plus_minus, significance
 
 BASELINE = "baseline"
 METRICS = ("r1", "r5", "r10", "mean_recall")
@@ -16,6 +17,7 @@ SHORT_DIRECTIONS = {"text_to_image": "t2i", "image_to_text": "i2t", "image_to_im
 COLUMNS = tuple((direction, metric) for direction in ("text_to_image", "image_to_text") for metric in METRICS)
 # a column group of its own, shown when some model has image→image numbers (--image-to-image)
 IMAGE_COLUMNS = tuple(("image_to_image", metric) for metric in (*METRICS, "map10"))
+MARKDOWN_MARKER = "\\*"  # a bare * would start emphasis
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class ModelResult:
     checkpoint_chosen_by: str | None = None       # evaluation.NAMED, LAST_EXTRACT or SERVER_LATEST
     provenance: dict | None = None                # summary.json's: what the numbers were made from
     warnings: tuple[str, ...] = ()                # the traps it fell into (traps.py)
+    ci95: dict[str, dict[str, list[float]]] | None = None  # direction -> metric -> [low, high], percent
+    # query_hits.json's directions (significance.parse_query_hits): what paired tests read; not shown
+    query_hits: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -42,6 +47,9 @@ class ModelResult:
     def value(self, direction: str, metric: str) -> float | None:
         return self.recall.get(direction, {}).get(metric)
 
+    def interval(self, direction: str, metric: str) -> list[float] | None:
+        return (self.ci95 or {}).get(direction, {}).get(metric)
+
 
 @dataclass(frozen=True)
 class Row:
@@ -49,6 +57,8 @@ class Row:
 
     result: ModelResult
     delta: dict[str, dict[str, float]] | None = None  # direction -> metric -> points
+    # against the baseline, on the same queries: direction -> metric -> {"delta", "p_value"}
+    significance: dict[str, dict[str, dict[str, float]]] | None = None
 
     @property
     def label(self) -> str:
@@ -78,11 +88,29 @@ class Comparison:
         """comparison.json's document (and --json's)."""
         return {"dataset": self.dataset, "split": self.split, "generated_at": self.generated_at,
                 "baseline": self.baseline,
-                "models": [dict(asdict(row.result), delta=row.delta, footnotes=self.footnotes.get(row.label, []),
-                                metrics=clip_benchmark_metrics(row.result.recall)) for row in self.rows],
+                "models": [_model_dict(row, self.footnotes.get(row.label, [])) for row in self.rows],
                 "best": self.best, "comparable": self.is_comparable,
                 "references": [dict(row, metrics=clip_benchmark_metrics(row["recall"])) for row in self.references],
                 "reference_anchor": self.reference_anchor}
+
+    @property
+    def has_significance(self) -> bool:
+        return any(row.significance for row in self.rows)
+
+    @property
+    def has_intervals(self) -> bool:
+        return any(row.result.ci95 for row in self.rows)
+
+
+def _model_dict(row: Row, footnotes: list[str]) -> dict:
+    found = dict(asdict(row.result), delta=row.delta, footnotes=footnotes,
+                 metrics=clip_benchmark_metrics(row.result.recall))
+    del found["query_hits"]  # the raw hits stay in query_hits.json beside the summary
+    if not found["ci95"]:
+        del found["ci95"]
+    if row.significance:
+        found["significance"] = row.significance
+    return found
 
 
 # CLIP_benchmark's retrieval keys: image retrieval is text→image, text retrieval image→text; fractions.
@@ -96,13 +124,16 @@ def clip_benchmark_metrics(recall: dict[str, dict[str, float]]) -> dict[str, flo
             if f"r{k}" in recall[direction]}
 
 
-def build_comparison(results: list[ModelResult], dataset: str, split: str, generated_at: str) -> Comparison:
-    """Rows in the order given, best labels per column, deltas against the baseline."""
-    baseline = next((r for r in results if r.label == BASELINE and r.ok), None)
+def build_comparison(results: list[ModelResult], dataset: str, split: str, generated_at: str,
+                     baseline_label: str = BASELINE) -> Comparison:
+    """Rows in the order given, best labels per column, deltas against the baseline (the row
+    labelled BASELINE_LABEL) and, where both ran on the same queries, their significance."""
+    baseline = next((r for r in results if r.label == baseline_label and r.ok), None)
     columns = COLUMNS + (IMAGE_COLUMNS if any("image_to_image" in r.recall for r in results) else ())
-    rows = tuple(Row(result, _delta(result, baseline, columns) if baseline and result is not baseline else None)
-                 for result in results)
-    return Comparison(dataset, split, generated_at, BASELINE if baseline else None, rows,
+    rows = tuple(Row(result, _delta(result, baseline, columns),
+                     significance(result.query_hits, baseline.query_hits) if result.ok else None)
+                 if baseline and result is not baseline else Row(result) for result in results)
+    return Comparison(dataset, split, generated_at, baseline_label if baseline else None, rows,
                       {column_key(*column): _best(results, *column) for column in columns}, columns,
                       comparability.footnotes(results))
 
@@ -144,17 +175,20 @@ def _delta(result: ModelResult, baseline: ModelResult,
     return delta
 
 
-def cell(comparison: Comparison, row: Row, direction: str, metric: str, bold=("**", "**")) -> str:
-    """'45.20', '**45.20**' for the column's best, '45.20 (+1.10)' against the baseline."""
+def cell(comparison: Comparison, row: Row, direction: str, metric: str, bold=("**", "**"),
+         marker: str = "*") -> str:
+    """'45.20', '**45.20**' for the column's best, '45.20 (+1.10)' against the baseline; with
+    per-query hits '45.20 ±1.4' (the 95% interval's half-width) and '(+1.10*)' when p < 0.05."""
     value = row.result.value(direction, metric)
     if value is None:
         return "–"
     text = f"{value:.2f}"
     if row.label in comparison.best[column_key(direction, metric)]:
         text = f"{bold[0]}{text}{bold[1]}"
+    text += plus_minus(row.result.interval(direction, metric))
     delta = (row.delta or {}).get(direction, {}).get(metric)
     if delta is not None:
-        text += f" ({delta:+.2f})"
+        text += f" ({delta:+.2f}{marker if is_significant(p_value(row, direction, metric)) else ''})"
     return text
 
 
@@ -178,9 +212,12 @@ def marked_label(comparison: Comparison, label: str) -> str:
     return f"{label} {mark}" if mark else label
 
 
-def notes(comparison: Comparison) -> list[str]:
-    """The lines under the table: footnotes, each row's warnings, where published rows come from."""
-    lines = [f"{mark} {label}: " + "; ".join(comparison.footnotes[label]) for label, mark in marks(comparison).items()]
+def notes(comparison: Comparison, marker: str = "*") -> list[str]:
+    """The lines under the table: what ± and the marker mean, footnotes, each row's warnings,
+    where published rows come from."""
+    statistics = footnote(comparison, marker)
+    lines = [statistics] if statistics else []
+    lines += [f"{mark} {label}: " + "; ".join(comparison.footnotes[label]) for label, mark in marks(comparison).items()]
     lines += [f"warning: {row.label}: {warning}" for row in comparison.rows for warning in row.result.warnings]
     if comparison.references:
         lines.append("published rows: Chinese-CLIP's own results"
@@ -200,6 +237,21 @@ def _source(source: dict) -> str:
            f"row {source['row']}, {source['columns']}"
 
 
+def p_value(row: Row, direction: str, metric: str) -> float | None:
+    return (row.significance or {}).get(direction, {}).get(metric, {}).get("p_value")
+
+
+def footnote(comparison: Comparison, marker: str = "*") -> str | None:
+    """What ± and the marker mean, under a table that shows them."""
+    notes = []
+    if comparison.has_intervals:
+        notes.append("±: half-width of the 95% bootstrap interval over the queries")
+    if comparison.has_significance:
+        notes.append(f"{marker}: differs from {comparison.baseline} with p < 0.05 on the same queries "
+                     "(exact McNemar test for R@k, paired bootstrap for MR)")
+    return "; ".join(notes) or None
+
+
 def failed_cell(row: Row) -> str:
     return f"failed (exit {row.result.exit_code})"
 
@@ -217,12 +269,12 @@ def to_markdown(comparison: Comparison) -> str:
         if not row.result.ok:
             cells = [failed_cell(row)] + ["–"] * (len(comparison.columns) - 1)
         else:
-            cells = [cell(comparison, row, d, m) for d, m in comparison.columns]
+            cells = [cell(comparison, row, d, m, marker=MARKDOWN_MARKER) for d, m in comparison.columns]
         lines.append("| " + " | ".join([_markdown_escape(marked_label(comparison, row.label)), *cells]) + " |")
     for reference in comparison.references:
         cells = [reference_cell(reference, d, m) for d, m in comparison.columns]
         lines.append("| " + " | ".join([f"*{_markdown_escape(reference['label'])}*", *cells]) + " |")
-    below = notes(comparison)
+    below = notes(comparison, marker=MARKDOWN_MARKER)
     return "\n".join(lines + ([""] + [f"{_markdown_escape(line)}  " for line in below] if below else [])) + "\n"
 
 
@@ -240,7 +292,8 @@ def to_csv(comparison: Comparison) -> str:
         delta_keys = [f"delta_{key}" for key in keys]
     annotated = bool(comparison.footnotes or comparison.references
                      or any(row.result.warnings for row in comparison.rows))
-    writer.writerow(["model", "status", *keys, *delta_keys, "checkpoint", "error",
+    statistics_keys = _statistics_header(comparison, keys)
+    writer.writerow(["model", "status", *keys, *delta_keys, *statistics_keys, "checkpoint", "error",
                      *(("comparable", "notes") if annotated else ())])
     for row in comparison.rows:
         result = row.result
@@ -248,12 +301,33 @@ def to_csv(comparison: Comparison) -> str:
         deltas = [(row.delta or {}).get(d, {}).get(m, "") for d, m in comparison.columns] if delta_keys else []
         row_notes = [*comparison.footnotes.get(row.label, []), *result.warnings]
         comparable = not any(note != comparability.UNKNOWN for note in comparison.footnotes.get(row.label, []))
-        writer.writerow([result.label, result.status, *values, *deltas, result.checkpoint, result.error or "",
+        writer.writerow([result.label, result.status, *values, *deltas, *_statistics(comparison, row),
+                         result.checkpoint, result.error or "",
                          *((comparable, " | ".join(row_notes)) if annotated else ())])
     for reference in comparison.references:
         values = [reference["recall"].get(d, {}).get(m, "") for d, m in comparison.columns]
         deltas = [((reference["delta"] or {}).get(d) or {}).get(m, "") for d, m in comparison.columns] \
             if delta_keys else []
-        writer.writerow([reference["label"], "published", *values, *deltas, _source(reference["source"]), "",
-                         not reference["warnings"], " | ".join(reference["warnings"])])
+        writer.writerow([reference["label"], "published", *values, *deltas, *[""] * len(statistics_keys),
+                         _source(reference["source"]), "", not reference["warnings"], " | ".join(reference["warnings"])])
     return out.getvalue()
+
+
+def _statistics_header(comparison: Comparison, keys: list[str]) -> list[str]:
+    """ci95_low_/ci95_high_ and p_ columns, only when some row has them."""
+    intervals = [f"ci95_{end}_{key}" for key in keys for end in ("low", "high")] if comparison.has_intervals else []
+    return intervals + ([f"p_{key}" for key in keys] if comparison.has_significance else [])
+
+
+def _statistics(comparison: Comparison, row: Row) -> list:
+    found: list = []
+    if comparison.has_intervals:
+        for direction, metric in comparison.columns:
+            found += row.result.interval(direction, metric) or ["", ""]
+    if comparison.has_significance:
+        found += [_blank_if_none(p_value(row, d, m)) for d, m in comparison.columns]
+    return found
+
+
+def _blank_if_none(value):
+    return "" if value is None else value

@@ -19,6 +19,7 @@ from .errors import ComparisonIncomplete, EvalkitError
 from .evaluation import Evaluation
 from .outcome import Reporter
 from .store import LocalStore
+from .significance import ci95_of, parse_query_hits
 from .summary import recalls
 
 ReporterFactory = Callable[[Evaluation], Reporter]
@@ -74,11 +75,14 @@ def evaluate_one(settings: Settings, evaluation: Evaluation, reporter: Reporter,
 def model_result(report: pipeline.Report, started_at: str | None = None) -> ModelResult:
     plan = report.outcome.plan
     recall = {direction: dataclasses.asdict(value) for direction, value in recalls(report.outcome).items()}
+    raw_hits = report.outcome.raw_query_hits
+    query_hits = parse_query_hits(raw_hits) if raw_hits else None
     return ModelResult(plan.label, plan.checkpoint, "ok", recall, started_at=started_at,
                        finished_at=clock.timestamp(), server_output_dir=plan.output_dir,
                        checkpoint_chosen_by=report.evaluation.chosen_by,
                        provenance=(report.summary or {}).get("provenance"),
-                       warnings=tuple((report.summary or {}).get("warnings") or ()))
+                       warnings=tuple((report.summary or {}).get("warnings") or ()),
+                       ci95=ci95_of(query_hits), query_hits=query_hits)
 
 
 def compare(store: LocalStore, results: list[ModelResult], dataset: str, split: str,

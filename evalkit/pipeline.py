@@ -252,7 +252,7 @@ def _follow_to_end(session: Session, executor: Executor, record: RunRecord, repo
         return Report(evaluation, outcome, recorder.facts, None, [], log_path)
     origin = build_provenance(_kept_provenance(session, record), settings, evaluation, _evalkit_version())
     summary = build_summary(outcome, evaluation, settings.host, log_path, origin)
-    written = store.save_results(evaluation, plan.label, outcome.raw_results, summary)
+    written = store.save_results(evaluation, plan.label, outcome.raw_results, summary, outcome.raw_query_hits)
     return Report(evaluation, outcome, recorder.facts, summary, written, log_path)
 
 
@@ -277,6 +277,16 @@ def fetch_results(session: Session, run: RemoteRun, outcome: RunOutcome) -> None
                                    "read the step output above") from exc
         outcome.results[direction] = parse_result(raw, path, direction)
         outcome.raw_results[direction] = raw
+    if run.plan.has_query_hits and run.plan.result_files:
+        outcome.raw_query_hits = _read_if_there(session, run.plan.files.query_hits)
+
+
+def _read_if_there(session: Session, path: str) -> bytes | None:
+    """The statistics beside the recall are extras: without them the recall still stands."""
+    try:
+        return session.read_bytes(path)
+    except FileNotFoundError:
+        return None
 
 
 def _cancel_after_interrupt(executor: Executor, record: RunRecord, reporter: Reporter) -> None:

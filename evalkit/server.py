@@ -19,6 +19,7 @@ JOB_RUNNER = "job.py"
 CPU_LAUNCHER = "cpu_launch.py"
 FAST_KNN = "fast_knn.py"
 IMAGE_TO_IMAGE = "image_to_image.py"
+QUERY_HITS = "query_hits.py"
 PROBE = "doctor_probe.py"
 BOOTSTRAP = "bootstrap.py"
 PROVENANCE = "provenance.py"
@@ -28,6 +29,7 @@ SERVER_SCRIPTS = {
     CPU_LAUNCHER: "--device cpu: runs the unmodified upstream scripts with torch.cuda made no-ops",
     FAST_KNN: "--knn fast: exact batched KNN writing upstream's prediction files",
     IMAGE_TO_IMAGE: "--image-to-image: image→image recall and mAP@10 from the image features (beside fast_knn.py)",
+    QUERY_HITS: "after recall: each query's hits and the 95% bootstrap intervals (query_hits.json)",
     PROBE: "the doctor's and the preflight's checks (env, GPU, dataset, checkpoint, disk)",
     PROVENANCE: "what a recall number was made from: checkpoint and dataset hashes (cached), the server's software",
     BOOTSTRAP: "sent inline, never uploaded: brings the other scripts up to date, then runs one",
@@ -101,9 +103,9 @@ def run_dir(settings: Settings, run_id: str) -> str:
 
 
 def scripts_for(settings: Settings, extra: tuple[str, ...] = ()) -> list[str]:
-    """The server scripts a run needs: the inspector, the job runner, the CPU launcher
-    (--device cpu), the fast KNN (--knn fast, and for --image-to-image, which imports it), EXTRA."""
-    names = [INSPECTOR, JOB_RUNNER, *extra]
+    """The server scripts a run needs: the inspector, the job runner, the per-query hits, the CPU
+    launcher (--device cpu), the fast KNN (--knn fast, and for --image-to-image, which imports it), EXTRA."""
+    names = [INSPECTOR, JOB_RUNNER, QUERY_HITS, *extra]
     if settings.device == "cpu":
         names.append(CPU_LAUNCHER)
     if settings.knn == "fast" or settings.image_to_image:

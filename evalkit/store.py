@@ -25,6 +25,7 @@ from .comparison import Comparison, ModelResult, to_csv, to_markdown
 from .errors import ConfigError, LocalWriteError, UnknownRun
 from .evaluation import LAST_EXTRACT, Evaluation
 from .run_record import RunRecord
+from .significance import HITS_FILE, parse_query_hits
 from .summary import RESULT_FILE_NAMES
 
 COMPARISON_SUFFIXES = ("json", "csv", "md")
@@ -46,15 +47,20 @@ class LocalStore:
         return self.root / dataset / split / label
 
     def save_results(self, evaluation: Evaluation, label: str, raw_results: dict[str, bytes],
-                     summary: dict) -> list[Path]:
-        """The result JSONs byte for byte, and summary.json; returns the paths written. A
-        direction this run skipped leaves no earlier run's result beside the new summary."""
+                     summary: dict, query_hits: bytes | None = None) -> list[Path]:
+        """The result JSONs byte for byte, query_hits.json when there is one, and summary.json;
+        returns the paths written. A direction this run skipped leaves no earlier run's result
+        beside the new summary (nor earlier hits: they would be paired as this run's)."""
         folder = self.result_dir(evaluation.dataset, evaluation.split, label)
         written = [write_atomically(folder / RESULT_FILE_NAMES[direction], raw)
                    for direction, raw in raw_results.items()]
         for direction, name in RESULT_FILE_NAMES.items():
             if direction not in raw_results:
                 _remove(folder / name)
+        if query_hits is None:
+            _remove(folder / HITS_FILE)
+        else:
+            written.append(write_atomically(folder / HITS_FILE, query_hits))
         text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
         written.append(write_atomically(folder / "summary.json", text.encode("utf-8")))
         return written
@@ -86,7 +92,8 @@ class LocalStore:
                                      finished_at=summary.get("timestamp"),
                                      server_output_dir=summary.get("server_output_dir"),
                                      provenance=summary.get("provenance"),
-                                     warnings=tuple(summary.get("warnings") or ()))
+                                     warnings=tuple(summary.get("warnings") or ()),
+                                     ci95=summary.get("ci95"), query_hits=_query_hits_in(label_dir))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not one of ours, or half-edited by hand: never block the others
             found.setdefault(key, []).append(result)
@@ -191,6 +198,13 @@ class LocalStore:
 
 def _current_key(settings: Settings, evaluation: Evaluation) -> str:
     return json.dumps([settings.host, settings.datapath, evaluation.dataset, evaluation.split], ensure_ascii=False)
+
+
+def _query_hits_in(folder: Path) -> dict | None:
+    try:
+        return parse_query_hits((folder / HITS_FILE).read_bytes())
+    except OSError:
+        return None  # an older run, or one whose hits were not written: no test, no interval
 
 
 def _remove(path: Path) -> None:

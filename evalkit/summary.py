@@ -11,6 +11,7 @@ from .evaluation import Evaluation
 from .outcome import RunOutcome
 from .traps import trap_warnings
 from .plan import I2I_RESULT, I2T_RESULT, T2I_RESULT
+from .significance import ci95_of, parse_query_hits
 
 RESULT_FILE_NAMES = {"text_to_image": T2I_RESULT, "image_to_text": I2T_RESULT, "image_to_image": I2I_RESULT}
 
@@ -84,6 +85,7 @@ def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_pa
         "server_output_dir": plan.output_dir,
         "recall": {direction: asdict(recall) for direction, recall in recalls(outcome).items()},
         **({"skipped": skipped(outcome)} if skipped(outcome) else {}),
+        **_intervals(outcome),
         "steps": [{"name": s.name, "seconds": round(s.seconds, 3), "started_at": s.started_at,
                    "finished_at": s.finished_at, "command": s.command} for s in outcome.steps],
         "log": str(log_path) if log_path else None,
@@ -93,3 +95,9 @@ def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_pa
         summary["provenance"] = provenance
         summary["warnings"] = trap_warnings(provenance, summary["recall"])
     return summary
+
+
+def _intervals(outcome: RunOutcome) -> dict:
+    """{"ci95": direction -> metric -> [low, high]} when the run wrote per-query hits."""
+    found = ci95_of(parse_query_hits(outcome.raw_query_hits)) if outcome.raw_query_hits else None
+    return {"ci95": found} if found else {}

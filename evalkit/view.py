@@ -25,6 +25,7 @@ from .outcome import StepResult
 from .plan import DIRECTION_TITLES, Plan, Step
 from .progress import Event, LogLine, ProgressUpdate
 from .server_outputs import ServerFacts
+from .significance import plus_minus
 from .summary import ImageRecall, Recall, recalls, skipped
 
 if TYPE_CHECKING:  # pipeline brings paramiko: kept out of `--help`'s start-up
@@ -118,8 +119,9 @@ def show_plan(console: Console, plan: Plan, host: str) -> None:
         console.print(Text(step.command), soft_wrap=True)
 
 
-def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED) -> Table:
-    """The title names the evaluation; when the user did not name its checkpoint, how it was chosen."""
+def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED, ci95: dict | None = None) -> Table:
+    """The title names the evaluation; when the user did not name its checkpoint, how it was chosen.
+    With CI95 (summary.json's), each value shows its 95% interval's half-width: '52.10 ±1.4'."""
     title = f"Recall (%) — {label}" + ("" if chosen_by == NAMED else f" ({chosen_by})")
     table = Table(title=title)
     table.add_column("direction")
@@ -127,7 +129,9 @@ def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED)
     for column in ("R@1", "R@5", "R@10", "Mean Recall", *(("mAP@10",) if with_map else ())):
         table.add_column(column, justify="right")
     for direction, recall in recalls.items():
-        values = [f"{value:.2f}" for value in (recall.r1, recall.r5, recall.r10, recall.mean_recall)]
+        values = [f"{value:.2f}" + plus_minus((ci95 or {}).get(direction, {}).get(metric))
+                  for metric, value in zip(("r1", "r5", "r10", "mean_recall"),
+                                           (recall.r1, recall.r5, recall.r10, recall.mean_recall))]
         if with_map:
             values.append(f"{recall.map10:.2f}" if isinstance(recall, ImageRecall) else "")
         table.add_row(DIRECTION_TITLES[direction], *values)
@@ -136,7 +140,10 @@ def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED)
 
 def show_results(console: Console, report: Report) -> None:
     plan, evaluation = report.outcome.plan, report.evaluation
-    console.print(recall_table(plan.label, recalls(report.outcome), evaluation.chosen_by))
+    ci95 = (report.summary or {}).get("ci95")
+    console.print(recall_table(plan.label, recalls(report.outcome), evaluation.chosen_by, ci95))
+    if ci95:
+        console.print(Text("±: half-width of the 95% bootstrap interval over the queries", style="dim"))
     for reason in skipped(report.outcome).values():
         console.print(Text(reason, style="yellow"), soft_wrap=True)
     for warning in (report.summary or {}).get("warnings", []):

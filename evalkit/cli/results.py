@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .. import clock, view
-from ..comparison import build_comparison, to_csv, to_markdown, with_references
+from ..comparison import BASELINE, build_comparison, to_csv, to_markdown, with_references
 from ..comparability import UNKNOWN
 from ..config import build_settings
 from ..errors import NotComparable, NothingEvaluated
@@ -30,15 +30,18 @@ RESULT_FORMATS = ("table", "markdown", "csv", "json")
 @click.option("--strict", is_flag=True,
               help="refuse (exit 22) a comparison whose rows were not made the same way (dataset, context "
                    "length, precision, KNN mode, upstream scripts, top_k)")
+@click.option("--baseline", default=BASELINE, show_default=True, metavar="NAME",
+              help="the label the others are compared with: deltas, and their significance on the same queries")
 @reference_option
 @debug_option
 @guarded
 def results(config: Path | None, results_dir: str | None, dataset_name: str | None, split: str | None,
-            output_format: str, strict: bool, references: tuple, debug: bool) -> None:
+            output_format: str, strict: bool, baseline: str, references: tuple, debug: bool) -> None:
     """Compare everything evaluated so far, from the local results folder (no connection).
 
     One table per dataset and split: a row per label (its newest run), the best of each
-    column highlighted, deltas against `baseline` when there is one.
+    column highlighted, deltas against `baseline` (or --baseline NAME) when there is one, marked
+    when significant (p < 0.05) on the same queries, and each value's 95% interval (±).
     """
     settings = build_settings(config, {"results_dir": results_dir})
     store = LocalStore.of(settings)
@@ -50,7 +53,7 @@ def results(config: Path | None, results_dir: str | None, dataset_name: str | No
     out, _ = view.make_consoles()
     registry = list(settings.models)
     documents = [with_references(build_comparison(_in_registry_order(rows, registry), dataset, split_name,
-                                                  clock.timestamp()), list(references))
+                                                  clock.timestamp(), baseline), list(references))
                  for (dataset, split_name), rows in sorted(found.items())]
     if strict:
         _refuse_incomparable(documents)
