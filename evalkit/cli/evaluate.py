@@ -14,6 +14,7 @@ from ..comparison import ModelResult
 from ..config import Settings
 from ..errors import EvalkitError
 from ..evaluation import STAGES, Evaluation, RunOptions
+from ..executors import GPUS_FROM_SCHEDULER
 from ..plan import build_plan
 from ..store import LocalStore
 from .guard import CONTEXT, debug_option, guarded
@@ -72,7 +73,10 @@ def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) 
     out, _ = view.make_consoles(to_stderr=options.json_output)
     if options.dry_run:
         for evaluation in evaluations:
-            view.show_plan(out, build_plan(settings, evaluation), settings.host)
+            plan = build_plan(settings, evaluation)
+            view.show_plan(out, plan, settings.host)
+            if settings.executor == "slurm":
+                view.show_job_script(out, dry_run_job_script(settings, plan.label))
         return
     from .. import gpu_queue, pipeline  # the SSH side loads only when a command needs it: `--help` starts fast
     if options.detach:
@@ -94,6 +98,12 @@ def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) 
     gpu_queue.check_all_succeeded(results)
 
 
+def dry_run_job_script(settings: Settings, label: str) -> str:
+    from ..server import run_dir
+    from ..slurm_job import batch_script
+    return batch_script(settings, "RUN_ID", label, run_dir(settings, "RUN_ID"))
+
+
 def run_one(out: Console, settings: Settings, evaluation: Evaluation, verbose: bool) -> ModelResult:
     from .. import gpu_queue, pipeline
     with view.LiveReporter(out, verbose) as reporter:
@@ -106,6 +116,8 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation],
               options: RunOptions) -> list[ModelResult]:
     from ..gpu_queue import evaluate_all
     gpus = list(options.gpus) or [settings.gpu]
+    if settings.executor in GPUS_FROM_SCHEDULER:  # every job submitted at once: the scheduler places them
+        gpus = list(range(len(evaluations)))
 
     def failed(evaluation: Evaluation, error: EvalkitError) -> None:
         view.show_model_failed(out, evaluation.label or evaluation.checkpoint, error)

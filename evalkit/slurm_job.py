@@ -1,0 +1,140 @@
+"""Slurm, pure: the job script of one evaluation, the sbatch and squeue command lines, squeue's
+answer read, and what each way Slurm ends a job means for the user. No I/O, no clock.
+
+The job runs the run's own driver (remote/job.py drive), exactly as the `ssh` executor starts it,
+so the run's files in its server directory stay the truth for every executor.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from .config import Settings, SlurmSettings
+from .server import JOB_RUNNER, in_server_env, script_call
+
+SIGNAL_SECONDS = 120  # before the time limit Slurm tells the job's batch shell (--signal=B:TERM@120)
+SQUEUE_FORMAT = "%i|%T|%r"
+OUTPUT_NAME = "slurm-%j.out"   # the job's own stdout and stderr (Slurm's messages), in the run's folder
+SIGNALLED_NAME = "slurm-signalled"  # written by the batch shell when Slurm's TERM reaches it
+ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+                    "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"})
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9_.@+-]")
+
+# state -> (what happened, how to fix it); {time}, {partition} filled from the settings
+ENDINGS = {
+    "TIMEOUT": ("it ran past its time limit ({time})",
+                "raise slurm.time in the config file (now {time}), or evaluate fewer things per job"),
+    "OUT_OF_MEMORY": ("it ran out of memory",
+                      "ask for more memory: add \"--mem=64G\" (or more) to slurm.sbatch_args"),
+    "NODE_FAIL": ("its node failed", "evaluate again; if it repeats, tell the cluster's admins which node"),
+    "PREEMPTED": ("a job of higher priority took its resources",
+                  "evaluate again, or use a partition / qos without preemption (slurm.partition, slurm.qos)"),
+    "CANCELLED": ("it was cancelled by someone else (scancel, or an admin)",
+                  "evaluate again; ask whoever cancelled it if it was not you"),
+    "BOOT_FAIL": ("its node failed to boot", "evaluate again; if it repeats, tell the cluster's admins"),
+    "DEADLINE": ("it reached its deadline", "remove --deadline from slurm.sbatch_args"),
+    "FAILED": ("its batch script failed before the run's driver could say how the run ended",
+               "read the job's output {output} on the server; check slurm.setup and the `activate` setting"),
+    "COMPLETED": ("it ended without the run's driver saying how the run ended",
+                  "read the job's output {output} on the server; check slurm.setup and the `activate` setting"),
+}
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One job as squeue lists it."""
+
+    job_id: str
+    state: str
+    reason: str
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE
+
+    def describe(self) -> str:
+        """`PENDING (Resources)`; the state alone when Slurm gives no reason."""
+        return f"{self.state} ({self.reason})" if self.reason and self.reason != "None" else self.state
+
+
+def job_name(run_id: str, label: str) -> str:
+    return _UNSAFE_IN_NAME.sub("_", f"evalkit-{run_id}-{label}")
+
+
+def job_script(settings: Settings, name: str, run_dir: str, drive: str) -> str:
+    """The batch script: Slurm's options, an explicit environment, the user's setup lines, then
+    DRIVE (the driver's command, in the server env) in the background, so that the TERM Slurm sends
+    SIGNAL_SECONDS before the time limit is noted in the run's folder and does not end the run."""
+    slurm = settings.slurm
+    options = [f"--job-name={name}"]
+    options += [f"--partition={slurm.partition}"] if slurm.partition else []
+    if slurm.gpus_per_job:
+        options.append(f"--gres=gpu:{slurm.gpus_per_job}")
+    options.append(f"--time={slurm.time}")
+    options += [f"--account={slurm.account}"] if slurm.account else []
+    options += [f"--qos={slurm.qos}"] if slurm.qos else []
+    options += [f"--signal=B:TERM@{SIGNAL_SECONDS}", "--export=NONE", *slurm.sbatch_args]
+    signalled = shlex.quote(f"{run_dir.rstrip('/')}/{SIGNALLED_NAME}")
+    lines = ["#!/bin/bash -l", *(option if option.startswith("#SBATCH") else f"#SBATCH {option}" for option in options),
+             "# the job's environment is its own: the submitter's is not exported (--export=NONE)",
+             "export PYTHONUNBUFFERED=1",
+             f"trap 'date +%Y-%m-%dT%H:%M:%S%z > {signalled}' TERM",
+             *slurm.setup,
+             f"{drive} &",
+             "driver=$!",
+             "while :; do",
+             '  wait "$driver"; status=$?',
+             '  kill -0 "$driver" 2>/dev/null || break  # a trapped TERM ends the wait, not the driver',
+             "done",
+             'exit "$status"']
+    return "\n".join(lines) + "\n"
+
+
+def batch_script(settings: Settings, run_id: str, label: str, run_dir: str) -> str:
+    """The batch script of run RUN_ID (what --dry-run prints): its driver, in the server env."""
+    drive = in_server_env(settings, script_call(settings, JOB_RUNNER, ["drive", "--run-dir", run_dir]))
+    return job_script(settings, job_name(run_id, label), run_dir, drive)
+
+
+def sbatch_argv(run_dir: str) -> list[str]:
+    """sbatch for the script (appended by the submitter), its output in the run's folder."""
+    output = f"{run_dir.rstrip('/')}/{OUTPUT_NAME}"
+    return ["sbatch", "--parsable", f"--output={output}", f"--error={output}"]
+
+
+def squeue_argv(job_ids: list[str]) -> list[str]:
+    """One squeue for all of JOB_IDS, finished ones too (while slurmctld remembers them: MinJobAge)."""
+    return ["squeue", "--noheader", "--states=all", f"--jobs={','.join(job_ids)}", f"--format={SQUEUE_FORMAT}"]
+
+
+def parse_job_id(stdout: str) -> str | None:
+    """sbatch --parsable prints `ID` or `ID;CLUSTER`."""
+    first = stdout.strip().splitlines()[-1:] if stdout.strip() else []
+    job_id = first[0].split(";")[0].strip() if first else ""
+    return job_id if job_id.isdigit() else None
+
+
+def parse_squeue(text: str) -> dict[str, QueueEntry]:
+    """squeue's lines in SQUEUE_FORMAT, by job id; lines of another shape are skipped."""
+    found = {}
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) == 3 and fields[0]:
+            found[fields[0]] = QueueEntry(fields[0], fields[1].split()[0] if fields[1] else "", fields[2])
+    return found
+
+
+def ending(entry: QueueEntry, slurm: SlurmSettings, output: str) -> tuple[str, str]:
+    """(message, fix) for a job that left the running states without its run saying how it ended."""
+    what, fix = ENDINGS.get(entry.state, (f"Slurm ended it with state {entry.state}",
+                                          "read the job's output {output} on the server"))
+    values = {"time": slurm.time, "output": output}
+    reason = f", reason {entry.reason}" if entry.reason and entry.reason != "None" else ""
+    return (f"Slurm job {entry.job_id} ended {entry.state}{reason}: {what.format(**values)}",
+            fix.format(**values))
+
+
+def next_pause(pause: float, slurm: SlurmSettings) -> float:
+    """The backoff between squeue calls: from poll_interval, doubling, up to poll_max."""
+    return min(max(pause * 2, slurm.poll_interval), slurm.poll_max)

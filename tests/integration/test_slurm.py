@@ -1,0 +1,113 @@
+"""`executor: slurm` on a real one-node Slurm (munged, slurmctld, slurmd; 2 fake GPUs), reached
+through the loopback sshd as its login node: registered models become jobs whose results are
+upstream's own, Slurm's refusals and endings are named, Ctrl-C leaves no job behind."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evalkit.comparison import METRICS
+from evalkit.errors import INTERRUPTED_EXIT_CODE, SlurmJobEnded, SlurmRefused
+
+from .conftest import DATASETS, ENTRY_SCRIPT, SLURM_TEST_SETTINGS, run_upstream_by_hand, start_interruptible
+
+pytestmark = pytest.mark.integration
+
+NAMES = ("team", "large", "baseline")
+
+
+def _squeue(slurm, *args: str) -> str:
+    found = subprocess.run(["squeue", "--noheader", *args], env={"PATH": "/usr/bin:/bin", **slurm.environment()},
+                           capture_output=True, text=True, timeout=30, check=True)
+    return found.stdout
+
+
+def _jobs_of(run_dir: Path) -> dict[str, str]:
+    """job id -> the run's folder, for each run the server side holds."""
+    return {json.loads((folder / "slurm.json").read_text())["job_id"]: folder.name
+            for folder in run_dir.iterdir() if (folder / "slurm.json").exists()}
+
+
+def test_three_registered_models_are_three_jobs_whose_results_are_upstreams(
+        slurm_testbed, slurm, second_checkpoint, third_checkpoint, tmp_path):
+    spec = DATASETS[0]
+    bed = slurm_testbed
+    checkpoints = dict(zip(NAMES, (bed.checkpoint, second_checkpoint, third_checkpoint)))
+    bed.write_config(executor="slurm", slurm=SLURM_TEST_SETTINGS,
+                     models={name: {"path": str(path)} for name, path in checkpoints.items()})
+    run = bed.evaluate("--model", "all", "--json", timeout=900)
+    assert run.returncode == 0, run.stderr
+    rows = {row["label"]: row for row in json.loads(run.stdout)["models"]}
+    assert list(rows) == list(NAMES) and all(row["status"] == "ok" for row in rows.values())
+
+    folder = bed.results_dir / spec.name / spec.split
+    for name, checkpoint in checkpoints.items():
+        by_hand = run_upstream_by_hand(bed, spec, tmp_path / name, checkpoint)
+        pulled = {d: json.loads((folder / name / f"{d}_results.json").read_text()) for d in by_hand}
+        assert pulled == by_hand, name
+        for direction, result in by_hand.items():
+            assert rows[name]["recall"][direction] == {key: result["scoreJson"][key] for key in METRICS}
+
+    runs = bed.server_outputs / ".evalkit" / "runs"
+    jobs = _jobs_of(runs)
+    assert len(jobs) == 3
+    # each job is Slurm's: named after its run and label, it ran the run's driver to the end, on
+    # one of the two fake GPUs Slurm chose (CUDA_VISIBLE_DEVICES is Slurm's, never overridden)
+    listed = _squeue(slurm, "--states=all", f"--jobs={','.join(jobs)}", "--format=%i|%j|%T")
+    states = {line.split("|")[0]: line.split("|")[1:] for line in listed.splitlines()}
+    for job_id, run_id in jobs.items():
+        name, state = states[job_id]
+        assert state == "COMPLETED" and name.startswith(f"evalkit-{run_id}-")
+        assert json.loads((runs / run_id / "status.json").read_text())["state"] == "succeeded"
+        script = (runs / run_id / "job.sh").read_text()
+        assert "#SBATCH --gres=gpu:1" in script and "CUDA_VISIBLE_DEVICES" not in script
+        assert "#SBATCH --signal=B:TERM@120" in script and "export PYTHONUNBUFFERED=1" in script
+    assert {name.split("-")[-1] for name, _ in states.values()} == set(NAMES)
+
+
+def test_a_missing_partition_is_refused_before_anything_runs(slurm_testbed):
+    bed = slurm_testbed
+    bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS, "partition": "nosuch"})
+    run = bed.evaluate("--model-path", str(bed.checkpoint))
+    assert run.returncode == SlurmRefused.exit_code, run.stderr
+    assert "sbatch refused the job" in run.stderr and "invalid partition" in run.stderr.lower()
+    assert "Traceback" not in run.stderr
+    assert not list((bed.results_dir / "runs").glob("*.json"))  # no record of a run that never ran
+    runs = bed.server_outputs / ".evalkit" / "runs"
+    assert not _jobs_of(runs) if runs.exists() else True
+
+
+def test_a_job_past_its_time_limit_is_reported_as_timeout_with_the_fix(slurm_testbed, slurm):
+    bed = slurm_testbed
+    # the job waits in its setup line until Slurm's time limit (one minute, the least) ends it
+    bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS, "time": "1", "setup": ["sleep 600"]})
+    run = bed.evaluate("--model-path", str(bed.checkpoint), timeout=300)
+    assert run.returncode == SlurmJobEnded.exit_code, run.stderr
+    assert "ended TIMEOUT" in run.stderr and "raise slurm.time" in run.stderr, run.stderr
+
+
+def test_ctrl_c_scancels_the_job_and_leaves_nothing_in_the_queue(slurm_testbed, slurm):
+    bed = slurm_testbed
+    bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS, "setup": ["sleep 600"]})
+    child = start_interruptible([sys.executable, str(ENTRY_SCRIPT), "--config", str(bed.config),
+                                 "--model-path", str(bed.checkpoint)], cwd=bed.results_dir.parent,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = bed.server_outputs / ".evalkit" / "runs"
+    deadline = time.monotonic() + 120
+    while not (runs.exists() and _jobs_of(runs)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    [job_id] = _jobs_of(runs)
+    while "RUNNING" not in _squeue(slurm, f"--jobs={job_id}", "--format=%T") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == INTERRUPTED_EXIT_CODE, stderr
+    assert f"scancel ended Slurm job {job_id}" in stderr
+    assert _squeue(slurm, f"--jobs={job_id}", "--format=%i") == ""  # neither pending nor running
+    assert "sleep 600" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
