@@ -152,21 +152,21 @@ class TransferUnavailable(EvalkitError):
 class SlurmRefused(EvalkitError):
     """sbatch refused the job (no such partition, more GPUs than a node has, ...): nothing ran."""
 
-    exit_code = 30
+    exit_code = 22
     title = "Slurm refused the job"
 
 
 class SlurmJobEnded(EvalkitError):
     """Slurm ended the run's job (TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED, CANCELLED, ...)."""
 
-    exit_code = 31
+    exit_code = 23
     title = "Slurm ended the job"
 
 
 class SlurmJobLost(EvalkitError):
     """The run's job left Slurm's queue and its files never said how the run ended."""
 
-    exit_code = 32
+    exit_code = 24
     title = "Slurm job lost"
 
 

@@ -75,11 +75,11 @@ def job_script(settings: Settings, name: str, run_dir: str, drive: str) -> str:
     options += [f"--account={slurm.account}"] if slurm.account else []
     options += [f"--qos={slurm.qos}"] if slurm.qos else []
     options += [f"--signal=B:TERM@{SIGNAL_SECONDS}", "--export=NONE", *slurm.sbatch_args]
-    signalled = shlex.quote(f"{run_dir.rstrip('/')}/{SIGNALLED_NAME}")
+    note = shlex.quote(f"date +%Y-%m-%dT%H:%M:%S%z > {shlex.quote(f'{run_dir.rstrip(chr(47))}/{SIGNALLED_NAME}')}")
     lines = ["#!/bin/bash -l", *(option if option.startswith("#SBATCH") else f"#SBATCH {option}" for option in options),
              "# the job's environment is its own: the submitter's is not exported (--export=NONE)",
              "export PYTHONUNBUFFERED=1",
-             f"trap 'date +%Y-%m-%dT%H:%M:%S%z > {signalled}' TERM",
+             f"trap {note} TERM",
              *slurm.setup,
              f"{drive} &",
              "driver=$!",

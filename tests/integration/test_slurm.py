@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,10 @@ def _jobs_of(run_dir: Path) -> dict[str, str]:
             for folder in run_dir.iterdir() if (folder / "slurm.json").exists()}
 
 
+def _stamp(path: Path, key: str) -> datetime:
+    return datetime.strptime(json.loads(path.read_text())[key], "%Y-%m-%dT%H:%M:%S%z")
+
+
 def test_three_registered_models_are_three_jobs_whose_results_are_upstreams(
         slurm_testbed, slurm, second_checkpoint, third_checkpoint, tmp_path):
     spec = DATASETS[0]
@@ -46,14 +51,7 @@ def test_three_registered_models_are_three_jobs_whose_results_are_upstreams(
     rows = {row["label"]: row for row in json.loads(run.stdout)["models"]}
     assert list(rows) == list(NAMES) and all(row["status"] == "ok" for row in rows.values())
 
-    folder = bed.results_dir / spec.name / spec.split
-    for name, checkpoint in checkpoints.items():
-        by_hand = run_upstream_by_hand(bed, spec, tmp_path / name, checkpoint)
-        pulled = {d: json.loads((folder / name / f"{d}_results.json").read_text()) for d in by_hand}
-        assert pulled == by_hand, name
-        for direction, result in by_hand.items():
-            assert rows[name]["recall"][direction] == {key: result["scoreJson"][key] for key in METRICS}
-
+    # asked at once: slurmctld forgets a finished job after MinJobAge (300 s)
     runs = bed.server_outputs / ".evalkit" / "runs"
     jobs = _jobs_of(runs)
     assert len(jobs) == 3
@@ -69,6 +67,19 @@ def test_three_registered_models_are_three_jobs_whose_results_are_upstreams(
         assert "#SBATCH --gres=gpu:1" in script and "CUDA_VISIBLE_DEVICES" not in script
         assert "#SBATCH --signal=B:TERM@120" in script and "export PYTHONUNBUFFERED=1" in script
     assert {name.split("-")[-1] for name, _ in states.values()} == set(NAMES)
+    # Slurm placed them: two at a time on its two GPUs (the drivers' own start and end times)
+    intervals = [(_stamp(runs / run_id / "driver.json", "started_at"), _stamp(runs / run_id / "status.json",
+                                                                              "finished_at")) for run_id in jobs.values()]
+    at_once = max(sum(start <= moment < end for start, end in intervals) for moment, _ in intervals)
+    assert at_once == 2, intervals
+
+    folder = bed.results_dir / spec.name / spec.split
+    for name, checkpoint in checkpoints.items():
+        by_hand = run_upstream_by_hand(bed, spec, tmp_path / name, checkpoint)
+        pulled = {d: json.loads((folder / name / f"{d}_results.json").read_text()) for d in by_hand}
+        assert pulled == by_hand, name
+        for direction, result in by_hand.items():
+            assert rows[name]["recall"][direction] == {key: result["scoreJson"][key] for key in METRICS}
 
 
 def test_a_missing_partition_is_refused_before_anything_runs(slurm_testbed):
