@@ -101,6 +101,8 @@ class SlurmExecutor(SshExecutor):
                 break
             time.sleep(0.5)
         remaining = [int(job_id)] if entry is not None and entry.is_active else []
+        if not remaining:  # the run's files say so (status.json), and its checkpoint's lock is free
+            super().cancel(run, grace=1.0)
         return SlurmCancelResult(signalled=[int(job_id)], remaining=remaining)
 
     def _job_id(self, run: RemoteRun) -> str | None:

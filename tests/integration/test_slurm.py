@@ -117,8 +117,11 @@ def test_ctrl_c_scancels_the_job_and_leaves_nothing_in_the_queue(slurm_testbed, 
     while "RUNNING" not in _squeue(slurm, f"--jobs={job_id}", "--format=%T") and time.monotonic() < deadline:
         time.sleep(0.2)
     child.send_signal(signal.SIGINT)
-    _, stderr = child.communicate(timeout=120)
-    assert child.returncode == INTERRUPTED_EXIT_CODE, stderr
-    assert f"scancel ended Slurm job {job_id}" in stderr
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == INTERRUPTED_EXIT_CODE, err + out
+    assert f"scancel ended Slurm job {job_id}" in out
     assert _squeue(slurm, f"--jobs={job_id}", "--format=%i") == ""  # neither pending nor running
-    assert "sleep 600" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(runs) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    [run_id] = _jobs_of(runs).values()
+    assert json.loads((runs / run_id / "status.json").read_text())["state"] == "cancelled"
+    assert not list(bed.server_outputs.rglob(".evalkit-lock"))  # the checkpoint is free again
