@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from . import diagnosis
+from . import diagnosis, slurm_job
 from .config import Settings
 from .diagnosis import Check
 from .errors import DoctorFailed, EvalkitError
@@ -70,7 +70,19 @@ def run_doctor(settings: Settings, evaluation: Evaluation,
         exit_code, stdout, stderr = connection.capture(diagnosis.doctor_command(settings, evaluation),
                                                        timeout=min(settings.step_timeout, PROBE_TIMEOUT_SECONDS))
         add(*diagnosis.interpret(diagnosis.parse_probe(exit_code, stdout, stderr), settings, evaluation))
+        if settings.executor == "slurm":
+            add(*_slurm_checks(connection, settings))
     return checks
+
+
+def _slurm_checks(connection: Connection, settings: Settings) -> list[Check]:
+    """The login node's Slurm: its commands, its controller, the partition and its GPUs."""
+    def said(command: str) -> tuple[int, str]:
+        code, stdout, stderr = connection.capture(command, timeout=settings.connect_timeout * 4)
+        return code, (stdout or stderr).decode("utf-8", "replace")
+
+    return slurm_job.doctor_checks(said(slurm_job.FOUND_COMMANDS)[1], said(slurm_job.PING),
+                                   said(slurm_job.PARTITIONS), settings.slurm)
 
 
 def preflight(settings: Settings, evaluation: Evaluation, ran: tuple[int, bytes, bytes]) -> None:

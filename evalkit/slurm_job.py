@@ -11,6 +11,7 @@ import shlex
 from dataclasses import dataclass
 
 from .config import Settings, SlurmSettings
+from .diagnosis import Check
 from .server import JOB_RUNNER, in_server_env, script_call
 
 SIGNAL_SECONDS = 120  # before the time limit Slurm tells the job's batch shell (--signal=B:TERM@120)
@@ -138,3 +139,55 @@ def ending(entry: QueueEntry, slurm: SlurmSettings, output: str) -> tuple[str, s
 def next_pause(pause: float, slurm: SlurmSettings) -> float:
     """The backoff between squeue calls: from poll_interval, doubling, up to poll_max."""
     return min(max(pause * 2, slurm.poll_interval), slurm.poll_max)
+
+
+# --- doctor -----------------------------------------------------------------------------------------
+
+COMMANDS = ("sbatch", "squeue", "scancel", "sinfo", "scontrol")
+FOUND_COMMANDS = shlex.join(["command", "-v", *COMMANDS])
+PING = shlex.join(["scontrol", "ping"])
+PARTITIONS = shlex.join(["sinfo", "--noheader", "--format=%P|%D|%G|%a"])
+
+
+def doctor_checks(found: str, ping: tuple[int, str], partitions: tuple[int, str], slurm: SlurmSettings) -> list[Check]:
+    """The doctor's Slurm lines from what the login node said: FOUND (command -v's paths), PING and
+    PARTITIONS (exit status, output) of the commands above."""
+    have = {line.rsplit("/", 1)[-1].strip() for line in found.splitlines() if line.strip()}
+    missing = [name for name in COMMANDS if name not in have]
+    checks = [Check("Slurm commands", not missing,
+                    f"{', '.join(missing)} not found on the login node" if missing
+                    else f"{', '.join(COMMANDS)} found on the login node",
+                    "load Slurm in the login shell (e.g. `module load slurm` in ~/.bashrc), or check `host`: "
+                    "it must be the cluster's login node" if missing else None)]
+    code, said = ping
+    up = code == 0 and "UP" in said
+    checks.append(Check("Slurm answers", up, " ".join(said.split()) or f"scontrol ping exited {code}",
+                        None if up else "slurmctld does not answer: ask the cluster's admins"))
+    checks.append(_partition_check(partitions, slurm))
+    return checks
+
+
+def _partition_check(partitions: tuple[int, str], slurm: SlurmSettings) -> Check:
+    code, listed = partitions
+    rows = [line.split("|") for line in listed.splitlines() if line.count("|") == 3]
+    if code != 0 or not rows:
+        return Check("Slurm partition", False, f"sinfo listed no partition (exit {code})",
+                     "check that Slurm answers (`sinfo` on the login node)")
+    wanted = [row for row in rows if (row[0].rstrip("*") == slurm.partition if slurm.partition
+                                      else row[0].endswith("*"))]
+    name = slurm.partition or "the default partition"
+    if not wanted:
+        names = ", ".join(sorted({row[0].rstrip("*") for row in rows}))
+        return Check("Slurm partition", False, f"{name} does not exist (partitions: {names})",
+                     "set slurm.partition to one of them")
+    partition, nodes, gres, available = wanted[0]
+    partition = partition.rstrip("*")
+    if available != "up":
+        return Check("Slurm partition", False, f"partition {partition} is {available}", "ask the cluster's admins")
+    gpus = max((int(match) for match in re.findall(r"gpu(?::[^:,()]+)?:(\d+)", gres)), default=0)
+    if slurm.gpus_per_job > gpus:
+        return Check("Slurm partition", False,
+                     f"partition {partition}: {nodes} nodes, at most {gpus} GPUs per node ({gres}); "
+                     f"slurm.gpus_per_job is {slurm.gpus_per_job}",
+                     "lower slurm.gpus_per_job, or choose a partition with GPUs (slurm.partition)")
+    return Check("Slurm partition", True, f"partition {partition}: {nodes} nodes, GPUs per node: {gres}")

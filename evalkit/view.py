@@ -230,7 +230,7 @@ def describe_state(state: JobState, recorded: str = "started") -> str:
     if state.state:
         return state.state
     if state.driver_alive:
-        return "running"
+        return state.detail or "running"
     if recorded == "starting":
         return "never started (evalkit stopped while starting it)"
     return "gone (driver died or server rebooted)"

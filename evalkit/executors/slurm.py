@@ -76,7 +76,7 @@ class SlurmExecutor(SshExecutor):
         entry = self._queue([job_id]).get(job_id)
         if entry is not None and entry.is_active:
             self.missing_since.pop(run.run_id, None)
-            return JobState(None, True)
+            return JobState(None, True, detail=f"Slurm job {job_id}: {entry.describe()}")
         first_missing = self.missing_since.setdefault(run.run_id, time.monotonic())
         if time.monotonic() - first_missing < self.settings.slurm.lost_after:
             return JobState(None, True)  # its status.json may not have reached this side of the filesystem yet

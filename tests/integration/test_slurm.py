@@ -125,3 +125,17 @@ def test_ctrl_c_scancels_the_job_and_leaves_nothing_in_the_queue(slurm_testbed, 
     [run_id] = _jobs_of(runs).values()
     assert json.loads((runs / run_id / "status.json").read_text())["state"] == "cancelled"
     assert not list(bed.server_outputs.rglob(".evalkit-lock"))  # the checkpoint is free again
+
+
+def test_the_doctor_checks_the_login_nodes_slurm(slurm_testbed):
+    from .test_doctor import EVERY_CHECK, checks, doctor
+
+    bed = slurm_testbed
+    run = doctor(bed)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = checks(run)
+    assert list(lines) == [*EVERY_CHECK, "Slurm commands", "Slurm answers", "Slurm partition"]
+    assert lines["Slurm partition"] == ("✓", "partition gpu: 1 nodes, GPUs per node: gpu:2")
+    bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS, "gpus_per_job": 3})
+    run = doctor(bed)
+    assert checks(run)["Slurm partition"][0] == "✗" and "at most 2 GPUs per node" in run.stdout

@@ -190,3 +190,31 @@ def test_squeue_backs_off_from_poll_interval_to_poll_max():
         pause = slurm_job.next_pause(pause, slurm)
         pauses.append(pause)
     assert pauses == [5, 10, 20, 40, 60, 60]
+
+
+# --- doctor ---------------------------------------------------------------------------------------
+
+FOUND = "/usr/bin/sbatch\n/usr/bin/squeue\n/usr/bin/scancel\n/usr/bin/sinfo\n/usr/bin/scontrol\n"
+UP = (0, "Slurmctld(primary) at login1 is UP\n")
+SINFO = (0, "cpu*|40|(null)|up\na100|8|gpu:a100:4(S:0-1)|up\nold|2|gpu:1|down\n")
+
+
+@pytest.mark.parametrize("found, ping, partitions, slurm, failing, says", [
+    (FOUND, UP, SINFO, SlurmSettings(partition="a100"), [], "partition a100: 8 nodes, GPUs per node: gpu:a100:4"),
+    ("/usr/bin/sinfo\n", UP, SINFO, SlurmSettings(partition="a100"), ["Slurm commands"],
+     "sbatch, squeue, scancel, scontrol not found"),
+    (FOUND, (1, "slurm_load_ctl_conf error\n"), SINFO, SlurmSettings(partition="a100"), ["Slurm answers"],
+     "slurm_load_ctl_conf error"),
+    (FOUND, UP, SINFO, SlurmSettings(partition="h100"), ["Slurm partition"], "h100 does not exist (partitions: a100, cpu, old)"),
+    (FOUND, UP, SINFO, SlurmSettings(), ["Slurm partition"], "at most 0 GPUs per node"),  # the default: cpu
+    (FOUND, UP, SINFO, SlurmSettings(gpus_per_job=0), [], "partition cpu: 40 nodes"),
+    (FOUND, UP, SINFO, SlurmSettings(partition="a100", gpus_per_job=8), ["Slurm partition"], "at most 4 GPUs"),
+    (FOUND, UP, SINFO, SlurmSettings(partition="old"), ["Slurm partition"], "partition old is down"),
+    (FOUND, UP, (1, ""), SlurmSettings(partition="a100"), ["Slurm partition"], "sinfo listed no partition"),
+])
+def test_the_doctors_slurm_lines(found, ping, partitions, slurm, failing, says):
+    lines = slurm_job.doctor_checks(found, ping, partitions, slurm)
+    assert [check.name for check in lines] == ["Slurm commands", "Slurm answers", "Slurm partition"]
+    assert [check.name for check in lines if not check.ok] == failing
+    assert all(check.fix for check in lines if not check.ok)
+    assert any(says in check.found for check in lines)
