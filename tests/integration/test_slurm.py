@@ -4,6 +4,7 @@ upstream's own, Slurm's refusals and endings are named, Ctrl-C leaves no job beh
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from evalkit.comparison import METRICS
 from evalkit.errors import INTERRUPTED_EXIT_CODE, SlurmJobEnded, SlurmRefused
 
-from .conftest import DATASETS, ENTRY_SCRIPT, SLURM_TEST_SETTINGS, run_upstream_by_hand, start_interruptible
+from .conftest import DATASETS, ENTRY_SCRIPT, REPO, SLURM_TEST_SETTINGS, run_upstream_by_hand, start_interruptible
 
 pytestmark = pytest.mark.integration
 
@@ -94,13 +95,29 @@ def test_a_missing_partition_is_refused_before_anything_runs(slurm_testbed):
     assert not _jobs_of(runs) if runs.exists() else True
 
 
-def test_a_job_past_its_time_limit_is_reported_as_timeout_with_the_fix(slurm_testbed, slurm):
+def test_a_detached_job_past_its_time_limit_is_reported_as_timeout_with_the_fix(slurm_testbed, slurm):
     bed = slurm_testbed
     # the job waits in its setup line until Slurm's time limit (one minute, the least) ends it
     bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS, "time": "1", "setup": ["sleep 600"]})
-    run = bed.evaluate("--model-path", str(bed.checkpoint), timeout=300)
-    assert run.returncode == SlurmJobEnded.exit_code, run.stderr
-    assert "ended TIMEOUT" in run.stderr and "raise slurm.time" in run.stderr, run.stderr
+    started = bed.evaluate("--model-path", str(bed.checkpoint), "--detach")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split("started run ")[1].split()[0]
+    [job_id] = _jobs_of(bed.server_outputs / ".evalkit" / "runs")
+    deadline = time.monotonic() + 60
+    while "RUNNING" not in _squeue(slurm, f"--jobs={job_id}", "--format=%T") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status = _evalkit("status", run_id, "--config", str(bed.config))
+    assert status.returncode == 0 and f"Slurm job {job_id}: RUNNING" in status.stdout, status.stdout + status.stderr
+
+    attached = _evalkit("attach", run_id, "--config", str(bed.config))
+    assert attached.returncode == SlurmJobEnded.exit_code, attached.stdout + attached.stderr
+    assert f"Slurm job {job_id} ended TIMEOUT" in attached.stderr and "raise slurm.time" in attached.stderr
+    assert "Traceback" not in attached.stderr
+
+
+def _evalkit(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evalkit", *args], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env={**os.environ, "COLUMNS": "200"}, stdin=subprocess.DEVNULL)
 
 
 def test_ctrl_c_scancels_the_job_and_leaves_nothing_in_the_queue(slurm_testbed, slurm):
