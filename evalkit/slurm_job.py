@@ -191,3 +191,27 @@ def _partition_check(partitions: tuple[int, str], slurm: SlurmSettings) -> Check
                      f"slurm.gpus_per_job is {slurm.gpus_per_job}",
                      "lower slurm.gpus_per_job, or choose a partition with GPUs (slurm.partition)")
     return Check("Slurm partition", True, f"partition {partition}: {nodes} nodes, GPUs per node: {gres}")
+
+
+PROBE_WAIT = 120  # seconds srun waits for the probe job to start (--immediate)
+
+
+def probe_job_command(settings: Settings, paths: list[str]) -> str:
+    """A tiny job (srun, as the evaluations' jobs ask: partition, GPUs, account, qos) that stats
+    PATHS on a compute node; given up when Slurm cannot start it within PROBE_WAIT seconds."""
+    slurm = settings.slurm
+    options = [f"--partition={slurm.partition}"] if slurm.partition else []
+    options += [f"--gres=gpu:{slurm.gpus_per_job}"] if slurm.gpus_per_job else []
+    options += [f"--account={slurm.account}"] if slurm.account else []
+    options += [f"--qos={slurm.qos}"] if slurm.qos else []
+    return shlex.join(["srun", f"--immediate={PROBE_WAIT}", "--time=5", "--job-name=evalkit-doctor", *options,
+                       "stat", "--format=%n", *paths])
+
+
+def probe_job_check(code: int, stdout: str, stderr: str, paths: list[str]) -> Check:
+    if code == 0:
+        return Check("Slurm probe job", True, f"a job on a compute node sees {', '.join(paths)}")
+    said = " ".join(line.strip() for line in stderr.splitlines() if line.strip())[-400:] or f"srun exited {code}"
+    return Check("Slurm probe job", False, f"a job on a compute node: {said}",
+                 "put the datapath, chinese_clip_dir and remote_output_dir on the filesystem the compute nodes "
+                 "share with the login node; if the job could not start, check the slurm section")

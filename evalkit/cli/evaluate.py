@@ -135,8 +135,11 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation],
 
 @click.command(context_settings=CONTEXT)
 @shared_options
+@click.option("--probe-job", is_flag=True,
+              help="with executor: slurm, also run a tiny Slurm job that checks the datapath, Chinese-CLIP, the "
+                   "output directory and the checkpoint are visible from a compute node (waits up to 2 min for it)")
 @guarded
-def doctor(**flags: Any) -> None:
+def doctor(probe_job: bool, **flags: Any) -> None:
     """Check the server before evaluating: ssh, env, cn_clip, GPU, dataset, checkpoint, disk.
 
     Each check prints one line, ✓ or ✗ with what it found and, on ✗, the fix. It reads only
@@ -157,7 +160,7 @@ def doctor(**flags: Any) -> None:
     count = run_doctors(settings, evaluations, on_check=functools.partial(view.show_check, out),
                         on_model=(lambda evaluation: view.show_model_header(out, evaluation.label,
                                                                             evaluation.checkpoint))
-                        if len(evaluations) > 1 else None)
+                        if len(evaluations) > 1 else None, probe_job=probe_job)
     view.show_doctor_passed(out, count)
 
 

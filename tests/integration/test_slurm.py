@@ -148,11 +148,12 @@ def test_the_doctor_checks_the_login_nodes_slurm(slurm_testbed):
     from .test_doctor import EVERY_CHECK, checks, doctor
 
     bed = slurm_testbed
-    run = doctor(bed)
+    run = doctor(bed, "--probe-job")
     assert run.returncode == 0, run.stdout + run.stderr
     lines = checks(run)
-    assert list(lines) == [*EVERY_CHECK, "Slurm commands", "Slurm answers", "Slurm partition"]
+    assert list(lines) == [*EVERY_CHECK, "Slurm commands", "Slurm answers", "Slurm partition", "Slurm probe job"]
     assert lines["Slurm partition"] == ("✓", "partition gpu: 1 nodes, GPUs per node: gpu:2")
+    assert lines["Slurm probe job"][0] == "✓" and str(bed.checkpoint) in lines["Slurm probe job"][1]
     bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS, "gpus_per_job": 3})
     run = doctor(bed)
     assert checks(run)["Slurm partition"][0] == "✗" and "at most 2 GPUs per node" in run.stdout

@@ -218,3 +218,23 @@ def test_the_doctors_slurm_lines(found, ping, partitions, slurm, failing, says):
     assert [check.name for check in lines if not check.ok] == failing
     assert all(check.fix for check in lines if not check.ok)
     assert any(says in check.found for check in lines)
+
+
+def test_the_probe_job_asks_for_what_the_evaluations_jobs_ask():
+    command = slurm_job.probe_job_command(settings(partition="a100", account="lab", gpus_per_job=2),
+                                          ["/data", "/with space"])
+    assert shlex.split(command) == ["srun", "--immediate=120", "--time=5", "--job-name=evalkit-doctor",
+                                    "--partition=a100", "--gres=gpu:2", "--account=lab",
+                                    "stat", "--format=%n", "/data", "/with space"]
+
+
+@pytest.mark.parametrize("code, stderr, ok, says", [
+    (0, "", True, "a job on a compute node sees /data, /clip"),
+    (1, "stat: cannot statx '/data': No such file or directory\n", False, "cannot statx '/data'"),
+    (1, "srun: error: Unable to allocate resources: Requested node configuration is not available\n", False,
+     "Unable to allocate resources"),
+])
+def test_the_probe_jobs_line(code, stderr, ok, says):
+    check = slurm_job.probe_job_check(code, "", stderr, ["/data", "/clip"])
+    assert (check.name, check.ok) == ("Slurm probe job", ok) and says in check.found
+    assert bool(check.fix) != ok
