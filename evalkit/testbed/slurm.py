@@ -14,12 +14,13 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Optional
+
+from .sshd import _free_port
 
 MUNGED = os.environ.get("EVALKIT_MUNGED", "/usr/sbin/munged")
 SLURMCTLD = os.environ.get("EVALKIT_SLURMCTLD", "/usr/sbin/slurmctld")
@@ -29,12 +30,6 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 FAKE_GPUS = 2
 PARTITION = "gpu"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def is_installed() -> bool:
