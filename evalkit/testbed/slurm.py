@@ -173,7 +173,9 @@ class LoopbackSlurm:
             return None
 
     def stop(self) -> None:
-        """Each daemon by its pid file: SIGTERM, then SIGKILL after STOP_TIMEOUT_S. Safe to call twice."""
+        """Its jobs cancelled (a job's processes outlive slurmd), then each daemon by its pid file:
+        SIGTERM, then SIGKILL after STOP_TIMEOUT_S. Safe to call twice."""
+        self._cancel_jobs()
         for name in ("slurmd", "slurmctld", "munged"):
             pid = self._pid(name)
             if pid is None or not _is_running(pid):
@@ -185,6 +187,22 @@ class LoopbackSlurm:
             if _is_running(pid):
                 _signal(pid, signal.SIGKILL)
             self.pid_files[name].unlink(missing_ok=True)
+
+
+    def _cancel_jobs(self) -> None:
+        pid = self._pid("slurmctld")
+        if pid is None or not _is_running(pid):
+            return
+        env = {**os.environ, **self.environment()}
+        try:
+            subprocess.run(["scancel", f"--user={os.getuid()}"], env=env, capture_output=True, timeout=30)
+            deadline = time.monotonic() + STOP_TIMEOUT_S + 10  # KillWait, then SIGKILL
+            while time.monotonic() < deadline and subprocess.run(
+                    ["squeue", "--noheader", "--format=%i"], env=env, capture_output=True, text=True,
+                    timeout=30).stdout.strip():
+                time.sleep(0.2)
+        except (OSError, subprocess.SubprocessError):
+            pass  # the daemons are stopped anyway
 
 
 def _signal(pid: int, signum: int) -> None:
