@@ -13,11 +13,17 @@ from __future__ import annotations
 import shlex
 import time
 
+from typing import TYPE_CHECKING
+
 from .. import slurm_job
+from ..config import Settings
 from ..errors import RunLocked, SlurmJobEnded, SlurmJobLost, SlurmRefused
 from ..starter import START_TIMEOUT
 from .base import CancelResult, JobState, Launched, RemoteRun
 from .ssh import SshExecutor, run_spec
+
+if TYPE_CHECKING:
+    from ..ssh import Connection
 
 SQUEUE_TIMEOUT = 60.0
 CANCEL_WAIT = 60.0  # scancel, then until squeue says the job ended (Slurm's KillWait is 30 s by default)
@@ -34,7 +40,7 @@ class SlurmCancelResult(CancelResult):
 
 
 class SlurmExecutor(SshExecutor):
-    def __init__(self, connection, settings) -> None:
+    def __init__(self, connection: "Connection", settings: Settings) -> None:
         super().__init__(connection, settings)
         self.job_ids: dict[str, str] = {}          # run id -> job id
         self.asked_at: float | None = None         # the last squeue, by the monotonic clock
