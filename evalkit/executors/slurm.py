@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shlex
 import time
-
 from typing import TYPE_CHECKING
 
 from .. import slurm_job
