@@ -69,6 +69,7 @@ class Follower:
         self.session, self.executor, self.run = session, executor, run
         self.reporter, self.log, self.step_timeout = reporter, log, step_timeout
         self.doorbell = doorbell  # rings when the run moves on (executors.base.Launched)
+        self.detail: str | None = None  # the scheduler's last word on the run (JobState.detail)
 
     def follow(self, outcome: RunOutcome, on_step_done: Callable[[Step], None]) -> None:
         for step in self.run.plan.steps:
@@ -150,8 +151,11 @@ class Follower:
             time.sleep(seconds)
 
     def _check_alive(self, step: Step) -> None:
-        check_alive(self.session.call(lambda connection: self.executor.state(self.run)), self.run,
-                    f"during step {step.name!r}")
+        state = self.session.call(lambda connection: self.executor.state(self.run))
+        if state.detail and state.detail != self.detail:  # a job waiting in a scheduler's queue, and why
+            self.reporter.note(state.detail)
+        self.detail = state.detail
+        check_alive(state, self.run, f"during step {step.name!r}")
 
 
 def check_alive(state: JobState, run: RemoteRun, when: str) -> None:

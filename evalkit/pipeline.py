@@ -21,7 +21,7 @@ from . import clock, server_outputs
 from .config import Settings
 from .diagnosis import preflight_call
 from .doctor import preflight
-from .errors import EvalkitError, EvaluationFailed, OutputsNotReady, RunLocked
+from .errors import EvalkitError, EvaluationFailed, OutputsNotReady, RunLocked, SlurmRefused
 from .evaluation import SERVER_LATEST, Evaluation
 from .executors import executor_class
 from .executors.base import CancelResult, Executor, JobState, Launched, RemoteRun
@@ -125,7 +125,7 @@ def _launch(executor: Executor, store: LocalStore, record: RunRecord, reporter: 
     """The run's driver started; on any failure, nothing of it left running unnoticed."""
     try:
         return executor.launch(_remote(record))
-    except RunLocked:
+    except (RunLocked, SlurmRefused):
         store.forget_record(record.run_id)  # refused by the server: it never ran
         raise
     except BaseException:  # Ctrl-C, a timeout, a lost link: it may have started

@@ -12,6 +12,7 @@ import shlex
 from dataclasses import dataclass
 
 from .config import Settings
+from .executors import GPUS_FROM_SCHEDULER
 
 # evalkit's server scripts (evalkit/remote/), each uploaded to OUTPUT_ROOT/.evalkit/ as needed.
 INSPECTOR = "inspect_outputs.py"
@@ -79,7 +80,9 @@ def upstream_call(settings: Settings, script: str, args: list[str], launcher: st
     the chosen GPU; through LAUNCHER (--device cpu) when given."""
     root = settings.chinese_clip_dir
     front = (script,) if launcher is None else (launcher, script)
-    return ServerCall(settings.python, front[0], (*front[1:], *args), (("CUDA_VISIBLE_DEVICES", str(settings.gpu)),),
+    # under a scheduler the job's CUDA_VISIBLE_DEVICES is the scheduler's choice: never overridden
+    gpu = () if settings.executor in GPUS_FROM_SCHEDULER else (("CUDA_VISIBLE_DEVICES", str(settings.gpu)),)
+    return ServerCall(settings.python, front[0], (*front[1:], *args), gpu,
                       (root, posixpath.join(root, "cn_clip")), root if cwd else None)
 
 

@@ -213,6 +213,12 @@ def show_detached(console: Console, run_id: str, label: str) -> None:
         console.print(Text(f"  python -m evalkit {verb} {run_id}    # {what}", style="dim"), soft_wrap=True)
 
 
+def show_job_script(console: Console, script: str) -> None:
+    """--dry-run with `executor: slurm`: the batch script each evaluation's job runs."""
+    console.print(Text("Slurm job script (RUN_ID is the run's id):", style="bold"))
+    console.print(Text(script), soft_wrap=True)
+
+
 def show_runs(console: Console, rows: list[tuple[RunRecord, JobState]]) -> None:
     """`status`: one row per run record, with what the server says about it."""
     table = Table(title="runs")
@@ -233,7 +239,7 @@ def describe_state(state: JobState, recorded: str = "started") -> str:
     if state.state:
         return state.state
     if state.driver_alive:
-        return "running"
+        return state.detail or "running"
     if recorded == "starting":
         return "never started (evalkit stopped while starting it)"
     return "gone (driver died or server rebooted)"

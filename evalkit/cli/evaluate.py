@@ -14,6 +14,7 @@ from ..comparison import ModelResult
 from ..config import Settings
 from ..errors import EvalkitError
 from ..evaluation import STAGES, Evaluation, RunOptions
+from ..executors import GPUS_FROM_SCHEDULER
 from ..plan import build_plan
 from ..store import LocalStore
 from .guard import CONTEXT, debug_option, guarded
@@ -72,7 +73,10 @@ def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) 
     out, _ = view.make_consoles(to_stderr=options.json_output)
     if options.dry_run:
         for evaluation in evaluations:
-            view.show_plan(out, build_plan(settings, evaluation), settings.host)
+            plan = build_plan(settings, evaluation)
+            view.show_plan(out, plan, settings.host)
+            if settings.executor == "slurm":
+                view.show_job_script(out, dry_run_job_script(settings, plan.label))
         return
     from .. import gpu_queue, pipeline  # the SSH side loads only when a command needs it: `--help` starts fast
     if options.detach:
@@ -95,6 +99,12 @@ def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) 
     gpu_queue.check_all_succeeded(results)
 
 
+def dry_run_job_script(settings: Settings, label: str) -> str:
+    from ..server import run_dir
+    from ..slurm_job import batch_script
+    return batch_script(settings, "RUN_ID", label, run_dir(settings, "RUN_ID"))
+
+
 def run_one(out: Console, settings: Settings, evaluation: Evaluation, verbose: bool) -> ModelResult:
     from .. import gpu_queue, pipeline
     with view.LiveReporter(out, verbose) as reporter:
@@ -107,6 +117,8 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation],
               options: RunOptions) -> list[ModelResult]:
     from ..gpu_queue import evaluate_all
     gpus = list(options.gpus) or [settings.gpu]
+    if settings.executor in GPUS_FROM_SCHEDULER:  # every job submitted at once: the scheduler places them
+        gpus = list(range(len(evaluations)))
 
     def failed(evaluation: Evaluation, error: EvalkitError) -> None:
         view.show_model_failed(out, evaluation.label or evaluation.checkpoint, error)
@@ -124,8 +136,11 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation],
 
 @click.command(context_settings=CONTEXT)
 @shared_options
+@click.option("--probe-job", is_flag=True,
+              help="with executor: slurm, also run a tiny Slurm job that checks the datapath, Chinese-CLIP, the "
+                   "output directory and the checkpoint are visible from a compute node (waits up to 2 min for it)")
 @guarded
-def doctor(**flags: Any) -> None:
+def doctor(probe_job: bool, **flags: Any) -> None:
     """Check the server before evaluating: ssh, env, cn_clip, GPU, dataset, checkpoint, disk.
 
     Each check prints one line, ✓ or ✗ with what it found and, on ✗, the fix. It reads only
@@ -146,7 +161,7 @@ def doctor(**flags: Any) -> None:
     count = run_doctors(settings, evaluations, on_check=functools.partial(view.show_check, out),
                         on_model=(lambda evaluation: view.show_model_header(out, evaluation.label,
                                                                             evaluation.checkpoint))
-                        if len(evaluations) > 1 else None)
+                        if len(evaluations) > 1 else None, probe_job=probe_job)
     view.show_doctor_passed(out, count)
 
 

@@ -10,11 +10,12 @@ import click
 
 from ..config import ALL_MODELS, DEVICES, KNN_MODES, TEXT_MODELS, VISION_MODELS, ModelEntry, Settings, build_settings
 from ..evaluation import SPLITS, STAGES, Evaluation, RunOptions, Scope, Wanted, resolve
+from ..executors import EXECUTORS
 from .guard import debug_option
 from .references import reference_option
 
 _SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir", "vision_model", "text_model", "knn",
-                  "image_to_image")
+                  "image_to_image", "executor")
 
 
 def _check_dataset_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -79,6 +80,10 @@ def shared_options(command: Callable) -> Callable:
         click.option("--gpus", callback=_parse_gpus, metavar="0,1,2",
                      help="evaluate several models at once, one per GPU (one GPU: one after another)"),
         click.option("--results-dir", help="local folder for results  [default: results]"),
+        click.option("--executor", type=click.Choice(tuple(EXECUTORS)),
+                     help="how runs start: ssh (a detached process on the host) or slurm (one Slurm job per "
+                          "evaluation, submitted on the host as login node; see the config's slurm section)  "
+                          "[default: ssh]"),
         click.option("--knn", type=click.Choice(KNN_MODES),
                      help="upstream: the two upstream KNN scripts; fast: evalkit's exact batched KNN, "
                           "same prediction files, much faster on large galleries  [default: upstream]"),

@@ -257,3 +257,41 @@ def run_upstream_by_hand(bed: Testbed, spec: DatasetSpec, workdir: Path,
                        capture_output=True)
     return {"text_to_image": json.loads((workdir / "t2i_result.json").read_text()),
             "image_to_text": json.loads((workdir / "i2t_result.json").read_text())}
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A one-node Slurm cluster of this session's own (munged, slurmctld, slurmd; 2 fake GPUs)."""
+    from evalkit.testbed.slurm import LoopbackSlurm, is_installed
+
+    if not is_installed():
+        _unavailable("Slurm is missing: apt-get install slurm-wlm munge")
+    with LoopbackSlurm(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def login_node(tmp_path_factory, slurm):
+    """The cluster's login node: a loopback sshd whose sessions find this cluster (SLURM_CONF)."""
+    from evalkit.testbed.sshd import SSHD
+
+    if not Path(SSHD).exists():
+        _unavailable(f"{SSHD} is missing: apt-get install openssh-server")
+    with LoopbackSshd(tmp_path_factory.mktemp("login"), environment=slurm.environment()) as server:
+        yield server
+
+
+@pytest.fixture
+def slurm_testbed(login_node, slurm, isolated_home, datapath, checkpoint, server_python, chinese_clip_dir, tmp_path):
+    """The test bed with `executor: slurm`: the login node over ssh, jobs on the cluster's node."""
+    ssh_dir = isolated_home / ".ssh"
+    login_node.write_client_files(ssh_dir)
+    bed = Testbed(login_node, ssh_dir, tmp_path / "evalkit.yaml", datapath, checkpoint,
+                  tmp_path / "results", server_python, chinese_clip_dir, tmp_path / "服务器 outputs")
+    bed.write_config(executor="slurm", slurm=SLURM_TEST_SETTINGS)
+    return bed
+
+
+# squeue quickly (a real cluster: 5 s rising to 60 s), a short grace for a job that left the queue
+SLURM_TEST_SETTINGS = {"partition": "gpu", "time": "00:10:00", "poll_interval": 0.5, "poll_max": 2,
+                       "lost_after": 5}
