@@ -19,6 +19,7 @@ from rich.table import Column
 from rich.table import Table
 from rich.text import Text
 
+from .charts import INSTALL
 from .comparison import Comparison, cell, failed_cell, header
 from .diagnosis import Check
 from .errors import EvalkitError
@@ -32,6 +33,7 @@ from .summary import ImageRecall, Recall, recalls, skipped
 
 if TYPE_CHECKING:  # pipeline brings paramiko: kept out of `--help`'s start-up
     from .pipeline import Report
+    from .report import ReportWritten
     from .run_record import RunRecord
 
 
@@ -91,6 +93,7 @@ class LiveReporter:
     def step_finished(self, step: Step, result: StepResult) -> None:
         for task in list(self.progress.task_ids):
             self.progress.remove_task(task)  # the ✓ line below takes the row's place
+        self.progress.refresh()  # now, not at the next tick: the row never shows beside its ✓ line
         self._task = None
         mark, style = ("✓", "green") if result.exit_code == 0 else ("✗", "red")
         self.console.print(Text(f"{mark} {self._label}  {result.seconds:.1f} s", style=style))
@@ -308,6 +311,7 @@ class ConcurrentReporter:
 
     def done(self) -> None:
         self.progress.remove_task(self._task)
+        self.progress.refresh()
         if self._is_complete:
             self.console.print(Text(f"✓ {self.label}  {self._seconds:.1f} s", style="green"))
         for task in self.progress.tasks:
@@ -356,6 +360,15 @@ def show_comparison(console: Console, comparison: Comparison, written: Iterable[
     console.print(comparison_table(comparison))
     for path in written:
         console.print(Text(f"saved: {path}"), soft_wrap=True)
+
+
+def show_report_written(console: Console, written: ReportWritten) -> None:
+    """`report`: where the page (and figures) went; without matplotlib, how to get the charts."""
+    for path in (written.page, *written.figures):
+        console.print(Text(f"saved: {path}"), soft_wrap=True)
+    if not written.has_charts:
+        show_note(console, f"the page has the tables only: for charts of recall against epoch, {INSTALL} "
+                           "(matplotlib) and run report again")
 
 
 def show_check(console: Console, check: Check) -> None:
