@@ -1,6 +1,7 @@
-"""The terminal as a person sees it, read from a real terminal (tmux) at 80 and 120 columns: one
-line per step with its live row, upstream's output only with --verbose, never evalkit's marked
-lines; and --json's stdout stays one JSON document."""
+"""What people look at, from one real run. The terminal, read from a real terminal (tmux) at 80 and
+120 columns: one line per step with its live row, upstream's output only with --verbose, never
+evalkit's marked lines; --json's stdout stays one JSON document. Then the report, opened in a real
+headless browser (Debian's chromium): its tables, and charts for a sweep and a plain comparison."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ENTRY_SCRIPT
+from evalkit.evaluation import Evaluation
+from evalkit.store import LocalStore
+
+from .conftest import ENTRY_SCRIPT, REPO
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +96,7 @@ def check_step_lines(screen: Screen, steps: list[str]) -> None:
                 assert (row.group(4), row.group(6)) in PHASES[row.group(3)], snapshot
 
 
-def test_what_a_person_sees_at_80_and_120_columns_and_json_stays_clean(testbed, tmp_path):
+def test_the_terminal_at_80_and_120_columns_json_and_the_report_in_a_browser(testbed, tmp_path):
     # 80 columns, the default: a first run extracts, so every step runs
     quiet = tmux_run(evaluate_command(testbed), 80, tmp_path)
     check_step_lines(quiet, ["prepare output directory", "extract image + text features",
@@ -125,3 +129,66 @@ def test_what_a_person_sees_at_80_and_120_columns_and_json_stays_clean(testbed, 
     for text in (*NEVER_SHOWN, *UPSTREAM_CHATTER):
         assert text not in run.stdout + run.stderr, text
     assert re.search(r"^✓ \[\d/\d\] recall image→text  \d+\.\d s$", run.stderr, re.MULTILINE), run.stderr
+
+    # the report, from this run's results and epochs written beside them by the store's API
+    write_a_sweep_and_a_comparison(testbed)
+    page, figures = tmp_path / "report.html", tmp_path / "figures"
+    made = subprocess.run([sys.executable, "-m", "evalkit", "report", "--config", str(testbed.config), "--output",
+                           str(page), "--figures", str(figures)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert made.returncode == 0, made.stderr
+    assert len(list(figures.glob("*.png"))) == len(list(figures.glob("*.svg"))) == 2
+    check_in_a_browser(page, tmp_path)
+
+
+LABEL = "muge_finetune_rn50_rbt3_team_distill"
+
+
+def write_a_sweep_and_a_comparison(bed) -> None:
+    """Beside the real run (epoch_latest), epochs 1 and 2 of its experiment, lower; and on another
+    split, two experiments of one checkpoint each: their recall is the real run's, scaled."""
+    store, real = LocalStore(bed.results_dir), bed.results_dir / "Flickr30k-CN" / "valid" / LABEL
+    summary = json.loads((real / "summary.json").read_text(encoding="utf-8"))
+    raw = {d: (real / f"{d}_results.json").read_bytes() for d in ("text_to_image", "image_to_text")}
+    experiments = bed.checkpoint.parent
+    for dataset, split, label, stem, scale in (("Flickr30k-CN", "valid", f"{LABEL}@epoch_1", "epoch_1", 0.5),
+                                               ("Flickr30k-CN", "valid", f"{LABEL}@epoch_2", "epoch_2", 0.8),
+                                               ("MUGE", "test", "team", "epoch_latest", 1.0),
+                                               ("MUGE", "test", "large", "epoch_latest", 0.7)):
+        checkpoint = str(experiments.parent.parent / label.split("@")[0] / "checkpoints" / f"{stem}.pt")
+        scaled = {d: {m: value * scale for m, value in metrics.items()} for d, metrics in summary["recall"].items()}
+        store.save_results(Evaluation(dataset, split, checkpoint, label=label), label, raw,
+                           dict(summary, checkpoint=checkpoint, recall=scaled))
+
+
+def check_in_a_browser(page: Path, tmp_path: Path) -> None:
+    """The page as chromium draws it, offline: not blank, the charts' colours on screen
+    (matplotlib's first two), and each chart an image the browser decoded."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("EVALKIT_REQUIRE_TESTBED"):
+            pytest.fail("chromium is missing: apt-get install chromium")
+        pytest.skip("chromium is missing: apt-get install chromium")
+    image = pytest.importorskip("PIL.Image")
+    shot = tmp_path / "report.png"
+    headless = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                f"--user-data-dir={tmp_path / 'chromium'}"]
+    subprocess.run([*headless, f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    pixels = image.open(shot).convert("RGB")
+    colours = {rgb: count for count, rgb in pixels.getcolors(maxcolors=1 << 20)}
+    assert len(colours) > 100, "the page is blank"
+    for name, rgb in {"blue": (31, 119, 180), "orange": (255, 127, 14)}.items():
+        near = sum(count for seen, count in colours.items() if sum(abs(a - b) for a, b in zip(seen, rgb)) < 40)
+        assert near > 2000, f"too little of matplotlib's {name} on screen: the charts are not drawn"
+    # a copy of the page with a probe: once loaded, the title lists each image's decoded width
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    dom = subprocess.run([*headless, "--dump-dom", "--virtual-time-budget=10000", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    widths = re.search(r"<title>images: (.*?)</title>", dom)
+    assert widths and [int(w) > 0 for w in widths.group(1).split(",")] == [True, True], dom[:300]
+    assert dom.count("<table>") == 2
+
+
+PROBE = ("<script>window.addEventListener('load', () => { document.title = 'images: ' + "
+         "[...document.images].map(i => i.complete ? i.naturalWidth : 0).join(','); });</script>")
