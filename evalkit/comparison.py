@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
+from . import comparability
 from .plan import DIRECTION_TITLES
 
 BASELINE = "baseline"
@@ -31,6 +32,8 @@ class ModelResult:
     finished_at: str | None = None
     server_output_dir: str | None = None
     checkpoint_chosen_by: str | None = None       # evaluation.NAMED, LAST_EXTRACT or SERVER_LATEST
+    provenance: dict | None = None                # summary.json's: what the numbers were made from
+    warnings: tuple[str, ...] = ()                # the traps it fell into (traps.py)
 
     @property
     def ok(self) -> bool:
@@ -63,12 +66,34 @@ class Comparison:
     rows: tuple[Row, ...]
     best: dict[str, list[str]]      # column key -> the labels with its best value
     columns: tuple[tuple[str, str], ...] = COLUMNS  # (direction, metric) shown, in order
+    footnotes: dict[str, list[str]] = field(default_factory=dict)  # label -> why not comparable (comparability.py)
+    references: tuple[dict, ...] = ()      # published rows (references.reference_rows)
+    reference_anchor: str | None = None    # the label the published rows' deltas are against
+
+    @property
+    def is_comparable(self) -> bool:
+        return not any(note != comparability.UNKNOWN for notes in self.footnotes.values() for note in notes)
 
     def to_dict(self) -> dict:
         """comparison.json's document (and --json's)."""
         return {"dataset": self.dataset, "split": self.split, "generated_at": self.generated_at,
-                "baseline": self.baseline, "models": [dict(asdict(row.result), delta=row.delta) for row in self.rows],
-                "best": self.best}
+                "baseline": self.baseline,
+                "models": [dict(asdict(row.result), delta=row.delta, footnotes=self.footnotes.get(row.label, []),
+                                metrics=clip_benchmark_metrics(row.result.recall)) for row in self.rows],
+                "best": self.best, "comparable": self.is_comparable,
+                "references": [dict(row, metrics=clip_benchmark_metrics(row["recall"])) for row in self.references],
+                "reference_anchor": self.reference_anchor}
+
+
+# CLIP_benchmark's retrieval keys: image retrieval is text→image, text retrieval image→text; fractions.
+CLIP_BENCHMARK = {"image_retrieval_recall": "text_to_image", "text_retrieval_recall": "image_to_text"}
+
+
+def clip_benchmark_metrics(recall: dict[str, dict[str, float]]) -> dict[str, float]:
+    """recall in percent -> CLIP_benchmark's `metrics` (e.g. image_retrieval_recall@5: 0.836)."""
+    return {f"{key}@{k}": round(recall[direction][f"r{k}"] / 100, 10)
+            for key, direction in CLIP_BENCHMARK.items() if direction in recall for k in (1, 5, 10)
+            if f"r{k}" in recall[direction]}
 
 
 def build_comparison(results: list[ModelResult], dataset: str, split: str, generated_at: str) -> Comparison:
@@ -78,7 +103,20 @@ def build_comparison(results: list[ModelResult], dataset: str, split: str, gener
     rows = tuple(Row(result, _delta(result, baseline, columns) if baseline and result is not baseline else None)
                  for result in results)
     return Comparison(dataset, split, generated_at, BASELINE if baseline else None, rows,
-                      {column_key(*column): _best(results, *column) for column in columns}, columns)
+                      {column_key(*column): _best(results, *column) for column in columns}, columns,
+                      comparability.footnotes(results))
+
+
+def with_references(comparison: Comparison, references: list) -> Comparison:
+    """COMPARISON with published rows (references.Reference) below its models; their deltas are
+    against the baseline, or without one against the first model that succeeded."""
+    from .references import reference_rows  # the data file is read only when references are asked for
+    if not references:
+        return comparison
+    anchor = next((row.result for row in comparison.rows if row.label == comparison.baseline), None) \
+        or next((row.result for row in comparison.rows if row.result.ok), None)
+    rows = reference_rows(references, comparison.dataset, comparison.split, anchor.recall if anchor else None)
+    return replace(comparison, references=tuple(rows), reference_anchor=anchor.label if anchor else None)
 
 
 def column_key(direction: str, metric: str) -> str:
@@ -120,6 +158,48 @@ def cell(comparison: Comparison, row: Row, direction: str, metric: str, bold=("*
     return text
 
 
+def reference_cell(reference: dict, direction: str, metric: str) -> str:
+    """A published row's cell: its number and, against the anchor, its delta."""
+    value = reference["recall"].get(direction, {}).get(metric)
+    if value is None:
+        return "–"
+    delta = ((reference["delta"] or {}).get(direction) or {}).get(metric)
+    return f"{value:.2f}" + (f" ({delta:+.2f})" if delta is not None else "")
+
+
+def marks(comparison: Comparison) -> dict[str, str]:
+    """label -> its footnote mark (†1, †2 ...), for the rows that have footnotes."""
+    return {label: f"†{index}" for index, label in enumerate(
+        [row.label for row in comparison.rows if comparison.footnotes.get(row.label)], start=1)}
+
+
+def marked_label(comparison: Comparison, label: str) -> str:
+    mark = marks(comparison).get(label)
+    return f"{label} {mark}" if mark else label
+
+
+def notes(comparison: Comparison) -> list[str]:
+    """The lines under the table: footnotes, each row's warnings, where published rows come from."""
+    lines = [f"{mark} {label}: " + "; ".join(comparison.footnotes[label]) for label, mark in marks(comparison).items()]
+    lines += [f"warning: {row.label}: {warning}" for row in comparison.rows for warning in row.result.warnings]
+    if comparison.references:
+        lines.append("published rows: Chinese-CLIP's own results"
+                     + (f", (±x.xx) against {comparison.reference_anchor}" if comparison.reference_anchor else ""))
+    for reference in comparison.references:
+        computed = reference["mean_recall_computed"]
+        lines.append(f"{reference['label']}: {reference['model']}, {reference['setup']}, {reference['dataset']} "
+                     f"{reference['split']}; source: {_source(reference['source'])}"
+                     + (f"; MR computed from R@1/5/10 ({', '.join(DIRECTION_TITLES[d] for d in computed)})"
+                        if computed else ""))
+        lines += [f"warning: {reference['label']}: {warning}" for warning in reference["warnings"]]
+    return lines
+
+
+def _source(source: dict) -> str:
+    return f"{source['repository']} {source['file']} @ {source['commit'][:12]}, “{source['section']}”, " \
+           f"row {source['row']}, {source['columns']}"
+
+
 def failed_cell(row: Row) -> str:
     return f"failed (exit {row.result.exit_code})"
 
@@ -138,8 +218,12 @@ def to_markdown(comparison: Comparison) -> str:
             cells = [failed_cell(row)] + ["–"] * (len(comparison.columns) - 1)
         else:
             cells = [cell(comparison, row, d, m) for d, m in comparison.columns]
-        lines.append("| " + " | ".join([_markdown_escape(row.label), *cells]) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append("| " + " | ".join([_markdown_escape(marked_label(comparison, row.label)), *cells]) + " |")
+    for reference in comparison.references:
+        cells = [reference_cell(reference, d, m) for d, m in comparison.columns]
+        lines.append("| " + " | ".join([f"*{_markdown_escape(reference['label'])}*", *cells]) + " |")
+    below = notes(comparison)
+    return "\n".join(lines + ([""] + [f"{_markdown_escape(line)}  " for line in below] if below else [])) + "\n"
 
 
 def _markdown_escape(text: str) -> str:
@@ -152,10 +236,24 @@ def to_csv(comparison: Comparison) -> str:
     delta_keys = [f"delta_{key}" for key in keys] if comparison.baseline else []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["model", "status", *keys, *delta_keys, "checkpoint", "error"])
+    if comparison.references and not delta_keys and comparison.reference_anchor:
+        delta_keys = [f"delta_{key}" for key in keys]
+    annotated = bool(comparison.footnotes or comparison.references
+                     or any(row.result.warnings for row in comparison.rows))
+    writer.writerow(["model", "status", *keys, *delta_keys, "checkpoint", "error",
+                     *(("comparable", "notes") if annotated else ())])
     for row in comparison.rows:
         result = row.result
         values = [result.recall.get(d, {}).get(m, "") for d, m in comparison.columns]
         deltas = [(row.delta or {}).get(d, {}).get(m, "") for d, m in comparison.columns] if delta_keys else []
-        writer.writerow([result.label, result.status, *values, *deltas, result.checkpoint, result.error or ""])
+        row_notes = [*comparison.footnotes.get(row.label, []), *result.warnings]
+        comparable = not any(note != comparability.UNKNOWN for note in comparison.footnotes.get(row.label, []))
+        writer.writerow([result.label, result.status, *values, *deltas, result.checkpoint, result.error or "",
+                         *((comparable, " | ".join(row_notes)) if annotated else ())])
+    for reference in comparison.references:
+        values = [reference["recall"].get(d, {}).get(m, "") for d, m in comparison.columns]
+        deltas = [((reference["delta"] or {}).get(d) or {}).get(m, "") for d, m in comparison.columns] \
+            if delta_keys else []
+        writer.writerow([reference["label"], "published", *values, *deltas, _source(reference["source"]), "",
+                         not reference["warnings"], " | ".join(reference["warnings"])])
     return out.getvalue()

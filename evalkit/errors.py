@@ -149,6 +149,13 @@ class TransferUnavailable(EvalkitError):
     title = "no SFTP on the server"
 
 
+class NotComparable(EvalkitError):
+    """`results --strict`: rows of a comparison were made differently (dataset, context length, ...)."""
+
+    exit_code = 22
+    title = "rows not comparable"
+
+
 INTERRUPTED_EXIT_CODE = 130
 UNEXPECTED_EXIT_CODE = 1
 USAGE_EXIT_CODE = 2
@@ -180,5 +187,6 @@ EXIT_CODES: dict[int, str] = {
     UnknownRun.exit_code: "no record of that run id on this laptop",
     DriverGone.exit_code: "the run's driver on the server died or crashed (killed, out of memory, reboot)",
     TransferUnavailable.exit_code: "the server's SSH has no SFTP subsystem (the message says how to enable it)",
+    NotComparable.exit_code: "`results --strict`: rows of a comparison were made differently (the footnotes say how)",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C)",
 }

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import clock, pipeline
-from .comparison import Comparison, ModelResult, build_comparison
+from .comparison import Comparison, ModelResult, build_comparison, with_references
 from .config import Settings
 from .errors import ComparisonIncomplete, EvalkitError
 from .evaluation import Evaluation
@@ -76,14 +76,16 @@ def model_result(report: pipeline.Report, started_at: str | None = None) -> Mode
     recall = {direction: dataclasses.asdict(value) for direction, value in recalls(report.outcome).items()}
     return ModelResult(plan.label, plan.checkpoint, "ok", recall, started_at=started_at,
                        finished_at=clock.timestamp(), server_output_dir=plan.output_dir,
-                       checkpoint_chosen_by=report.evaluation.chosen_by)
+                       checkpoint_chosen_by=report.evaluation.chosen_by,
+                       provenance=(report.summary or {}).get("provenance"),
+                       warnings=tuple((report.summary or {}).get("warnings") or ()))
 
 
 def compare(store: LocalStore, results: list[ModelResult], dataset: str, split: str,
-            save: bool) -> tuple[Comparison, list[Path]]:
-    """The comparison document of RESULTS; with SAVE (several models' recall), kept in the store
-    unless every model failed."""
-    document = build_comparison(results, dataset, split, clock.timestamp())
+            save: bool, references: tuple = ()) -> tuple[Comparison, list[Path]]:
+    """The comparison document of RESULTS, with the published REFERENCES as rows; with SAVE
+    (several models' recall), kept in the store unless every model failed."""
+    document = with_references(build_comparison(results, dataset, split, clock.timestamp()), list(references))
     written = store.save_comparison(document) if save and any(result.ok for result in results) else []
     return document, written
 

@@ -6,7 +6,7 @@ import base64
 import html
 from dataclasses import dataclass
 
-from .comparison import Comparison, cell, failed_cell, header
+from .comparison import Comparison, cell, failed_cell, header, marked_label, notes
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", "Noto Sans", "PingFang SC", sans-serif;
@@ -70,7 +70,8 @@ def _section(section: Section) -> list[str]:
 
 
 def comparison_table(comparison: Comparison) -> str:
-    """The comparison as an HTML table: the same cells as the terminal's and comparison.md's."""
+    """The comparison as an HTML table: the same cells, marks and notes under it as the terminal's
+    and comparison.md's."""
     head = "".join(f"<th>{_text(title)}</th>" for title in header(comparison))
     rows = []
     for row in comparison.rows:
@@ -80,8 +81,9 @@ def comparison_table(comparison: Comparison) -> str:
             # a cell is digits, sign and parentheses; only the bold markers are markup
             cells = "".join(f"<td>{cell(comparison, row, d, m, bold=('<strong>', '</strong>'))}</td>"
                             for d, m in comparison.columns)
-        rows.append(f"<tr><td>{_text(row.label)}</td>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        rows.append(f"<tr><td>{_text(marked_label(comparison, row.label))}</td>{cells}</tr>")
+    below = "".join(f'<p class="meta">{_text(line)}</p>' for line in notes(comparison))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{below}"
 
 
 def _text(value: str) -> str:

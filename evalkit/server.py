@@ -21,6 +21,7 @@ FAST_KNN = "fast_knn.py"
 IMAGE_TO_IMAGE = "image_to_image.py"
 PROBE = "doctor_probe.py"
 BOOTSTRAP = "bootstrap.py"
+PROVENANCE = "provenance.py"
 SERVER_SCRIPTS = {
     INSPECTOR: "reads what the server's dataset and output directory hold (read-only)",
     JOB_RUNNER: "starts, drives, reports on and cancels a run's steps, detached from SSH",
@@ -28,6 +29,7 @@ SERVER_SCRIPTS = {
     FAST_KNN: "--knn fast: exact batched KNN writing upstream's prediction files",
     IMAGE_TO_IMAGE: "--image-to-image: image→image recall and mAP@10 from the image features (beside fast_knn.py)",
     PROBE: "the doctor's and the preflight's checks (env, GPU, dataset, checkpoint, disk)",
+    PROVENANCE: "what a recall number was made from: checkpoint and dataset hashes (cached), the server's software",
     BOOTSTRAP: "sent inline, never uploaded: brings the other scripts up to date, then runs one",
 }
 

@@ -84,7 +84,9 @@ class LocalStore:
                 summary = json.loads(path.read_text(encoding="utf-8"))
                 result = ModelResult(label_dir.name, summary["checkpoint"], "ok", summary["recall"],
                                      finished_at=summary.get("timestamp"),
-                                     server_output_dir=summary.get("server_output_dir"))
+                                     server_output_dir=summary.get("server_output_dir"),
+                                     provenance=summary.get("provenance"),
+                                     warnings=tuple(summary.get("warnings") or ()))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not one of ours, or half-edited by hand: never block the others
             found.setdefault(key, []).append(result)

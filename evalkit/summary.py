@@ -9,6 +9,7 @@ from . import clock
 from .errors import EvaluationFailed
 from .evaluation import Evaluation
 from .outcome import RunOutcome
+from .traps import trap_warnings
 from .plan import I2I_RESULT, I2T_RESULT, T2I_RESULT
 
 RESULT_FILE_NAMES = {"text_to_image": T2I_RESULT, "image_to_text": I2T_RESULT, "image_to_image": I2I_RESULT}
@@ -68,9 +69,10 @@ def parse_result(raw: bytes, path: str, direction: str) -> dict:
     return parsed
 
 
-def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_path: Path | None) -> dict:
+def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_path: Path | None,
+                  provenance: dict | None = None) -> dict:
     plan = outcome.plan
-    return {
+    summary = {
         "label": plan.label,
         "checkpoint": plan.checkpoint,
         "checkpoint_chosen_by": evaluation.chosen_by,
@@ -87,3 +89,7 @@ def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_pa
         "log": str(log_path) if log_path else None,
         "timestamp": clock.timestamp(),
     }
+    if provenance is not None:  # what the numbers were made from, and the traps they fell into
+        summary["provenance"] = provenance
+        summary["warnings"] = trap_warnings(provenance, summary["recall"])
+    return summary

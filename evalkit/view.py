@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .charts import INSTALL
-from .comparison import Comparison, cell, failed_cell, header
+from .comparison import Comparison, cell, failed_cell, header, marked_label, notes, reference_cell
 from .diagnosis import Check
 from .errors import EvalkitError
 from .evaluation import NAMED, SERVER_LATEST
@@ -165,6 +165,8 @@ def show_results(console: Console, report: Report) -> None:
     console.print(recall_table(plan.label, recalls(report.outcome), evaluation.chosen_by))
     for reason in skipped(report.outcome).values():
         console.print(Text(reason, style="yellow"), soft_wrap=True)
+    for warning in (report.summary or {}).get("warnings", []):
+        console.print(Text(f"warning: {warning}", style="bold yellow"), soft_wrap=True)
     image = recalls(report.outcome).get("image_to_image")
     if isinstance(image, ImageRecall):
         console.print(Text(f"image→image: {image.num_queries} query images (those with a relevant other image)",
@@ -352,12 +354,16 @@ def comparison_table(comparison: Comparison) -> Table:
             continue
         cells = [Text.from_markup(cell(comparison, row, d, m, bold=("[bold green]", "[/]")))
                  for d, m in comparison.columns]
-        table.add_row(Text(row.label), *cells)
+        table.add_row(Text(marked_label(comparison, row.label)), *cells)
+    for reference in comparison.references:
+        table.add_row(Text(reference["label"], style="italic"),
+                      *[Text(reference_cell(reference, d, m), style="italic") for d, m in comparison.columns])
     return table
 
 
 def show_comparison(console: Console, comparison: Comparison, written: Iterable[Path]) -> None:
     console.print(comparison_table(comparison))
+    show_notes(console, notes(comparison))
     for path in written:
         console.print(Text(f"saved: {path}"), soft_wrap=True)
 
@@ -369,6 +375,26 @@ def show_report_written(console: Console, written: ReportWritten) -> None:
     if not written.has_charts:
         show_note(console, f"the page has the tables only: for charts of recall against epoch, {INSTALL} "
                            "(matplotlib) and run report again")
+
+
+def show_notes(console: Console, lines: list[str]) -> None:
+    """Footnotes, warnings and sources under a comparison table."""
+    for line in lines:
+        console.print(Text(line, style="bold yellow" if line.startswith(("warning:", "†")) else "dim"), soft_wrap=True)
+
+
+def show_references(console: Console, rows: list[dict]) -> None:
+    """`python -m evalkit references`: one line per published result."""
+    table = Table(title="Chinese-CLIP's published retrieval results (%)")
+    for column in ("name", "dataset", "split", "setup", "text→image R@1/5/10", "image→text R@1/5/10"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        recall = row["recall"]
+        table.add_row(row["name"], row["dataset"], row["split"], row["setup"],
+                      *["/".join(f"{recall[d][m]:.1f}" for m in ("r1", "r5", "r10")) if d in recall else "–"
+                        for d in ("text_to_image", "image_to_text")])
+    console.print(table)
+    console.print(Text("source: OFA-Sys/Chinese-CLIP Results.md; --reference NAME adds one to a table", style="dim"))
 
 
 def show_check(console: Console, check: Check) -> None:

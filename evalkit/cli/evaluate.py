@@ -86,8 +86,9 @@ def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) 
         results = _run_many(out, settings, evaluations, options)
     first = evaluations[0]
     document, written = gpu_queue.compare(LocalStore.of(settings), results, first.dataset, first.split,
-                                          save=len(results) > 1 and "recall" in first.stages)
-    if len(results) > 1 and "recall" in first.stages:
+                                          save=len(results) > 1 and "recall" in first.stages,
+                                          references=options.references)
+    if (len(results) > 1 or options.references) and "recall" in first.stages:
         view.show_comparison(out, document, written)
     if options.json_output:
         click.echo(json.dumps(document.to_dict(), ensure_ascii=False, indent=2))

@@ -11,6 +11,7 @@ import click
 from ..config import ALL_MODELS, DEVICES, KNN_MODES, TEXT_MODELS, VISION_MODELS, ModelEntry, Settings, build_settings
 from ..evaluation import SPLITS, STAGES, Evaluation, RunOptions, Scope, Wanted, resolve
 from .guard import debug_option
+from .references import reference_option
 
 _SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir", "vision_model", "text_model", "knn",
                   "image_to_image")
@@ -97,7 +98,7 @@ def shared_options(command: Callable) -> Callable:
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return reference_option(command)
 
 
 def records_options(command: Callable) -> Callable:
@@ -129,7 +130,8 @@ def parse(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
         raise click.UsageError("--label names the checkpoint of --model-path; a `models:` entry is labelled "
                                "by its name")
     options = RunOptions(flags.get("dry_run", False), flags.get("detach", False), flags.get("gpus") or (),
-                         flags.get("json_output", False), flags.get("verbose", False))
+                         flags.get("json_output", False), flags.get("verbose", False),
+                         flags.get("references") or ())
     return settings, resolve(settings.datapath, scope, wanted), options
 
 

@@ -8,13 +8,15 @@ from pathlib import Path
 import click
 
 from .. import clock, view
-from ..comparison import Comparison, build_comparison, to_csv, to_markdown
+from ..comparison import Comparison, build_comparison, to_csv, to_markdown, with_references
+from ..comparability import UNKNOWN
 from ..config import build_settings
-from ..errors import NothingEvaluated
+from ..errors import NotComparable, NothingEvaluated
 from ..evaluation import SPLITS
 from ..store import LocalStore
 from .guard import CONTEXT, debug_option, guarded
 from .options import config_option
+from .references import reference_option
 
 RESULT_FORMATS = ("table", "markdown", "csv", "json")
 
@@ -26,17 +28,24 @@ RESULT_FORMATS = ("table", "markdown", "csv", "json")
 @click.option("--split", type=click.Choice(SPLITS), help="only this split")
 @click.option("--format", "output_format", type=click.Choice(RESULT_FORMATS), default="table",
               show_default=True, help="markdown and csv paste into a paper or a spreadsheet")
+@click.option("--strict", is_flag=True,
+              help="refuse (exit 22) a comparison whose rows were not made the same way (dataset, context "
+                   "length, precision, KNN mode, upstream scripts, top_k)")
+@reference_option
 @debug_option
 @guarded
 def results(config: Path | None, results_dir: str | None, dataset_name: str | None, split: str | None,
-            output_format: str, debug: bool) -> None:
+            output_format: str, strict: bool, references: tuple, debug: bool) -> None:
     """Compare everything evaluated so far, from the local results folder (no connection).
 
     One table per dataset and split: a row per label (its newest run), the best of each
     column highlighted, deltas against `baseline` when there is one.
     """
-    _, documents = _evaluated(config, results_dir, dataset_name, split)
+    _, found = _evaluated(config, results_dir, dataset_name, split)
     out, _ = view.make_consoles()
+    documents = [with_references(document, list(references)) for document in found]
+    if strict:
+        _refuse_incomparable(documents)
     for document in documents:
         if output_format == "table":
             view.show_comparison(out, document, [])
@@ -86,6 +95,17 @@ def _evaluated(config: Path | None, results_dir: str | None, dataset_name: str |
     registry = list(settings.models)
     return store, [build_comparison(_in_registry_order(rows, registry), dataset, split_name, clock.timestamp())
                    for (dataset, split_name), rows in sorted(found.items())]
+
+
+def _refuse_incomparable(documents: list) -> None:
+    refused = [(document, label, notes) for document in documents for label, notes in document.footnotes.items()
+               if not document.is_comparable and any(note != UNKNOWN for note in notes)]
+    if refused:
+        raise NotComparable("not comparable: " + "; ".join(
+            f"{document.dataset} {document.split} {label}: " + ", ".join(n for n in notes if n != UNKNOWN)
+            for document, label, notes in refused),
+            "evaluate those checkpoints again with the same settings, or drop --strict to see the table "
+            "with footnotes")
 
 
 def _in_registry_order(rows: list, registry: list[str]) -> list:

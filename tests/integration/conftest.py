@@ -7,6 +7,8 @@ missing piece fails instead of skipping.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -97,23 +99,37 @@ def datapath(tmp_path_factory, server_python) -> Path:
     return root
 
 
+def random_checkpoint(server_python: Path, path: Path, seed: int) -> Path:
+    """A random checkpoint at PATH: a copy of the one built for SEED, which parallel test workers
+    (pytest -n) build once between them (each costs ~10 s of CPU) and never share a file of."""
+    maker = (REPO / "evalkit" / "testbed" / "make_checkpoint.py").read_bytes()
+    built = REPO / ".testbed" / "checkpoints" / f"seed-{seed}-{hashlib.sha256(maker).hexdigest()[:12]}.pt"
+    built.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{built}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build_checkpoint(server_python, built, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(built, path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def checkpoint(datapath, server_python) -> Path:
     path = datapath / "experiments" / "muge_finetune_rn50_rbt3_team_distill" / "checkpoints" / "epoch_latest.pt"
-    return build_checkpoint(server_python, path, seed=0)
+    return random_checkpoint(server_python, path, seed=0)
 
 
 @pytest.fixture(scope="session")
 def second_checkpoint(datapath, server_python) -> Path:
     """Another random checkpoint (another seed): its features differ from the first's."""
     path = datapath / "experiments" / "large_distill" / "checkpoints" / "epoch_latest.pt"
-    return build_checkpoint(server_python, path, seed=1)
+    return random_checkpoint(server_python, path, seed=1)
 
 
 @pytest.fixture(scope="session")
 def third_checkpoint(datapath, server_python) -> Path:
     path = datapath / "experiments" / "baseline_rn50" / "checkpoints" / "epoch_latest.pt"
-    return build_checkpoint(server_python, path, seed=2)
+    return random_checkpoint(server_python, path, seed=2)
 
 
 @pytest.fixture(scope="session")
