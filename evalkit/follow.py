@@ -15,7 +15,7 @@ from .errors import ConnectionLost, DriverGone, RemoteStepFailed
 from .executors.base import Executor, JobState, RemoteRun
 from .outcome import Reporter, RunOutcome, StepResult
 from .plan import Step
-from .progress import Event, LogLine, ProgressUpdate, StreamSplitter
+from .progress import Event, LogLine, ProgressUpdate, ProtocolFilter, StreamSplitter
 from .session import Session
 
 READ_CHUNK = 1 << 20
@@ -192,12 +192,15 @@ def read_logs(session: Session, run: RemoteRun, follow: bool,
             alive.check(f"before step {step.name!r}")
             time.sleep(SLOWEST_POLL)
         yield f"### step {step.name}: {step.title}\n"
+        # evalkit's marked lines are for the laptop: a person (or a file) gets upstream's output
+        filters = {stream: ProtocolFilter() for stream in STREAMS}
         while True:
             finished = files.outcome()  # before reading: then nothing is missed
             for stream in STREAMS:
                 while chunk := files.read_new(stream):
-                    yield chunk.decode("utf-8", "replace")
+                    yield filters[stream].feed(chunk.decode("utf-8", "replace"))
             if finished is not None:
+                yield "".join(f.close() for f in filters.values())
                 yield f"### step {step.name} exited {finished[0]}\n"
                 break
             if not follow:

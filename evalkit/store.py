@@ -112,6 +112,21 @@ class LocalStore:
                  "csv": to_csv(comparison), "md": to_markdown(comparison)}
         return [write_atomically(paths[suffix], texts[suffix].encode("utf-8")) for suffix in COMPARISON_SUFFIXES]
 
+    # --- the HTML report and its figures ---------------------------------------------------------
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / "report.html"
+
+    def save_report(self, page: str, path: Path | None = None) -> Path:
+        """The report page at PATH (default RESULTS_DIR/report.html)."""
+        return write_atomically(path or self.report_path, page.encode("utf-8"))
+
+    @staticmethod
+    def save_figures(folder: Path, figures: dict[str, bytes]) -> list[Path]:
+        """Each figure as FOLDER/<file name>."""
+        return [write_atomically(folder / name, data) for name, data in figures.items()]
+
     # --- logs -----------------------------------------------------------------------------------
 
     def new_log_path(self, evaluation: Evaluation, label: str) -> Path:

@@ -14,7 +14,7 @@ import click
 from .evaluate import demo, doctor, evaluate_command, quick_command
 from .guard import CONTEXT
 from .references import references
-from .results import results
+from .results import report, results
 from .runs import attach, cancel, logs, status
 
 
@@ -25,7 +25,7 @@ def main() -> None:
 
 for name, command in {"evaluate": evaluate_command, "quick": quick_command, "results": results, "demo": demo,
                       "doctor": doctor, "attach": attach, "cancel": cancel, "status": status, "logs": logs,
-                      "references": references}.items():
+                      "references": references, "report": report}.items():
     main.add_command(command, name=name)
 
 

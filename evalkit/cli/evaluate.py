@@ -128,7 +128,7 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation],
             view.show_model_header(out, evaluation.label, evaluation.checkpoint)
             return view.LiveReporter(out, options.verbose)
         return evaluate_all(settings, evaluations, gpus, one_after_another, failed)
-    with view.concurrent_progress(out) as progress:
+    with view.concurrent_progress(out, total=len(evaluations)) as progress:
         return evaluate_all(settings, evaluations, gpus,
                             lambda evaluation: view.ConcurrentReporter(out, progress, evaluation.label
                                                                        or evaluation.checkpoint), failed)
@@ -169,7 +169,7 @@ def doctor(probe_job: bool, **flags: Any) -> None:
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="where the demo server's venv, data and keys live  [default: ~/.cache/evalkit/demo]")
 @click.option("--results-dir", default="results", show_default=True, help="local folder for results")
-@click.option("--verbose", is_flag=True, help="also print each remote command as it starts")
+@click.option("--verbose", is_flag=True, help="also stream the upstream scripts' output and each remote command (by default they go to the log only)")
 @debug_option
 @guarded
 def demo(workdir: Path | None, results_dir: str, verbose: bool, debug: bool) -> None:

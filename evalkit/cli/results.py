@@ -1,4 +1,5 @@
-"""click only: `results`, the comparison of everything evaluated so far (no connection)."""
+"""click only: `results` and `report`, everything evaluated so far (no connection): as tables, or
+as one HTML page with charts."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 import click
 
 from .. import clock, view
-from ..comparison import BASELINE, build_comparison, to_csv, to_markdown, with_references
+from ..comparison import BASELINE, Comparison, build_comparison, to_csv, to_markdown, with_references
 from ..comparability import UNKNOWN
 from ..config import build_settings
 from ..errors import NotComparable, NothingEvaluated
@@ -43,18 +44,9 @@ def results(config: Path | None, results_dir: str | None, dataset_name: str | No
     column highlighted, deltas against `baseline` (or --baseline NAME) when there is one, marked
     when significant (p < 0.05) on the same queries, and each value's 95% interval (±).
     """
-    settings = build_settings(config, {"results_dir": results_dir})
-    store = LocalStore.of(settings)
-    found = store.load_evaluated(dataset_name, split)
-    if not found:
-        scope = " ".join(filter(None, (dataset_name, split)))
-        raise NothingEvaluated(f"no results under {store.root.resolve()}" + (f" for {scope}" if scope else ""),
-                               "evaluate first, or point --results-dir / --config at your results folder")
+    _, found = _evaluated(config, results_dir, dataset_name, split, baseline)
     out, _ = view.make_consoles()
-    registry = list(settings.models)
-    documents = [with_references(build_comparison(_in_registry_order(rows, registry), dataset, split_name,
-                                                  clock.timestamp(), baseline), list(references))
-                 for (dataset, split_name), rows in sorted(found.items())]
+    documents = [with_references(document, list(references)) for document in found]
     if strict:
         _refuse_incomparable(documents)
     for document in documents:
@@ -66,6 +58,47 @@ def results(config: Path | None, results_dir: str | None, dataset_name: str | No
             click.echo(to_csv(document), nl=False)
     if output_format == "json":
         click.echo(json.dumps([document.to_dict() for document in documents], ensure_ascii=False, indent=2))
+
+
+@click.command(context_settings=CONTEXT)
+@config_option("YAML config: its results_dir and the order of its `models:`")
+@click.option("--results-dir", help="local results folder  [default: results]")
+@click.option("--dataset-name", help="only this dataset")
+@click.option("--split", type=click.Choice(SPLITS), help="only this split")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="where to write the page  [default: RESULTS_DIR/report.html]")
+@click.option("--figures", type=click.Path(file_okay=False, path_type=Path),
+              help="also write each chart as <dataset>-<split>.svg and .png in this folder (for a paper)")
+@debug_option
+@guarded
+def report(config: Path | None, results_dir: str | None, dataset_name: str | None, split: str | None,
+           output: Path | None, figures: Path | None, debug: bool) -> None:
+    """Write everything evaluated so far as one self-contained HTML page (no connection).
+
+    Per dataset and split: the comparison table and charts of recall against epoch, a line per
+    experiment (EXP, EXP@epoch_N), both directions, R@1 / R@5 / R@10 / mean; one checkpoint per
+    experiment gives grouped bars. The page needs no network to view. Charts need matplotlib
+    (pip install -e '.[plot]'); without it the page has the tables.
+    """
+    store, documents = _evaluated(config, results_dir, dataset_name, split)
+    from ..report import write_report  # matplotlib loads only for this command
+    view.show_report_written(view.make_consoles()[0], write_report(store, documents, output, figures))
+
+
+def _evaluated(config: Path | None, results_dir: str | None, dataset_name: str | None,
+               split: str | None, baseline: str = BASELINE) -> tuple[LocalStore, list[Comparison]]:
+    """The store, and a comparison per dataset split of what it holds (exit 15 when nothing)."""
+    settings = build_settings(config, {"results_dir": results_dir})
+    store = LocalStore.of(settings)
+    found = store.load_evaluated(dataset_name, split)
+    if not found:
+        scope = " ".join(filter(None, (dataset_name, split)))
+        raise NothingEvaluated(f"no results under {store.root.resolve()}" + (f" for {scope}" if scope else ""),
+                               "evaluate first, or point --results-dir / --config at your results folder")
+    registry = list(settings.models)
+    return store, [build_comparison(_in_registry_order(rows, registry), dataset, split_name, clock.timestamp(),
+                                    baseline)
+                   for (dataset, split_name), rows in sorted(found.items())]
 
 
 def _refuse_incomparable(documents: list) -> None:

@@ -41,11 +41,15 @@ def test_concurrent_rows_keep_a_markup_label_and_remote_text_literal():
 
 def test_a_progress_bar_named_after_remote_output_keeps_its_markup_literal():
     out = console()
-    with view.LiveReporter(out) as reporter:
+    with view.LiveReporter(out, verbose=True) as reporter:
         reporter.step_started(STEP, 0, 1)
         reporter.step_event(STEP, LogLine("Make inference for [/]images", "stdout"))
-        reporter.step_event(STEP, ProgressUpdate(1, 3, "", ""))
-    assert "Make inference for [/]images" in out.export_text()
+        reporter.step_event(STEP, ProgressUpdate(1, 3, "scoring [/]tiles", ""))
+        out.print(reporter.progress.get_renderable())
+    text = out.export_text()
+    assert "Make inference for [/]images" in text
+    assert "extract image + text features · scoring [/]tiles" in text
+
 
 
 def test_the_comparison_table_shows_half_widths_marks_and_says_what_they_mean():
