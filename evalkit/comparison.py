@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
+from . import comparability
 from .plan import DIRECTION_TITLES
+from .significance import is_significant, plus_minus, significance
 
 BASELINE = "baseline"
 METRICS = ("r1", "r5", "r10", "mean_recall")
@@ -15,6 +17,7 @@ SHORT_DIRECTIONS = {"text_to_image": "t2i", "image_to_text": "i2t", "image_to_im
 COLUMNS = tuple((direction, metric) for direction in ("text_to_image", "image_to_text") for metric in METRICS)
 # a column group of its own, shown when some model has image→image numbers (--image-to-image)
 IMAGE_COLUMNS = tuple(("image_to_image", metric) for metric in (*METRICS, "map10"))
+MARKDOWN_MARKER = "\\*"  # a bare * would start emphasis
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,11 @@ class ModelResult:
     finished_at: str | None = None
     server_output_dir: str | None = None
     checkpoint_chosen_by: str | None = None       # evaluation.NAMED, LAST_EXTRACT or SERVER_LATEST
+    provenance: dict | None = None                # summary.json's: what the numbers were made from
+    warnings: tuple[str, ...] = ()                # the traps it fell into (traps.py)
+    ci95: dict[str, dict[str, list[float]]] | None = None  # direction -> metric -> [low, high], percent
+    # query_hits.json's directions (significance.parse_query_hits): what paired tests read; not shown
+    query_hits: dict | None = field(default=None, repr=False, compare=False)
     # across epochs (epochs.annotate): EXP of EXP@epoch_5, 5 (None for epoch_latest.pt), and
     # whether this is its experiment's best row (highest average of the directions' mean recall)
     experiment: str | None = None
@@ -44,6 +52,9 @@ class ModelResult:
     def value(self, direction: str, metric: str) -> float | None:
         return self.recall.get(direction, {}).get(metric)
 
+    def interval(self, direction: str, metric: str) -> list[float] | None:
+        return (self.ci95 or {}).get(direction, {}).get(metric)
+
 
 @dataclass(frozen=True)
 class Row:
@@ -51,6 +62,8 @@ class Row:
 
     result: ModelResult
     delta: dict[str, dict[str, float]] | None = None  # direction -> metric -> points
+    # against the baseline, on the same queries: direction -> metric -> {"delta", "p_value"}
+    significance: dict[str, dict[str, dict[str, float]]] | None = None
 
     @property
     def label(self) -> str:
@@ -68,22 +81,78 @@ class Comparison:
     rows: tuple[Row, ...]
     best: dict[str, list[str]]      # column key -> the labels with its best value
     columns: tuple[tuple[str, str], ...] = COLUMNS  # (direction, metric) shown, in order
+    footnotes: dict[str, list[str]] = field(default_factory=dict)  # label -> why not comparable (comparability.py)
+    references: tuple[dict, ...] = ()      # published rows (references.reference_rows)
+    reference_anchor: str | None = None    # the label the published rows' deltas are against
+
+    @property
+    def is_comparable(self) -> bool:
+        return not any(note != comparability.UNKNOWN for notes in self.footnotes.values() for note in notes)
 
     def to_dict(self) -> dict:
         """comparison.json's document (and --json's)."""
         return {"dataset": self.dataset, "split": self.split, "generated_at": self.generated_at,
-                "baseline": self.baseline, "models": [dict(asdict(row.result), delta=row.delta) for row in self.rows],
-                "best": self.best}
+                "baseline": self.baseline,
+                "models": [_model_dict(row, self.footnotes.get(row.label, [])) for row in self.rows],
+                "best": self.best, "comparable": self.is_comparable,
+                "references": [dict(row, metrics=clip_benchmark_metrics(row["recall"])) for row in self.references],
+                "reference_anchor": self.reference_anchor}
+
+    @property
+    def has_significance(self) -> bool:
+        return any(row.significance for row in self.rows)
+
+    @property
+    def has_intervals(self) -> bool:
+        return any(row.result.ci95 for row in self.rows)
 
 
-def build_comparison(results: list[ModelResult], dataset: str, split: str, generated_at: str) -> Comparison:
-    """Rows in the order given, best labels per column, deltas against the baseline."""
-    baseline = next((r for r in results if r.label == BASELINE and r.ok), None)
+def _model_dict(row: Row, footnotes: list[str]) -> dict:
+    found = dict(asdict(row.result), delta=row.delta, footnotes=footnotes,
+                 metrics=clip_benchmark_metrics(row.result.recall))
+    del found["query_hits"]  # the raw hits stay in query_hits.json beside the summary
+    if not found["ci95"]:
+        del found["ci95"]
+    if row.significance:
+        found["significance"] = row.significance
+    return found
+
+
+# CLIP_benchmark's retrieval keys: image retrieval is text→image, text retrieval image→text; fractions.
+CLIP_BENCHMARK = {"image_retrieval_recall": "text_to_image", "text_retrieval_recall": "image_to_text"}
+
+
+def clip_benchmark_metrics(recall: dict[str, dict[str, float]]) -> dict[str, float]:
+    """recall in percent -> CLIP_benchmark's `metrics` (e.g. image_retrieval_recall@5: 0.836)."""
+    return {f"{key}@{k}": round(recall[direction][f"r{k}"] / 100, 10)
+            for key, direction in CLIP_BENCHMARK.items() if direction in recall for k in (1, 5, 10)
+            if f"r{k}" in recall[direction]}
+
+
+def build_comparison(results: list[ModelResult], dataset: str, split: str, generated_at: str,
+                     baseline_label: str = BASELINE) -> Comparison:
+    """Rows in the order given, best labels per column, deltas against the baseline (the row
+    labelled BASELINE_LABEL) and, where both ran on the same queries, their significance."""
+    baseline = next((r for r in results if r.label == baseline_label and r.ok), None)
     columns = COLUMNS + (IMAGE_COLUMNS if any("image_to_image" in r.recall for r in results) else ())
-    rows = tuple(Row(result, _delta(result, baseline, columns) if baseline and result is not baseline else None)
-                 for result in results)
-    return Comparison(dataset, split, generated_at, BASELINE if baseline else None, rows,
-                      {column_key(*column): _best(results, *column) for column in columns}, columns)
+    rows = tuple(Row(result, _delta(result, baseline, columns),
+                     significance(result.query_hits, baseline.query_hits) if result.ok else None)
+                 if baseline and result is not baseline else Row(result) for result in results)
+    return Comparison(dataset, split, generated_at, baseline_label if baseline else None, rows,
+                      {column_key(*column): _best(results, *column) for column in columns}, columns,
+                      comparability.footnotes(results))
+
+
+def with_references(comparison: Comparison, references: list) -> Comparison:
+    """COMPARISON with published rows (references.Reference) below its models; their deltas are
+    against the baseline, or without one against the first model that succeeded."""
+    from .references import reference_rows  # the data file is read only when references are asked for
+    if not references:
+        return comparison
+    anchor = next((row.result for row in comparison.rows if row.label == comparison.baseline), None) \
+        or next((row.result for row in comparison.rows if row.result.ok), None)
+    rows = reference_rows(references, comparison.dataset, comparison.split, anchor.recall if anchor else None)
+    return replace(comparison, references=tuple(rows), reference_anchor=anchor.label if anchor else None)
 
 
 def column_key(direction: str, metric: str) -> str:
@@ -111,18 +180,81 @@ def _delta(result: ModelResult, baseline: ModelResult,
     return delta
 
 
-def cell(comparison: Comparison, row: Row, direction: str, metric: str, bold=("**", "**")) -> str:
-    """'45.20', '**45.20**' for the column's best, '45.20 (+1.10)' against the baseline."""
+def cell(comparison: Comparison, row: Row, direction: str, metric: str, bold=("**", "**"),
+         marker: str = "*") -> str:
+    """'45.20', '**45.20**' for the column's best, '45.20 (+1.10)' against the baseline; with
+    per-query hits '45.20 ±1.4' (the 95% interval's half-width) and '(+1.10*)' when p < 0.05."""
     value = row.result.value(direction, metric)
     if value is None:
         return "–"
     text = f"{value:.2f}"
     if row.label in comparison.best[column_key(direction, metric)]:
         text = f"{bold[0]}{text}{bold[1]}"
+    text += plus_minus(row.result.interval(direction, metric))
     delta = (row.delta or {}).get(direction, {}).get(metric)
     if delta is not None:
-        text += f" ({delta:+.2f})"
+        text += f" ({delta:+.2f}{marker if is_significant(p_value(row, direction, metric)) else ''})"
     return text
+
+
+def reference_cell(reference: dict, direction: str, metric: str) -> str:
+    """A published row's cell: its number and, against the anchor, its delta."""
+    value = reference["recall"].get(direction, {}).get(metric)
+    if value is None:
+        return "–"
+    delta = ((reference["delta"] or {}).get(direction) or {}).get(metric)
+    return f"{value:.2f}" + (f" ({delta:+.2f})" if delta is not None else "")
+
+
+def marks(comparison: Comparison) -> dict[str, str]:
+    """label -> its footnote mark (†1, †2 ...), for the rows that have footnotes."""
+    return {label: f"†{index}" for index, label in enumerate(
+        [row.label for row in comparison.rows if comparison.footnotes.get(row.label)], start=1)}
+
+
+def marked_label(comparison: Comparison, label: str) -> str:
+    mark = marks(comparison).get(label)
+    return f"{label} {mark}" if mark else label
+
+
+def notes(comparison: Comparison, marker: str = "*") -> list[str]:
+    """The lines under the table: what ± and the marker mean, footnotes, each row's warnings,
+    where published rows come from."""
+    statistics = footnote(comparison, marker)
+    lines = [statistics] if statistics else []
+    lines += [f"{mark} {label}: " + "; ".join(comparison.footnotes[label]) for label, mark in marks(comparison).items()]
+    lines += [f"warning: {row.label}: {warning}" for row in comparison.rows for warning in row.result.warnings]
+    if comparison.references:
+        lines.append("published rows: Chinese-CLIP's own results"
+                     + (f", (±x.xx) against {comparison.reference_anchor}" if comparison.reference_anchor else ""))
+    for reference in comparison.references:
+        computed = reference["mean_recall_computed"]
+        lines.append(f"{reference['label']}: {reference['model']}, {reference['setup']}, {reference['dataset']} "
+                     f"{reference['split']}; source: {_source(reference['source'])}"
+                     + (f"; MR computed from R@1/5/10 ({', '.join(DIRECTION_TITLES[d] for d in computed)})"
+                        if computed else ""))
+        lines += [f"warning: {reference['label']}: {warning}" for warning in reference["warnings"]]
+    return lines
+
+
+def _source(source: dict) -> str:
+    return f"{source['repository']} {source['file']} @ {source['commit'][:12]}, “{source['section']}”, " \
+           f"row {source['row']}, {source['columns']}"
+
+
+def p_value(row: Row, direction: str, metric: str) -> float | None:
+    return (row.significance or {}).get(direction, {}).get(metric, {}).get("p_value")
+
+
+def footnote(comparison: Comparison, marker: str = "*") -> str | None:
+    """What ± and the marker mean, under a table that shows them."""
+    notes = []
+    if comparison.has_intervals:
+        notes.append("±: half-width of the 95% bootstrap interval over the queries")
+    if comparison.has_significance:
+        notes.append(f"{marker}: differs from {comparison.baseline} with p < 0.05 on the same queries "
+                     "(exact McNemar test for R@k, paired bootstrap for MR)")
+    return "; ".join(notes) or None
 
 
 def failed_cell(row: Row) -> str:
@@ -142,9 +274,13 @@ def to_markdown(comparison: Comparison) -> str:
         if not row.result.ok:
             cells = [failed_cell(row)] + ["–"] * (len(comparison.columns) - 1)
         else:
-            cells = [cell(comparison, row, d, m) for d, m in comparison.columns]
-        lines.append("| " + " | ".join([_markdown_escape(row.label), *cells]) + " |")
-    return "\n".join(lines) + "\n"
+            cells = [cell(comparison, row, d, m, marker=MARKDOWN_MARKER) for d, m in comparison.columns]
+        lines.append("| " + " | ".join([_markdown_escape(marked_label(comparison, row.label)), *cells]) + " |")
+    for reference in comparison.references:
+        cells = [reference_cell(reference, d, m) for d, m in comparison.columns]
+        lines.append("| " + " | ".join([f"*{_markdown_escape(reference['label'])}*", *cells]) + " |")
+    below = notes(comparison, marker=MARKDOWN_MARKER)
+    return "\n".join(lines + ([""] + [f"{_markdown_escape(line)}  " for line in below] if below else [])) + "\n"
 
 
 def _markdown_escape(text: str) -> str:
@@ -157,10 +293,46 @@ def to_csv(comparison: Comparison) -> str:
     delta_keys = [f"delta_{key}" for key in keys] if comparison.baseline else []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["model", "status", *keys, *delta_keys, "checkpoint", "error"])
+    if comparison.references and not delta_keys and comparison.reference_anchor:
+        delta_keys = [f"delta_{key}" for key in keys]
+    annotated = bool(comparison.footnotes or comparison.references
+                     or any(row.result.warnings for row in comparison.rows))
+    statistics_keys = _statistics_header(comparison, keys)
+    writer.writerow(["model", "status", *keys, *delta_keys, *statistics_keys, "checkpoint", "error",
+                     *(("comparable", "notes") if annotated else ())])
     for row in comparison.rows:
         result = row.result
         values = [result.recall.get(d, {}).get(m, "") for d, m in comparison.columns]
         deltas = [(row.delta or {}).get(d, {}).get(m, "") for d, m in comparison.columns] if delta_keys else []
-        writer.writerow([result.label, result.status, *values, *deltas, result.checkpoint, result.error or ""])
+        row_notes = [*comparison.footnotes.get(row.label, []), *result.warnings]
+        comparable = not any(note != comparability.UNKNOWN for note in comparison.footnotes.get(row.label, []))
+        writer.writerow([result.label, result.status, *values, *deltas, *_statistics(comparison, row),
+                         result.checkpoint, result.error or "",
+                         *((comparable, " | ".join(row_notes)) if annotated else ())])
+    for reference in comparison.references:
+        values = [reference["recall"].get(d, {}).get(m, "") for d, m in comparison.columns]
+        deltas = [((reference["delta"] or {}).get(d) or {}).get(m, "") for d, m in comparison.columns] \
+            if delta_keys else []
+        writer.writerow([reference["label"], "published", *values, *deltas, *[""] * len(statistics_keys),
+                         _source(reference["source"]), "", not reference["warnings"], " | ".join(reference["warnings"])])
     return out.getvalue()
+
+
+def _statistics_header(comparison: Comparison, keys: list[str]) -> list[str]:
+    """ci95_low_/ci95_high_ and p_ columns, only when some row has them."""
+    intervals = [f"ci95_{end}_{key}" for key in keys for end in ("low", "high")] if comparison.has_intervals else []
+    return intervals + ([f"p_{key}" for key in keys] if comparison.has_significance else [])
+
+
+def _statistics(comparison: Comparison, row: Row) -> list:
+    found: list = []
+    if comparison.has_intervals:
+        for direction, metric in comparison.columns:
+            found += row.result.interval(direction, metric) or ["", ""]
+    if comparison.has_significance:
+        found += [_blank_if_none(p_value(row, d, m)) for d, m in comparison.columns]
+    return found
+
+
+def _blank_if_none(value):
+    return "" if value is None else value

@@ -32,6 +32,33 @@ class ModelEntry:
     text_model: str | None = None
 
 
+SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}")  # Slurm's forms: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
+SLURM_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """The `slurm:` section, read with `executor: slurm` (see executors/slurm.py)."""
+
+    partition: str | None = None       # None: the cluster's default partition
+    gpus_per_job: int = 1
+    time: str = "04:00:00"
+    account: str | None = None
+    qos: str | None = None
+    sbatch_args: tuple[str, ...] = ()  # extra `#SBATCH` lines, e.g. "--constraint=a100"
+    setup: tuple[str, ...] = ()        # shell lines before `activate`, e.g. "module load cuda"
+    poll_interval: float = 5.0         # squeue: first pause between asks, doubling up to poll_max
+    poll_max: float = 60.0
+    lost_after: float = 120.0          # a job gone from squeue, its run unfinished: lost after this long
+
+
+_SLURM_TYPES: dict[str, tuple[type, ...]] = {
+    "partition": (str,), "gpus_per_job": (int,), "time": (str,), "account": (str,), "qos": (str,),
+    "sbatch_args": (list,), "setup": (list,), "poll_interval": (int, float), "poll_max": (int, float),
+    "lost_after": (int, float),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where and how to run: everything a config file may set."""
@@ -56,6 +83,7 @@ class Settings:
     knn: str = "upstream"
     image_to_image: bool = False
     executor: str = "ssh"
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
     connect_timeout: float = 15.0
     step_timeout: float = 24 * 3600.0
     reconnect_timeout: float = 600.0
@@ -76,7 +104,7 @@ class Settings:
 # What each key may hold, for messages that name the expected type.
 _KEY_TYPES: dict[str, tuple[type, ...]] = {
     f.name: ((int, float) if f.type == "float" else (int,) if f.type == "int" else (bool,) if f.type == "bool" else
-             (dict,) if f.name == "models" else (str,))
+             (dict,) if f.name in ("models", "slurm") else (str,))
     for f in dataclasses.fields(Settings)
 }
 _ENTRY_KEYS = ("path", "vision_model", "text_model")
@@ -134,6 +162,43 @@ def check_values(values: Mapping[str, Any], source: str) -> None:
         raise ConfigError(f"'gpu' in {source} must be >= 0, got {values['gpu']}", f"fix 'gpu' in {source}")
     for name, entry in values.get("models", {}).items():
         _check_model_entry(name, entry, source)
+    if "slurm" in values:
+        check_slurm_section(values["slurm"], source)
+
+
+def check_slurm_section(section: Mapping[str, Any], source: str) -> None:
+    """Raise ConfigError naming the first wrong key or value of the `slurm:` section."""
+    where = f"the slurm section of {source}"
+    for key, value in section.items():
+        if key not in _SLURM_TYPES:
+            raise ConfigError(f"unknown key {key!r} in {where}", f"known keys: {', '.join(_SLURM_TYPES)}")
+        expected = _SLURM_TYPES[key]
+        if value is None and key in ("partition", "account", "qos"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, expected) or \
+                (expected == (list,) and not all(isinstance(line, str) for line in value)):
+            kind = "a list of strings" if expected == (list,) else _type_name(expected)
+            raise ConfigError(f"slurm {key!r} in {source} must be {kind}, got {value!r}",
+                              f"fix slurm {key!r} in {source}")
+    if section.get("gpus_per_job", 1) < 0:
+        raise ConfigError(f"slurm 'gpus_per_job' in {source} must be >= 0, got {section['gpus_per_job']}",
+                          f"fix slurm 'gpus_per_job' in {source}")
+    for key in ("poll_interval", "poll_max", "lost_after"):
+        if key in section and section[key] <= 0:
+            raise ConfigError(f"slurm {key!r} in {source} must be positive, got {section[key]!r}",
+                              f"fix slurm {key!r} in {source}")
+    if "time" in section and not SLURM_TIME.fullmatch(section["time"]):
+        raise ConfigError(f"slurm 'time' in {source} is not a Slurm time limit: {section['time']!r}",
+                          "write it as Slurm does: MINUTES, HH:MM:SS or DAYS-HH:MM:SS, e.g. 04:00:00")
+    for key in ("partition", "account", "qos"):
+        if section.get(key) is not None and not SLURM_NAME.fullmatch(section[key]):
+            raise ConfigError(f"slurm {key!r} in {source} is not a Slurm name: {section[key]!r}",
+                              f"fix slurm {key!r} in {source} (letters, digits, '_', '.', '+', '-')")
+
+
+def slurm_settings(section: Mapping[str, Any]) -> SlurmSettings:
+    """The checked `slurm:` section as typed values (lists become tuples)."""
+    return SlurmSettings(**{key: tuple(value) if isinstance(value, list) else value for key, value in section.items()})
 
 
 def _check_model_entry(name: Any, entry: Any, source: str) -> None:
@@ -168,4 +233,5 @@ def build_settings(config_path: Path | None, flags: Mapping[str, Any]) -> Settin
     check_values(given, source="the command line")
     merged.update(given)
     merged["models"] = {name: ModelEntry(name, **entry) for name, entry in merged.get("models", {}).items()}
+    merged["slurm"] = slurm_settings(merged.get("slurm", {}))
     return Settings(**merged)

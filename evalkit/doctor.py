@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from . import diagnosis
+from . import diagnosis, slurm_job
 from .config import Settings
 from .diagnosis import Check
 from .errors import DoctorFailed, EvalkitError
@@ -18,14 +18,14 @@ PROBE_TIMEOUT_SECONDS = 900.0  # loading a multi-GB checkpoint without mmap take
 
 
 def run_doctors(settings: Settings, evaluations: list[Evaluation], on_check: Callable[[Check], None],
-                on_model: Callable[[Evaluation], None] | None = None) -> int:
+                on_model: Callable[[Evaluation], None] | None = None, probe_job: bool = False) -> int:
     """The doctor for each evaluation (ON_MODEL before each one's checks); the number of checks
     made, or DoctorFailed naming each kind of check that failed."""
     count, failed = 0, []
     for evaluation in evaluations:
         if on_model is not None:
             on_model(evaluation)
-        found = run_doctor(settings, evaluation, on_check)
+        found = run_doctor(settings, evaluation, on_check, probe_job)
         count += len(found)
         failed += [check.name for check in found if not check.ok and check.name not in failed]
     if failed:
@@ -35,7 +35,7 @@ def run_doctors(settings: Settings, evaluations: list[Evaluation], on_check: Cal
 
 
 def run_doctor(settings: Settings, evaluation: Evaluation,
-               on_check: Callable[[Check], None] = lambda check: None) -> list[Check]:
+               on_check: Callable[[Check], None] = lambda check: None, probe_job: bool = False) -> list[Check]:
     """Every check in order, each handed to ON_CHECK as soon as it is known.
 
     Stops after a failed ssh check, since nothing on the server can be checked then.
@@ -70,6 +70,28 @@ def run_doctor(settings: Settings, evaluation: Evaluation,
         exit_code, stdout, stderr = connection.capture(diagnosis.doctor_command(settings, evaluation),
                                                        timeout=min(settings.step_timeout, PROBE_TIMEOUT_SECONDS))
         add(*diagnosis.interpret(diagnosis.parse_probe(exit_code, stdout, stderr), settings, evaluation))
+        if settings.executor == "slurm":
+            add(*_slurm_checks(connection, settings, [settings.datapath, settings.chinese_clip_dir,
+                                                      settings.output_root, evaluation.checkpoint]
+                               if probe_job else None))
+    return checks
+
+
+def _slurm_checks(connection: Connection, settings: Settings, probed: list[str] | None) -> list[Check]:
+    """The login node's Slurm: its commands, its controller, the partition and its GPUs; with
+    PROBED, a tiny job that stats those paths on a compute node."""
+    def said(command: str) -> tuple[int, str]:
+        code, stdout, stderr = connection.capture(command, timeout=settings.connect_timeout * 4)
+        return code, (stdout or stderr).decode("utf-8", "replace")
+
+    checks = slurm_job.doctor_checks(said(slurm_job.FOUND_COMMANDS)[1], said(slurm_job.PING),
+                                     said(slurm_job.PARTITIONS), settings.slurm)
+    if probed and all(check.ok for check in checks):
+        paths = [path for path in probed if path]
+        code, stdout, stderr = connection.capture(slurm_job.probe_job_command(settings, paths),
+                                                  timeout=slurm_job.PROBE_WAIT + 120)
+        checks.append(slurm_job.probe_job_check(code, stdout.decode("utf-8", "replace"),
+                                                stderr.decode("utf-8", "replace"), paths))
     return checks
 
 

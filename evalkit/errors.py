@@ -149,6 +149,34 @@ class TransferUnavailable(EvalkitError):
     title = "no SFTP on the server"
 
 
+class NotComparable(EvalkitError):
+    """`results --strict`: rows of a comparison were made differently (dataset, context length, ...)."""
+
+    exit_code = 22
+    title = "rows not comparable"
+
+
+class SlurmRefused(EvalkitError):
+    """sbatch refused the job (no such partition, more GPUs than a node has, ...): nothing ran."""
+
+    exit_code = 23
+    title = "Slurm refused the job"
+
+
+class SlurmJobEnded(EvalkitError):
+    """Slurm ended the run's job (TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED, CANCELLED, ...)."""
+
+    exit_code = 24
+    title = "Slurm ended the job"
+
+
+class SlurmJobLost(EvalkitError):
+    """The run's job left Slurm's queue and its files never said how the run ended."""
+
+    exit_code = 25
+    title = "Slurm job lost"
+
+
 INTERRUPTED_EXIT_CODE = 130
 UNEXPECTED_EXIT_CODE = 1
 USAGE_EXIT_CODE = 2
@@ -180,5 +208,10 @@ EXIT_CODES: dict[int, str] = {
     UnknownRun.exit_code: "no record of that run id on this laptop",
     DriverGone.exit_code: "the run's driver on the server died or crashed (killed, out of memory, reboot)",
     TransferUnavailable.exit_code: "the server's SSH has no SFTP subsystem (the message says how to enable it)",
+    NotComparable.exit_code: "`results --strict`: rows of a comparison were made differently (the footnotes say how)",
+    SlurmRefused.exit_code: "`sbatch` refused the job before anything ran (Slurm's message says why)",
+    SlurmJobEnded.exit_code: "Slurm ended the job (TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED, CANCELLED): "
+                             "the message names the state and the fix",
+    SlurmJobLost.exit_code: "the Slurm job left the queue and its run's files never said how it ended",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C)",
 }

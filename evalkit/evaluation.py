@@ -76,6 +76,7 @@ class RunOptions:
     gpus: tuple[int, ...] = ()   # several: evaluations share them as a work queue
     json_output: bool = False
     verbose: bool = False
+    references: tuple = ()       # references.Reference rows to show beside the results (--reference)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from .errors import ConnectionLost, DriverGone, RemoteStepFailed
 from .executors.base import Executor, JobState, RemoteRun
 from .outcome import Reporter, RunOutcome, StepResult
 from .plan import Step
-from .progress import Event, LogLine, ProgressUpdate, StreamSplitter
+from .progress import Event, LogLine, ProgressUpdate, ProtocolFilter, StreamSplitter
 from .session import Session
 
 READ_CHUNK = 1 << 20
@@ -69,6 +69,7 @@ class Follower:
         self.session, self.executor, self.run = session, executor, run
         self.reporter, self.log, self.step_timeout = reporter, log, step_timeout
         self.doorbell = doorbell  # rings when the run moves on (executors.base.Launched)
+        self.detail: str | None = None  # the scheduler's last word on the run (JobState.detail)
 
     def follow(self, outcome: RunOutcome, on_step_done: Callable[[Step], None]) -> None:
         for step in self.run.plan.steps:
@@ -150,8 +151,11 @@ class Follower:
             time.sleep(seconds)
 
     def _check_alive(self, step: Step) -> None:
-        check_alive(self.session.call(lambda connection: self.executor.state(self.run)), self.run,
-                    f"during step {step.name!r}")
+        state = self.session.call(lambda connection: self.executor.state(self.run))
+        if state.detail and state.detail != self.detail:  # a job waiting in a scheduler's queue, and why
+            self.reporter.note(state.detail)
+        self.detail = state.detail
+        check_alive(state, self.run, f"during step {step.name!r}")
 
 
 def check_alive(state: JobState, run: RemoteRun, when: str) -> None:
@@ -188,12 +192,15 @@ def read_logs(session: Session, run: RemoteRun, follow: bool,
             alive.check(f"before step {step.name!r}")
             time.sleep(SLOWEST_POLL)
         yield f"### step {step.name}: {step.title}\n"
+        # evalkit's marked lines are for the laptop: a person (or a file) gets upstream's output
+        filters = {stream: ProtocolFilter() for stream in STREAMS}
         while True:
             finished = files.outcome()  # before reading: then nothing is missed
             for stream in STREAMS:
                 while chunk := files.read_new(stream):
-                    yield chunk.decode("utf-8", "replace")
+                    yield filters[stream].feed(chunk.decode("utf-8", "replace"))
             if finished is not None:
+                yield "".join(f.close() for f in filters.values())
                 yield f"### step {step.name} exited {finished[0]}\n"
                 break
             if not follow:

@@ -13,23 +13,22 @@ from pathlib import Path
 from typing import Callable
 
 from . import clock, pipeline
-from .comparison import Comparison, ModelResult, build_comparison
+from .comparison import Comparison, ModelResult, build_comparison, with_references
 from .config import Settings
 from .epochs import annotate
 from .errors import ComparisonIncomplete, EvalkitError
 from .evaluation import Evaluation
 from .outcome import Reporter
 from .store import LocalStore
+from .significance import ci95_of, parse_query_hits
 from .summary import recalls
 
 ReporterFactory = Callable[[Evaluation], Reporter]
 FailureHandler = Callable[[Evaluation, EvalkitError], None]
-DoneHandler = Callable[[ModelResult], None]
 
 
 def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[int],
-                 make_reporter: ReporterFactory, on_failure: FailureHandler,
-                 on_done: DoneHandler | None = None) -> list[ModelResult]:
+                 make_reporter: ReporterFactory, on_failure: FailureHandler) -> list[ModelResult]:
     """Every evaluation's row, in the order given; with several GPUs, that many at a time.
     Each GPU's evaluations share one connection (reconnecting as one run does)."""
     results: dict[int, ModelResult] = {}
@@ -50,8 +49,6 @@ def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[i
                     return
                 on_gpu = dataclasses.replace(settings, gpu=gpu)
                 results[index] = evaluate_one(on_gpu, evaluation, make_reporter(evaluation), on_failure, shared)
-                if on_done is not None:
-                    on_done(results[index])
         finally:
             if shared is not None:
                 shared.close()
@@ -88,16 +85,21 @@ def evaluate_one(settings: Settings, evaluation: Evaluation, reporter: Reporter,
 def model_result(report: pipeline.Report, started_at: str | None = None) -> ModelResult:
     plan = report.outcome.plan
     recall = {direction: dataclasses.asdict(value) for direction, value in recalls(report.outcome).items()}
+    raw_hits = report.outcome.raw_query_hits
+    query_hits = parse_query_hits(raw_hits) if raw_hits else None
     return ModelResult(plan.label, plan.checkpoint, "ok", recall, started_at=started_at,
                        finished_at=clock.timestamp(), server_output_dir=plan.output_dir,
-                       checkpoint_chosen_by=report.evaluation.chosen_by)
+                       checkpoint_chosen_by=report.evaluation.chosen_by,
+                       provenance=(report.summary or {}).get("provenance"),
+                       warnings=tuple((report.summary or {}).get("warnings") or ()),
+                       ci95=ci95_of(query_hits), query_hits=query_hits)
 
 
 def compare(store: LocalStore, results: list[ModelResult], dataset: str, split: str,
-            save: bool) -> tuple[Comparison, list[Path]]:
-    """The comparison document of RESULTS; with SAVE (several models' recall), kept in the store
-    unless every model failed."""
-    document = build_comparison(annotate(results), dataset, split, clock.timestamp())
+            save: bool, references: tuple = ()) -> tuple[Comparison, list[Path]]:
+    """The comparison document of RESULTS, with the published REFERENCES as rows; with SAVE
+    (several models' recall), kept in the store unless every model failed."""
+    document = with_references(build_comparison(annotate(results), dataset, split, clock.timestamp()), list(references))
     written = store.save_comparison(document) if save and any(result.ok for result in results) else []
     return document, written
 

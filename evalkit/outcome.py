@@ -27,6 +27,7 @@ class RunOutcome:
     steps: list[StepResult] = field(default_factory=list)
     raw_results: dict[str, bytes] = field(default_factory=dict)  # direction -> the JSON, unchanged
     results: dict[str, dict] = field(default_factory=dict)       # direction -> parsed JSON
+    raw_query_hits: bytes | None = None  # query_hits.json, unchanged, when the run wrote one
 
 
 class Reporter(Protocol):

@@ -10,6 +10,8 @@ The run itself is launched by an executor (executors/) and followed through its 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +21,18 @@ from . import clock, server_outputs
 from .config import Settings
 from .diagnosis import preflight_call
 from .doctor import preflight
-from .errors import EvalkitError, EvaluationFailed, OutputsNotReady, RunLocked
+from .errors import EvalkitError, EvaluationFailed, OutputsNotReady, RunLocked, SlurmRefused
 from .evaluation import SERVER_LATEST, Evaluation
 from .executors import executor_class
 from .executors.base import CancelResult, Executor, JobState, Launched, RemoteRun
 from .follow import Follower, read_logs
 from .outcome import Reporter, RunOutcome
+from .provenance import RUN_FILE as PROVENANCE_FILE, build_provenance, facts_printed as provenance_facts, \
+    provenance_call
 from .plan import Plan, Step, build_plan, checkpoint_output_dir, directions, inspect_call, inspect_command, \
     knn_commands
 from .run_record import RunRecord, new_record, new_run_id
-from .server import PROBE, run_dir, scripts_for
+from .server import PROBE, PROVENANCE, run_dir, scripts_for
 from .server_outputs import ServerFacts, facts_from, facts_printed
 from .session import Session
 from .ssh import Connection, resolve_target
@@ -85,8 +89,9 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter,
     """
     with connected(settings, shared) as (session, executor):
         store = LocalStore.of(settings)
-        evaluation, facts = _ready(session, executor, store, settings, evaluation, reporter)
+        evaluation, facts, origin = _ready(session, executor, store, settings, evaluation, reporter)
         record, launched = _start(executor, store, settings, evaluation, reporter)
+        _keep_provenance(session, record, origin)
         if detach:
             return record
         try:
@@ -99,12 +104,13 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter,
 
 
 def _ready(session: Session, executor: Executor, store: LocalStore, settings: Settings, evaluation: Evaluation,
-           reporter: Reporter) -> tuple[Evaluation, ServerFacts]:
+           reporter: Reporter) -> tuple[Evaluation, ServerFacts, dict | None]:
     """EVALUATION as it will run (its checkpoint chosen, what can be reused skipped), once every
-    check before GPU time passed; and the server's facts about its files."""
+    check before GPU time passed; the server's facts about its files; and, when recall will run,
+    what the numbers are made from (remote/provenance.py)."""
     # every remote command waits on a login shell of its own (~/.bashrc, conda init): the
     # executor begins what the run needs first, and the checks run in the env it activated
-    executor.prepare(scripts_for(settings, extra=(PROBE,) if evaluation.runs_extraction else ()))
+    executor.prepare(scripts_for(settings, extra=((PROBE,) if evaluation.runs_extraction else ()) + (PROVENANCE,)))
     evaluation = _current_unless_named(store, settings, evaluation, reporter)
     checks = _first_checks(settings, evaluation, executor)
     evaluation, facts = locate(session.connection, settings, evaluation, reporter, checks.get("inspect"))
@@ -114,7 +120,7 @@ def _ready(session: Session, executor: Executor, store: LocalStore, settings: Se
     if evaluation.runs_extraction:
         preflight(settings, evaluation, checks["preflight"])
     session.check_transfer()  # a run that could not be followed must not start
-    return evaluation, facts
+    return evaluation, facts, _server_provenance(executor, settings, evaluation, checks.get("provenance"))
 
 
 def _start(executor: Executor, store: LocalStore, settings: Settings, evaluation: Evaluation,
@@ -137,7 +143,7 @@ def _launch(executor: Executor, store: LocalStore, record: RunRecord, reporter: 
     """The run's driver started; on any failure, nothing of it left running unnoticed."""
     try:
         return executor.launch(_remote(record))
-    except RunLocked:
+    except (RunLocked, SlurmRefused):
         store.forget_record(record.run_id)  # refused by the server: it never ran
         raise
     except BaseException:  # Ctrl-C, a timeout, a lost link: it may have started
@@ -170,11 +176,49 @@ def _first_checks(settings: Settings, evaluation: Evaluation, executor: Executor
     if not evaluation.checkpoint:
         return {}
     calls = {"inspect": inspect_call(settings, evaluation)}
+    if "recall" in evaluation.stages:  # hashing a new checkpoint overlaps the other checks
+        calls["provenance"] = provenance_call(settings, evaluation)
     if evaluation.runs_extraction:  # the checks count only if the features cannot be reused
         calls["preflight"] = preflight_call(settings, evaluation)
     ran = executor.run_scripts(calls, timeout=settings.step_timeout)
     # the inspection's command names it in a failure message
     return {**ran, "inspect": (ran["inspect"], inspect_command(settings, evaluation))}
+
+
+def _server_provenance(executor: Executor, settings: Settings, evaluation: Evaluation,
+                       ran: tuple | None) -> dict | None:
+    """What remote/provenance.py found; run here when the checkpoint was only now chosen."""
+    if "recall" not in evaluation.stages:
+        return None
+    if ran is None:
+        ran = executor.run_scripts({"provenance": provenance_call(settings, evaluation)},
+                                   timeout=settings.step_timeout)["provenance"]
+    found = provenance_facts(ran[1])
+    if found is None:  # the run goes on: its summary says what could not be recorded, and why
+        tail = ran[2].decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit status {ran[0]}"]
+        return {"problem": f"remote/provenance.py printed no facts: {tail[0]}"}
+    return found
+
+
+def _evalkit_version() -> str:
+    try:
+        return importlib.metadata.version("evalkit")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _keep_provenance(session: Session, record: RunRecord, origin: dict | None) -> None:
+    """Beside the run's files on the server, so that `attach` (from any laptop) records it too."""
+    if origin is not None:
+        session.write_bytes(_remote(record).path(PROVENANCE_FILE), json.dumps(origin, ensure_ascii=False).encode())
+
+
+def _kept_provenance(session: Session, record: RunRecord) -> dict | None:
+    try:
+        kept = json.loads(session.read_bytes(_remote(record).path(PROVENANCE_FILE)))
+    except (FileNotFoundError, ValueError):
+        return None  # a run started by an evalkit that kept none
+    return kept if isinstance(kept, dict) else None
 
 
 def attach(record: RunRecord, reporter: Reporter) -> Report:
@@ -224,8 +268,9 @@ def _follow_to_end(session: Session, executor: Executor, record: RunRecord, repo
         fetch_results(session, _remote(record), outcome)
     if "recall" not in evaluation.stages:
         return Report(evaluation, outcome, recorder.facts, None, [], log_path)
-    summary = build_summary(outcome, evaluation, settings.host, log_path)
-    written = store.save_results(evaluation, plan.label, outcome.raw_results, summary)
+    origin = build_provenance(_kept_provenance(session, record), settings, evaluation, _evalkit_version())
+    summary = build_summary(outcome, evaluation, settings.host, log_path, origin)
+    written = store.save_results(evaluation, plan.label, outcome.raw_results, summary, outcome.raw_query_hits)
     return Report(evaluation, outcome, recorder.facts, summary, written, log_path)
 
 
@@ -250,6 +295,16 @@ def fetch_results(session: Session, run: RemoteRun, outcome: RunOutcome) -> None
                                    "read the step output above") from exc
         outcome.results[direction] = parse_result(raw, path, direction)
         outcome.raw_results[direction] = raw
+    if run.plan.has_query_hits and run.plan.result_files:
+        outcome.raw_query_hits = _read_if_there(session, run.plan.files.query_hits)
+
+
+def _read_if_there(session: Session, path: str) -> bytes | None:
+    """The statistics beside the recall are extras: without them the recall still stands."""
+    try:
+        return session.read_bytes(path)
+    except FileNotFoundError:
+        return None
 
 
 def _cancel_after_interrupt(executor: Executor, record: RunRecord, reporter: Reporter) -> None:

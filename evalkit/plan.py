@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 from .config import Settings
 from .evaluation import STAGES, Evaluation, experiment_name
-from .server import FAST_KNN, IMAGE_TO_IMAGE, INSPECTOR, CPU_LAUNCHER, ServerCall, in_server_env, script_call, \
+from .server import FAST_KNN, IMAGE_TO_IMAGE, INSPECTOR, CPU_LAUNCHER, QUERY_HITS, ServerCall, in_server_env, script_call, \
     script_path, upstream_call
 
 DIRECTION_TITLES = {"text_to_image": "text→image", "image_to_text": "image→text", "image_to_image": "image→image"}
@@ -27,6 +27,8 @@ PREDICTION_FILES = {"text_to_image": "t2i_predictions", "image_to_text": "i2t_pr
 T2I_RESULT = "text_to_image_results.json"
 I2T_RESULT = "image_to_text_results.json"
 I2I_RESULT = "image_to_image_results.json"
+QUERY_HITS_FILE = "query_hits.json"  # remote/query_hits.py's, pulled with the results
+QUERY_HITS_STEP = "query_hits"
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,10 @@ class OutputFiles:
     def i2i_result(self) -> str:
         return self.path(I2I_RESULT)
 
+    @property
+    def query_hits(self) -> str:
+        return self.path(QUERY_HITS_FILE)
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -116,6 +122,11 @@ class Plan:
 
     def steps_of(self, stage: str) -> list[Step]:
         return [step for step in self.steps if step.stage == stage]
+
+    @property
+    def has_query_hits(self) -> bool:
+        """Whether a step of this plan writes query_hits.json (a run recorded before had none)."""
+        return any(step.name == QUERY_HITS_STEP for step in self.steps)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,6 +182,8 @@ def build_plan(settings: Settings, evaluation: Evaluation) -> Plan:
     if not evaluation.skip_image_to_text:
         steps += [builder.transform_annotation(), builder.evaluate_image_to_text()]
         results["image_to_text"] = files.i2t_result
+    if evaluation.directions:
+        steps.append(builder.query_hits())
     if settings.image_to_image:
         results["image_to_image"] = files.i2i_result  # written by its KNN step, checked like predictions
     if evaluation.directions:
@@ -231,7 +244,7 @@ def _prepare_step(settings: Settings, evaluation: Evaluation, files: OutputFiles
     # The image-to-text annotation is derived from a copy, so nothing is written into the dataset.
     _, texts = dataset_paths(settings, evaluation.dataset, evaluation.split)
     # Old results are removed first, so a stale success can never pass for this run's.
-    stale = [files.t2i_result, files.i2t_result]
+    stale = [files.t2i_result, files.i2t_result, files.query_hits]
     if evaluation.runs_extraction:
         stale.append(files.path(MANIFEST_NAME))  # rewritten only once extraction has finished
     command = f"mkdir -p {shlex.quote(files.out)} && rm -f {shlex.join(stale)}"
@@ -315,6 +328,17 @@ class _StepBuilder:
         _, texts = dataset_paths(self.settings, self.evaluation.dataset, self.evaluation.split)
         return Step("recall_t2i", "recall text→image", "recall",
                     self.upstream("evaluation.py", [texts, self.files.t2i_predictions, self.files.t2i_result]))
+
+    def query_hits(self) -> Step:
+        """Each query's hits and their 95% intervals, from the files upstream's recall just read."""
+        _, texts = dataset_paths(self.settings, self.evaluation.dataset, self.evaluation.split)
+        args = ["--output", self.files.query_hits]
+        if not self.evaluation.skip_text_to_image:
+            args += ["--text-to-image", texts, self.files.t2i_predictions]
+        if not self.evaluation.skip_image_to_text:
+            args += ["--image-to-text", self.files.texts_tr, self.files.i2t_predictions]
+        return Step(QUERY_HITS_STEP, "per-query hits + 95% intervals", "recall",
+                    in_server_env(self.settings, script_call(self.settings, QUERY_HITS, args)))
 
     def transform_annotation(self) -> Step:
         return Step("transform", "image→text annotation", "recall",

@@ -1,5 +1,5 @@
-"""PURE: split a remote byte stream into log lines and tqdm progress updates, and find the
-JSON evalkit's own server-side scripts print.
+"""PURE: split a remote byte stream into log lines and tqdm progress updates, name each bar by
+the upstream loop it counts, and find (or drop) the JSON evalkit's own server-side scripts print.
 
 tqdm redraws its bar with carriage returns on stderr; everything else is ordinary lines.
 """
@@ -19,6 +19,19 @@ _TQDM = re.compile(
     r"\[(?P<elapsed>[\d:]+)(?:<(?P<remaining>[\d:?]+))?,\s*(?P<rate>[^\]]*)\]"
 )
 _SCALE = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+# evalkit's server scripts mark their one line for the laptop: EVALKIT-FACTS {...}, EVALKIT-JOB
+# {...}, EVALKIT-DOCTOR {...}, EVALKIT-ACTIVATED. Protocol, not output: never shown to a person.
+PROTOCOL_PREFIX = "EVALKIT-"
+_PROTOCOL_LINE = re.compile(r"EVALKIT-[A-Z]+(?:\s|$)")
+# Upstream's tqdm loops, in the order each cn_clip/eval script runs them. A bar is named by its
+# step and this table, never by the line printed last: stdout and stderr are separate files on
+# the server, so which of a print and a redraw came first is lost.
+UPSTREAM_LOOPS = {
+    "extract": ("texts", "images"),                  # extract_features.py: texts, then images
+    "knn_t2i": ("loading image features", "texts"),  # make_topk_predictions.py
+    "knn_i2t": ("loading text features", "images"),  # make_topk_predictions_tr.py
+    "transform": ("annotations",),                   # transform_ir_annotation_to_tr.py
+}
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,7 @@ class StreamSplitter:
         update, rest = _split_tqdm(piece)
         if update is not None:
             yield update
-        if rest.strip():
+        if rest.strip() and not is_protocol_line(rest):
             yield LogLine(rest.rstrip(), self.stream)
 
 
@@ -116,3 +129,77 @@ def last_marked_json(stdout: bytes, marker: bytes) -> dict | None:
     except ValueError:
         return None
     return found if isinstance(found, dict) else None
+
+
+def is_protocol_line(text: str) -> bool:
+    """Whether TEXT is one of evalkit's marked lines (EVALKIT-FACTS {...}): for the laptop only."""
+    return bool(_PROTOCOL_LINE.match(text.lstrip()))
+
+
+class ProtocolFilter:
+    """Feed the text of one stream in chunks; get it back without evalkit's marked lines.
+
+    A partial last line is held back only while it could still become a marked line, so a tqdm
+    redraw (no newline) passes at once.
+    """
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self._at_line_start = True
+
+    def feed(self, text: str) -> str:
+        lines = (self._pending + text).split("\n")
+        self._pending, kept = lines.pop(), []
+        for line in lines:
+            if not (self._at_line_start and is_protocol_line(line)):
+                kept.append(line + "\n")
+            self._at_line_start = True
+        if self._pending and not (self._at_line_start and _may_become_protocol(self._pending)):
+            kept.append(self._pending)
+            self._pending, self._at_line_start = "", False
+        return "".join(kept)
+
+    def close(self) -> str:
+        rest, self._pending = self._pending, ""
+        return "" if is_protocol_line(rest) else rest
+
+
+def _may_become_protocol(partial: str) -> bool:
+    start = partial.lstrip()
+    return PROTOCOL_PREFIX.startswith(start) or is_protocol_line(start) or (
+        start.startswith(PROTOCOL_PREFIX) and start[len(PROTOCOL_PREFIX):].isupper())
+
+
+@dataclass(frozen=True)
+class Bar:
+    """What a step's progress row shows: which of its tqdm loops runs, named, and how far."""
+
+    loop: int     # 0: the step's first tqdm loop
+    phase: str    # what that loop goes over ("texts"), or "" when unknown
+    n: float
+    total: float | None
+
+
+class StepBars:
+    """One step's ProgressUpdates as Bars: a loop starts when the count goes back, or the total
+    or the description changes."""
+
+    def __init__(self, step_name: str) -> None:
+        self.step_name = step_name
+        self._loop, self._last = -1, None
+
+    def update(self, update: ProgressUpdate) -> Bar:
+        if self._last is None or _starts_a_loop(self._last, update):
+            self._loop += 1
+        self._last = update
+        return Bar(self._loop, update.description or loop_phase(self.step_name, self._loop), update.n, update.total)
+
+
+def _starts_a_loop(last: ProgressUpdate, update: ProgressUpdate) -> bool:
+    return update.n < last.n or update.total != last.total or update.description != last.description
+
+
+def loop_phase(step_name: str, loop: int) -> str:
+    """What upstream's LOOP-th tqdm loop of STEP_NAME goes over; "" for a loop not in the table."""
+    loops = UPSTREAM_LOOPS.get(step_name, ())
+    return loops[loop] if 0 <= loop < len(loops) else ""

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 
 from . import clock
-from .config import Settings
+from .config import Settings, slurm_settings
 from .evaluation import Evaluation
 from .plan import Plan
 
@@ -44,7 +44,8 @@ class RunRecord:
         """Raises ValueError, KeyError or TypeError for a record that is not one of this version's."""
         data = json.loads(text)
         evaluation = dict(data["evaluation"], stages=tuple(data["evaluation"]["stages"]))
-        return cls(data["run_id"], data["created_at"], Settings(**data["settings"]), Evaluation(**evaluation),
+        settings = dict(data["settings"], slurm=slurm_settings(data["settings"].get("slurm") or {}))
+        return cls(data["run_id"], data["created_at"], Settings(**settings), Evaluation(**evaluation),
                    Plan.from_dict(data["plan"]), data["server_run_dir"], data.get("state", "started"))
 
 

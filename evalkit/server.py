@@ -12,6 +12,7 @@ import shlex
 from dataclasses import dataclass
 
 from .config import Settings
+from .executors import GPUS_FROM_SCHEDULER
 
 # evalkit's server scripts (evalkit/remote/), each uploaded to OUTPUT_ROOT/.evalkit/ as needed.
 INSPECTOR = "inspect_outputs.py"
@@ -19,8 +20,10 @@ JOB_RUNNER = "job.py"
 CPU_LAUNCHER = "cpu_launch.py"
 FAST_KNN = "fast_knn.py"
 IMAGE_TO_IMAGE = "image_to_image.py"
+QUERY_HITS = "query_hits.py"
 PROBE = "doctor_probe.py"
 BOOTSTRAP = "bootstrap.py"
+PROVENANCE = "provenance.py"
 CHECKPOINT_LISTER = "list_checkpoints.py"
 SERVER_SCRIPTS = {
     INSPECTOR: "reads what the server's dataset and output directory hold (read-only)",
@@ -28,7 +31,9 @@ SERVER_SCRIPTS = {
     CPU_LAUNCHER: "--device cpu: runs the unmodified upstream scripts with torch.cuda made no-ops",
     FAST_KNN: "--knn fast: exact batched KNN writing upstream's prediction files",
     IMAGE_TO_IMAGE: "--image-to-image: image→image recall and mAP@10 from the image features (beside fast_knn.py)",
+    QUERY_HITS: "after recall: each query's hits and the 95% bootstrap intervals (query_hits.json)",
     PROBE: "the doctor's and the preflight's checks (env, GPU, dataset, checkpoint, disk)",
+    PROVENANCE: "what a recall number was made from: checkpoint and dataset hashes (cached), the server's software",
     BOOTSTRAP: "sent inline, never uploaded: brings the other scripts up to date, then runs one",
     CHECKPOINT_LISTER: "sent inline, never uploaded: the checkpoint files a sweep's directory or glob names",
 }
@@ -77,7 +82,9 @@ def upstream_call(settings: Settings, script: str, args: list[str], launcher: st
     the chosen GPU; through LAUNCHER (--device cpu) when given."""
     root = settings.chinese_clip_dir
     front = (script,) if launcher is None else (launcher, script)
-    return ServerCall(settings.python, front[0], (*front[1:], *args), (("CUDA_VISIBLE_DEVICES", str(settings.gpu)),),
+    # under a scheduler the job's CUDA_VISIBLE_DEVICES is the scheduler's choice: never overridden
+    gpu = () if settings.executor in GPUS_FROM_SCHEDULER else (("CUDA_VISIBLE_DEVICES", str(settings.gpu)),)
+    return ServerCall(settings.python, front[0], (*front[1:], *args), gpu,
                       (root, posixpath.join(root, "cn_clip")), root if cwd else None)
 
 
@@ -101,9 +108,9 @@ def run_dir(settings: Settings, run_id: str) -> str:
 
 
 def scripts_for(settings: Settings, extra: tuple[str, ...] = ()) -> list[str]:
-    """The server scripts a run needs: the inspector, the job runner, the CPU launcher
-    (--device cpu), the fast KNN (--knn fast, and for --image-to-image, which imports it), EXTRA."""
-    names = [INSPECTOR, JOB_RUNNER, *extra]
+    """The server scripts a run needs: the inspector, the job runner, the per-query hits, the CPU
+    launcher (--device cpu), the fast KNN (--knn fast, and for --image-to-image, which imports it), EXTRA."""
+    names = [INSPECTOR, JOB_RUNNER, QUERY_HITS, *extra]
     if settings.device == "cpu":
         names.append(CPU_LAUNCHER)
     if settings.knn == "fast" or settings.image_to_image:

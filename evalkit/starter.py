@@ -78,6 +78,16 @@ class Starter:
                                    "check the `activate` and `python` settings (python -m evalkit doctor)")
         return started
 
+    def submit_run(self, run_dir: str, spec: dict[str, Any], submit: dict[str, Any], timeout: float) -> dict:
+        """Write run.json and hand the driver to a scheduler: SUBMIT's script, run by its argv (sbatch);
+        {"exit_code", "stdout", "stderr"} of that command."""
+        submitted = self.ask({"run_dir": run_dir, "run": spec, "submit": submit}, timeout)
+        if submitted is None:
+            exit_code, _, _ = self.command.finish(b"", timeout)
+            raise RemoteStepFailed(f"could not submit the run on the server (status {exit_code})",
+                                   "check the `activate` and `python` settings (python -m evalkit doctor)")
+        return submitted
+
     def wait_for_ring(self, seconds: float) -> bool:
         """Wait up to SECONDS for the run to move on; False at once when the starter is gone."""
         return self.command.wait_for_output(seconds)

@@ -27,6 +27,7 @@ from .comparison import Comparison, ModelResult, to_csv, to_markdown
 from .errors import ConfigError, LocalWriteError, UnknownRun
 from .evaluation import LAST_EXTRACT, Evaluation
 from .run_record import RunRecord
+from .significance import HITS_FILE, parse_query_hits
 from .summary import RESULT_FILE_NAMES
 
 COMPARISON_SUFFIXES = ("json", "csv", "md")
@@ -49,15 +50,20 @@ class LocalStore:
         return self.root / dataset / split / label
 
     def save_results(self, evaluation: Evaluation, label: str, raw_results: dict[str, bytes],
-                     summary: dict) -> list[Path]:
-        """The result JSONs byte for byte, and summary.json; returns the paths written. A
-        direction this run skipped leaves no earlier run's result beside the new summary."""
+                     summary: dict, query_hits: bytes | None = None) -> list[Path]:
+        """The result JSONs byte for byte, query_hits.json when there is one, and summary.json;
+        returns the paths written. A direction this run skipped leaves no earlier run's result
+        beside the new summary (nor earlier hits: they would be paired as this run's)."""
         folder = self.result_dir(evaluation.dataset, evaluation.split, label)
         written = [write_atomically(folder / RESULT_FILE_NAMES[direction], raw)
                    for direction, raw in raw_results.items()]
         for direction, name in RESULT_FILE_NAMES.items():
             if direction not in raw_results:
                 _remove(folder / name)
+        if query_hits is None:
+            _remove(folder / HITS_FILE)
+        else:
+            written.append(write_atomically(folder / HITS_FILE, query_hits))
         text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
         written.append(write_atomically(folder / "summary.json", text.encode("utf-8")))
         return written
@@ -87,7 +93,10 @@ class LocalStore:
                 summary = json.loads(path.read_text(encoding="utf-8"))
                 result = ModelResult(label_dir.name, summary["checkpoint"], "ok", summary["recall"],
                                      finished_at=summary.get("timestamp"),
-                                     server_output_dir=summary.get("server_output_dir"))
+                                     server_output_dir=summary.get("server_output_dir"),
+                                     provenance=summary.get("provenance"),
+                                     warnings=tuple(summary.get("warnings") or ()),
+                                     ci95=summary.get("ci95"), query_hits=_query_hits_in(label_dir))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not one of ours, or half-edited by hand: never block the others
             found.setdefault(key, []).append(result)
@@ -105,6 +114,21 @@ class LocalStore:
         texts = {"json": json.dumps(comparison.to_dict(), ensure_ascii=False, indent=2) + "\n",
                  "csv": to_csv(comparison), "md": to_markdown(comparison)}
         return [write_atomically(paths[suffix], texts[suffix].encode("utf-8")) for suffix in COMPARISON_SUFFIXES]
+
+    # --- the HTML report and its figures ---------------------------------------------------------
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / "report.html"
+
+    def save_report(self, page: str, path: Path | None = None) -> Path:
+        """The report page at PATH (default RESULTS_DIR/report.html)."""
+        return write_atomically(path or self.report_path, page.encode("utf-8"))
+
+    @staticmethod
+    def save_figures(folder: Path, figures: dict[str, bytes]) -> list[Path]:
+        """Each figure as FOLDER/<file name>."""
+        return [write_atomically(folder / name, data) for name, data in figures.items()]
 
     # --- logs -----------------------------------------------------------------------------------
 
@@ -217,6 +241,13 @@ def _watch_key(settings: Settings, evaluation: Evaluation) -> str:
 
 def _current_key(settings: Settings, evaluation: Evaluation) -> str:
     return json.dumps([settings.host, settings.datapath, evaluation.dataset, evaluation.split], ensure_ascii=False)
+
+
+def _query_hits_in(folder: Path) -> dict | None:
+    try:
+        return parse_query_hits((folder / HITS_FILE).read_bytes())
+    except OSError:
+        return None  # an older run, or one whose hits were not written: no test, no interval
 
 
 def _remove(path: Path) -> None:

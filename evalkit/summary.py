@@ -9,7 +9,9 @@ from . import clock
 from .errors import EvaluationFailed
 from .evaluation import Evaluation
 from .outcome import RunOutcome
+from .traps import trap_warnings
 from .plan import I2I_RESULT, I2T_RESULT, T2I_RESULT
+from .significance import ci95_of, parse_query_hits
 
 RESULT_FILE_NAMES = {"text_to_image": T2I_RESULT, "image_to_text": I2T_RESULT, "image_to_image": I2I_RESULT}
 
@@ -68,9 +70,10 @@ def parse_result(raw: bytes, path: str, direction: str) -> dict:
     return parsed
 
 
-def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_path: Path | None) -> dict:
+def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_path: Path | None,
+                  provenance: dict | None = None) -> dict:
     plan = outcome.plan
-    return {
+    summary = {
         "label": plan.label,
         "checkpoint": plan.checkpoint,
         "checkpoint_chosen_by": evaluation.chosen_by,
@@ -82,8 +85,19 @@ def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_pa
         "server_output_dir": plan.output_dir,
         "recall": {direction: asdict(recall) for direction, recall in recalls(outcome).items()},
         **({"skipped": skipped(outcome)} if skipped(outcome) else {}),
+        **_intervals(outcome),
         "steps": [{"name": s.name, "seconds": round(s.seconds, 3), "started_at": s.started_at,
                    "finished_at": s.finished_at, "command": s.command} for s in outcome.steps],
         "log": str(log_path) if log_path else None,
         "timestamp": clock.timestamp(),
     }
+    if provenance is not None:  # what the numbers were made from, and the traps they fell into
+        summary["provenance"] = provenance
+        summary["warnings"] = trap_warnings(provenance, summary["recall"])
+    return summary
+
+
+def _intervals(outcome: RunOutcome) -> dict:
+    """{"ci95": direction -> metric -> [low, high]} when the run wrote per-query hits."""
+    found = ci95_of(parse_query_hits(outcome.raw_query_hits)) if outcome.raw_query_hits else None
+    return {"ci95": found} if found else {}

@@ -5,19 +5,22 @@ Remote text is always printed as plain Text (never markup), so output such as "[
 """
 from __future__ import annotations
 
-import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Iterable
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
-                           TimeRemainingColumn)
+from rich.console import RenderableType
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, Task, TaskID, TextColumn,
+                           TimeElapsedColumn)
+from rich.table import Column
 from rich.table import Table
 from rich.text import Text
 
-from .comparison import Comparison, ModelResult, cell, failed_cell, header
+from .charts import INSTALL
+from .comparison import Comparison, cell, failed_cell, header, marked_label, notes, reference_cell
 from .diagnosis import Check
 from .epochs import Trend
 from .errors import EvalkitError
@@ -25,12 +28,14 @@ from .evaluation import NAMED, SERVER_LATEST
 from .executors.base import JobState
 from .outcome import StepResult
 from .plan import DIRECTION_TITLES, Plan, Step
-from .progress import Event, LogLine, ProgressUpdate
+from .progress import Bar, Event, LogLine, ProgressUpdate, StepBars
 from .server_outputs import ServerFacts
+from .significance import plus_minus
 from .summary import ImageRecall, Recall, recalls, skipped
 
 if TYPE_CHECKING:  # pipeline brings paramiko: kept out of `--help`'s start-up
     from .pipeline import Report
+    from .report import ReportWritten
     from .run_record import RunRecord
 
 
@@ -43,18 +48,17 @@ def make_consoles(to_stderr: bool = False) -> tuple[Console, Console]:
 
 
 class LiveReporter:
-    """Shows each step: its remote output lines, a progress bar per tqdm loop, its time."""
+    """One line per step: while it runs, a live row named by the step (and the upstream loop it
+    is in); when it ends, ✓ or ✗ and its time. Upstream's own output goes to the log only;
+    VERBOSE also streams it, with each command."""
 
     def __init__(self, console: Console, verbose: bool = False) -> None:
         self.console = console
         self.verbose = verbose
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
-            transient=True)
+        self.progress = step_progress(console)
         self._task: TaskID | None = None
-        self._last_n = -1.0
-        self._last_line = ""
+        self._bars = StepBars("")
+        self._label = ""
 
     def __enter__(self) -> "LiveReporter":
         return self  # the live display starts with the first step, not before connecting
@@ -66,28 +70,21 @@ class LiveReporter:
         self.progress.stop()
 
     def step_started(self, step: Step, index: int, count: int) -> None:
-        self._task, self._last_n, self._last_line = None, -1.0, ""
-        self.progress.start()
-        self.console.print(Text(f"▶ [{index + 1}/{count}] {step.title}", style="bold"))
+        self._label, self._bars = f"[{index + 1}/{count}] {step.title}", StepBars(step.name)
         if self.verbose:
-            self.console.print(Text(f"  $ {step.command}", style="dim"))
+            self.console.print(Text(f"▶ {self._label}", style="bold"))
+            self.console.print(Text(f"  $ {step.command}", style="dim"), soft_wrap=True)
+        self.progress.start()
+        self._task = self.progress.add_task(escape(self._label), total=None)
 
     def step_event(self, step: Step, event: Event) -> None:
         if isinstance(event, LogLine):
-            if event.stream == "stdout":  # stderr is mostly warnings: a poor name for a bar
-                self._last_line = event.text.strip()
-            self.console.print(Text(f"  {event.text}", style="dim"), soft_wrap=True)
-        elif isinstance(event, ProgressUpdate):
-            self._show_progress(step, event)
-
-    def _show_progress(self, step: Step, update: ProgressUpdate) -> None:
-        if self._task is None or update.n < self._last_n:
-            # A new tqdm loop: name it after what the script last said it was doing.
-            what = update.description or self._last_line.rstrip(".:") or step.title
-            self._task = self.progress.add_task(escape(f"  {step.name}: {what}"[:60]), total=update.total,
-                                                rate=update.rate)
-        self.progress.update(self._task, completed=update.n, total=update.total, rate=update.rate)
-        self._last_n = update.n
+            if self.verbose:
+                self.console.print(Text(f"  {event.text}", style="dim"), soft_wrap=True)
+        elif isinstance(event, ProgressUpdate) and self._task is not None:
+            bar = self._bars.update(event)
+            self.progress.update(self._task, description=escape(bar_label(self._label, bar)),
+                                 completed=bar.n, total=bar.total)
 
     def note(self, text: str) -> None:
         show_note(self.console, text)
@@ -97,9 +94,38 @@ class LiveReporter:
 
     def step_finished(self, step: Step, result: StepResult) -> None:
         for task in list(self.progress.task_ids):
-            self.progress.remove_task(task)  # the ✓ line below is what stays on screen
+            self.progress.remove_task(task)  # the ✓ line below takes the row's place
+        self.progress.refresh()  # now, not at the next tick: the row never shows beside its ✓ line
+        self._task = None
         mark, style = ("✓", "green") if result.exit_code == 0 else ("✗", "red")
-        self.console.print(Text(f"{mark} {step.title}  {result.seconds:.1f} s", style=style))
+        self.console.print(Text(f"{mark} {self._label}  {result.seconds:.1f} s", style=style))
+
+
+def bar_label(step_label: str, bar: Bar) -> str:
+    """A step's row: '[2/9] extract image + text features · texts'."""
+    return f"{step_label} · {bar.phase}" if bar.phase else step_label
+
+
+def step_progress(console: Console) -> Progress:
+    """The live rows: the label gives way (…) before the bar, count and time on a narrow terminal."""
+    return Progress(_Spinner(), TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis")),
+                    BarColumn(bar_width=24), MofNCompleteColumn(), _Elapsed(),
+                    console=console, transient=True)
+
+
+class _Spinner(SpinnerColumn):
+    """Spins while the row lives: a full count is one loop done, not the step (it may be saving)."""
+
+    def render(self, task: Task) -> RenderableType:
+        return self.spinner.render(task.get_time())
+
+
+class _Elapsed(TimeElapsedColumn):
+    """The step's time so far, still running when one of its loops is full."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0
+        return Text(str(timedelta(seconds=int(elapsed))), style="progress.elapsed")
 
 
 def show_plan(console: Console, plan: Plan, host: str) -> None:
@@ -120,8 +146,9 @@ def show_plan(console: Console, plan: Plan, host: str) -> None:
         console.print(Text(step.command), soft_wrap=True)
 
 
-def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED) -> Table:
-    """The title names the evaluation; when the user did not name its checkpoint, how it was chosen."""
+def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED, ci95: dict | None = None) -> Table:
+    """The title names the evaluation; when the user did not name its checkpoint, how it was chosen.
+    With CI95 (summary.json's), each value shows its 95% interval's half-width: '52.10 ±1.4'."""
     title = f"Recall (%) — {label}" + ("" if chosen_by == NAMED else f" ({chosen_by})")
     table = Table(title=title)
     table.add_column("direction")
@@ -129,7 +156,9 @@ def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED)
     for column in ("R@1", "R@5", "R@10", "Mean Recall", *(("mAP@10",) if with_map else ())):
         table.add_column(column, justify="right")
     for direction, recall in recalls.items():
-        values = [f"{value:.2f}" for value in (recall.r1, recall.r5, recall.r10, recall.mean_recall)]
+        values = [f"{value:.2f}" + plus_minus((ci95 or {}).get(direction, {}).get(metric))
+                  for metric, value in zip(("r1", "r5", "r10", "mean_recall"),
+                                           (recall.r1, recall.r5, recall.r10, recall.mean_recall))]
         if with_map:
             values.append(f"{recall.map10:.2f}" if isinstance(recall, ImageRecall) else "")
         table.add_row(DIRECTION_TITLES[direction], *values)
@@ -138,9 +167,14 @@ def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED)
 
 def show_results(console: Console, report: Report) -> None:
     plan, evaluation = report.outcome.plan, report.evaluation
-    console.print(recall_table(plan.label, recalls(report.outcome), evaluation.chosen_by))
+    ci95 = (report.summary or {}).get("ci95")
+    console.print(recall_table(plan.label, recalls(report.outcome), evaluation.chosen_by, ci95))
+    if ci95:
+        console.print(Text("±: half-width of the 95% bootstrap interval over the queries", style="dim"))
     for reason in skipped(report.outcome).values():
         console.print(Text(reason, style="yellow"), soft_wrap=True)
+    for warning in (report.summary or {}).get("warnings", []):
+        console.print(Text(f"warning: {warning}", style="bold yellow"), soft_wrap=True)
     image = recalls(report.outcome).get("image_to_image")
     if isinstance(image, ImageRecall):
         console.print(Text(f"image→image: {image.num_queries} query images (those with a relevant other image)",
@@ -206,6 +240,12 @@ def show_detached(console: Console, run_id: str, label: str) -> None:
         console.print(Text(f"  python -m evalkit {verb} {run_id}    # {what}", style="dim"), soft_wrap=True)
 
 
+def show_job_script(console: Console, script: str) -> None:
+    """--dry-run with `executor: slurm`: the batch script each evaluation's job runs."""
+    console.print(Text("Slurm job script (RUN_ID is the run's id):", style="bold"))
+    console.print(Text(script), soft_wrap=True)
+
+
 def show_runs(console: Console, rows: list[tuple[RunRecord, JobState]]) -> None:
     """`status`: one row per run record, with what the server says about it."""
     table = Table(title="runs")
@@ -226,7 +266,7 @@ def describe_state(state: JobState, recorded: str = "started") -> str:
     if state.state:
         return state.state
     if state.driver_alive:
-        return "running"
+        return state.detail or "running"
     if recorded == "starting":
         return "never started (evalkit stopped while starting it)"
     return "gone (driver died or server rebooted)"
@@ -252,24 +292,32 @@ def show_note(console: Console, text: str) -> None:
 
 
 class ConcurrentReporter:
-    """One row per model while several run at once; their remote output goes to their logs."""
+    """A row per evaluation while several run at once; their upstream output goes to their logs.
+    A failed step prints its line; a finished evaluation prints one line with its time."""
 
     def __init__(self, console: Console, progress: Progress, label: str) -> None:
         self.console, self.progress, self.label = console, progress, label
         # a task's description is rich markup: a label such as "lr[/]1e-4" must stay text
-        self._task = progress.add_task(f"{escape(label)}: waiting", total=None, rate="")
+        self._task = progress.add_task(f"{escape(label)}: waiting", total=None)
+        self._bars, self._step_label = StepBars(""), ""
+        self._seconds, self._is_last_step, self._is_complete = 0.0, False, False
 
     def step_started(self, step: Step, index: int, count: int) -> None:
-        self.progress.update(self._task, description=escape(f"{self.label}: [{index + 1}/{count}] {step.title}"),
-                             completed=0, total=None, rate="")
+        self._step_label, self._bars = f"{self.label}: [{index + 1}/{count}] {step.title}", StepBars(step.name)
+        self._is_last_step = index + 1 == count
+        self.progress.reset(self._task, description=escape(self._step_label), total=None)
 
     def step_event(self, step: Step, event: Event) -> None:
         if isinstance(event, ProgressUpdate):
-            self.progress.update(self._task, completed=event.n, total=event.total, rate=event.rate)
+            bar = self._bars.update(event)
+            self.progress.update(self._task, description=escape(bar_label(self._step_label, bar)),
+                                 completed=bar.n, total=bar.total)
 
     def step_finished(self, step: Step, result: StepResult) -> None:
-        mark, style = ("✓", "green") if result.exit_code == 0 else ("✗", "red")
-        self.console.print(Text(f"{mark} {self.label}: {step.title}  {result.seconds:.1f} s", style=style))
+        self._seconds += result.seconds
+        if result.exit_code != 0:
+            self.console.print(Text(f"✗ {self._step_label}  {result.seconds:.1f} s", style="red"))
+        self._is_complete = result.exit_code == 0 and self._is_last_step
 
     def note(self, text: str) -> None:
         show_note(self.console, f"{self.label}: {text}")
@@ -279,28 +327,20 @@ class ConcurrentReporter:
 
     def done(self) -> None:
         self.progress.remove_task(self._task)
+        self.progress.refresh()
+        if self._is_complete:
+            self.console.print(Text(f"✓ {self.label}  {self._seconds:.1f} s", style="green"))
+        for task in self.progress.tasks:
+            if task.fields.get("overall"):
+                self.progress.advance(task.id)
 
 
-def concurrent_progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True)
-
-
-class OverallRow:
-    """Under the running cells' rows: cells done of the total, how many failed, the time left."""
-
-    def __init__(self, progress: Progress, total: int) -> None:
-        self.progress, self.failed = progress, 0
-        self._lock = threading.Lock()
-        self._task = progress.add_task(self._describe(), total=total, rate="")
-
-    def _describe(self) -> str:
-        return "all cells" + (f" ({self.failed} failed)" if self.failed else "")
-
-    def cell_done(self, result: ModelResult) -> None:
-        with self._lock:
-            self.failed += not result.ok
-            self.progress.update(self._task, advance=1, description=self._describe())
+def concurrent_progress(console: Console, total: int | None = None) -> Progress:
+    """The live rows of several evaluations at once; with TOTAL, an overall row first."""
+    progress = step_progress(console)
+    if total:
+        progress.add_task("all evaluations", total=total, overall=True)
+    return progress
 
 
 def show_cells(console: Console, cells: list[tuple[str, str, str, str]]) -> None:
@@ -355,14 +395,47 @@ def comparison_table(comparison: Comparison) -> Table:
             continue
         cells = [Text.from_markup(cell(comparison, row, d, m, bold=("[bold green]", "[/]")))
                  for d, m in comparison.columns]
-        table.add_row(Text(row.label), *cells)
+        table.add_row(Text(marked_label(comparison, row.label)), *cells)
+    for reference in comparison.references:
+        table.add_row(Text(reference["label"], style="italic"),
+                      *[Text(reference_cell(reference, d, m), style="italic") for d, m in comparison.columns])
     return table
 
 
 def show_comparison(console: Console, comparison: Comparison, written: Iterable[Path]) -> None:
     console.print(comparison_table(comparison))
+    show_notes(console, notes(comparison))
     for path in written:
         console.print(Text(f"saved: {path}"), soft_wrap=True)
+
+
+def show_report_written(console: Console, written: ReportWritten) -> None:
+    """`report`: where the page (and figures) went; without matplotlib, how to get the charts."""
+    for path in (written.page, *written.figures):
+        console.print(Text(f"saved: {path}"), soft_wrap=True)
+    if not written.has_charts:
+        show_note(console, f"the page has the tables only: for charts of recall against epoch, {INSTALL} "
+                           "(matplotlib) and run report again")
+
+
+def show_notes(console: Console, lines: list[str]) -> None:
+    """Footnotes, warnings and sources under a comparison table."""
+    for line in lines:
+        console.print(Text(line, style="bold yellow" if line.startswith(("warning:", "†")) else "dim"), soft_wrap=True)
+
+
+def show_references(console: Console, rows: list[dict]) -> None:
+    """`python -m evalkit references`: one line per published result."""
+    table = Table(title="Chinese-CLIP's published retrieval results (%)")
+    for column in ("name", "dataset", "split", "setup", "text→image R@1/5/10", "image→text R@1/5/10"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        recall = row["recall"]
+        table.add_row(row["name"], row["dataset"], row["split"], row["setup"],
+                      *["/".join(f"{recall[d][m]:.1f}" for m in ("r1", "r5", "r10")) if d in recall else "–"
+                        for d in ("text_to_image", "image_to_text")])
+    console.print(table)
+    console.print(Text("source: OFA-Sys/Chinese-CLIP Results.md; --reference NAME adds one to a table", style="dim"))
 
 
 def show_check(console: Console, check: Check) -> None:

@@ -13,7 +13,8 @@ import click
 
 from .evaluate import demo, doctor, evaluate_command, quick_command
 from .guard import CONTEXT
-from .results import results
+from .references import references
+from .results import report, results
 from .runs import attach, cancel, logs, status
 
 
@@ -23,7 +24,8 @@ def main() -> None:
 
 
 for name, command in {"evaluate": evaluate_command, "quick": quick_command, "results": results, "demo": demo,
-                      "doctor": doctor, "attach": attach, "cancel": cancel, "status": status, "logs": logs}.items():
+                      "doctor": doctor, "attach": attach, "cancel": cancel, "status": status, "logs": logs,
+                      "references": references, "report": report}.items():
     main.add_command(command, name=name)
 
 

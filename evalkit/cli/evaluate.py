@@ -15,6 +15,7 @@ from ..config import Settings
 from ..epochs import in_epoch_order, split_label, trends
 from ..errors import EvalkitError
 from ..evaluation import STAGES, Evaluation, RunOptions, Scope, Wanted
+from ..executors import GPUS_FROM_SCHEDULER
 from ..plan import build_plan
 from ..store import LocalStore
 from .guard import CONTEXT, debug_option, guarded
@@ -120,7 +121,10 @@ def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) 
         if len(evaluations) > 1:
             view.show_cells(out, [(e.label, e.dataset, e.split, e.checkpoint) for e in evaluations])
         for evaluation in evaluations:
-            view.show_plan(out, build_plan(settings, evaluation), settings.host)
+            plan = build_plan(settings, evaluation)
+            view.show_plan(out, plan, settings.host)
+            if settings.executor == "slurm":
+                view.show_job_script(out, dry_run_job_script(settings, plan.label))
         return
     from .. import gpu_queue, pipeline  # the SSH side loads only when a command needs it: `--help` starts fast
     if options.detach:
@@ -135,9 +139,10 @@ def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) 
     documents = []
     for (dataset, split), rows in by_dataset_split(evaluations, results).items():
         # a matrix of one checkpoint shows a table per dataset split too; a file keeps only comparisons
-        shown = len(results) > 1 and "recall" in evaluations[0].stages
+        shown = (len(results) > 1 or options.references) and "recall" in evaluations[0].stages
         document, written = gpu_queue.compare(LocalStore.of(settings), rows, dataset, split,
-                                              save=shown and len(rows) > 1)
+                                              save=len(results) > 1 and len(rows) > 1 and "recall" in evaluations[0].stages,
+                                              references=options.references)
         if shown:
             view.show_comparison(out, document, written)
             view.show_trends(out, trends([row.result for row in document.rows]))
@@ -156,6 +161,12 @@ def by_dataset_split(evaluations: list[Evaluation], results: list[ModelResult]
     return grouped
 
 
+def dry_run_job_script(settings: Settings, label: str) -> str:
+    from ..server import run_dir
+    from ..slurm_job import batch_script
+    return batch_script(settings, "RUN_ID", label, run_dir(settings, "RUN_ID"))
+
+
 def run_one(out: Console, settings: Settings, evaluation: Evaluation, verbose: bool) -> ModelResult:
     from .. import gpu_queue, pipeline
     with view.LiveReporter(out, verbose) as reporter:
@@ -168,6 +179,8 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation],
               options: RunOptions) -> list[ModelResult]:
     from ..gpu_queue import evaluate_all
     gpus = list(options.gpus) or [settings.gpu]
+    if settings.executor in GPUS_FROM_SCHEDULER:  # every job submitted at once: the scheduler places them
+        gpus = list(range(len(evaluations)))
 
     is_matrix = len({(e.dataset, e.split) for e in evaluations}) > 1
 
@@ -184,17 +197,18 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation],
             view.show_model_header(out, position + name(evaluation), evaluation.checkpoint)
             return view.LiveReporter(out, options.verbose)
         return evaluate_all(settings, evaluations, gpus, one_after_another, failed)
-    with view.concurrent_progress(out) as progress:
-        overall = view.OverallRow(progress, len(evaluations))
+    with view.concurrent_progress(out, total=len(evaluations)) as progress:
         return evaluate_all(settings, evaluations, gpus,
-                            lambda evaluation: view.ConcurrentReporter(out, progress, name(evaluation)), failed,
-                            overall.cell_done)
+                            lambda evaluation: view.ConcurrentReporter(out, progress, name(evaluation)), failed)
 
 
 @click.command(context_settings=CONTEXT)
 @shared_options
+@click.option("--probe-job", is_flag=True,
+              help="with executor: slurm, also run a tiny Slurm job that checks the datapath, Chinese-CLIP, the "
+                   "output directory and the checkpoint are visible from a compute node (waits up to 2 min for it)")
 @guarded
-def doctor(**flags: Any) -> None:
+def doctor(probe_job: bool, **flags: Any) -> None:
     """Check the server before evaluating: ssh, env, cn_clip, GPU, dataset, checkpoint, disk.
 
     Each check prints one line, ✓ or ✗ with what it found and, on ✗, the fix. It reads only
@@ -215,7 +229,7 @@ def doctor(**flags: Any) -> None:
     count = run_doctors(settings, evaluations, on_check=functools.partial(view.show_check, out),
                         on_model=(lambda evaluation: view.show_model_header(out, evaluation.label,
                                                                             evaluation.checkpoint))
-                        if len(evaluations) > 1 else None)
+                        if len(evaluations) > 1 else None, probe_job=probe_job)
     view.show_doctor_passed(out, count)
 
 
@@ -223,7 +237,7 @@ def doctor(**flags: Any) -> None:
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="where the demo server's venv, data and keys live  [default: ~/.cache/evalkit/demo]")
 @click.option("--results-dir", default="results", show_default=True, help="local folder for results")
-@click.option("--verbose", is_flag=True, help="also print each remote command as it starts")
+@click.option("--verbose", is_flag=True, help="also stream the upstream scripts' output and each remote command (by default they go to the log only)")
 @debug_option
 @guarded
 def demo(workdir: Path | None, results_dir: str, verbose: bool, debug: bool) -> None:

@@ -11,11 +11,13 @@ import click
 from ..config import ALL_MODELS, DEVICES, KNN_MODES, TEXT_MODELS, VISION_MODELS, ModelEntry, Settings, build_settings
 from .. import view
 from ..evaluation import SPLITS, STAGES, Evaluation, RunOptions, Scope, Wanted
+from ..executors import EXECUTORS
 from ..sweep import cells, describe_alias, is_checkpoint_set
 from .guard import debug_option
+from .references import reference_option
 
 _SETTING_FLAGS = ("host", "datapath", "device", "gpu", "results_dir", "vision_model", "text_model", "knn",
-                  "image_to_image")
+                  "image_to_image", "executor")
 
 
 def _check_dataset_name(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -86,6 +88,10 @@ def shared_options(command: Callable) -> Callable:
         click.option("--gpus", callback=_parse_gpus, metavar="0,1,2",
                      help="evaluate several models at once, one per GPU (one GPU: one after another)"),
         click.option("--results-dir", help="local folder for results  [default: results]"),
+        click.option("--executor", type=click.Choice(tuple(EXECUTORS)),
+                     help="how runs start: ssh (a detached process on the host) or slurm (one Slurm job per "
+                          "evaluation, submitted on the host as login node; see the config's slurm section)  "
+                          "[default: ssh]"),
         click.option("--knn", type=click.Choice(KNN_MODES),
                      help="upstream: the two upstream KNN scripts; fast: evalkit's exact batched KNN, "
                           "same prediction files, much faster on large galleries  [default: upstream]"),
@@ -100,12 +106,12 @@ def shared_options(command: Callable) -> Callable:
                           "(then: python -m evalkit attach RUN)"),
         click.option("--json", "json_output", is_flag=True,
                      help="print one machine-readable summary on stdout; everything else on stderr"),
-        click.option("--verbose", is_flag=True, help="also print each remote command as it starts"),
+        click.option("--verbose", is_flag=True, help="also stream the upstream scripts' output and each remote command (by default they go to the log only)"),
         debug_option,
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return reference_option(command)
 
 
 def records_options(command: Callable) -> Callable:
@@ -150,7 +156,8 @@ def parse_request(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
         raise click.UsageError("--label names one checkpoint; each checkpoint of a directory or glob is "
                                "labelled EXPERIMENT@epoch_N (EXPERIMENT for epoch_latest.pt): drop --label")
     options = RunOptions(flags.get("dry_run", False), flags.get("detach", False), flags.get("gpus") or (),
-                         flags.get("json_output", False), flags.get("verbose", False))
+                         flags.get("json_output", False), flags.get("verbose", False),
+                         flags.get("references") or ())
     return settings, scopes, wanted, options
 
 

@@ -10,7 +10,10 @@ if TYPE_CHECKING:  # the registry's names are read by config.py, which must not 
 # name -> "module:class"; imported only when chosen (each brings the SSH side)
 EXECUTORS = {
     "ssh": "evalkit.executors.ssh:SshExecutor",
+    "slurm": "evalkit.executors.slurm:SlurmExecutor",
 }
+# executors whose scheduler chooses each job's GPUs (and sets CUDA_VISIBLE_DEVICES itself)
+GPUS_FROM_SCHEDULER = frozenset({"slurm"})
 
 
 def executor_class(name: str) -> "type[Executor]":

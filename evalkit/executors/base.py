@@ -44,6 +44,7 @@ class JobState:
     failed_step: str | None = None
     error: str | None = None    # why the driver failed (state "crashed")
     unknown: str | None = None  # why the server could not be asked
+    detail: str | None = None   # a scheduler's word on a live run, e.g. "Slurm job 7: PENDING (Resources)"
 
     @classmethod
     def from_answer(cls, answer: dict) -> "JobState":

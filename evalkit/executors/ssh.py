@@ -27,10 +27,8 @@ class SshExecutor(Executor):
         """The starter stays after the start, a line on its stdout each time the run moves on:
         the doorbell, so the follower sees a step's end at once."""
         plan = run.plan
-        spec = {"run_id": run.run_id, "lock": plan.lock,
-                "steps": [{"name": s.name, "title": s.title, "command": s.command} for s in plan.steps]}
         starter = self._starter()
-        started = starter.start_run(run.directory, spec, START_TIMEOUT + self.settings.connect_timeout * 4)
+        started = starter.start_run(run.directory, run_spec(run), START_TIMEOUT + self.settings.connect_timeout * 4)
         status = started.get("status") or {}
         if status.get("state") == "crashed":
             raise RemoteStepFailed(f"the run's driver failed on the server: {status.get('error')}",
@@ -101,3 +99,9 @@ class SshExecutor(Executor):
             raise RemoteStepFailed(f"job.py {action} printed nothing for run {run.run_id}",
                                    "check the `python` setting (python -m evalkit doctor)")
         return found
+
+
+def run_spec(run: RemoteRun) -> dict:
+    """run.json: what the driver runs (remote/job.py drive)."""
+    return {"run_id": run.run_id, "lock": run.plan.lock,
+            "steps": [{"name": s.name, "title": s.title, "command": s.command} for s in run.plan.steps]}

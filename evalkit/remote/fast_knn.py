@@ -59,13 +59,6 @@ class Features:
         self.matrix = matrix
 
 
-def file_size(path: str, kind: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError as error:
-        raise KnnError(f"cannot read {kind} features: {path}: {error.strerror}") from None
-
-
 def parse_workers(total_bytes: int) -> int:
     """How many processes should parse; 1 (inline) for inputs too small to repay a pool."""
     if total_bytes < PARALLEL_PARSE_MIN_BYTES or not hasattr(os, "fork"):
@@ -328,18 +321,25 @@ def write_predictions(path: str, query_key: str, query_ids: list, result_key: st
 
 
 def write_atomically(path: str, pieces: Iterable[str], what: str) -> None:
-    """PIECES of text into `path`, replacing it only when complete. The temporary file is new
-    (O_EXCL, O_NOFOLLOW): nothing planted at its name redirects it."""
+    """PIECES of text into `path`, replacing it only when complete."""
+    def write(handle) -> None:
+        for piece in pieces:
+            handle.write(piece.encode("utf-8"))
+    try:
+        _write_new(path, write)
+    except OSError as error:
+        raise KnnError(f"cannot write {what} to {path}: {error.strerror}") from None
+
+
+def _write_new(path: str, write: Callable) -> None:
+    """WRITE(binary handle) into a new temporary file (O_EXCL, O_NOFOLLOW: nothing planted at its
+    name redirects it), then rename it over `path`; on any failure the temporary file goes."""
     temporary = f"{path}.tmp-{secrets.token_hex(8)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        with open(os.open(temporary, flags, 0o644), "w") as handle:
-            for piece in pieces:
-                handle.write(piece)
+        with open(os.open(temporary, flags, 0o644), "wb") as handle:
+            write(handle)
         os.replace(temporary, path)
-    except OSError as error:
-        _remove_quietly(temporary)
-        raise KnnError(f"cannot write {what} to {path}: {error.strerror}") from None
     except BaseException:
         _remove_quietly(temporary)
         raise
@@ -379,31 +379,99 @@ def _say(message: str) -> None:
     print(f"{PROG}: {message}", flush=True)
 
 
-def load(files: List[Tuple[str, str, str]]) -> List[Features]:
-    """Parse feature files, given as (path, id key, kind), in parallel pieces when they are large."""
-    sizes = [file_size(path, kind) for path, _, kind in files]
-    workers = parse_workers(sum(sizes))
+def load(files: List[Tuple[str, str, str]],
+         check: Callable[[List[Features]], None] = lambda features: None) -> List[Features]:
+    """Read feature files, given as (path, id key, kind): from their binary copy when it is of
+    the file as it is now, else parsed (in parallel pieces when large) and, once CHECK accepts
+    them all, the copy written."""
+    stamps = [source_stamp(path, kind) for path, _, kind in files]
+    cached = [read_binary_copy(path, stamp) for (path, _, _), stamp in zip(files, stamps)]
+    to_parse = [(file, stamp) for file, stamp, features in zip(files, stamps, cached) if features is None]
+    workers = parse_workers(sum(stamp[0] for _, stamp in to_parse))
     # fork starts workers at once; it is safe because torch is not imported yet.
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
     try:
-        loads = [FeatureLoad(path, id_key, kind, size, pool, workers)
-                 for (path, id_key, kind), size in zip(files, sizes)]
+        loads = [FeatureLoad(path, id_key, kind, stamp[0], pool, workers)
+                 for (path, id_key, kind), stamp in to_parse]
         if pool is not None:
             import torch  # noqa: F401  the parent would only wait: import while workers parse
-        return [each.result() for each in loads]
+        parsed = iter([each.result() for each in loads])
     finally:
         if pool is not None:
             pool.terminate()
+    features = [each if each is not None else next(parsed) for each in cached]
+    check(features)
+    for (path, _, _), stamp, each, was_cached in zip(files, stamps, features, cached):
+        if was_cached is None:
+            write_binary_copy(path, stamp, each)
+    return features
+
+
+# ----------------------------------------------------------------------------- binary copies
+# Parsing 30,000 JSON lines of 512 floats costs seconds; the KNN step and image→image both read
+# the image features. The first to parse leaves a float32 copy beside the file (hidden, with
+# the source's size and mtime); the next reads it in a fraction of a second. A copy of another
+# version of the file is ignored and replaced, and one that cannot be written costs nothing.
+
+BINARY_COPY_FORMAT = 1
+
+
+def binary_copy_paths(path: str) -> Tuple[str, str]:
+    """(matrix .npy, ids + source stamp .json) of PATH's binary copy: hidden, beside it."""
+    folder, name = os.path.split(path)
+    base = os.path.join(folder, f".{name}.evalkit-float32")
+    return base + ".npy", base + ".json"
+
+
+def source_stamp(path: str, kind: str) -> Tuple[int, int]:
+    """(size, mtime in ns) of a feature file; a binary copy belongs to one stamp."""
+    try:
+        stat = os.stat(path)
+    except OSError as error:
+        raise KnnError(f"cannot read {kind} features: {path}: {error.strerror}") from None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def read_binary_copy(path: str, stamp: Tuple[int, int]) -> Optional[Features]:
+    matrix_path, meta_path = binary_copy_paths(path)
+    try:
+        with open(meta_path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+        if meta.get("format") != BINARY_COPY_FORMAT or meta.get("source") != list(stamp):
+            return None
+        matrix = np.load(matrix_path, allow_pickle=False)
+        ids = meta["ids"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if matrix.dtype != np.float32 or matrix.ndim != 2 or len(matrix) != len(ids) or not len(ids):
+        return None
+    return Features(ids, matrix)
+
+
+def write_binary_copy(path: str, stamp: Tuple[int, int], features: Features) -> None:
+    """Best effort: the matrix first, then the stamp that makes it valid."""
+    matrix_path, meta_path = binary_copy_paths(path)
+    meta = {"format": BINARY_COPY_FORMAT, "source": list(stamp), "ids": features.ids}
+    try:
+        _write_new(matrix_path, lambda handle: np.save(handle, features.matrix, allow_pickle=False))
+        _write_new(meta_path, lambda handle: handle.write(json.dumps(meta).encode("utf-8")))
+    except OSError:
+        pass
+
 
 
 def load_both(args: argparse.Namespace) -> Tuple[Features, Features]:
-    """Parse both feature files, in parallel pieces when they are large."""
-    images, texts = load([(args.image_feats, "image_id", "image"), (args.text_feats, "text_id", "text")])
-    dims = (images.matrix.shape[1], texts.matrix.shape[1])
+    """Read both feature files, which must come from one model."""
+    images, texts = load([(args.image_feats, "image_id", "image"), (args.text_feats, "text_id", "text")],
+                         check=_same_model)
+    return images, texts
+
+
+def _same_model(features: List[Features]) -> None:
+    dims = [each.matrix.shape[1] for each in features]
     if dims[0] != dims[1]:
         raise KnnError(f"image features have {dims[0]} values but text features have "
                        f"{dims[1]}: they must come from one model")
-    return images, texts
 
 
 def run(args: argparse.Namespace) -> None:

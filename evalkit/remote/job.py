@@ -254,6 +254,8 @@ def start(timeout):
 
     {"helpers": {NAME: {"script", "args", "env", "pythonpath"}}}  (optional) run these scripts at once,
         answer {"helpers": {NAME: {"exit_code", "stdout", "stderr"}}} on an EVALKIT-JOB line;
+    {"run_dir", "run", "submit": {"script", "argv"}}  write run.json and hand the driver to a
+        scheduler (see submit); answer what the submitting command said;
     {"run_dir", "run"}  write run.json, start the driver in the background, and answer
         {"status", "driver"} once it holds the lock (driver.json) or has finished already
         (status.json: refused, crashed); then a {"ring": true} line each time the run moves on
@@ -269,12 +271,31 @@ def start(timeout):
     run_dir = request["run_dir"]
     make_dirs(run_dir, 0o700)  # the run's commands and output: the user's alone
     write_atomically(os.path.join(run_dir, "run.json"), json.dumps(request["run"], ensure_ascii=False))
+    if "submit" in request:  # a scheduler starts the driver (executors/slurm.py)
+        answer(submit(run_dir, request["submit"]))
+        return
     bell, bell_end = os.pipe()
     os.set_blocking(bell_end, False)  # the driver never waits on the bell
     driver = fork_driver(run_dir, bell, bell_end)
     os.close(bell_end)
     answer(wait_for_driver(run_dir, driver, bell, timeout))
     relay_bells(bell)
+
+
+def submit(run_dir, request):
+    """Write the batch script to DIR/job.sh and run REQUEST's argv on it from DIR (sbatch); its exit
+    code and output. Its first line's job id is kept in DIR/slurm.json, for state and cancel."""
+    script = os.path.join(run_dir, "job.sh")
+    write_atomically(script, request["script"])
+    try:
+        done = subprocess.run([*request["argv"], script], cwd=run_dir, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, errors="replace")
+    except OSError as exc:  # no sbatch on this machine's PATH
+        return {"exit_code": 127, "stdout": "", "stderr": f"{request['argv'][0]}: {exc.strerror}"}
+    job_id = done.stdout.strip().split(";")[0] if done.returncode == 0 else ""
+    if job_id.isdigit():
+        write_atomically(os.path.join(run_dir, "slurm.json"), json.dumps({"job_id": job_id, "submitted_at": now()}))
+    return {"exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
 
 
 def fork_driver(run_dir, bell, bell_end):

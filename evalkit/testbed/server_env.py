@@ -5,6 +5,7 @@ imports already work.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -59,6 +60,16 @@ def ensure_server_venv(venv_dir: Path, log: Log = None) -> Path:
     python = venv_python(venv_dir)
     if _usable(python):
         return python
+    Path(venv_dir).parent.mkdir(parents=True, exist_ok=True)
+    # Parallel test workers (pytest -n) share the venv: one builds it, the others wait for it.
+    with open(f"{venv_dir}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _usable(python):
+            return python
+        return _build(venv_dir, python, log)
+
+
+def _build(venv_dir: Path, python: Path, log: Log) -> Path:
     if not python.exists():
         if log:
             log(f"creating venv {venv_dir}")

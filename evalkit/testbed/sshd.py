@@ -58,11 +58,14 @@ class LoopbackSshd:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, sftp_server: Optional[str] = "internal-sftp") -> None:
+    def __init__(self, workdir: Path, sftp_server: Optional[str] = "internal-sftp",
+                 environment: Optional[dict[str, str]] = None) -> None:
         """SFTP_SERVER: the `Subsystem sftp` program (Debian's is /usr/lib/openssh/sftp-server);
-        None for a server without SFTP, as some containers and hardened servers are."""
+        None for a server without SFTP, as some containers and hardened servers are.
+        ENVIRONMENT: variables every session gets (sshd's SetEnv), as a login node's profile sets them."""
         self.workdir = Path(workdir).resolve()
         self.sftp_server = sftp_server
+        self.environment = dict(environment or {})
         self.port = 0
         self.user = getpass.getuser()
         self.user_key = self.workdir / "id_ed25519"
@@ -125,6 +128,8 @@ class LoopbackSshd:
         ]
         if self.sftp_server:
             lines.append(f"Subsystem sftp {self.sftp_server}")
+        if self.environment:
+            lines.append("SetEnv " + " ".join(f'"{name}={value}"' for name, value in self.environment.items()))
         return "\n".join(lines) + "\n"
 
     def _wait_ready(self) -> None:

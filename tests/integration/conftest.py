@@ -7,6 +7,8 @@ missing piece fails instead of skipping.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -97,23 +99,37 @@ def datapath(tmp_path_factory, server_python) -> Path:
     return root
 
 
+def random_checkpoint(server_python: Path, path: Path, seed: int) -> Path:
+    """A random checkpoint at PATH: a copy of the one built for SEED, which parallel test workers
+    (pytest -n) build once between them (each costs ~10 s of CPU) and never share a file of."""
+    maker = (REPO / "evalkit" / "testbed" / "make_checkpoint.py").read_bytes()
+    built = REPO / ".testbed" / "checkpoints" / f"seed-{seed}-{hashlib.sha256(maker).hexdigest()[:12]}.pt"
+    built.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{built}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build_checkpoint(server_python, built, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(built, path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def checkpoint(datapath, server_python) -> Path:
     path = datapath / "experiments" / "muge_finetune_rn50_rbt3_team_distill" / "checkpoints" / "epoch_latest.pt"
-    return build_checkpoint(server_python, path, seed=0)
+    return random_checkpoint(server_python, path, seed=0)
 
 
 @pytest.fixture(scope="session")
 def second_checkpoint(datapath, server_python) -> Path:
     """Another random checkpoint (another seed): its features differ from the first's."""
     path = datapath / "experiments" / "large_distill" / "checkpoints" / "epoch_latest.pt"
-    return build_checkpoint(server_python, path, seed=1)
+    return random_checkpoint(server_python, path, seed=1)
 
 
 @pytest.fixture(scope="session")
 def third_checkpoint(datapath, server_python) -> Path:
     path = datapath / "experiments" / "baseline_rn50" / "checkpoints" / "epoch_latest.pt"
-    return build_checkpoint(server_python, path, seed=2)
+    return random_checkpoint(server_python, path, seed=2)
 
 
 @pytest.fixture(scope="session")
@@ -241,3 +257,41 @@ def run_upstream_by_hand(bed: Testbed, spec: DatasetSpec, workdir: Path,
                        capture_output=True)
     return {"text_to_image": json.loads((workdir / "t2i_result.json").read_text()),
             "image_to_text": json.loads((workdir / "i2t_result.json").read_text())}
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A one-node Slurm cluster of this session's own (munged, slurmctld, slurmd; 2 fake GPUs)."""
+    from evalkit.testbed.slurm import LoopbackSlurm, is_installed
+
+    if not is_installed():
+        _unavailable("Slurm is missing: apt-get install slurm-wlm munge")
+    with LoopbackSlurm(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def login_node(tmp_path_factory, slurm):
+    """The cluster's login node: a loopback sshd whose sessions find this cluster (SLURM_CONF)."""
+    from evalkit.testbed.sshd import SSHD
+
+    if not Path(SSHD).exists():
+        _unavailable(f"{SSHD} is missing: apt-get install openssh-server")
+    with LoopbackSshd(tmp_path_factory.mktemp("login"), environment=slurm.environment()) as server:
+        yield server
+
+
+@pytest.fixture
+def slurm_testbed(login_node, slurm, isolated_home, datapath, checkpoint, server_python, chinese_clip_dir, tmp_path):
+    """The test bed with `executor: slurm`: the login node over ssh, jobs on the cluster's node."""
+    ssh_dir = isolated_home / ".ssh"
+    login_node.write_client_files(ssh_dir)
+    bed = Testbed(login_node, ssh_dir, tmp_path / "evalkit.yaml", datapath, checkpoint,
+                  tmp_path / "results", server_python, chinese_clip_dir, tmp_path / "服务器 outputs")
+    bed.write_config(executor="slurm", slurm=SLURM_TEST_SETTINGS)
+    return bed
+
+
+# squeue quickly (a real cluster: 5 s rising to 60 s), a short grace for a job that left the queue
+SLURM_TEST_SETTINGS = {"partition": "gpu", "time": "00:10:00", "poll_interval": 0.5, "poll_max": 2,
+                       "lost_after": 5}

@@ -126,6 +126,10 @@ def test_detach_then_attach_gives_the_attached_results(testbed, tmp_path):
     assert attached.returncode == 0, attached.stderr
     assert "text→image" in attached.stdout and "image→text" in attached.stdout
     assert _pulled(testbed) == run_upstream_by_hand(testbed, SPEC, tmp_path / "by-hand")
+    summary = json.loads((testbed.results_dir / SPEC.name / SPEC.split / testbed.checkpoint.parent.parent.name
+                          / "summary.json").read_text(encoding="utf-8"))
+    # what the run was made from, gathered before it started, is recorded by attach too
+    assert summary["provenance"]["checkpoint"]["sha256"] == hashlib.sha256(testbed.checkpoint.read_bytes()).hexdigest()
 
     logs = _evalkit(testbed, "logs", run_id, "--config", str(testbed.config))
     assert logs.returncode == 0 and "### step extract:" in logs.stdout and "### step recall_i2t exited 0" in logs.stdout

@@ -90,6 +90,9 @@ def test_a_step_that_fails_names_the_step_its_status_and_output(testbed):
                           "extract_features.py", "--context-length 600")
     assert _no_results(testbed)
     assert "full remote log" in run.stdout
+    # upstream's own output: not while it ran, but its last lines with the error (the log has all)
+    assert "Params:" not in run.stdout and "context_length: 600" not in run.stdout
+    assert "Error" in run.stderr.split("lines of its output:")[1], run.stderr
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused_before_extraction(testbed):

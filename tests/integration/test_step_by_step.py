@@ -207,6 +207,7 @@ def test_without_an_extract_step_of_yours_the_servers_latest_is_used_and_the_tab
     [row] = json.loads(recall.stdout)["models"]
     assert (row["checkpoint"], row["checkpoint_chosen_by"]) == (str(second_checkpoint),
                                                                 "the server's most recent extraction")
+    assert row["provenance"]["checkpoint"]["path"] == str(second_checkpoint)  # gathered once it was chosen
 
     # Naming the first checkpoint evaluates the first, from its own directory.
     named = testbed.quick("--step", "recall", *common, "--model-path", str(testbed.checkpoint))

@@ -94,3 +94,59 @@ def test_csv_without_a_baseline_has_no_delta_columns():
 def test_a_label_with_a_pipe_does_not_break_the_markdown_table():
     odd = ModelResult("a|b", "/c/x.pt", "ok", TEAM.recall)
     assert "| a\\|b |" in to_markdown(compare(odd))
+
+
+# --- intervals and significance (query_hits.json) ----------------------------------------------
+
+def hits_of(r1: str, sha: str = "s" * 64) -> dict:
+    """Per-query hits of one direction (R@5 = R@10 = R@1, enough for the table)."""
+    return {"text_to_image": {"queries": len(r1), "reference_sha256": sha,
+                              "hits": {"r1": r1, "r5": r1, "r10": r1}}}
+
+
+INTERVALS = {"text_to_image": {"r1": [47.0, 53.0], "r5": [78.0, 82.0], "r10": [89.0, 91.0],
+                               "mean_recall": [72.0, 74.66]}}
+STRONG = ModelResult("team", "/c/team.pt", "ok", TEAM.recall, ci95=INTERVALS,
+                     query_hits=hits_of("1" * 60 + "0" * 40))
+WEAK = ModelResult("baseline", "/c/base.pt", "ok", BASELINE.recall, ci95=INTERVALS,
+                   query_hits=hits_of("1" * 20 + "0" * 80))
+CLOSE = ModelResult("large", "/c/large.pt", "ok", LARGE.recall, query_hits=hits_of("1" * 21 + "0" * 79))
+
+
+def test_significance_is_paired_against_the_baseline_only_on_the_same_queries():
+    other_texts = ModelResult("other", "/c/o.pt", "ok", TEAM.recall, query_hits=hits_of("1" * 100, sha="t" * 64))
+    models = {m["label"]: m for m in document(STRONG, CLOSE, other_texts, WEAK)["models"]}
+    assert models["team"]["significance"]["text_to_image"]["r1"]["delta"] == pytest.approx(40.0)
+    assert models["team"]["significance"]["text_to_image"]["r1"]["p_value"] < 0.001
+    assert models["large"]["significance"]["text_to_image"]["r1"]["p_value"] == 1.0
+    assert "significance" not in models["other"] and "significance" not in models["baseline"]
+    assert models["team"]["ci95"] == INTERVALS and "ci95" not in models["large"]
+    assert all("query_hits" not in model for model in models.values())  # they stay in query_hits.json
+
+
+def test_another_label_can_be_the_baseline():
+    found = build_comparison([STRONG, WEAK], "Flickr30k-CN", "valid", "t", baseline_label="team").to_dict()
+    assert found["baseline"] == "team"
+    assert found["models"][1]["significance"]["text_to_image"]["r1"]["delta"] == pytest.approx(-40.0)
+
+
+def test_markdown_shows_half_widths_and_marks_significant_deltas_with_a_footnote():
+    lines = to_markdown(compare(STRONG, CLOSE, WEAK)).splitlines()
+    assert lines[4].startswith("| team | 50.00 ±3.0 (+5.00\\*) | **80.00** ±2.0 (+5.00\\*) |")
+    assert lines[5].startswith("| large | **52.50** (+7.50) |")  # no interval, not significant
+    assert lines[-1] == ("±: half-width of the 95% bootstrap interval over the queries; \\*: differs from "
+                         "baseline with p < 0.05 on the same queries (exact McNemar test for R@k, paired "
+                         "bootstrap for MR)  ")  # two spaces: a Markdown line break before any next note
+
+
+def test_csv_carries_intervals_and_p_values():
+    rows = list(csv.DictReader(io.StringIO(to_csv(compare(STRONG, CLOSE, WEAK)))))
+    assert (float(rows[0]["ci95_low_t2i_r1"]), float(rows[0]["ci95_high_t2i_r1"])) == (47.0, 53.0)
+    assert float(rows[0]["p_t2i_r1"]) < 0.001 and float(rows[1]["p_t2i_r1"]) == 1.0
+    assert rows[1]["ci95_low_t2i_r1"] == "" and rows[2]["p_t2i_r1"] == ""
+
+
+def test_without_hits_nothing_changes():
+    text = to_markdown(compare(TEAM, BASELINE))
+    assert "±: " not in text and "\\*" not in text
+    assert not any(name.startswith(("ci95_", "p_")) for name in to_csv(compare(TEAM, BASELINE)).split("\n")[0].split(","))

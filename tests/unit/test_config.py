@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.config import CONFIG_KEYS, ModelEntry, Settings, build_settings, load_config_file
+from evalkit.config import CONFIG_KEYS, ModelEntry, Settings, SlurmSettings, build_settings, load_config_file
 from evalkit.errors import ConfigError
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "seetacloud-v800.yaml"
@@ -52,12 +52,14 @@ def test_every_setting_can_come_from_the_config_file(tmp_path):
               "gpu": 1, "results_dir": "r", "img_batch_size": 2, "text_batch_size": 3,
               "context_length": 4, "top_k": 5, "eval_batch_size": 6, "connect_timeout": 7.5,
               "step_timeout": 8, "reconnect_timeout": 9, "watch_settle": 10, "watch_interval": 11.5, "knn": "fast", "image_to_image": True, "executor": "ssh", "vision_model": "RN50",
-              "text_model": "RBT3-chinese", "models": {"team": {"path": "experiments/t/checkpoints/epoch_latest.pt"}}}
+              "text_model": "RBT3-chinese", "models": {"team": {"path": "experiments/t/checkpoints/epoch_latest.pt"}},
+              "slurm": {"partition": "p", "setup": ["module load cuda"]}}
     assert set(values) == set(CONFIG_KEYS), "this test must cover every key"
     text = "".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items())
     settings = build_settings(write(tmp_path, text), {})
     expected = {**values, "models": {"team": {"name": "team", "path": "experiments/t/checkpoints/epoch_latest.pt",
-                                              "vision_model": None, "text_model": None}}}
+                                              "vision_model": None, "text_model": None}},
+                "slurm": dataclasses.asdict(SlurmSettings(partition="p", setup=("module load cuda",)))}
     assert dataclasses.asdict(settings) == expected
 
 

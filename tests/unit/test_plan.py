@@ -13,12 +13,13 @@ import pytest
 
 from evalkit.config import Settings
 from evalkit.evaluation import Evaluation, checkpoint_label, checkpoint_path
-from evalkit.plan import CHECK_STEPS, I2T_RESULT, T2I_RESULT, build_plan, dataset_paths
+from evalkit.plan import CHECK_STEPS, I2T_RESULT, QUERY_HITS_STEP, T2I_RESULT, build_plan, dataset_paths
 
 SEED_CHECKPOINT = "/root/autodl-tmp/datapath/experiments/exp/checkpoints/epoch_latest.pt"
 ALL_STEPS = ["prepare", "extract", "verify", "knn_t2i", "knn_i2t", "check_predictions", "recall_t2i", "transform",
-             "recall_i2t"]
-PYTHON_STEPS = [name for name in ALL_STEPS if name not in ("prepare", *CHECK_STEPS)]
+             "recall_i2t", "query_hits"]
+# upstream's scripts; query_hits.py is evalkit's own (tests/unit/test_query_hits.py)
+PYTHON_STEPS = [name for name in ALL_STEPS if name not in ("prepare", *CHECK_STEPS, QUERY_HITS_STEP)]
 
 
 def request(**overrides) -> Evaluation:
@@ -149,11 +150,11 @@ def test_steps_run_in_upstream_order():
     ({"skip_extraction": True}, [n for n in ALL_STEPS if n not in ("extract", "verify")],
      {"text_to_image", "image_to_text"}),
     ({"skip_text_to_image": True}, ["prepare", "extract", "verify", "knn_i2t", "check_predictions", "transform",
-                                    "recall_i2t"], {"image_to_text"}),
-    ({"skip_image_to_text": True}, ["prepare", "extract", "verify", "knn_t2i", "check_predictions", "recall_t2i"],
-     {"text_to_image"}),
+                                    "recall_i2t", "query_hits"], {"image_to_text"}),
+    ({"skip_image_to_text": True}, ["prepare", "extract", "verify", "knn_t2i", "check_predictions", "recall_t2i",
+                                    "query_hits"], {"text_to_image"}),
     ({"skip_extraction": True, "skip_image_to_text": True}, ["prepare", "knn_t2i", "check_predictions",
-                                                            "recall_t2i"], {"text_to_image"}),
+                                                            "recall_t2i", "query_hits"], {"text_to_image"}),
 ])
 def test_skip_flags_remove_their_steps_and_results(skips, names, results):
     plan = build_plan(Settings(), request(**skips))
@@ -386,8 +387,8 @@ class FakeServer:
         env = {**os.environ, "FAKE_UPSTREAM_LOG": str(self.log)}
         env.pop("PYTHONPATH", None)
         for step in plan.steps:
-            if step.name in CHECK_STEPS:
-                continue  # evalkit's own checks run the real inspector: see test_stages.py
+            if step.name in (*CHECK_STEPS, QUERY_HITS_STEP):
+                continue  # evalkit's own scripts, run for real in test_stages.py and test_query_hits.py
             done = subprocess.run(["bash", "-c", step.command], cwd=self.cwd, env=env,
                                   capture_output=True, text=True, timeout=30)
             assert done.returncode == 0, f"{step.name} failed: {done.stderr}\n$ {step.command}"

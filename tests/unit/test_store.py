@@ -3,11 +3,13 @@ dataset split; and run records listed without it."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from evalkit.config import Settings
 from evalkit.evaluation import LAST_EXTRACT, NAMED, Evaluation
 from evalkit.plan import build_plan
 from evalkit.run_record import new_record, new_run_id
+from evalkit.significance import FORMAT
 from evalkit.store import LocalStore
 
 SETTINGS = Settings(host="gpu-box", datapath="/d")
@@ -53,3 +55,17 @@ def test_run_listings_hold_only_run_records(tmp_path):
     store.save_record(record)
     store.make_current(SETTINGS, A)
     assert [found.run_id for found in store.newest_records(1)] == [record.run_id]
+
+
+def test_query_hits_are_kept_beside_the_summary_and_read_back_for_comparisons(tmp_path):
+    store = LocalStore(tmp_path)
+    evaluation = Evaluation(checkpoint="/c/a.pt", label="team", dataset="Flickr30k-CN", split="valid")
+    hits = {"format": FORMAT, "text_to_image": {"queries": 2, "reference_sha256": "s", "ci95": {"r1": [0.0, 100.0]},
+                                                "hits": {"r1": "10", "r5": "10", "r10": "11"}}}
+    summary = {"checkpoint": "/c/a.pt", "recall": {}, "ci95": {"text_to_image": {"r1": [0.0, 100.0]}}}
+    written = store.save_results(evaluation, "team", {}, summary, json.dumps(hits).encode())
+    assert [path.name for path in written] == ["query_hits.json", "summary.json"]
+    [result] = store.load_evaluated()[("Flickr30k-CN", "valid")]
+    assert result.ci95 == summary["ci95"] and result.query_hits["text_to_image"]["hits"]["r10"] == "11"
+    store.save_results(evaluation, "team", {}, summary)  # a run without hits leaves none of the old ones
+    assert not (tmp_path / "Flickr30k-CN" / "valid" / "team" / "query_hits.json").exists()

@@ -41,8 +41,27 @@ def test_concurrent_rows_keep_a_markup_label_and_remote_text_literal():
 
 def test_a_progress_bar_named_after_remote_output_keeps_its_markup_literal():
     out = console()
-    with view.LiveReporter(out) as reporter:
+    with view.LiveReporter(out, verbose=True) as reporter:
         reporter.step_started(STEP, 0, 1)
         reporter.step_event(STEP, LogLine("Make inference for [/]images", "stdout"))
-        reporter.step_event(STEP, ProgressUpdate(1, 3, "", ""))
-    assert "Make inference for [/]images" in out.export_text()
+        reporter.step_event(STEP, ProgressUpdate(1, 3, "scoring [/]tiles", ""))
+        out.print(reporter.progress.get_renderable())
+    text = out.export_text()
+    assert "Make inference for [/]images" in text
+    assert "extract image + text features · scoring [/]tiles" in text
+
+
+
+def test_the_comparison_table_shows_half_widths_marks_and_says_what_they_mean():
+    def hits(r1: str) -> dict:
+        return {"image_to_text": {"queries": len(r1), "reference_sha256": "s", "hits": {"r1": r1, "r5": r1, "r10": r1}}}
+    recall = {"image_to_text": {"r1": 52.1, "r5": 80.0, "r10": 90.0, "mean_recall": 74.0}}
+    ci95 = {"image_to_text": {"r1": [50.7, 53.5]}}
+    rows = [ModelResult("team", "/c/t.pt", "ok", recall, ci95=ci95, query_hits=hits("1" * 60 + "0" * 40)),
+            ModelResult("baseline", "/c/b.pt", "ok", {"image_to_text": dict(recall, r1=12.1)},
+                        query_hits=hits("1" * 20 + "0" * 80))]
+    out = console()
+    view.show_comparison(out, build_comparison(rows, "Flickr30k-CN", "valid", "2026-01-01T00:00:00+00:00"), [])
+    text = out.export_text()
+    assert "52.10 ±1.4 (+40.00*)" in text
+    assert "±: half-width of the 95% bootstrap interval over the queries; *: differs from baseline with p < 0.05" in text

@@ -1,0 +1,48 @@
+"""click only: `references` (Chinese-CLIP's published results) and the repeatable
+`--reference NAME` option of the evaluation commands and `results`."""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import click
+
+from .. import view
+from ..references import Reference, all_references, find, names, reference_rows
+from .guard import CONTEXT, debug_option, guarded
+
+
+def _to_references(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[Reference, ...]:
+    found = []
+    for name in value:
+        reference = find(name)
+        if reference is None:
+            raise click.BadParameter(f"no published result is named {name!r}; known: {', '.join(names())} "
+                                     "(python -m evalkit references lists them with their numbers)")
+        found.append(reference)
+    return tuple({reference.name: reference for reference in found}.values())  # each once
+
+
+def reference_option(command: Callable) -> Callable:
+    return click.option("--reference", "references", multiple=True, metavar="NAME", callback=_to_references,
+                        help="add Chinese-CLIP's published result NAME as a row with deltas; repeatable "
+                             "(python -m evalkit references lists the names)")(command)
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--json", "json_output", is_flag=True, help="the data file's entries, with their sources")
+@debug_option
+@guarded
+def references(json_output: bool, debug: bool) -> None:
+    """List Chinese-CLIP's published retrieval results, each usable as --reference NAME.
+
+    Copied from the Chinese-CLIP repository's result tables (Results.md): MUGE (valid),
+    Flickr30K-CN and COCO-CN (test); zero-shot and fine-tuned; RN50 to ViT-H-14.
+    """
+    rows = [row for reference in all_references() for row in reference_rows([reference], reference.dataset,
+                                                                             reference.split)]
+    if json_output:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    out, _ = view.make_consoles()
+    view.show_references(out, rows)

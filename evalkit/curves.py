@@ -1,0 +1,94 @@
+"""PURE: recall against epoch. Which experiment and epoch each evaluated checkpoint is (from its
+label and path), and the data of one chart per dataset split.
+
+Labels are `EXP` for `EXP/checkpoints/epoch_latest.pt` and `EXP@<file stem>` for the other
+checkpoints of EXP (evaluation.checkpoint_label): `team@epoch_5`, `team@epoch5` (Chinese-CLIP
+saves `epoch5.pt`).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from .comparison import METRICS, Comparison
+
+LATEST = "latest"
+DIRECTIONS = ("text_to_image", "image_to_text", "image_to_image")
+_EPOCH = re.compile(r"epoch[_-]?(\d+)", re.IGNORECASE)
+_LATEST = re.compile(r"epoch[_-]?latest", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CheckpointPoint:
+    """Where one evaluated checkpoint sits: its experiment, and its epoch or another name."""
+
+    experiment: str
+    epoch: int | None   # None: not a numbered epoch (epoch_latest.pt, best.pt, ...)
+    name: str           # the x axis tick: "5", "latest", or the file's stem
+
+
+def parse_checkpoint(label: str, checkpoint: str) -> CheckpointPoint:
+    """'team@epoch_5' -> (team, 5); 'team' of .../epoch_latest.pt -> (team, latest); without
+    '@' in the label, the epoch is read from the checkpoint's file name."""
+    experiment, _, stem = label.partition("@")
+    stem = stem or PurePosixPath(checkpoint).stem
+    if _LATEST.fullmatch(stem):
+        return CheckpointPoint(experiment, None, LATEST)
+    numbered = _EPOCH.fullmatch(stem)
+    if numbered:
+        epoch = int(numbered.group(1))
+        return CheckpointPoint(experiment, epoch, str(epoch))
+    return CheckpointPoint(experiment, None, stem)
+
+
+@dataclass(frozen=True)
+class Series:
+    """One experiment's checkpoints, in axis order: (tick, direction -> metric -> recall %)."""
+
+    experiment: str
+    points: tuple[tuple[str, dict[str, dict[str, float]]], ...]
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One dataset split's recall: per direction and metric, a line per experiment over the
+    epochs; when no experiment has two checkpoints, grouped bars instead."""
+
+    dataset: str
+    split: str
+    directions: tuple[str, ...]
+    metrics: tuple[str, ...]
+    ticks: tuple[str, ...]          # the x axis: numbered epochs ascending, then the others, latest last
+    series: tuple[Series, ...]
+
+    @property
+    def is_over_epochs(self) -> bool:
+        return any(len(series.points) > 1 for series in self.series)
+
+    @property
+    def name(self) -> str:
+        """A file name for it: '<dataset>-<split>'."""
+        return f"{self.dataset}-{self.split}"
+
+
+def build_chart(comparison: Comparison) -> Chart | None:
+    """The chart of a comparison's successful rows; None when there is none."""
+    located = [(parse_checkpoint(row.label, row.result.checkpoint), row.result.recall)
+               for row in comparison.rows if row.result.ok and row.result.recall]
+    if not located:
+        return None
+    ticks = _ticks([point for point, _ in located])
+    experiments: dict[str, list[tuple[CheckpointPoint, dict]]] = {}
+    for point, recall in located:
+        experiments.setdefault(point.experiment, []).append((point, recall))
+    series = tuple(Series(name, tuple((p.name, recall) for p, recall in sorted(found, key=lambda f: ticks.index(f[0].name))))
+                   for name, found in experiments.items())
+    directions = tuple(d for d in DIRECTIONS if any(d in recall for _, recall in located))
+    return Chart(comparison.dataset, comparison.split, directions, METRICS, tuple(ticks), series)
+
+
+def _ticks(points: list[CheckpointPoint]) -> list[str]:
+    numbered = sorted({p.epoch for p in points if p.epoch is not None})
+    others = sorted({p.name for p in points if p.epoch is None}, key=lambda name: (name == LATEST, name))
+    return [str(epoch) for epoch in numbered] + others

@@ -1,0 +1,217 @@
+"""Slurm, pure: the job script of one evaluation, the sbatch and squeue command lines, squeue's
+answer read, and what each way Slurm ends a job means for the user. No I/O, no clock.
+
+The job runs the run's own driver (remote/job.py drive), exactly as the `ssh` executor starts it,
+so the run's files in its server directory stay the truth for every executor.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from .config import Settings, SlurmSettings
+from .diagnosis import Check
+from .server import JOB_RUNNER, in_server_env, script_call
+
+SIGNAL_SECONDS = 120  # before the time limit Slurm tells the job's batch shell (--signal=B:TERM@120)
+SQUEUE_FORMAT = "%i|%T|%r"
+OUTPUT_NAME = "slurm-%j.out"   # the job's own stdout and stderr (Slurm's messages), in the run's folder
+SIGNALLED_NAME = "slurm-signalled"  # written by the batch shell when Slurm's TERM reaches it
+ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+                    "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"})
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9_.@+-]")
+
+# state -> (what happened, how to fix it); {time}, {partition} filled from the settings
+ENDINGS = {
+    "TIMEOUT": ("it ran past its time limit ({time})",
+                "raise slurm.time in the config file (now {time}), or evaluate fewer things per job"),
+    "OUT_OF_MEMORY": ("it ran out of memory",
+                      "ask for more memory: add \"--mem=64G\" (or more) to slurm.sbatch_args"),
+    "NODE_FAIL": ("its node failed", "evaluate again; if it repeats, tell the cluster's admins which node"),
+    "PREEMPTED": ("a job of higher priority took its resources",
+                  "evaluate again, or use a partition / qos without preemption (slurm.partition, slurm.qos)"),
+    "CANCELLED": ("it was cancelled by someone else (scancel, or an admin)",
+                  "evaluate again; ask whoever cancelled it if it was not you"),
+    "BOOT_FAIL": ("its node failed to boot", "evaluate again; if it repeats, tell the cluster's admins"),
+    "DEADLINE": ("it reached its deadline", "remove --deadline from slurm.sbatch_args"),
+    "FAILED": ("its batch script failed before the run's driver could say how the run ended",
+               "read the job's output {output} on the server; check slurm.setup and the `activate` setting"),
+    "COMPLETED": ("it ended without the run's driver saying how the run ended",
+                  "read the job's output {output} on the server; check slurm.setup and the `activate` setting"),
+}
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One job as squeue lists it."""
+
+    job_id: str
+    state: str
+    reason: str
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE
+
+    def describe(self) -> str:
+        """`PENDING (Resources)`; the state alone when Slurm gives no reason."""
+        return f"{self.state} ({self.reason})" if self.reason and self.reason != "None" else self.state
+
+
+def job_name(run_id: str, label: str) -> str:
+    return _UNSAFE_IN_NAME.sub("_", f"evalkit-{run_id}-{label}")
+
+
+def job_script(settings: Settings, name: str, run_dir: str, drive: str) -> str:
+    """The batch script: Slurm's options, an explicit environment, the user's setup lines, then
+    DRIVE (the driver's command, in the server env) in the background, so that the TERM Slurm sends
+    SIGNAL_SECONDS before the time limit is noted in the run's folder and does not end the run."""
+    slurm = settings.slurm
+    options = [f"--job-name={name}"]
+    options += [f"--partition={slurm.partition}"] if slurm.partition else []
+    if slurm.gpus_per_job:
+        options.append(f"--gres=gpu:{slurm.gpus_per_job}")
+    options.append(f"--time={slurm.time}")
+    options += [f"--account={slurm.account}"] if slurm.account else []
+    options += [f"--qos={slurm.qos}"] if slurm.qos else []
+    options += [f"--signal=B:TERM@{SIGNAL_SECONDS}", "--export=NONE", *slurm.sbatch_args]
+    note = shlex.quote(f"date +%Y-%m-%dT%H:%M:%S%z > {shlex.quote(f'{run_dir.rstrip(chr(47))}/{SIGNALLED_NAME}')}")
+    lines = ["#!/bin/bash -l", *(option if option.startswith("#SBATCH") else f"#SBATCH {option}" for option in options),
+             "# the job's environment is its own: the submitter's is not exported (--export=NONE)",
+             "export PYTHONUNBUFFERED=1",
+             f"trap {note} TERM",
+             *slurm.setup,
+             f"{drive} &",
+             "driver=$!",
+             "while :; do",
+             '  wait "$driver"; status=$?',
+             '  kill -0 "$driver" 2>/dev/null || break  # a trapped TERM ends the wait, not the driver',
+             "done",
+             'exit "$status"']
+    return "\n".join(lines) + "\n"
+
+
+def batch_script(settings: Settings, run_id: str, label: str, run_dir: str) -> str:
+    """The batch script of run RUN_ID (what --dry-run prints): its driver, in the server env."""
+    drive = in_server_env(settings, script_call(settings, JOB_RUNNER, ["drive", "--run-dir", run_dir]))
+    return job_script(settings, job_name(run_id, label), run_dir, drive)
+
+
+def sbatch_argv(run_dir: str) -> list[str]:
+    """sbatch for the script (appended by the submitter), its output in the run's folder."""
+    output = f"{run_dir.rstrip('/')}/{OUTPUT_NAME}"
+    return ["sbatch", "--parsable", f"--output={output}", f"--error={output}"]
+
+
+def squeue_argv(job_ids: list[str]) -> list[str]:
+    """One squeue for all of JOB_IDS, finished ones too (while slurmctld remembers them: MinJobAge)."""
+    return ["squeue", "--noheader", "--states=all", f"--jobs={','.join(job_ids)}", f"--format={SQUEUE_FORMAT}"]
+
+
+def parse_job_id(stdout: str) -> str | None:
+    """sbatch --parsable prints `ID` or `ID;CLUSTER`."""
+    first = stdout.strip().splitlines()[-1:] if stdout.strip() else []
+    job_id = first[0].split(";")[0].strip() if first else ""
+    return job_id if job_id.isdigit() else None
+
+
+def parse_squeue(text: str) -> dict[str, QueueEntry]:
+    """squeue's lines in SQUEUE_FORMAT, by job id; lines of another shape are skipped."""
+    found = {}
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) == 3 and fields[0]:
+            found[fields[0]] = QueueEntry(fields[0], fields[1].split()[0] if fields[1] else "", fields[2])
+    return found
+
+
+def ending(entry: QueueEntry, slurm: SlurmSettings, output: str) -> tuple[str, str]:
+    """(message, fix) for a job that left the running states without its run saying how it ended."""
+    what, fix = ENDINGS.get(entry.state, (f"Slurm ended it with state {entry.state}",
+                                          "read the job's output {output} on the server"))
+    values = {"time": slurm.time, "output": output}
+    reason = f", reason {entry.reason}" if entry.reason and entry.reason != "None" else ""
+    return (f"Slurm job {entry.job_id} ended {entry.state}{reason}: {what.format(**values)}",
+            fix.format(**values))
+
+
+def next_pause(pause: float, slurm: SlurmSettings) -> float:
+    """The backoff between squeue calls: from poll_interval, doubling, up to poll_max."""
+    return min(max(pause * 2, slurm.poll_interval), slurm.poll_max)
+
+
+# --- doctor -----------------------------------------------------------------------------------------
+
+COMMANDS = ("sbatch", "squeue", "scancel", "sinfo", "scontrol")
+FOUND_COMMANDS = shlex.join(["command", "-v", *COMMANDS])
+PING = shlex.join(["scontrol", "ping"])
+PARTITIONS = shlex.join(["sinfo", "--noheader", "--format=%P|%D|%G|%a"])
+
+
+def doctor_checks(found: str, ping: tuple[int, str], partitions: tuple[int, str], slurm: SlurmSettings) -> list[Check]:
+    """The doctor's Slurm lines from what the login node said: FOUND (command -v's paths), PING and
+    PARTITIONS (exit status, output) of the commands above."""
+    have = {line.rsplit("/", 1)[-1].strip() for line in found.splitlines() if line.strip()}
+    missing = [name for name in COMMANDS if name not in have]
+    checks = [Check("Slurm commands", not missing,
+                    f"{', '.join(missing)} not found on the login node" if missing
+                    else f"{', '.join(COMMANDS)} found on the login node",
+                    "load Slurm in the login shell (e.g. `module load slurm` in ~/.bashrc), or check `host`: "
+                    "it must be the cluster's login node" if missing else None)]
+    code, said = ping
+    up = code == 0 and "UP" in said
+    checks.append(Check("Slurm answers", up, " ".join(said.split()) or f"scontrol ping exited {code}",
+                        None if up else "slurmctld does not answer: ask the cluster's admins"))
+    checks.append(_partition_check(partitions, slurm))
+    return checks
+
+
+def _partition_check(partitions: tuple[int, str], slurm: SlurmSettings) -> Check:
+    code, listed = partitions
+    rows = [line.split("|") for line in listed.splitlines() if line.count("|") == 3]
+    if code != 0 or not rows:
+        return Check("Slurm partition", False, f"sinfo listed no partition (exit {code})",
+                     "check that Slurm answers (`sinfo` on the login node)")
+    wanted = [row for row in rows if (row[0].rstrip("*") == slurm.partition if slurm.partition
+                                      else row[0].endswith("*"))]
+    name = slurm.partition or "the default partition"
+    if not wanted:
+        names = ", ".join(sorted({row[0].rstrip("*") for row in rows}))
+        return Check("Slurm partition", False, f"{name} does not exist (partitions: {names})",
+                     "set slurm.partition to one of them")
+    partition, nodes, gres, available = wanted[0]
+    partition = partition.rstrip("*")
+    if available != "up":
+        return Check("Slurm partition", False, f"partition {partition} is {available}", "ask the cluster's admins")
+    gpus = max((int(match) for match in re.findall(r"gpu(?::[^:,()]+)?:(\d+)", gres)), default=0)
+    if slurm.gpus_per_job > gpus:
+        return Check("Slurm partition", False,
+                     f"partition {partition}: {nodes} nodes, at most {gpus} GPUs per node ({gres}); "
+                     f"slurm.gpus_per_job is {slurm.gpus_per_job}",
+                     "lower slurm.gpus_per_job, or choose a partition with GPUs (slurm.partition)")
+    return Check("Slurm partition", True, f"partition {partition}: {nodes} nodes, GPUs per node: {gres}")
+
+
+PROBE_WAIT = 120  # seconds srun waits for the probe job to start (--immediate)
+
+
+def probe_job_command(settings: Settings, paths: list[str]) -> str:
+    """A tiny job (srun, as the evaluations' jobs ask: partition, GPUs, account, qos) that stats
+    PATHS on a compute node; given up when Slurm cannot start it within PROBE_WAIT seconds."""
+    slurm = settings.slurm
+    options = [f"--partition={slurm.partition}"] if slurm.partition else []
+    options += [f"--gres=gpu:{slurm.gpus_per_job}"] if slurm.gpus_per_job else []
+    options += [f"--account={slurm.account}"] if slurm.account else []
+    options += [f"--qos={slurm.qos}"] if slurm.qos else []
+    return shlex.join(["srun", f"--immediate={PROBE_WAIT}", "--time=5", "--job-name=evalkit-doctor", *options,
+                       "stat", "--format=%n", *paths])
+
+
+def probe_job_check(code: int, stdout: str, stderr: str, paths: list[str]) -> Check:
+    if code == 0:
+        return Check("Slurm probe job", True, f"a job on a compute node sees {', '.join(paths)}")
+    said = " ".join(line.strip() for line in stderr.splitlines() if line.strip())[-400:] or f"srun exited {code}"
+    return Check("Slurm probe job", False, f"a job on a compute node: {said}",
+                 "put the datapath, chinese_clip_dir and remote_output_dir on the filesystem the compute nodes "
+                 "share with the login node; if the job could not start, check the slurm section")

@@ -1,0 +1,240 @@
+"""Slurm, pure: the `slurm:` config section, the job script, sbatch's and squeue's answers read,
+what each ending means, and the backoff between squeue calls."""
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from evalkit import slurm_job
+from evalkit.config import Settings, SlurmSettings, build_settings
+from evalkit.errors import ConfigError
+from evalkit.plan import build_plan
+from evalkit.evaluation import Evaluation
+from evalkit.run_record import RunRecord, new_record
+from evalkit.server import upstream_call
+
+RUN_DIR = "/data/evalkit/.evalkit/runs/20260101-000000-abc123"
+
+
+def settings(**slurm) -> Settings:
+    return Settings(executor="slurm", slurm=SlurmSettings(**slurm))
+
+
+# --- the config section ------------------------------------------------------------------------
+
+def test_the_slurm_section_becomes_typed_settings(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("executor: slurm\nslurm:\n  partition: a100\n  gpus_per_job: 2\n  time: '1-00:00:00'\n"
+                      "  sbatch_args: ['--mem=64G']\n  setup: ['module load cuda/12.1']\n", encoding="utf-8")
+    got = build_settings(config, {})
+    assert got.executor == "slurm"
+    assert got.slurm == SlurmSettings(partition="a100", gpus_per_job=2, time="1-00:00:00",
+                                      sbatch_args=("--mem=64G",), setup=("module load cuda/12.1",))
+    assert build_settings(None, {}).slurm == SlurmSettings()  # defaults: 1 GPU, 04:00:00
+    assert build_settings(None, {"executor": "slurm"}).executor == "slurm"
+
+
+@pytest.mark.parametrize("section, names", [
+    ({"partiton": "gpu"}, "unknown key 'partiton'"),
+    ({"gpus_per_job": "2"}, "'gpus_per_job'"),
+    ({"gpus_per_job": True}, "'gpus_per_job'"),
+    ({"gpus_per_job": -1}, "'gpus_per_job'"),
+    ({"time": "four hours"}, "not a Slurm time limit"),
+    ({"partition": "gpu; rm -rf /"}, "not a Slurm name"),
+    ({"sbatch_args": "--mem=1G"}, "a list of strings"),
+    ({"setup": [1]}, "a list of strings"),
+    ({"poll_max": 0}, "must be positive"),
+])
+def test_a_wrong_slurm_value_is_one_sentence_naming_it(tmp_path, section, names):
+    config = tmp_path / "c.yaml"
+    config.write_text(__import__("json").dumps({"executor": "slurm", "slurm": section}), encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        build_settings(config, {})
+    assert names in raised.value.message and str(config) in raised.value.message
+
+
+def test_a_run_record_keeps_the_slurm_section():
+    chosen = settings(partition="gpu", setup=("module load cuda",))
+    evaluation = Evaluation(checkpoint="/data/ckpt.pt", dataset="Flickr30k-CN", split="valid", label="team",
+                            vision_model="RN50", text_model="RBT3-chinese")
+    record = new_record(chosen, evaluation, build_plan(chosen, evaluation), "r1", RUN_DIR)
+    assert RunRecord.from_json(record.to_json()).settings.slurm == chosen.slurm
+
+
+def test_under_slurm_the_steps_never_choose_the_gpu():
+    assert ("CUDA_VISIBLE_DEVICES", "3") in upstream_call(Settings(gpu=3), "x.py", []).env
+    assert upstream_call(dataclasses.replace(settings(), gpu=3), "x.py", []).env == ()
+
+
+# --- the job script ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("slurm, present, absent", [
+    ({}, ["#SBATCH --gres=gpu:1", "#SBATCH --time=04:00:00"], ["--partition", "--account", "--qos"]),
+    ({"partition": "a100", "account": "lab", "qos": "high"},
+     ["#SBATCH --partition=a100", "#SBATCH --account=lab", "#SBATCH --qos=high"], []),
+    ({"gpus_per_job": 0}, [], ["--gres"]),
+    ({"gpus_per_job": 4, "time": "30"}, ["#SBATCH --gres=gpu:4", "#SBATCH --time=30"], []),
+    ({"sbatch_args": ("--mem=64G", "#SBATCH --constraint=a100")},
+     ["#SBATCH --mem=64G", "#SBATCH --constraint=a100"], ["#SBATCH #SBATCH"]),
+])
+def test_the_job_script_carries_slurms_options(slurm, present, absent):
+    script = slurm_job.batch_script(settings(**slurm), "r1", "team", RUN_DIR)
+    for line in present:
+        assert line in script.splitlines()
+    for text in absent:
+        assert text not in script
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash -l" and "#SBATCH --job-name=evalkit-r1-team" in lines
+    assert "#SBATCH --signal=B:TERM@120" in lines and "#SBATCH --export=NONE" in lines
+    assert "export PYTHONUNBUFFERED=1" in lines
+    # every #SBATCH line comes before the first command, or sbatch ignores it
+    first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+    assert all(i < first_command for i, line in enumerate(lines) if line.startswith("#SBATCH"))
+
+
+def test_setup_lines_come_before_activate_and_the_driver_runs_in_the_run_folder():
+    chosen = dataclasses.replace(settings(setup=("module load cuda",)), activate="source /env/bin/activate")
+    lines = slurm_job.batch_script(chosen, "r1", "team", RUN_DIR).splitlines()
+    setup = lines.index("module load cuda")
+    [drive] = [line for line in lines if "job.py drive" in line]
+    assert setup < lines.index(drive) and drive.startswith("source /env/bin/activate && ")
+    assert shlex.split(drive.rstrip(" &").split(" && ")[-1])[-3:] == ["drive", "--run-dir", RUN_DIR]
+
+
+@pytest.mark.parametrize("run_id, label, name", [
+    ("r1", "team", "evalkit-r1-team"),
+    ("r1", "EXP@epoch_5", "evalkit-r1-EXP@epoch_5"),
+    ("r1", "蒸馏 模型", "evalkit-r1-_____"),
+    ("r1", "a'b;c", "evalkit-r1-a_b_c"),
+])
+def test_job_names_are_safe(run_id, label, name):
+    assert slurm_job.job_name(run_id, label) == name
+
+
+def test_the_batch_shell_outlives_slurms_warning_and_exits_with_the_drivers_status(tmp_path):
+    """The script's tail, run by bash: a TERM (Slurm's warning before the time limit) is noted and
+    the driver goes on; the script exits with the driver's own status."""
+    run_dir = tmp_path / "run dir"
+    run_dir.mkdir()
+    drive = "sleep 0.5; exit 3"
+    script = slurm_job.job_script(settings(), "evalkit-x", str(run_dir), f"( {drive} )")
+    path = tmp_path / "job.sh"
+    path.write_text(script.replace("#!/bin/bash -l", "#!/bin/bash"))
+    child = subprocess.Popen(["bash", str(path)])
+    import time
+    time.sleep(0.2)
+    child.terminate()
+    assert child.wait(timeout=10) == 3
+    assert (run_dir / slurm_job.SIGNALLED_NAME).read_text().startswith("20")
+
+
+# --- sbatch and squeue ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stdout, job_id", [
+    ("42\n", "42"), ("42;cluster\n", "42"), ("", None), ("Submitted batch job 42\n", None),
+    ("sbatch: warning: x\n43\n", "43"),
+])
+def test_sbatch_parsable_output(stdout, job_id):
+    assert slurm_job.parse_job_id(stdout) == job_id
+
+
+def test_sbatch_writes_the_jobs_output_into_the_run_folder():
+    assert slurm_job.sbatch_argv(RUN_DIR + "/") == ["sbatch", "--parsable", f"--output={RUN_DIR}/slurm-%j.out",
+                                                   f"--error={RUN_DIR}/slurm-%j.out"]
+
+
+def test_one_squeue_for_all_jobs():
+    assert slurm_job.squeue_argv(["1", "2"]) == ["squeue", "--noheader", "--states=all", "--jobs=1,2",
+                                                 "--format=%i|%T|%r"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", {}),
+    ("7|PENDING|Resources\n", {"7": ("PENDING", "Resources", True, "PENDING (Resources)")}),
+    ("7|RUNNING|None\n8|PENDING|QOSMaxGRESPerUser\n", {
+        "7": ("RUNNING", "None", True, "RUNNING"),
+        "8": ("PENDING", "QOSMaxGRESPerUser", True, "PENDING (QOSMaxGRESPerUser)")}),
+    ("9|TIMEOUT|TimeLimit\n", {"9": ("TIMEOUT", "TimeLimit", False, "TIMEOUT (TimeLimit)")}),
+    ("9|CANCELLED by 0|None\n", {"9": ("CANCELLED", "None", False, "CANCELLED")}),
+    ("garbage\n10|COMPLETED|None\n", {"10": ("COMPLETED", "None", False, "COMPLETED")}),
+])
+def test_squeue_lines(text, expected):
+    found = slurm_job.parse_squeue(text)
+    assert {job: (e.state, e.reason, e.is_active, e.describe()) for job, e in found.items()} == expected
+
+
+@pytest.mark.parametrize("state, reason, says, fix", [
+    ("TIMEOUT", "TimeLimit", "ended TIMEOUT, reason TimeLimit: it ran past its time limit (00:30:00)",
+     "raise slurm.time in the config file (now 00:30:00)"),
+    ("OUT_OF_MEMORY", "OutOfMemory", "ran out of memory", "--mem="),
+    ("NODE_FAIL", "None", "ended NODE_FAIL: its node failed", "admins"),
+    ("PREEMPTED", "None", "higher priority", "without preemption"),
+    ("CANCELLED", "None", "cancelled by someone else", "evaluate again"),
+    ("FAILED", "NonZeroExitCode", "batch script failed", "/o/slurm-9.out"),
+    ("WEIRD", "None", "Slurm ended it with state WEIRD", "/o/slurm-9.out"),
+])
+def test_each_ending_is_named_with_its_fix(state, reason, says, fix):
+    message, hint = slurm_job.ending(slurm_job.QueueEntry("9", state, reason), SlurmSettings(time="00:30:00"),
+                                     "/o/slurm-9.out")
+    assert message.startswith(f"Slurm job 9 ended {state}") and says in message
+    assert fix in hint
+
+
+def test_squeue_backs_off_from_poll_interval_to_poll_max():
+    slurm, pause, pauses = SlurmSettings(), 0.0, []
+    for _ in range(6):
+        pause = slurm_job.next_pause(pause, slurm)
+        pauses.append(pause)
+    assert pauses == [5, 10, 20, 40, 60, 60]
+
+
+# --- doctor ---------------------------------------------------------------------------------------
+
+FOUND = "/usr/bin/sbatch\n/usr/bin/squeue\n/usr/bin/scancel\n/usr/bin/sinfo\n/usr/bin/scontrol\n"
+UP = (0, "Slurmctld(primary) at login1 is UP\n")
+SINFO = (0, "cpu*|40|(null)|up\na100|8|gpu:a100:4(S:0-1)|up\nold|2|gpu:1|down\n")
+
+
+@pytest.mark.parametrize("found, ping, partitions, slurm, failing, says", [
+    (FOUND, UP, SINFO, SlurmSettings(partition="a100"), [], "partition a100: 8 nodes, GPUs per node: gpu:a100:4"),
+    ("/usr/bin/sinfo\n", UP, SINFO, SlurmSettings(partition="a100"), ["Slurm commands"],
+     "sbatch, squeue, scancel, scontrol not found"),
+    (FOUND, (1, "slurm_load_ctl_conf error\n"), SINFO, SlurmSettings(partition="a100"), ["Slurm answers"],
+     "slurm_load_ctl_conf error"),
+    (FOUND, UP, SINFO, SlurmSettings(partition="h100"), ["Slurm partition"], "h100 does not exist (partitions: a100, cpu, old)"),
+    (FOUND, UP, SINFO, SlurmSettings(), ["Slurm partition"], "at most 0 GPUs per node"),  # the default: cpu
+    (FOUND, UP, SINFO, SlurmSettings(gpus_per_job=0), [], "partition cpu: 40 nodes"),
+    (FOUND, UP, SINFO, SlurmSettings(partition="a100", gpus_per_job=8), ["Slurm partition"], "at most 4 GPUs"),
+    (FOUND, UP, SINFO, SlurmSettings(partition="old"), ["Slurm partition"], "partition old is down"),
+    (FOUND, UP, (1, ""), SlurmSettings(partition="a100"), ["Slurm partition"], "sinfo listed no partition"),
+])
+def test_the_doctors_slurm_lines(found, ping, partitions, slurm, failing, says):
+    lines = slurm_job.doctor_checks(found, ping, partitions, slurm)
+    assert [check.name for check in lines] == ["Slurm commands", "Slurm answers", "Slurm partition"]
+    assert [check.name for check in lines if not check.ok] == failing
+    assert all(check.fix for check in lines if not check.ok)
+    assert any(says in check.found for check in lines)
+
+
+def test_the_probe_job_asks_for_what_the_evaluations_jobs_ask():
+    command = slurm_job.probe_job_command(settings(partition="a100", account="lab", gpus_per_job=2),
+                                          ["/data", "/with space"])
+    assert shlex.split(command) == ["srun", "--immediate=120", "--time=5", "--job-name=evalkit-doctor",
+                                    "--partition=a100", "--gres=gpu:2", "--account=lab",
+                                    "stat", "--format=%n", "/data", "/with space"]
+
+
+@pytest.mark.parametrize("code, stderr, ok, says", [
+    (0, "", True, "a job on a compute node sees /data, /clip"),
+    (1, "stat: cannot statx '/data': No such file or directory\n", False, "cannot statx '/data'"),
+    (1, "srun: error: Unable to allocate resources: Requested node configuration is not available\n", False,
+     "Unable to allocate resources"),
+])
+def test_the_probe_jobs_line(code, stderr, ok, says):
+    check = slurm_job.probe_job_check(code, "", stderr, ["/data", "/clip"])
+    assert (check.name, check.ok) == ("Slurm probe job", ok) and says in check.found
+    assert bool(check.fix) != ok
