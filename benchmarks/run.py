@@ -9,7 +9,7 @@ b. re-run:   a second run of an unchanged checkpoint vs the first          targe
 c. start-up: `python distillation_model_evaluation.py --help`              target <= 0.3 s
 d. KNN at MUGE-valid scale: upstream's two scripts vs --knn fast (benchmarks/knn.py)
                                                                            target >= 20x
-e, f, g (sweeps; with --sweeps, or alone with --sweeps-only): see benchmarks/sweeps.py
+S-e, S-f, S-g (sweeps; with --sweeps, or alone with --sweeps-only): see benchmarks/sweeps.py
 
 The server side is the test bed's: Debian's sshd on 127.0.0.1, a CPU venv with cn_clip
 (EVALKIT_TESTBED_PYTHON, else built under .testbed/), the tiny Flickr30k-CN-format dataset and a

@@ -1,10 +1,10 @@
-"""Sweep benchmarks (rows e, f, g of issue 15), on benchmarks/run.py's loopback bed.
+"""Sweep benchmarks (S-e, S-f, S-g: issue 15's e, f, g), on benchmarks/run.py's loopback bed.
 
-e. a sweep of 6 checkpoints in one command / the same 6 as one-shot commands in a shell loop
+S-e. a sweep of 6 checkpoints in one command / the same 6 as one-shot commands in a shell loop
    (each side on its own server output root: nothing reused)                     target <= 0.95
-f. re-running that finished sweep after a 7th epoch appeared / one evaluation of epoch 7 alone
+S-f. re-running that finished sweep after a 7th epoch appeared / one evaluation of epoch 7 alone
                                                                                    target <= 1.2
-g. evalkit's peak RSS during a sweep of N (100) checkpoints whose cells are all reused, and its
+S-g. evalkit's peak RSS during a sweep of N (100) checkpoints whose cells are all reused, and its
    time per reused cell                                                            target <= 150 MiB
 """
 from __future__ import annotations
@@ -94,13 +94,13 @@ def rows(results: dict) -> list[tuple[str, str, str, bool]]:
     found = []
     if "sweep" in results:
         sweep = results["sweep"]
-        found += [(f"e. sweep of {sweep['checkpoints']} / the same one-shot in a loop", f"{sweep['ratio']:.3f}", "<= 0.95",
+        found += [(f"S-e. sweep of {sweep['checkpoints']} / the same one-shot in a loop", f"{sweep['ratio']:.3f}", "<= 0.95",
                    sweep["ratio"] <= TARGETS["sweep_vs_loop"]),
-                  ("f. finished sweep + 1 new epoch / that epoch alone", f"{sweep['rerun_ratio']:.3f}", "<= 1.2",
+                  ("S-f. finished sweep + 1 new epoch / that epoch alone", f"{sweep['rerun_ratio']:.3f}", "<= 1.2",
                    sweep["rerun_ratio"] <= TARGETS["new_epoch_rerun"])]
     if "reused_sweep" in results:
         reused = results["reused_sweep"]
-        found.append((f"g. peak RSS, {reused['checkpoints']} reused cells (MiB)", f"{reused['peak_rss_mib']:.0f}",
+        found.append((f"S-g. peak RSS, {reused['checkpoints']} reused cells (MiB)", f"{reused['peak_rss_mib']:.0f}",
                       "<= 150", reused["peak_rss_mib"] <= TARGETS["peak_rss_mib"]))
     return found
 
