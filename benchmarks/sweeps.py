@@ -94,7 +94,8 @@ def rows(results: dict) -> list[tuple[str, str, str, bool]]:
     found = []
     if "sweep" in results:
         sweep = results["sweep"]
-        found += [(f"S-e. sweep of {sweep['checkpoints']} / the same one-shot in a loop", f"{sweep['ratio']:.3f}", "<= 0.95",
+        found += [(f"S-e. sweep of {sweep['checkpoints']} / the same one-shot in a loop", f"{sweep['ratio']:.3f}",
+                   "<= 0.95",
                    sweep["ratio"] <= TARGETS["sweep_vs_loop"]),
                   ("S-f. finished sweep + 1 new epoch / that epoch alone", f"{sweep['rerun_ratio']:.3f}", "<= 1.2",
                    sweep["rerun_ratio"] <= TARGETS["new_epoch_rerun"])]
