@@ -44,6 +44,9 @@ class ModelResult:
     experiment: str | None = None
     epoch: int | None = None
     best: bool = False
+    # on the best row, against its experiment's runner-up on the same queries (epochs.annotate):
+    # {"label", direction -> {"delta", "p_value"} of mean recall, "significant"}
+    versus_runner_up: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -224,6 +227,8 @@ def notes(comparison: Comparison, marker: str = "*") -> list[str]:
     lines = [statistics] if statistics else []
     lines += [f"{mark} {label}: " + "; ".join(comparison.footnotes[label]) for label, mark in marks(comparison).items()]
     lines += [f"warning: {row.label}: {warning}" for row in comparison.rows for warning in row.result.warnings]
+    lines += [f"best of {row.result.experiment}: {row.label}{note}" for row in comparison.rows
+              if row.result.best and (note := runner_up_note(row.result.versus_runner_up))]
     if comparison.references:
         lines.append("published rows: Chinese-CLIP's own results"
                      + (f", (±x.xx) against {comparison.reference_anchor}" if comparison.reference_anchor else ""))
@@ -235,6 +240,15 @@ def notes(comparison: Comparison, marker: str = "*") -> list[str]:
                         if computed else ""))
         lines += [f"warning: {reference['label']}: {warning}" for warning in reference["warnings"]]
     return lines
+
+
+def runner_up_note(versus: dict | None) -> str:
+    """'' when the best is significantly better than its runner-up (or nothing was paired);
+    else what the mark does not say."""
+    if not versus or versus["significant"]:
+        return ""
+    p_values = ", ".join(f"p {versus[d]['p_value']:.2g}" for d in ("text_to_image", "image_to_text") if d in versus)
+    return f" (not significantly better than {versus['label']}: {p_values})"
 
 
 def _source(source: dict) -> str:

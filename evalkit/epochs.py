@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .comparison import ModelResult
 from .evaluation import LATEST_STEM
+from .significance import is_significant, significance
 from .sweep import epoch_of_stem, order_key
 
 RECALL_DIRECTIONS = ("text_to_image", "image_to_text")
@@ -40,7 +41,24 @@ def annotate(results: list[ModelResult]) -> list[ModelResult]:
         mine, holder = score(result), best.get(result.experiment or "")
         if mine is not None and (holder is None or mine > score(named[holder])):
             best[result.experiment or ""] = index
-    return [dataclasses.replace(result, best=index in best.values()) for index, result in enumerate(named)]
+    return [dataclasses.replace(result, best=True, versus_runner_up=versus_runner_up(result, named))
+            if index in best.values() else result for index, result in enumerate(named)]
+
+
+def versus_runner_up(best: ModelResult, results: list[ModelResult]) -> dict | None:
+    """The best row against its experiment's runner-up (the next highest score): the paired test
+    of each direction's mean recall on the same queries, and whether either is significant.
+    None without a runner-up, or when the two share no queries (no per-query hits)."""
+    others = [r for r in results if r.experiment == best.experiment and r is not best and score(r) is not None]
+    if not others:
+        return None
+    runner_up = max(others, key=score)  # the first of equals
+    found = significance(best.query_hits, runner_up.query_hits)
+    if not found:
+        return None
+    tests = {direction: tests["mean_recall"] for direction, tests in found.items()}
+    return {"label": runner_up.label, **tests,
+            "significant": any(is_significant(test["p_value"]) for test in tests.values())}
 
 
 def in_epoch_order(results: list[ModelResult], rank: dict[str, int] | None = None) -> list[ModelResult]:
@@ -69,6 +87,7 @@ class Trend:
     labels: tuple[str, ...]
     scores: tuple[float, ...]
     best_label: str
+    versus_runner_up: dict | None = None  # the best row's (annotate)
 
     @property
     def sparkline(self) -> str:
@@ -81,9 +100,10 @@ def trends(results: list[ModelResult]) -> list[Trend]:
     for result in in_epoch_order(results):
         if score(result) is not None:
             found.setdefault(result.experiment or result.label, []).append(result)
-    return [Trend(experiment, tuple(r.label for r in rows), tuple(score(r) for r in rows),
-                  next((r.label for r in rows if r.best), rows[0].label))
-            for experiment, rows in found.items() if len(rows) > 1]
+    return [Trend(experiment, tuple(r.label for r in rows), tuple(score(r) for r in rows), best.label,
+                  best.versus_runner_up)
+            for experiment, rows in found.items() if len(rows) > 1
+            for best in [next((r for r in rows if r.best), rows[0])]]
 
 
 def sparkline(values: tuple[float, ...] | list[float]) -> str:

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .charts import INSTALL
-from .comparison import Comparison, cell, failed_cell, header, marked_label, notes, reference_cell
+from .comparison import Comparison, cell, failed_cell, header, marked_label, notes, reference_cell, runner_up_note
 from .diagnosis import Check
 from .epochs import Trend
 from .errors import EvalkitError
@@ -359,7 +359,7 @@ def show_trends(console: Console, trends: list[Trend]) -> None:
         line = Text(f"{trend.experiment}  ", style="bold")
         line.append(trend.sparkline, style="green")
         line.append(f"  {trend.scores[0]:.2f} → {trend.scores[-1]:.2f} over {len(trend.scores)} checkpoints; "
-                    f"best: {trend.best_label}", style="default")
+                    f"best: {trend.best_label}{runner_up_note(trend.versus_runner_up)}", style="default")
         console.print(line, soft_wrap=True)
 
 

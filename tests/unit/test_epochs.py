@@ -64,3 +64,35 @@ def test_trends_per_experiment_with_two_or_more_scored_checkpoints():
                                           ([0, 1, 2, 3, 4, 5, 6, 7], "▁▂▃▄▅▆▇█")])
 def test_sparkline(values, line):
     assert sparkline(values) == line
+
+
+def with_hits(label: str, mean_recall: float, hits_r1: str) -> ModelResult:
+    """A row with per-query hits (the same string at every k: mean recall's test reads all three)."""
+    hits = {"text_to_image": {"queries": len(hits_r1), "reference_sha256": "texts",
+                              "hits": {"r1": hits_r1, "r5": hits_r1, "r10": hits_r1}}}
+    return ModelResult(label, f"/c/{label}.pt", "ok", {"text_to_image": {"mean_recall": mean_recall}},
+                       query_hits=hits)
+
+
+@pytest.mark.parametrize("best_hits, runner_up_hits, significant", [
+    ("1" * 52 + "0" * 48, "1" * 50 + "0" * 50, False),   # two queries apart: noise
+    ("1" * 90 + "0" * 10, "1" * 20 + "0" * 80, True),    # seventy apart
+])
+def test_the_best_row_says_whether_it_beats_its_runner_up_on_the_same_queries(best_hits, runner_up_hits,
+                                                                              significant):
+    from evalkit.comparison import runner_up_note
+    rows = annotate([with_hits("t@epoch_1", 10.0, runner_up_hits), with_hits("t@epoch_2", 30.0, best_hits),
+                     with_hits("t@epoch_3", 5.0, "0" * 100)])
+    best = rows[1].versus_runner_up
+    assert rows[1].best and best["label"] == "t@epoch_1" and best["significant"] is significant
+    assert rows[0].versus_runner_up is None  # only the best row carries it
+    note = runner_up_note(best)
+    assert (note == "") is significant
+    if not significant:
+        assert note.startswith(" (not significantly better than t@epoch_1: p ")
+    assert trends(rows)[0].versus_runner_up == best
+
+
+def test_without_per_query_hits_or_a_runner_up_nothing_is_claimed():
+    assert annotate([row("t@epoch_1", 10, 20), row("t@epoch_2", 30, 20)])[1].versus_runner_up is None
+    assert annotate([with_hits("t@epoch_2", 30.0, "1" * 10)])[0].versus_runner_up is None
