@@ -6,7 +6,7 @@ import base64
 import html
 from dataclasses import dataclass
 
-from .comparison import Comparison, cell, failed_cell, header, marked_label, notes
+from .comparison import Comparison, cell, failed_cell, header, marked_label, notes, reference_cell
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", "Noto Sans", "PingFang SC", sans-serif;
@@ -82,6 +82,9 @@ def comparison_table(comparison: Comparison) -> str:
             cells = "".join(f"<td>{cell(comparison, row, d, m, bold=('<strong>', '</strong>'))}</td>"
                             for d, m in comparison.columns)
         rows.append(f"<tr><td>{_text(marked_label(comparison, row.label))}</td>{cells}</tr>")
+    for reference in comparison.references:  # published rows (--reference), as in comparison.md
+        cells = "".join(f"<td>{_text(reference_cell(reference, d, m))}</td>" for d, m in comparison.columns)
+        rows.append(f'<tr class="published"><td><em>{_text(reference["label"])}</em></td>{cells}</tr>')
     below = "".join(f'<p class="meta">{_text(line)}</p>' for line in notes(comparison))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{below}"
 

@@ -77,10 +77,13 @@ def results(config: Path | None, results_dir: str | None, dataset_name: str | No
               help="where to write the page  [default: RESULTS_DIR/report.html]")
 @click.option("--figures", type=click.Path(file_okay=False, path_type=Path),
               help="also write each chart as <dataset>-<split>.svg and .png in this folder (for a paper)")
+@click.option("--baseline", default=BASELINE, show_default=True, metavar="NAME",
+              help="the label the others are compared with: deltas, and their significance on the same queries")
+@reference_option
 @debug_option
 @guarded
 def report(config: Path | None, results_dir: str | None, dataset_name: str | None, split: str | None,
-           output: Path | None, figures: Path | None, debug: bool) -> None:
+           output: Path | None, figures: Path | None, baseline: str, references: tuple, debug: bool) -> None:
     """Write everything evaluated so far as one self-contained HTML page (no connection).
 
     Per dataset and split: the comparison table and charts of recall against epoch, a line per
@@ -88,7 +91,8 @@ def report(config: Path | None, results_dir: str | None, dataset_name: str | Non
     experiment gives grouped bars. The page needs no network to view. Charts need matplotlib
     (pip install -e '.[plot]'); without it the page has the tables.
     """
-    store, documents = _evaluated(config, results_dir, dataset_name, split)
+    store, found = _evaluated(config, results_dir, dataset_name, split, baseline)
+    documents = [with_references(document, list(references)) for document in found]
     from ..report import write_report  # matplotlib loads only for this command
     view.show_report_written(view.make_consoles()[0], write_report(store, documents, output, figures))
 

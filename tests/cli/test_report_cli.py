@@ -100,3 +100,16 @@ def test_dataset_and_split_filters_choose_the_sections(results, without_matplotl
     assert done.exit_code == 0, done.output
     page = (results / "report.html").read_text(encoding="utf-8")
     assert "MUGE · test" in page and "Flickr30k-CN" not in page
+
+
+def test_published_rows_join_the_tables_with_their_numbers_source_and_split_warning(results, without_matplotlib):
+    done = report("--results-dir", str(results), "--dataset-name", "MUGE", "--reference", "vit-b-16-muge-finetune")
+    assert done.exit_code == 0, done.output
+    page = (results / "report.html").read_text(encoding="utf-8")
+    row = page[page.index('<tr class="published">'):]
+    row = row[:row.index("</tr>")]
+    assert "<em>published: vit-b-16-muge-finetune</em>" in row
+    assert "<td>58.40 (+43.40)</td><td>83.60 (+48.60)</td><td>90.00 (+45.00)</td>" in row  # against baseline
+    assert "OFA-Sys/Chinese-CLIP Results.md" in page
+    warning = page[page.index("warning: published: vit-b-16-muge-finetune"):]
+    assert "valid" in warning[:warning.index("</p>")]  # published on valid, these results are test
