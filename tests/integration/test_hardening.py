@@ -169,8 +169,10 @@ def test_a_run_of_one_direction_leaves_no_stale_result_of_the_other(testbed):
     one_way = testbed.evaluate(*common, "--skip-image-to-text")
     assert one_way.returncode == 0, one_way.stderr
     folder = testbed.results_dir / SPEC.name / SPEC.split / TEAM
-    assert sorted(p.name for p in folder.iterdir()) == ["summary.json", "text_to_image_results.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["query_hits.json", "summary.json", "text_to_image_results.json"]
     assert list(json.loads((folder / "summary.json").read_text())["recall"]) == ["text_to_image"]
+    hits = json.loads((folder / "query_hits.json").read_text())
+    assert "text_to_image" in hits and "image_to_text" not in hits
 
 
 def test_attaching_to_an_old_run_never_pulls_a_later_runs_results(testbed):
