@@ -72,7 +72,7 @@ class Bed:
                                  results_dir=str(work / "results"), remote_output_dir=str(work / "out"))
 
     def config(self, name: str, **overrides) -> Path:
-        values = {key: value for key, value in vars(self.settings).items() if key != "models"}
+        values = {key: value for key, value in vars(self.settings).items() if key not in ("models", "slurm")}
         path = self.work / f"{name}.json"
         path.write_text(json.dumps({**values, **overrides}))
         return path
