@@ -19,7 +19,6 @@ from rich.table import Column
 from rich.table import Table
 from rich.text import Text
 
-from .charts import INSTALL
 from .comparison import Comparison, cell, failed_cell, header, marked_label, notes, reference_cell, runner_up_note
 from .diagnosis import Check
 from .epochs import Trend
@@ -414,6 +413,7 @@ def show_report_written(console: Console, written: ReportWritten) -> None:
     for path in (written.page, *written.figures):
         console.print(Text(f"saved: {path}"), soft_wrap=True)
     if not written.has_charts:
+        from .charts import INSTALL  # the charts' modules stay out of every other command's start-up
         show_note(console, f"the page has the tables only: for charts of recall against epoch, {INSTALL} "
                            "(matplotlib) and run report again")
 
