@@ -1,13 +1,16 @@
 """The checkpoints a sweep names, listed on the server where they live: one command for every
-directory or glob of one evalkit command (remote/list_checkpoints.py, sent inline)."""
+directory or glob of one evalkit command, which also describes the dataset split files of its
+cells (remote/list_checkpoints.py, sent inline)."""
 from __future__ import annotations
+
+import json
 
 from .config import Settings
 from .errors import RemoteStepFailed
-from .evaluation import Wanted, checkpoint_path
+from .evaluation import Scope, Wanted, checkpoint_path
 from .progress import last_marked_json
 from .server import CHECKPOINT_LISTER, ServerCall, in_server_env
-from .sweep import CheckpointSet, Listed, choose, expanded, is_checkpoint_set, is_settled
+from .sweep import CheckpointSet, Listed, Listing, choose, dataset_files, expanded, is_checkpoint_set, is_settled
 from .uploads import script_source
 
 MARKER = b"EVALKIT-CHECKPOINTS "
@@ -19,43 +22,41 @@ def patterns_of(settings: Settings, wanted: list[Wanted]) -> list[str]:
                               if item.model_path and is_checkpoint_set(item.model_path)))
 
 
-def expand(settings: Settings, wanted: list[Wanted]) -> tuple[list[Wanted], list[CheckpointSet]]:
+def expand(settings: Settings, wanted: list[Wanted], scopes: list[Scope]) -> tuple[list[Wanted], Listing]:
     """WANTED with every directory or glob replaced by its checkpoints, in epoch order, each
-    content once; no connection when there is none."""
+    content once, and what the listing saw; no connection when there is no directory or glob."""
     patterns = patterns_of(settings, wanted)
     if not patterns:
-        return wanted, []
-    sets = list_on_server(settings, patterns)
-    return expanded(wanted, {found.pattern: found for found in sets}, settings.datapath), sets
+        return wanted, Listing()
+    answer = ask_server(settings, patterns, dataset_files(settings, scopes))
+    sets = tuple(choose(found["pattern"], found["kind"], found["searched"],
+                        [Listed.from_dict(entry) for entry in found["files"]]) for found in answer["sets"])
+    return expanded(wanted, {found.pattern: found for found in sets}, settings.datapath), \
+        Listing(sets, answer.get("files") or {})
 
 
-def listing_command(settings: Settings, patterns: list[str]) -> str:
-    source = script_source(CHECKPOINT_LISTER).decode("utf-8")
-    return in_server_env(settings, ServerCall(settings.python, "-c", (source, *patterns)))
-
-
-def list_on_server(settings: Settings, patterns: list[str]) -> list[CheckpointSet]:
-    answer = ask_server(settings, patterns)
-    return [choose(found["pattern"], found["kind"], found["searched"],
-                   [Listed.from_dict(entry) for entry in found["files"]]) for found in answer["sets"]]
-
-
-def settled_on_server(settings: Settings, patterns: list[str]) -> list[CheckpointSet]:
+def settled_on_server(settings: Settings, patterns: list[str], scopes: list[Scope]) -> Listing:
     """--watch: the complete checkpoints of each pattern (see sweep.is_settled); none yet is no error."""
-    answer = ask_server(settings, patterns)
+    answer = ask_server(settings, patterns, dataset_files(settings, scopes))
     sets = []
     for found in answer["sets"]:
         ready = [entry for entry in map(Listed.from_dict, found["files"])
                  if is_settled(entry, int(answer["now_ns"]), settings.watch_settle)]
         sets.append(choose(found["pattern"], found["kind"], found["searched"], ready) if ready
                     else CheckpointSet(found["pattern"], found["searched"], ()))
-    return sets
+    return Listing(tuple(sets), answer.get("files") or {})
 
 
-def ask_server(settings: Settings, patterns: list[str]) -> dict:
+def listing_command(settings: Settings, patterns: list[str], files: list[str]) -> str:
+    source = script_source(CHECKPOINT_LISTER).decode("utf-8")
+    return in_server_env(settings, ServerCall(settings.python, "-c",
+                                              (source, json.dumps(files, ensure_ascii=False), *patterns)))
+
+
+def ask_server(settings: Settings, patterns: list[str], files: list[str]) -> dict:
     from .pipeline import connected  # the SSH side loads only when a sweep needs it
     with connected(settings) as (session, _):
-        exit_code, stdout, stderr = session.capture(listing_command(settings, patterns),
+        exit_code, stdout, stderr = session.capture(listing_command(settings, patterns, files),
                                                     timeout=settings.step_timeout)
     answer = last_marked_json(stdout, MARKER)
     if answer is None:

@@ -47,6 +47,9 @@ class ModelResult:
     # on the best row, against its experiment's runner-up on the same queries (epochs.annotate):
     # {"label", direction -> {"delta", "p_value"} of mean recall, "significant"}
     versus_runner_up: dict | None = None
+    run_id: str | None = None  # the run whose numbers these are (summary.json's)
+    # not evaluated by this command: the cell was unchanged since that run (unchanged.py)
+    reused: bool = False
 
     @property
     def ok(self) -> bool:
@@ -229,6 +232,10 @@ def notes(comparison: Comparison, marker: str = "*") -> list[str]:
     lines += [f"warning: {row.label}: {warning}" for row in comparison.rows for warning in row.result.warnings]
     lines += [f"best of {row.result.experiment}: {row.label}{note}" for row in comparison.rows
               if row.result.best and (note := runner_up_note(row.result.versus_runner_up))]
+    reused = [row for row in comparison.rows if row.result.reused]
+    if reused:
+        lines.append(f"{len(reused)} of {len(comparison.rows)} rows unchanged since their last run keep its numbers "
+                     "(--reevaluate evaluates them again)")
     if comparison.references:
         lines.append("published rows: Chinese-CLIP's own results"
                      + (f", (±x.xx) against {comparison.reference_anchor}" if comparison.reference_anchor else ""))

@@ -77,6 +77,7 @@ class RunOptions:
     json_output: bool = False
     verbose: bool = False
     references: tuple = ()       # references.Reference rows to show beside the results (--reference)
+    reevaluate: bool = False     # a sweep's unchanged cells run again (unchanged.py)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Several evaluations in one command, handed to GPUs as a work queue: a GPU that frees up
 takes the next evaluation (one GPU: one after another).
 
-Each evaluation is complete and isolated (its own connection, server directory, log and results
-folder); one failing never stops the others, it becomes a failed row.
+Each evaluation is complete and isolated (its own server directory, log and results folder);
+one failing never stops the others, it becomes a failed row. They share SSH connections.
 """
 from __future__ import annotations
 
@@ -22,55 +22,73 @@ from .outcome import Reporter
 from .store import LocalStore
 from .significance import ci95_of, parse_query_hits
 from .summary import recalls
+from .sweep import Listing
+from .unchanged import remember
 
 ReporterFactory = Callable[[Evaluation], Reporter]
 FailureHandler = Callable[[Evaluation, EvalkitError], None]
+# OpenSSH serves 10 sessions per connection (MaxSessions' default) and a running evaluation holds
+# up to 3 (its starter, its thread's SFTP client, a short command such as a cancel)
+EVALUATIONS_PER_CONNECTION = 3
 
 
 def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[int],
-                 make_reporter: ReporterFactory, on_failure: FailureHandler) -> list[ModelResult]:
+                 make_reporter: ReporterFactory, on_failure: FailureHandler,
+                 listing: Listing | None = None) -> list[ModelResult]:
     """Every evaluation's row, in the order given; with several GPUs, that many at a time.
-    Each GPU's evaluations share one connection (reconnecting as one run does)."""
+    One connection serves up to EVALUATIONS_PER_CONNECTION GPUs' evaluations (reconnecting as
+    one run does). With the sweep's LISTING, each evaluation that succeeds is remembered
+    (unchanged.py) as soon as it has."""
     results: dict[int, ModelResult] = {}
     work: queue.Queue = queue.Queue()
     for index, evaluation in enumerate(evaluations):
         work.put((index, evaluation))
+    gpus = gpus or [settings.gpu]
+    connections = [_sweep_connection(settings) for _ in range(0, len(gpus), EVALUATIONS_PER_CONNECTION)]
 
-    def worker(gpu: int) -> None:
-        try:
-            shared = pipeline.sweep_connection(settings)
-        except EvalkitError:
-            shared = None  # the host cannot be resolved: each evaluation reports it as its failed row
-        try:
-            while True:
-                try:
-                    index, evaluation = work.get_nowait()
-                except queue.Empty:
-                    return
-                on_gpu = dataclasses.replace(settings, gpu=gpu)
-                results[index] = evaluate_one(on_gpu, evaluation, make_reporter(evaluation), on_failure, shared)
-        finally:
+    def worker(gpu: int, shared: pipeline.Connection | None) -> None:
+        while True:
+            try:
+                index, evaluation = work.get_nowait()
+            except queue.Empty:
+                return
+            on_gpu = dataclasses.replace(settings, gpu=gpu)
+            results[index] = evaluate_one(on_gpu, evaluation, make_reporter(evaluation), on_failure, shared, listing)
+
+    try:
+        if len(gpus) == 1:
+            worker(gpus[0], connections[0])
+        else:
+            # daemon threads: Ctrl-C ends the command without waiting for them
+            threads = [threading.Thread(target=worker, args=(gpu, connections[number // EVALUATIONS_PER_CONNECTION]),
+                                        daemon=True) for number, gpu in enumerate(gpus)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=0.2)  # short joins keep the main thread responsive to Ctrl-C
+    finally:
+        for shared in connections:
             if shared is not None:
                 shared.close()
-
-    if len(gpus) <= 1:
-        worker(gpus[0] if gpus else settings.gpu)
-    else:
-        # daemon threads: Ctrl-C ends the command without waiting for them
-        threads = [threading.Thread(target=worker, args=(gpu,), daemon=True) for gpu in gpus]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.2)  # short joins keep the main thread responsive to Ctrl-C
     return [results[index] for index in range(len(evaluations))]
 
 
-def evaluate_one(settings: Settings, evaluation: Evaluation, reporter: Reporter,
-                 on_failure: FailureHandler, shared: pipeline.Connection | None = None) -> ModelResult:
+def _sweep_connection(settings: Settings) -> pipeline.Connection | None:
+    try:
+        return pipeline.sweep_connection(settings)
+    except EvalkitError:
+        return None  # the host cannot be resolved: each evaluation reports it as its failed row
+
+
+def evaluate_one(settings: Settings, evaluation: Evaluation, reporter: Reporter, on_failure: FailureHandler,
+                 shared: pipeline.Connection | None = None, listing: Listing | None = None) -> ModelResult:
     started = clock.timestamp()
     try:
-        report = pipeline.evaluate(settings, evaluation, reporter, shared=shared)
+        result = model_result(pipeline.evaluate(settings, evaluation, reporter, shared=shared), started)
+        if listing is not None:
+            remember(settings, evaluation, listing, result)
+        return result
     except Exception as exc:  # one model's failure, even a bug, must not stop the others
         error = exc if isinstance(exc, EvalkitError) else EvalkitError(
             f"unexpected error: {type(exc).__name__}: {exc}", "rerun this model alone with --debug and report it")
@@ -79,7 +97,6 @@ def evaluate_one(settings: Settings, evaluation: Evaluation, reporter: Reporter,
                            exit_code=error.exit_code, started_at=started, finished_at=clock.timestamp())
     finally:
         reporter.done()  # a model run one after another must not leave its live display running
-    return model_result(report, started)
 
 
 def model_result(report: pipeline.Report, started_at: str | None = None) -> ModelResult:
@@ -92,7 +109,8 @@ def model_result(report: pipeline.Report, started_at: str | None = None) -> Mode
                        checkpoint_chosen_by=report.evaluation.chosen_by,
                        provenance=(report.summary or {}).get("provenance"),
                        warnings=tuple((report.summary or {}).get("warnings") or ()),
-                       ci95=ci95_of(query_hits), query_hits=query_hits)
+                       ci95=ci95_of(query_hits), query_hits=query_hits,
+                       run_id=(report.summary or {}).get("run_id"))
 
 
 def compare(store: LocalStore, results: list[ModelResult], dataset: str, split: str,

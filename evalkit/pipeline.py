@@ -269,7 +269,7 @@ def _follow_to_end(session: Session, executor: Executor, record: RunRecord, repo
     if "recall" not in evaluation.stages:
         return Report(evaluation, outcome, recorder.facts, None, [], log_path)
     origin = build_provenance(_kept_provenance(session, record), settings, evaluation, _evalkit_version())
-    summary = build_summary(outcome, evaluation, settings.host, log_path, origin)
+    summary = build_summary(outcome, evaluation, settings.host, log_path, origin, record.run_id)
     written = store.save_results(evaluation, plan.label, outcome.raw_results, summary, outcome.raw_query_hits)
     return Report(evaluation, outcome, recorder.facts, summary, written, log_path)
 

@@ -6,8 +6,9 @@
     RESULTS_DIR/runs/<run id>.json              run records (attach, logs, status, cancel)
     RESULTS_DIR/runs/current-checkpoints.json   each server dataset split's checkpoint of this
                                                 user's last extract step (knn / recall steps)
-    RESULTS_DIR/runs/watched-checkpoints.json   --watch: each checkpoint evaluated, with its size
-                                                and mtime then (skipped while they are unchanged)
+    RESULTS_DIR/runs/evaluated-cells.json       sweeps and --watch: each cell evaluated, with what
+                                                its numbers were made of then (sweep.cell_state)
+                                                and its run (not run again while unchanged)
 
 Every file is written atomically: readers see the old file or the new one, never half of one.
 """
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,7 +35,8 @@ from .summary import RESULT_FILE_NAMES
 COMPARISON_SUFFIXES = ("json", "csv", "md")
 RUN_RECORD_NAME = re.compile(r"\d{8}-\d{6}-[0-9a-f]+\.json")
 CURRENT_CHECKPOINTS = "current-checkpoints.json"
-WATCHED_CHECKPOINTS = "watched-checkpoints.json"
+EVALUATED_CELLS = "evaluated-cells.json"
+_CELLS_LOCK = threading.Lock()  # one read-modify-write of EVALUATED_CELLS at a time in this process
 
 
 class LocalStore:
@@ -85,22 +88,35 @@ class LocalStore:
         """Every label's latest summary.json, grouped by (dataset, split)."""
         found: dict[tuple[str, str], list[ModelResult]] = {}
         for path in sorted(self.root.glob("*/*/*/summary.json")):
-            label_dir = path.parent
-            key = (label_dir.parent.parent.name, label_dir.parent.name)
+            key = (path.parent.parent.parent.name, path.parent.parent.name)
             if (dataset and key[0] != dataset) or (split and key[1] != split):
                 continue
-            try:
-                summary = json.loads(path.read_text(encoding="utf-8"))
-                result = ModelResult(label_dir.name, summary["checkpoint"], "ok", summary["recall"],
-                                     finished_at=summary.get("timestamp"),
-                                     server_output_dir=summary.get("server_output_dir"),
-                                     provenance=summary.get("provenance"),
-                                     warnings=tuple(summary.get("warnings") or ()),
-                                     ci95=summary.get("ci95"), query_hits=_query_hits_in(label_dir))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # not one of ours, or half-edited by hand: never block the others
-            found.setdefault(key, []).append(result)
+            result = self.kept_result(*key, path.parent.name)
+            if result is not None:
+                found.setdefault(key, []).append(result)
         return found
+
+    def kept_result(self, dataset: str, split: str, label: str) -> ModelResult | None:
+        """LABEL's row from its summary.json; None when there is none or it is not one of ours
+        (or half-edited by hand)."""
+        folder = self.result_dir(dataset, split, label)
+        try:
+            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+            result = ModelResult(label, summary["checkpoint"], "ok", summary["recall"],
+                                 finished_at=summary.get("timestamp"),
+                                 server_output_dir=summary.get("server_output_dir"),
+                                 provenance=summary.get("provenance"),
+                                 warnings=tuple(summary.get("warnings") or ()),
+                                 ci95=summary.get("ci95"), query_hits=_query_hits_in(folder),
+                                 run_id=summary.get("run_id"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return result
+
+    def has_result_files(self, dataset: str, split: str, label: str, directions: list[str]) -> bool:
+        """Whether upstream's result JSON of each direction is kept beside LABEL's summary."""
+        folder = self.result_dir(dataset, split, label)
+        return all((folder / RESULT_FILE_NAMES[direction]).is_file() for direction in directions)
 
     # --- comparisons ----------------------------------------------------------------------------
 
@@ -214,29 +230,27 @@ class LocalStore:
         return found if isinstance(found, dict) else {}
 
 
-    # --- --watch: the checkpoints evaluated, as they were ------------------------------------
+    # --- sweeps and --watch: the cells evaluated, and what from ----------------------------------
 
-    def was_watched(self, settings: Settings, evaluation: Evaluation, size: int, mtime_ns: int) -> bool:
-        """Whether --watch already evaluated EVALUATION's checkpoint with this size and mtime."""
-        found = self._watched().get(_watch_key(settings, evaluation))
-        return found == {"size": size, "mtime_ns": mtime_ns}
+    def evaluated_cell(self, key: str) -> dict | None:
+        """The record of the cell KEY names (sweep.cell_key): its sweep.cell_state when it was
+        last evaluated, and that run's id."""
+        found = self._evaluated_cells().get(key)
+        return found if isinstance(found, dict) else None
 
-    def mark_watched(self, settings: Settings, evaluation: Evaluation, size: int, mtime_ns: int) -> None:
-        watched = self._watched()
-        watched[_watch_key(settings, evaluation)] = {"size": size, "mtime_ns": mtime_ns}
-        text = json.dumps(watched, ensure_ascii=False, indent=2) + "\n"
-        write_atomically(self.runs_dir / WATCHED_CHECKPOINTS, text.encode("utf-8"))
+    def remember_cell(self, key: str, record: dict) -> None:
+        with _CELLS_LOCK:  # a queue's GPUs finish cells at once: no record may be lost between them
+            cells = self._evaluated_cells()
+            cells[key] = record
+            text = json.dumps(cells, ensure_ascii=False, indent=2) + "\n"
+            write_atomically(self.runs_dir / EVALUATED_CELLS, text.encode("utf-8"))
 
-    def _watched(self) -> dict:
+    def _evaluated_cells(self) -> dict:
         try:
-            found = json.loads((self.runs_dir / WATCHED_CHECKPOINTS).read_text(encoding="utf-8"))
+            found = json.loads((self.runs_dir / EVALUATED_CELLS).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}  # none yet, or damaged: evaluated again, its features reused
         return found if isinstance(found, dict) else {}
-
-
-def _watch_key(settings: Settings, evaluation: Evaluation) -> str:
-    return json.dumps([settings.host, evaluation.dataset, evaluation.split, evaluation.checkpoint], ensure_ascii=False)
 
 
 def _current_key(settings: Settings, evaluation: Evaluation) -> str:

@@ -71,10 +71,11 @@ def parse_result(raw: bytes, path: str, direction: str) -> dict:
 
 
 def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_path: Path | None,
-                  provenance: dict | None = None) -> dict:
+                  provenance: dict | None = None, run_id: str | None = None) -> dict:
     plan = outcome.plan
     summary = {
         "label": plan.label,
+        "run_id": run_id,
         "checkpoint": plan.checkpoint,
         "checkpoint_chosen_by": evaluation.chosen_by,
         "host": host,

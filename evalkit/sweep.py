@@ -4,15 +4,23 @@ checkpoints directory or a glob, and the matrix of cells (checkpoints x datasets
 The server lists the files (remote/list_checkpoints.py, through checkpoint_sets.py); here they
 are ordered by epoch with epoch_latest.pt last, and a file holding the same bytes as another
 (an alias: usually epoch_latest.pt and the last epoch) is kept once.
+
+The same listing describes each cell's dataset split files, so that a cell evaluated before can
+be told unchanged (cell_state) without a command of its own.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .config import Settings
 from .errors import MissingInput
 from .evaluation import LATEST_STEM, Evaluation, Scope, Wanted, checkpoint_path, resolve
+from .plan import build_plan, dataset_paths, labels_path
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 GLOB_MAGIC = re.compile(r"[*?[]")
@@ -86,6 +94,18 @@ class CheckpointSet:
     files: tuple[Listed, ...] = ()  # the checkpoints' own descriptions, in the same order
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What one listing command saw: the checkpoint sets, and the size, mtime and inode of each
+    dataset split file asked about (None: missing)."""
+
+    sets: tuple[CheckpointSet, ...] = ()
+    files: dict[str, dict | None] = field(default_factory=dict)
+
+    def checkpoint(self, path: str) -> Listed | None:
+        return next((entry for found in self.sets for entry in found.files if entry.path == path), None)
+
+
 def choose(pattern: str, kind: str, searched: str, listed: list[Listed]) -> CheckpointSet:
     """The files in epoch order, each content once: an alias is dropped in favour of the file
     with an epoch number (epoch_latest.pt comes last, so the numbered one is kept)."""
@@ -148,3 +168,47 @@ def reached(checkpoints: list[str], until_epoch: int | None) -> bool:
     """--until-epoch N: the watch ends once a checkpoint of epoch N or later was evaluated."""
     epochs = [epoch_of_stem(stem_of(path)) for path in checkpoints]
     return until_epoch is not None and any(epoch is not None and epoch >= until_epoch for epoch in epochs)
+
+
+def dataset_files(settings: Settings, scopes: list[Scope]) -> list[str]:
+    """The server files a cell's numbers read beside its checkpoint: each split's image LMDB
+    (its data file), its texts and, with image->image, its labels file."""
+    found: list[str] = []
+    for scope in scopes:
+        images, texts = dataset_paths(settings, scope.dataset, scope.split)
+        found += [posixpath.join(images, "data.mdb"), texts]
+        if settings.image_to_image:
+            found.append(labels_path(settings, scope.dataset, scope.split))
+    return list(dict.fromkeys(found))
+
+
+def cell_key(settings: Settings, cell: Evaluation) -> str:
+    """Which cell a record is of: the server, its datapath, the dataset split, the checkpoint."""
+    return json.dumps([settings.host, settings.datapath, cell.dataset, cell.split, cell.checkpoint],
+                      ensure_ascii=False)
+
+
+def cell_state(settings: Settings, cell: Evaluation, listing: Listing) -> dict | None:
+    """What CELL's numbers are made of, as far as the listing and the plan tell: its label, its
+    checkpoint's size, mtime and inode, its dataset split files' and the digest of the commands
+    planned for it on any GPU (models, batch sizes, KNN, directions, env: all that reaches the
+    upstream scripts). None when it has no numbers to keep (no recall) or its checkpoint was not
+    listed (a file named alone)."""
+    listed = listing.checkpoint(cell.checkpoint)
+    if listed is None or "recall" not in cell.stages:
+        return None
+    files = dataset_files(settings, [Scope(cell.dataset, cell.split)])
+    return {"label": cell.label,
+            "checkpoint": {"size": listed.size, "mtime_ns": listed.mtime_ns, "inode": listed.inode},
+            "dataset_files": {path: listing.files.get(path) for path in files},
+            "commands": commands_digest(settings, cell)}
+
+
+def commands_digest(settings: Settings, cell: Evaluation) -> str:
+    plan = build_plan(dataclasses.replace(settings, gpu=0), cell)  # a queue may put a cell on any GPU
+    return hashlib.sha256(json.dumps([step.command for step in plan.steps]).encode("utf-8")).hexdigest()
+
+
+def is_unchanged(recorded: dict | None, state: dict | None) -> bool:
+    """Whether a cell's record (cell_state when it was evaluated, plus its run) still holds."""
+    return recorded is not None and state is not None and {key: recorded.get(key) for key in state} == state

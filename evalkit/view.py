@@ -373,6 +373,11 @@ def show_model_header(console: Console, label: str, checkpoint: str) -> None:
     console.rule(Text(f"{label}  ({checkpoint})" if checkpoint else label), align="left")
 
 
+def show_unchanged(console: Console, label: str, run_id: str | None) -> None:
+    """A sweep's cell not evaluated again: its checkpoint, dataset and commands are as they were."""
+    console.print(Text(f"= {label}: unchanged since run {run_id}, its numbers kept", style="cyan"), soft_wrap=True)
+
+
 def show_model_failed(console: Console, label: str, error: EvalkitError) -> None:
     console.print(Text(f"✗ {label} failed (exit {error.exit_code}): {error.message}", style="bold red"),
                   soft_wrap=True)

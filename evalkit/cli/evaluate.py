@@ -19,7 +19,7 @@ from ..executors import GPUS_FROM_SCHEDULER
 from ..plan import build_plan
 from ..store import LocalStore
 from .guard import CONTEXT, debug_option, guarded
-from ..sweep import is_checkpoint_set
+from ..sweep import Listing, is_checkpoint_set
 from .options import parse, parse_request, shared_options
 
 
@@ -33,6 +33,9 @@ from .options import parse, parse_request, shared_options
                    "(each once complete; `watch_interval`, `watch_settle` in the config); Ctrl-C ends it")
 @click.option("--until-epoch", type=click.IntRange(min=0), metavar="N",
               help="--watch ends once epoch N (or later) is evaluated")
+@click.option("--reevaluate", is_flag=True,
+              help="with a checkpoints directory or glob: evaluate every cell again, also those unchanged since "
+                   "they were last evaluated (by default they keep that run's numbers; features are still reused)")
 @guarded
 def evaluate_command(**flags: Any) -> None:
     """Evaluate a Chinese-CLIP checkpoint on the server: extract features, KNN, recall.
@@ -95,8 +98,8 @@ def run_watch(settings: Settings, scopes: list[Scope], wanted: list[Wanted], opt
     out, _ = view.make_consoles()
     store = LocalStore.of(settings)
 
-    def run_cells(evaluations: list[Evaluation]) -> list[ModelResult]:
-        results = _run_many(out, settings, evaluations, options)
+    def run_cells(evaluations: list[Evaluation], listing: Listing) -> list[ModelResult]:
+        results = _run_many(out, settings, evaluations, options, listing)
         for (dataset, split), _rows in by_dataset_split(evaluations, results).items():
             labels = {e.label for e in evaluations if (e.dataset, e.split) == (dataset, split)}
             kept = store.load_evaluated(dataset, split).get((dataset, split), [])
@@ -107,15 +110,18 @@ def run_watch(settings: Settings, scopes: list[Scope], wanted: list[Wanted], opt
                 view.show_trends(out, trends([row.result for row in document.rows]))
         return results
 
-    watch(settings, scopes, wanted, until_epoch, run_cells, lambda text: view.show_note(out, text))
+    watch(settings, scopes, wanted, until_epoch, run_cells, lambda text: view.show_note(out, text),
+          reevaluate=options.reevaluate)
 
 
 def _experiments(labels: set[str]) -> set[str]:
     return {split_label(label)[0] for label in labels}
 
 
-def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) -> None:
-    """Dry run, one model, or several (a comparison); --json puts one summary on stdout."""
+def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions, listing: Listing = Listing()) -> None:
+    """Dry run, one model, or several (a comparison); --json puts one summary on stdout. A sweep's
+    cells unchanged since they were last evaluated keep that run's numbers (LISTING: what the
+    sweep's listing saw), unless --reevaluate."""
     out, _ = view.make_consoles(to_stderr=options.json_output)
     if options.dry_run:
         if len(evaluations) > 1:
@@ -127,19 +133,21 @@ def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions) 
                 view.show_job_script(out, dry_run_job_script(settings, plan.label))
         return
     from .. import gpu_queue, pipeline  # the SSH side loads only when a command needs it: `--help` starts fast
+    from ..unchanged import kept_rows
     if options.detach:
         for evaluation in evaluations:
             record = pipeline.evaluate(settings, evaluation, view.QuietReporter(out), detach=True)
             view.show_detached(out, record.run_id, record.label)
         return
-    if len(evaluations) == 1:
-        results = [run_one(out, settings, evaluations[0], options.verbose)]
+    kept = {} if options.reevaluate else kept_rows(settings, evaluations, listing)
+    if len(evaluations) == 1 and not kept:
+        results = [run_one(out, settings, evaluations[0], options.verbose, listing)]
     else:
-        results = _run_many(out, settings, evaluations, options)
+        results = _run_many(out, settings, evaluations, options, listing, kept)
     documents = []
     for (dataset, split), rows in by_dataset_split(evaluations, results).items():
         # a matrix of one checkpoint shows a table per dataset split too; a file keeps only comparisons
-        shown = (len(results) > 1 or options.references) and "recall" in evaluations[0].stages
+        shown = (len(results) > 1 or options.references or kept) and "recall" in evaluations[0].stages
         document, written = gpu_queue.compare(LocalStore.of(settings), rows, dataset, split,
                                               save=len(results) > 1 and len(rows) > 1 and "recall" in evaluations[0].stages,
                                               references=options.references)
@@ -167,20 +175,27 @@ def dry_run_job_script(settings: Settings, label: str) -> str:
     return batch_script(settings, "RUN_ID", label, run_dir(settings, "RUN_ID"))
 
 
-def run_one(out: Console, settings: Settings, evaluation: Evaluation, verbose: bool) -> ModelResult:
+def run_one(out: Console, settings: Settings, evaluation: Evaluation, verbose: bool,
+            listing: Listing = Listing()) -> ModelResult:
     from .. import gpu_queue, pipeline
+    from ..unchanged import remember
     with view.LiveReporter(out, verbose) as reporter:
         report = pipeline.evaluate(settings, evaluation, reporter)  # errors keep their own exit code
     view.show_report(out, report)
-    return gpu_queue.model_result(report)
+    result = gpu_queue.model_result(report)
+    remember(settings, evaluation, listing, result)
+    return result
 
 
-def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation],
-              options: RunOptions) -> list[ModelResult]:
+def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation], options: RunOptions,
+              listing: Listing = Listing(), kept: dict[Evaluation, ModelResult] | None = None) -> list[ModelResult]:
+    """Each cell's row, in order: KEPT's rows as they are, the other cells evaluated."""
     from ..gpu_queue import evaluate_all
+    kept = kept or {}
+    todo = [evaluation for evaluation in evaluations if evaluation not in kept]
     gpus = list(options.gpus) or [settings.gpu]
     if settings.executor in GPUS_FROM_SCHEDULER:  # every job submitted at once: the scheduler places them
-        gpus = list(range(len(evaluations)))
+        gpus = list(range(len(todo)))
 
     is_matrix = len({(e.dataset, e.split) for e in evaluations}) > 1
 
@@ -191,15 +206,23 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation],
     def failed(evaluation: Evaluation, error: EvalkitError) -> None:
         view.show_model_failed(out, name(evaluation), error)
 
+    for evaluation, row in kept.items():
+        view.show_unchanged(out, name(evaluation), row.run_id)
+    if not todo:
+        return [kept[evaluation] for evaluation in evaluations]
     if len(gpus) <= 1:
         def one_after_another(evaluation: Evaluation) -> view.LiveReporter:
-            position = f"[{evaluations.index(evaluation) + 1}/{len(evaluations)}] "
+            position = f"[{todo.index(evaluation) + 1}/{len(todo)}] "
             view.show_model_header(out, position + name(evaluation), evaluation.checkpoint)
             return view.LiveReporter(out, options.verbose)
-        return evaluate_all(settings, evaluations, gpus, one_after_another, failed)
-    with view.concurrent_progress(out, total=len(evaluations)) as progress:
-        return evaluate_all(settings, evaluations, gpus,
-                            lambda evaluation: view.ConcurrentReporter(out, progress, name(evaluation)), failed)
+        ran = evaluate_all(settings, todo, gpus, one_after_another, failed, listing)
+    else:
+        with view.concurrent_progress(out, total=len(todo)) as progress:
+            ran = evaluate_all(settings, todo, gpus,
+                               lambda evaluation: view.ConcurrentReporter(out, progress, name(evaluation)), failed,
+                               listing)
+    rows = iter(ran)
+    return [kept[evaluation] if evaluation in kept else next(rows) for evaluation in evaluations]
 
 
 @click.command(context_settings=CONTEXT)
@@ -223,7 +246,7 @@ def doctor(probe_job: bool, **flags: Any) -> None:
     """
     flags = {**flags, "dry_run": False, "skip_text_to_image": False, "skip_image_to_text": False,
              "force_extraction": False}
-    settings, evaluations, _ = parse(flags, stages=())
+    settings, evaluations, _, _ = parse(flags, stages=())
     out, _ = view.make_consoles()
     from ..doctor import run_doctors
     count = run_doctors(settings, evaluations, on_check=functools.partial(view.show_check, out),

@@ -12,7 +12,7 @@ from ..config import ALL_MODELS, DEVICES, KNN_MODES, TEXT_MODELS, VISION_MODELS,
 from .. import view
 from ..evaluation import SPLITS, STAGES, Evaluation, RunOptions, Scope, Wanted
 from ..executors import EXECUTORS
-from ..sweep import cells, describe_alias, is_checkpoint_set
+from ..sweep import Listing, cells, describe_alias, is_checkpoint_set
 from .guard import debug_option
 from .references import reference_option
 
@@ -122,11 +122,13 @@ def records_options(command: Callable) -> Callable:
 
 
 def parse(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
-          ) -> tuple[Settings, list[Evaluation], RunOptions]:
+          ) -> tuple[Settings, list[Evaluation], RunOptions, Listing]:
     """The settings, one Evaluation per cell (each checkpoint named by --model / --model-path,
-    a directory or glob listed on the server, on each dataset split), the run options."""
+    a directory or glob listed on the server, on each dataset split), the run options, and what
+    the listing saw (empty without a directory or glob)."""
     settings, scopes, wanted, options = parse_request(flags, stages)
-    return settings, cells(settings.datapath, scopes, _expanded(settings, wanted)), options
+    wanted, listing = _expanded(settings, wanted, scopes)
+    return settings, cells(settings.datapath, scopes, wanted), options, listing
 
 
 def parse_request(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
@@ -157,19 +159,21 @@ def parse_request(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
                                "labelled EXPERIMENT@epoch_N (EXPERIMENT for epoch_latest.pt): drop --label")
     options = RunOptions(flags.get("dry_run", False), flags.get("detach", False), flags.get("gpus") or (),
                          flags.get("json_output", False), flags.get("verbose", False),
-                         flags.get("references") or ())
+                         flags.get("references") or (),
+                         # extracting again means evaluating again: nothing kept can stand for it
+                         flags.get("reevaluate", False) or flags["force_extraction"])
     return settings, scopes, wanted, options
 
 
-def _expanded(settings: Settings, wanted: list[Wanted]) -> list[Wanted]:
+def _expanded(settings: Settings, wanted: list[Wanted], scopes: list[Scope]) -> tuple[list[Wanted], Listing]:
     """Each checkpoints directory or glob as its files, listed on the server (one command);
     the aliases left out are said on stderr."""
     from ..checkpoint_sets import expand  # the SSH side loads only for a sweep
-    wanted, sets = expand(settings, wanted)
+    wanted, listing = expand(settings, wanted, scopes)
     err = view.make_consoles(to_stderr=True)[0]
-    for found in sets:
+    for found in listing.sets:
         view.show_checkpoint_set(err, found.searched, len(found.checkpoints), [describe_alias(a) for a in found.aliases])
-    return wanted
+    return wanted, listing
 
 
 def _check_flag_combinations(scope: Scope) -> None:

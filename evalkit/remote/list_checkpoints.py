@@ -1,9 +1,12 @@
 """Report, as one JSON object on a stdout line starting with EVALKIT-CHECKPOINTS, the checkpoint
 files a sweep names: a checkpoints directory (or an experiment directory holding checkpoints/),
-a glob, or one file.
+a glob, or one file; and the size, mtime and inode of a few other files (a dataset split's,
+whose change makes a sweep's kept numbers stale).
 
 Usage (on the server; standard library only, sent inline):
-  python -c SOURCE PATTERN [PATTERN ...]
+  python -c SOURCE FILES_JSON PATTERN [PATTERN ...]
+
+FILES_JSON: a JSON list of the other files to describe (null for a missing one).
 
 For each file: its size, mtime, inode and whether its zip directory (torch.save's format) is
 readable. Files that may hold the same bytes as another (same size, same first, middle and last
@@ -52,9 +55,19 @@ def in_folder(folder):
 
 
 def describe(path):
+    return dict(stat_of(path), path=path, zip=is_zip(path), sha256=None)
+
+
+def stat_of(path):
     info = os.stat(path)
-    return {"path": path, "size": info.st_size, "mtime_ns": info.st_mtime_ns,
-            "inode": f"{info.st_dev}:{info.st_ino}", "zip": is_zip(path), "sha256": None}
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "inode": f"{info.st_dev}:{info.st_ino}"}
+
+
+def stat_if_there(path):
+    try:
+        return stat_of(path)
+    except OSError:
+        return None
 
 
 def is_zip(path):
@@ -109,9 +122,11 @@ def listing(pattern):
 
 
 def main(argv):
-    sets = [listing(pattern) for pattern in argv]
+    others = {path: stat_if_there(path) for path in json.loads(argv[0])}
+    sets = [listing(pattern) for pattern in argv[1:]]
     # the server's clock: whether a file has been left alone long enough is judged by it
-    sys.stdout.write(MARKER + json.dumps({"sets": sets, "now_ns": time.time_ns()}, ensure_ascii=False) + "\n")
+    answer = {"sets": sets, "files": others, "now_ns": time.time_ns()}
+    sys.stdout.write(MARKER + json.dumps(answer, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

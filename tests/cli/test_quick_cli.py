@@ -37,7 +37,7 @@ def test_help_teaches_the_three_steps_and_every_option():
 
 
 def test_both_scripts_share_their_options():
-    shared = {param.name for param in evaluate_command.params} - {"skip_extraction", "watch", "until_epoch"}  # the one-shot run alone
+    shared = {param.name for param in evaluate_command.params} - {"skip_extraction", "watch", "until_epoch", "reevaluate"}  # the one-shot run alone
     assert shared == {param.name for param in quick_command.params} - {"step"}
 
 

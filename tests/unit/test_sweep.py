@@ -2,7 +2,7 @@
 server's lister run on real files (hard links, copies, a half-written file)."""
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +16,6 @@ from evalkit.config import Settings
 from evalkit.errors import MissingInput
 from evalkit.evaluation import Evaluation, Scope, Wanted
 from evalkit.progress import last_marked_json
-from evalkit.store import LocalStore
 from evalkit.sweep import Alias, Listed, cells, choose, describe_alias, epoch_of_stem, expanded, is_checkpoint_set, \
     is_settled, order_key, reached
 from evalkit.uploads import script_source
@@ -101,10 +100,10 @@ def test_patterns_are_absolute_and_listed_once():
     assert patterns_of(Settings(datapath="/d"), wanted) == ["/d/experiments/e/checkpoints", "/abs/epoch_*.pt"]
 
 
-def run_lister(*patterns: str) -> list[dict]:
+def run_lister(*patterns: str, files: tuple[str, ...] = ()) -> dict:
     source = script_source("list_checkpoints.py").decode()
-    ran = subprocess.run([sys.executable, "-c", source, *patterns], capture_output=True, check=True)
-    return last_marked_json(ran.stdout, MARKER)["sets"]
+    ran = subprocess.run([sys.executable, "-c", source, json.dumps(files), *patterns], capture_output=True, check=True)
+    return last_marked_json(ran.stdout, MARKER)
 
 
 def test_the_server_lister_on_real_files(tmp_path):
@@ -116,8 +115,15 @@ def test_the_server_lister_on_real_files(tmp_path):
     shutil.copy(folder / "epoch_1.pt", folder / "copy_of_1.pt")  # same bytes, its own mtime and inode
     os.utime(folder / "copy_of_1.pt", ns=(1, 1))
     (folder / "notes.txt").write_text("not a checkpoint")
-    by_dir, by_experiment, by_glob, nothing = run_lister(str(folder), str(folder.parent), str(folder / "epoch_?.pt"),
-                                                         str(tmp_path / "none" / "*.pt"))
+    texts = tmp_path / "valid_texts.jsonl"
+    texts.write_text("{}\n")
+    answer = run_lister(str(folder), str(folder.parent), str(folder / "epoch_?.pt"), str(tmp_path / "none" / "*.pt"),
+                        files=(str(texts), str(tmp_path / "missing.jsonl")))
+    by_dir, by_experiment, by_glob, nothing = answer["sets"]
+    info = texts.stat()
+    assert answer["files"] == {str(texts): {"size": 3, "mtime_ns": info.st_mtime_ns,
+                                            "inode": f"{info.st_dev}:{info.st_ino}"},
+                               str(tmp_path / "missing.jsonl"): None}
     found = choose(str(folder), by_dir["kind"], by_dir["searched"], [Listed.from_dict(f) for f in by_dir["files"]])
     assert [Path(p).name for p in found.checkpoints] == ["epoch_1.pt", "epoch_2.pt", "epoch_10.pt"]
     assert {(Path(a.path).name, Path(a.kept).name) for a in found.aliases} == {
@@ -141,16 +147,3 @@ def test_watch_takes_a_file_untouched_for_watch_settle_seconds_with_its_zip_dire
 ])
 def test_the_watch_ends_once_epoch_n_or_later_was_evaluated(names, until, ends):
     assert reached([f"{CKPTS}/{name}" for name in names], until) is ends
-
-
-def test_watched_checkpoints_are_kept_per_dataset_split_with_their_size_and_mtime(tmp_path):
-    store, settings = LocalStore(tmp_path), Settings(host="h")
-    cell = Evaluation("A", "valid", f"{CKPTS}/epoch_1.pt")
-    assert not store.was_watched(settings, cell, 10, 5)
-    store.mark_watched(settings, cell, 10, 5)
-    assert LocalStore(tmp_path).was_watched(settings, cell, 10, 5)  # across restarts: a file
-    assert not store.was_watched(settings, cell, 10, 6)             # rewritten: evaluated again
-    assert not store.was_watched(settings, dataclasses.replace(cell, split="test"), 10, 5)
-    assert not store.was_watched(Settings(host="other"), cell, 10, 5)
-    (tmp_path / "runs" / "watched-checkpoints.json").write_text("{damaged")
-    assert not store.was_watched(settings, cell, 10, 5)
