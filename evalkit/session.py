@@ -30,6 +30,7 @@ class Session:
         comes back the same way right after a reconnect succeeded is not the link: it is final."""
         deadline, pause, before_reconnect = None, FIRST_PAUSE, None
         while True:
+            seen = self.connection.generation  # threads sharing the connection reconnect it once
             try:
                 return operation(self.connection)
             except ConnectionLost as lost:
@@ -48,7 +49,7 @@ class Session:
                 time.sleep(pause)
                 pause = min(pause * 2, LONGEST_PAUSE)
                 try:
-                    self.connection.reconnect()
+                    self.connection.reconnect(since=seen)
                     self._note("reconnected; resuming where the output left off")
                     before_reconnect = lost.message
                 except (ConnectionLost, ConnectError):

@@ -114,7 +114,7 @@ class PendingCommand:
             # sshd may send the exit status before it has drained the command's pipes: the
             # output is complete once the peer's EOF has arrived too (or, if a process left
             # behind keeps a pipe open, after a short grace).
-            if channel.exit_status_ready():
+            if channel.exit_status_ready() and not self._link_died(channel):
                 exited_at = exited_at or time.monotonic()
                 if channel.eof_received or channel.closed or time.monotonic() - exited_at > _EOF_GRACE_SECONDS:
                     return channel.recv_exit_status()  # ready: returns at once
@@ -125,6 +125,13 @@ class PendingCommand:
                 raise ConnectionLost(f"the step ran longer than step_timeout ({timeout:.0f} s)",
                                      "raise step_timeout in the config file")
             self._await_news()
+
+    @staticmethod
+    def _link_died(channel: paramiko.Channel) -> bool:
+        """A channel closed with the transport under it reads as ready with status -1: that is
+        the link dropping (a thread sharing the connection may have reconnected it), not an exit.
+        A command killed by a signal reads -1 too, but only after the server's EOF on a live link."""
+        return channel.exit_status == -1 and (not channel.eof_received or not channel.get_transport().is_active())
 
     def _await_news(self) -> None:
         """Sleep until output, EOF or the exit status arrives (at most _IDLE_POLL_SECONDS): a

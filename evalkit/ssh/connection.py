@@ -6,6 +6,7 @@ import os
 import posixpath
 import secrets
 import socket
+import threading
 
 from ..errors import AuthenticationError, ConnectError, ConnectionLost, HostKeyError, TransferUnavailable
 from ._paramiko import paramiko
@@ -28,13 +29,18 @@ def _is_link_error(exc: BaseException) -> bool:
 
 
 class Connection:
-    """One SSH connection per run: opened lazily, closed by the context manager."""
+    """One SSH connection: opened lazily, closed by the context manager. Threads may share it
+    (a sweep's GPU queue): each gets its own SFTP client over the one transport, and a reconnect
+    is made once for all of them (reconnect's SINCE)."""
 
     def __init__(self, target: Target, connect_timeout: float = 15.0) -> None:
         self.target = target
         self.connect_timeout = connect_timeout
         self._clients: list[paramiko.SSHClient] = []
-        self._sftp: paramiko.SFTPClient | None = None
+        self._lock = threading.RLock()  # opening, closing, reconnecting and the SFTP clients' list
+        self._generation = 0            # how many times it was opened: a reconnect makes the next
+        self._sftp_clients: list[paramiko.SFTPClient] = []
+        self._own = threading.local()   # this thread's (generation, SFTP client)
 
     def __enter__(self) -> "Connection":
         return self
@@ -42,15 +48,26 @@ class Connection:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    @property
+    def generation(self) -> int:
+        """Which opening of the connection is current; pass it to reconnect (see there)."""
+        return self._generation
+
     def open(self) -> "Connection":
         """Connect now (through each ProxyJump hop in turn), so failures surface before any work."""
-        if not self._clients:
-            chain = (*self.target.proxy_jump, self.target)
-            sock = None
-            for index, hop in enumerate(chain):
-                self._clients.append(self._connect_hop(hop, sock))
-                if index + 1 < len(chain):
-                    sock = self._tunnel(self._clients[-1], next_hop=chain[index + 1])
+        with self._lock:
+            if not self._clients:
+                chain = (*self.target.proxy_jump, self.target)
+                sock = None
+                try:
+                    for index, hop in enumerate(chain):
+                        self._clients.append(self._connect_hop(hop, sock))
+                        if index + 1 < len(chain):
+                            sock = self._tunnel(self._clients[-1], next_hop=chain[index + 1])
+                except BaseException:
+                    self.close()  # a jump host reached, the target not: not open, the next call tries again
+                    raise
+                self._generation += 1
         return self
 
     @property
@@ -87,20 +104,26 @@ class Connection:
         return client
 
     def close(self) -> None:
-        if self._sftp is not None:
-            try:
-                self._sftp.close()
-            except (paramiko.SSHException, OSError, EOFError):
-                pass  # closing a dead connection: nothing left to tidy
-            self._sftp = None
-        for client in reversed(self._clients):
-            client.close()
-        self._clients.clear()
+        with self._lock:
+            for sftp in self._sftp_clients:
+                try:
+                    sftp.close()
+                except (paramiko.SSHException, OSError, EOFError):
+                    pass  # closing a dead connection: nothing left to tidy
+            self._sftp_clients.clear()
+            for client in reversed(self._clients):
+                client.close()
+            self._clients.clear()
 
-    def reconnect(self) -> None:
-        """Drop whatever is left of the connection and open a new one (same checks as open)."""
-        self.close()
-        self.open()
+    def reconnect(self, since: int | None = None) -> None:
+        """Drop whatever is left of the connection and open a new one (same checks as open).
+        SINCE: the generation a caller saw fail; when another thread has reconnected since, the
+        new connection is kept and nothing is done."""
+        with self._lock:
+            if since is not None and since != self._generation and self._clients:
+                return
+            self.close()
+            self.open()
 
     def run(self, command: str, sink: OutputSink, timeout: float) -> int:
         """Run COMMAND; feed stdout and stderr to SINK as they arrive; return the exit status.
@@ -128,21 +151,32 @@ class Connection:
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
-        if self._sftp is None:
-            try:
-                self._sftp = self.client.open_sftp()
-            except _LINK_ERRORS as exc:
-                transport = self.client.get_transport()
-                if transport is not None and transport.is_active():  # the link is fine: SFTP was refused
-                    raise TransferUnavailable(
-                        f"{self.target.alias} ({self.target.address}) has no SFTP subsystem: evalkit reads "
-                        "and writes a run's files over SFTP",
-                        "enable it on the server (OpenSSH: `Subsystem sftp /usr/lib/openssh/sftp-server` in "
-                        "sshd_config; dropbear: install its sftp-server), then run again") from exc
-                raise self._lost(exc) from exc
-            # a silent peer fails each request after this long (keepalives alone never would)
-            self._sftp.get_channel().settimeout(DEAD_PEER_SECONDS)
-        return self._sftp
+        """This thread's SFTP client (paramiko's is not safe to share between threads)."""
+        mine = getattr(self._own, "sftp", None)
+        if mine is not None and mine[0] == self._generation:
+            return mine[1]
+        generation = self._generation
+        sftp = self._open_sftp()  # not under the lock: a silent peer must hold up this thread alone
+        with self._lock:
+            self._sftp_clients.append(sftp)  # close() closes every thread's
+        self._own.sftp = (generation, sftp)
+        return sftp
+
+    def _open_sftp(self) -> paramiko.SFTPClient:
+        try:
+            sftp = self.client.open_sftp()
+        except _LINK_ERRORS as exc:
+            transport = self.client.get_transport()
+            if transport is not None and transport.is_active():  # the link is fine: SFTP was refused
+                raise TransferUnavailable(
+                    f"{self.target.alias} ({self.target.address}) has no SFTP subsystem: evalkit reads "
+                    "and writes a run's files over SFTP",
+                    "enable it on the server (OpenSSH: `Subsystem sftp /usr/lib/openssh/sftp-server` in "
+                    "sshd_config; dropbear: install its sftp-server), then run again") from exc
+            raise self._lost(exc) from exc
+        # a silent peer fails each request after this long (keepalives alone never would)
+        sftp.get_channel().settimeout(DEAD_PEER_SECONDS)
+        return sftp
 
     def size_of(self, path: str) -> int | None:
         """The file's size, or None when it does not exist; ConnectionLost when the link is dead."""

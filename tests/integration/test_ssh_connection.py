@@ -1,8 +1,11 @@
-"""The SSH layer against the real sshd: jump hosts, large output, exit statuses, transfers."""
+"""The SSH layer against the real sshd: jump hosts, large output, exit statuses, transfers, one\nconnection shared by threads."""
 from __future__ import annotations
+
+import threading
 
 import pytest
 
+from evalkit.session import Session
 from evalkit.ssh import Connection, resolve_target
 
 pytestmark = pytest.mark.integration
@@ -66,3 +69,38 @@ def test_a_step_past_its_time_limit_is_stopped(testbed):
     target = resolve_target("seetacloud-v800", testbed.ssh_dir / "config")
     with Connection(target) as connection, pytest.raises(ConnectionLost, match="step_timeout"):
         connection.run("sleep 30", lambda name, chunk: None, timeout=1)
+
+
+def test_threads_share_one_connection_and_reconnect_it_once_when_it_drops(testbed, tmp_path):
+    # a sweep's GPU queue: each thread reads its own files (its own SFTP client) and runs its own
+    # commands over one transport; the link drops under all of them at once
+    files = []
+    for number in range(4):
+        files.append(tmp_path / f"文件 {number}")
+        files[-1].write_bytes(bytes([number]) * 200_000)
+    dropped, errors = threading.Event(), []
+    target = resolve_target("seetacloud-v800", testbed.ssh_dir / "config")
+    with Connection(target) as connection:
+        assert connection.open().generation == 1
+
+        def worker(number: int) -> None:
+            session = Session(connection)
+            session.resilient(60, lambda text: None, "give up")
+            try:
+                for round_ in range(30):
+                    assert session.read_bytes(str(files[number])) == files[number].read_bytes()
+                    assert session.capture(f"echo {number}-{round_}", timeout=30)[:2] == (0, f"{number}-{round_}\n".encode())
+                    if number == 0 and round_ == 10:
+                        assert testbed.sshd.kill_sessions()
+                        dropped.set()
+            except BaseException as exc:  # each thread's failure is the test's
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(number,)) for number in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=240)
+        assert not errors, errors
+        assert dropped.is_set()
+        assert connection.generation == 2  # reconnected once, for every thread
