@@ -96,9 +96,18 @@ class LoopbackSshd:
         authorized.chmod(0o600)
         self.port = _free_port()
         self.config.write_text(self._sshd_config())
+        self._launch()
+
+    def restart(self) -> None:
+        """Start the stopped sshd again on the same port with the same keys, as after a server
+        reboot: clients that knew it reconnect without a host key warning."""
+        self.stop()
+        self._launch()
+
+    def _launch(self) -> None:
         # sshd refuses to start without its privilege-separation directory.
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [SSHD, "-D", "-e", "-f", str(self.config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -75,3 +75,41 @@ def test_a_directory_sweep_over_two_datasets_on_a_queue(testbed, experiment, sec
     nothing = testbed.evaluate("--model-path", str(empty))
     assert nothing.returncode == MissingInput.exit_code
     assert f"error: no checkpoint (*.pt, *.pth) in the directory {empty} on the server" in nothing.stderr
+
+
+def test_one_failing_cell_of_a_queue_is_its_row_and_a_rerun_runs_only_what_changed(testbed, second_checkpoint,
+                                                                                   tmp_path):
+    folder = tmp_path / "queue" / "experiments" / "queue_exp" / "checkpoints"
+    folder.mkdir(parents=True)
+    os.link(testbed.checkpoint, folder / "epoch_1.pt")
+    os.link(second_checkpoint, folder / "epoch_2.pt")
+    (folder / "epoch_3.pt").write_bytes(b"not a checkpoint: training died while saving it")
+    sweep = ("--model-path", str(folder), "--gpus", "0,1", "--json")
+    first = testbed.evaluate(*sweep, timeout=900)
+    assert first.returncode == ComparisonIncomplete.exit_code, first.stderr
+    assert "1 of 3 models failed: queue_exp@epoch_3" in first.stderr
+    rows = json.loads(first.stdout)["models"]
+    assert [(r["label"], r["status"], r["reused"]) for r in rows] == [
+        ("queue_exp@epoch_1", "ok", False), ("queue_exp@epoch_2", "ok", False), ("queue_exp@epoch_3", "failed", False)]
+    logs = sorted((testbed.results_dir / "logs").iterdir())
+    assert len(logs) == 2
+
+    # the same sweep again: the two good cells are unchanged (checkpoint, dataset, commands, their
+    # results kept), so only the failed one runs again; their rows are that run's, marked reused
+    again = testbed.evaluate(*sweep, timeout=900)
+    assert again.returncode == ComparisonIncomplete.exit_code, again.stderr
+    kept = json.loads(again.stdout)["models"]
+    assert [(r["label"], r["status"], r["reused"]) for r in kept] == [
+        ("queue_exp@epoch_1", "ok", True), ("queue_exp@epoch_2", "ok", True), ("queue_exp@epoch_3", "failed", False)]
+    assert [(r["run_id"], r["recall"]) for r in kept[:2]] == [(r["run_id"], r["recall"]) for r in rows[:2]]
+    assert f"= queue_exp@epoch_1: unchanged since run {rows[0]['run_id']}, its numbers kept" in again.stderr
+    assert sorted((testbed.results_dir / "logs").iterdir()) == logs  # nothing evaluated again
+
+    os.utime(folder / "epoch_2.pt")  # touched by training: evaluated again, the other kept
+    forced = testbed.evaluate("--model-path", str(folder / "epoch_[12].pt"), "--json", timeout=900)
+    assert forced.returncode == 0, forced.stderr
+    assert [r["reused"] for r in json.loads(forced.stdout)["models"]] == [True, False]
+    reevaluated = testbed.evaluate("--model-path", str(folder / "epoch_[12].pt"), "--json", "--reevaluate",
+                                   timeout=900)
+    assert reevaluated.returncode == 0, reevaluated.stderr
+    assert [r["reused"] for r in json.loads(reevaluated.stdout)["models"]] == [False, False]
