@@ -75,8 +75,8 @@ def _executor_on(connection: Connection, settings: Settings) -> Iterator[tuple[S
 
 
 def sweep_connection(settings: Settings) -> Connection:
-    """One connection for the evaluations of a sweep that run one after another: opened by the
-    first (connected()), closed by the caller after the last."""
+    """One connection for the evaluations of a sweep (threads may share it): opened by the first
+    (connected()), closed by the caller after the last."""
     return Connection(resolve_target(settings.host, settings.ssh_config_path), settings.connect_timeout)
 
 
