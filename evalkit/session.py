@@ -26,15 +26,18 @@ class Session:
         self.reconnect_for, self._note, self._give_up_hint = reconnect_for, note, give_up_hint
 
     def call(self, operation: Callable[[Connection], T]) -> T:
-        """OPERATION on the connection, reconnecting while the link is down. A failure that
-        comes back the same way right after a reconnect succeeded is not the link: it is final."""
-        deadline, pause, before_reconnect = None, FIRST_PAUSE, None
+        """OPERATION on the connection, reconnecting while the link is down (also while the
+        server refuses connections, as when it restarts). A failure that comes back the same way
+        right after a reconnect succeeded is not the link: it is final."""
+        deadline, pause, before_reconnect, seen = None, FIRST_PAUSE, None, 0
         while True:
-            seen = self.connection.generation  # threads sharing the connection reconnect it once
             try:
+                # the opening it runs on: threads sharing the connection reconnect it once (reconnect's SINCE)
+                seen = self.connection.open().generation
                 return operation(self.connection)
-            except ConnectionLost as lost:
-                if not self.reconnect_for:
+            except (ConnectionLost, ConnectError) as lost:
+                # refused before any drop: not a link that went away; after one: the server restarting
+                if not self.reconnect_for or (deadline is None and isinstance(lost, ConnectError)):
                     raise
                 if before_reconnect == lost.message:
                     raise ConnectionLost(f"{lost.message}, again right after reconnecting: the connection is "

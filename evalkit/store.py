@@ -116,7 +116,8 @@ class LocalStore:
     def has_result_files(self, dataset: str, split: str, label: str, directions: list[str]) -> bool:
         """Whether upstream's result JSON of each direction is kept beside LABEL's summary."""
         folder = self.result_dir(dataset, split, label)
-        return all((folder / RESULT_FILE_NAMES[direction]).is_file() for direction in directions)
+        return all(direction in RESULT_FILE_NAMES and (folder / RESULT_FILE_NAMES[direction]).is_file()
+                   for direction in directions)
 
     # --- comparisons ----------------------------------------------------------------------------
 

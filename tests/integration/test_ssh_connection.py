@@ -104,3 +104,27 @@ def test_threads_share_one_connection_and_reconnect_it_once_when_it_drops(testbe
         assert not errors, errors
         assert dropped.is_set()
         assert connection.generation == 2  # reconnected once, for every thread
+
+
+def test_a_session_waits_out_a_server_restart_longer_than_one_reconnect(testbed, tmp_path):
+    # a run followed over hours: the server's sshd goes away and refuses connections for a while;
+    # the session keeps trying (each refusal is one more wait) and carries on once it is back
+    path = tmp_path / "step-1.out"
+    path.write_bytes(b"progress")
+    notes: list[str] = []
+    with Connection(resolve_target("seetacloud-v800", testbed.ssh_dir / "config")) as connection:
+        session = Session(connection)
+        session.resilient(60, notes.append, "give up")
+        assert session.read_bytes(str(path)) == b"progress"
+        testbed.sshd.kill_sessions()
+        testbed.sshd.stop()
+        restart = threading.Timer(4, testbed.sshd.restart)  # after the reconnects at 1 s and 3 s were refused
+        restart.start()
+        try:
+            assert session.read_bytes(str(path)) == b"progress"
+        finally:
+            restart.join()
+            if not testbed.sshd.running:
+                testbed.sshd.restart()
+        assert notes[0].startswith("connection lost") and notes[-1] == "reconnected; resuming where the output left off"
+        assert connection.generation == 2
