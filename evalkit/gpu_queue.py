@@ -18,6 +18,7 @@ from .config import Settings
 from .epochs import annotate
 from .errors import ComparisonIncomplete, EvalkitError
 from .evaluation import Evaluation
+from .executors.base import CancelResult, RunGroup
 from .outcome import Reporter
 from .store import LocalStore
 from .significance import ci95_of, parse_query_hits
@@ -25,12 +26,25 @@ from .summary import recalls
 
 ReporterFactory = Callable[[Evaluation], Reporter]
 FailureHandler = Callable[[Evaluation, EvalkitError], None]
+CancelHandler = Callable[[dict[str, CancelResult]], None]
 
 
 def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[int],
-                 make_reporter: ReporterFactory, on_failure: FailureHandler) -> list[ModelResult]:
+                 make_reporter: ReporterFactory, on_failure: FailureHandler,
+                 on_cancelled: CancelHandler = lambda results: None) -> list[ModelResult]:
     """Every evaluation's row, in the order given; with several GPUs, that many at a time.
-    Each GPU's evaluations share one connection (reconnecting as one run does)."""
+    Each GPU's evaluations share one connection (reconnecting as one run does). On Ctrl-C every
+    run still going is cancelled at once (ON_CANCELLED hears how) before KeyboardInterrupt goes on."""
+    group = pipeline.new_group(settings)
+    try:
+        return _evaluate_all(settings, evaluations, gpus, make_reporter, on_failure, group)
+    except KeyboardInterrupt:
+        on_cancelled(pipeline.cancel_group(settings, group))
+        raise
+
+
+def _evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[int], make_reporter: ReporterFactory,
+                  on_failure: FailureHandler, group: RunGroup) -> list[ModelResult]:
     results: dict[int, ModelResult] = {}
     work: queue.Queue = queue.Queue()
     for index, evaluation in enumerate(evaluations):
@@ -48,7 +62,8 @@ def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[i
                 except queue.Empty:
                     return
                 on_gpu = dataclasses.replace(settings, gpu=gpu)
-                results[index] = evaluate_one(on_gpu, evaluation, make_reporter(evaluation), on_failure, shared)
+                results[index] = evaluate_one(on_gpu, evaluation, make_reporter(evaluation), on_failure, shared,
+                                              group)
         finally:
             if shared is not None:
                 shared.close()
@@ -56,7 +71,7 @@ def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[i
     if len(gpus) <= 1:
         worker(gpus[0] if gpus else settings.gpu)
     else:
-        # daemon threads: Ctrl-C ends the command without waiting for them
+        # daemon threads: Ctrl-C ends the command without waiting for them (their runs: cancel_group)
         threads = [threading.Thread(target=worker, args=(gpu,), daemon=True) for gpu in gpus]
         for thread in threads:
             thread.start()
@@ -66,15 +81,16 @@ def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[i
     return [results[index] for index in range(len(evaluations))]
 
 
-def evaluate_one(settings: Settings, evaluation: Evaluation, reporter: Reporter,
-                 on_failure: FailureHandler, shared: pipeline.Connection | None = None) -> ModelResult:
+def evaluate_one(settings: Settings, evaluation: Evaluation, reporter: Reporter, on_failure: FailureHandler,
+                 shared: pipeline.Connection | None = None, group: RunGroup | None = None) -> ModelResult:
     started = clock.timestamp()
     try:
-        report = pipeline.evaluate(settings, evaluation, reporter, shared=shared)
+        report = pipeline.evaluate(settings, evaluation, reporter, shared=shared, group=group)
     except Exception as exc:  # one model's failure, even a bug, must not stop the others
         error = exc if isinstance(exc, EvalkitError) else EvalkitError(
             f"unexpected error: {type(exc).__name__}: {exc}", "rerun this model alone with --debug and report it")
-        on_failure(evaluation, error)
+        if group is None or not group.is_closed:  # after Ctrl-C, cancel_group says what became of each run
+            on_failure(evaluation, error)
         return ModelResult(evaluation.label, evaluation.checkpoint, "failed", {}, error=error.message,
                            exit_code=error.exit_code, started_at=started, finished_at=clock.timestamp())
     finally:

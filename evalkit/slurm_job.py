@@ -16,6 +16,7 @@ from .server import JOB_RUNNER, in_server_env, script_call
 
 SIGNAL_SECONDS = 120  # before the time limit Slurm tells the job's batch shell (--signal=B:TERM@120)
 SQUEUE_FORMAT = "%i|%T|%r"
+SACCT_FORMAT = "JobID,State,Reason"  # the same three fields, in sacct's words
 OUTPUT_NAME = "slurm-%j.out"   # the job's own stdout and stderr (Slurm's messages), in the run's folder
 SIGNALLED_NAME = "slurm-signalled"  # written by the batch shell when Slurm's TERM reaches it
 ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
@@ -109,6 +110,13 @@ def squeue_argv(job_ids: list[str]) -> list[str]:
     return ["squeue", "--noheader", "--states=all", f"--jobs={','.join(job_ids)}", f"--format={SQUEUE_FORMAT}"]
 
 
+def sacct_argv(job_ids: list[str]) -> list[str]:
+    """Accounting's final word on JOB_IDS (the jobs alone, not their steps), once squeue has
+    forgotten them; with --jobs sacct looks back to the epoch, not only today."""
+    return ["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={','.join(job_ids)}",
+            f"--format={SACCT_FORMAT}"]
+
+
 def parse_job_id(stdout: str) -> str | None:
     """sbatch --parsable prints `ID` or `ID;CLUSTER`."""
     first = stdout.strip().splitlines()[-1:] if stdout.strip() else []
@@ -123,6 +131,20 @@ def parse_squeue(text: str) -> dict[str, QueueEntry]:
         fields = line.strip().split("|")
         if len(fields) == 3 and fields[0]:
             found[fields[0]] = QueueEntry(fields[0], fields[1].split()[0] if fields[1] else "", fields[2])
+    return found
+
+
+def parse_sacct(code: int, stdout: str, stderr: str) -> dict[str, QueueEntry] | None:
+    """sacct's answer (SACCT_FORMAT, --parsable2) as squeue's, by job id; None where the cluster keeps no
+    accounting ("Slurm accounting storage is disabled") or sacct failed: then squeue is all there is.
+    A step's line (`7.batch`) is skipped; `CANCELLED by 1000` is CANCELLED."""
+    if code != 0 or "accounting storage is disabled" in stderr + stdout:
+        return None
+    found = {}
+    for line in stdout.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) == 3 and fields[0].isdigit() and fields[1]:
+            found[fields[0]] = QueueEntry(fields[0], fields[1].split()[0], fields[2])
     return found
 
 

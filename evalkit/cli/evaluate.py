@@ -191,15 +191,20 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation],
     def failed(evaluation: Evaluation, error: EvalkitError) -> None:
         view.show_model_failed(out, name(evaluation), error)
 
+    def cancelled(results: dict) -> None:  # Ctrl-C: what became of each run still going
+        for run_id, result in results.items():
+            view.show_note(out, result.describe(run_id))
+
     if len(gpus) <= 1:
         def one_after_another(evaluation: Evaluation) -> view.LiveReporter:
             position = f"[{evaluations.index(evaluation) + 1}/{len(evaluations)}] "
             view.show_model_header(out, position + name(evaluation), evaluation.checkpoint)
             return view.LiveReporter(out, options.verbose)
-        return evaluate_all(settings, evaluations, gpus, one_after_another, failed)
+        return evaluate_all(settings, evaluations, gpus, one_after_another, failed, cancelled)
     with view.concurrent_progress(out, total=len(evaluations)) as progress:
         return evaluate_all(settings, evaluations, gpus,
-                            lambda evaluation: view.ConcurrentReporter(out, progress, name(evaluation)), failed)
+                            lambda evaluation: view.ConcurrentReporter(out, progress, name(evaluation)), failed,
+                            cancelled)
 
 
 @click.command(context_settings=CONTEXT)

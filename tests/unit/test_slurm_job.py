@@ -1,4 +1,4 @@
-"""Slurm, pure: the `slurm:` config section, the job script, sbatch's and squeue's answers read,
+"""Slurm, pure: the `slurm:` config section, the job script, sbatch's, squeue's and sacct's answers read,
 what each ending means, and the backoff between squeue calls."""
 from __future__ import annotations
 
@@ -182,6 +182,31 @@ def test_each_ending_is_named_with_its_fix(state, reason, says, fix):
                                      "/o/slurm-9.out")
     assert message.startswith(f"Slurm job 9 ended {state}") and says in message
     assert fix in hint
+
+
+def test_sacct_is_asked_for_the_jobs_alone_in_squeues_three_fields():
+    assert slurm_job.sacct_argv(["7", "8"]) == ["sacct", "--noheader", "--parsable2", "--allocations", "--jobs=7,8",
+                                                "--format=JobID,State,Reason"]
+
+
+@pytest.mark.parametrize("code, stdout, stderr, expected", [
+    # a cluster without accounting (the test bed's): squeue is all there is
+    (1, "", "Slurm accounting storage is disabled\n", None),
+    (0, "Slurm accounting storage is disabled\n", "", None),
+    (1, "", "sacct: error: Problem talking to the database: Connection refused\n", None),
+    (0, "", "", {}),
+    (0, "7|TIMEOUT|TimeLimit\n", "", {"7": ("TIMEOUT", "TimeLimit", False, "TIMEOUT (TimeLimit)")}),
+    (0, "7|CANCELLED by 1000|None\n7.batch|CANCELLED|None\n7.extern|COMPLETED|None\n", "",
+     {"7": ("CANCELLED", "None", False, "CANCELLED")}),
+    (0, "8|OUT_OF_MEMORY|OutOfMemory\n9|RUNNING|None\n", "", {
+        "8": ("OUT_OF_MEMORY", "OutOfMemory", False, "OUT_OF_MEMORY (OutOfMemory)"),
+        "9": ("RUNNING", "None", True, "RUNNING")}),
+    (0, "garbage\n10_1|COMPLETED|None\n|||\n", "", {}),
+])
+def test_sacct_lines(code, stdout, stderr, expected):
+    found = slurm_job.parse_sacct(code, stdout, stderr)
+    assert (None if found is None else
+            {job: (e.state, e.reason, e.is_active, e.describe()) for job, e in found.items()}) == expected
 
 
 def test_squeue_backs_off_from_poll_interval_to_poll_max():
