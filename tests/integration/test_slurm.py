@@ -222,3 +222,20 @@ def test_the_doctor_checks_the_login_nodes_slurm(slurm_testbed):
     bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS, "gpus_per_job": 3})
     run = doctor(bed)
     assert checks(run)["Slurm partition"][0] == "✗" and "at most 2 GPUs per node" in run.stdout
+
+
+def test_the_doctors_gpu_line_is_the_compute_nodes_not_the_login_nodes(slurm_testbed):
+    """The test bed's login node has no GPU; its partition has two (fake ones, for scheduling)."""
+    from .test_doctor import checks, doctor
+
+    bed = slurm_testbed
+    lines = checks(doctor(bed, "--device", "cuda"))
+    assert lines["GPU"] == ("✓", "on the compute nodes (sinfo), not this login node: "
+                                 "partition gpu: 1 nodes, GPUs per node: gpu:2")
+    # a job on the node gets one of them (CUDA_VISIBLE_DEVICES), but no nvidia-smi there lists it
+    probed = doctor(bed, "--device", "cuda", "--probe-job")
+    lines = checks(probed)
+    assert lines["Slurm probe job"][0] == "✓", probed.stdout
+    mark, found = lines["GPU"]
+    assert mark == "✗" and found in {f"a job on a compute node got CUDA_VISIBLE_DEVICES={gpu}, but nvidia-smi there "
+                                     "lists no GPU" for gpu in (0, 1)}, probed.stdout

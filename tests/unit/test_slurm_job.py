@@ -11,6 +11,7 @@ import pytest
 
 from evalkit import slurm_job
 from evalkit.config import Settings, SlurmSettings, build_settings
+from evalkit.diagnosis import Check
 from evalkit.errors import ConfigError
 from evalkit.plan import build_plan
 from evalkit.evaluation import Evaluation
@@ -250,7 +251,40 @@ def test_the_probe_job_asks_for_what_the_evaluations_jobs_ask():
                                           ["/data", "/with space"])
     assert shlex.split(command) == ["srun", "--immediate=120", "--time=5", "--job-name=evalkit-doctor",
                                     "--partition=a100", "--gres=gpu:2", "--account=lab",
-                                    "stat", "--format=%n", "/data", "/with space"]
+                                    "bash", "-c", slurm_job.PROBE_SCRIPT, "evalkit-probe", "/data", "/with space"]
+
+
+def test_the_probe_jobs_script_stats_each_path_then_says_which_gpus_it_got(tmp_path):
+    (tmp_path / "with space").mkdir()
+    argv = shlex.split(slurm_job.probe_job_command(settings(), [str(tmp_path), str(tmp_path / "with space")]))
+    script = argv[argv.index("bash"):]
+    seen = subprocess.run(script, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "1"})
+    assert seen.returncode == 0 and seen.stdout.splitlines()[:3] == [str(tmp_path), str(tmp_path / "with space"),
+                                                                     "CUDA_VISIBLE_DEVICES=1"]
+    missing = subprocess.run([*script[:-2], str(tmp_path / "nosuch")], capture_output=True, text=True)
+    assert missing.returncode != 0 and "CUDA_VISIBLE_DEVICES" not in missing.stdout
+
+
+LOGIN_GPU = Check("GPU", False, "torch sees no CUDA GPU with CUDA_VISIBLE_DEVICES=0", "pick a free GPU")
+PARTITION_OK = Check("Slurm partition", True, "partition a100: 8 nodes, GPUs per node: gpu:a100:4")
+PARTITION_BAD = Check("Slurm partition", False, "nosuch does not exist (partitions: a100)", "set slurm.partition")
+
+
+@pytest.mark.parametrize("device, partition, seen_by_job, ok, says", [
+    # the login node's own GPU is not the compute nodes': without the probe job, the partition's
+    ("cuda", PARTITION_OK, None, True, "on the compute nodes (sinfo), not this login node: partition a100"),
+    ("cuda", PARTITION_BAD, None, False, "nosuch does not exist"),
+    # with --probe-job, what nvidia-smi showed the job on a compute node
+    ("cuda", PARTITION_OK, "/data\nCUDA_VISIBLE_DEVICES=2\nGPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-1)\n", True,
+     "a job on a compute node got CUDA_VISIBLE_DEVICES=2: GPU 0: NVIDIA A100-SXM4-80GB"),
+    ("cuda", PARTITION_OK, "/data\nCUDA_VISIBLE_DEVICES=0\n", False, "but nvidia-smi there lists no GPU"),
+    ("cpu", PARTITION_OK, None, False, "torch sees no CUDA GPU"),  # --device cpu: the probe's own line
+])
+def test_the_doctors_gpu_line_under_slurm_is_the_compute_nodes(device, partition, seen_by_job, ok, says):
+    check = slurm_job.compute_node_gpu_check(LOGIN_GPU, partition, seen_by_job,
+                                             dataclasses.replace(settings(), device=device))
+    assert (check.name, check.ok) == ("GPU", ok) and says in check.found
+    assert bool(check.fix) != ok
 
 
 @pytest.mark.parametrize("code, stderr, ok, says", [
