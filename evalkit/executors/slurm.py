@@ -125,6 +125,16 @@ class SlurmExecutor(SshExecutor):
         alive while Slurm lists the job as pending or running. A job Slurm ended raises
         SlurmJobEnded; one gone from the queue, and from accounting, SlurmJobLost; both only after
         slurm.lost_after seconds (the shared filesystem may show the run's last files late)."""
+        return self._state(run, patient=True)
+
+    def look(self, run: RemoteRun) -> JobState:
+        """As state(), at once: how Slurm ended the job, or that it is lost, is the answer."""
+        try:
+            return self._state(run, patient=False)
+        except (SlurmJobEnded, SlurmJobLost) as ended:
+            return JobState(None, False, detail=ended.message)
+
+    def _state(self, run: RemoteRun, patient: bool) -> JobState:
         final = self._final_state(run)
         if final is not None:
             return final
@@ -136,22 +146,9 @@ class SlurmExecutor(SshExecutor):
             self.missing_since.pop(run.run_id, None)
             return _waiting_or_running(entry)
         first_missing = self.missing_since.setdefault(run.run_id, time.monotonic())
-        if time.monotonic() - first_missing < self.settings.slurm.lost_after:
+        if patient and time.monotonic() - first_missing < self.settings.slurm.lost_after:
             return JobState(None, True)  # its status.json may not have reached this side of the filesystem yet
         return self._after_the_queue(run, job_id, entry)
-
-    def look(self, run: RemoteRun) -> JobState:
-        """As state(), at once: how Slurm ended the job, or that it is lost, is the answer."""
-        final = self._final_state(run)
-        if final is not None:
-            return final
-        job_id = self._job_id(run)
-        if job_id is None:
-            return JobState(None, False, unknown="no Slurm job was submitted for this run")
-        try:
-            return self._after_the_queue(run, job_id, self.group.queue(self.connection, self.settings.slurm).get(job_id))
-        except (SlurmJobEnded, SlurmJobLost) as ended:
-            return JobState(None, False, detail=ended.message)
 
     def _final_state(self, run: RemoteRun) -> JobState | None:
         status = self._read_json(run.path("status.json"))
