@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from evalkit.evaluation import Evaluation  # noqa: E402
 from evalkit.plan import CHECK_STEPS, build_plan  # noqa: E402
+from evalkit.slurm_job import ACTIVE  # noqa: E402
 from evalkit.testbed.slurm import LoopbackSlurm  # noqa: E402
 from evalkit.testbed.sshd import LoopbackSshd  # noqa: E402
 
@@ -85,9 +86,7 @@ def four_models(bed, slurm_env: dict) -> dict:
     submitted = {}
     for found in (output / ".evalkit" / "runs").glob("*/slurm.json"):
         submitted[json.loads(found.read_text())["job_id"]] = found.stat().st_mtime
-    listed = subprocess.run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(submitted)}",
-                             "--format=%i|%V|%S|%e|%T"], env=slurm_env, capture_output=True, text=True,
-                            check=True).stdout
+    listed = _when_all_ended(list(submitted), slurm_env)
     jobs = {}
     for line in listed.split():
         job_id, submit, start, end, state = line.split("|")
@@ -96,6 +95,19 @@ def four_models(bed, slurm_env: dict) -> dict:
     at_once = max(sum(start <= moment < end for start, end in intervals) for moment, _ in intervals)
     return {"seconds": seconds, "jobs": jobs, "submit_spread_seconds": max(submitted.values()) - min(submitted.values()),
             "at_once": at_once, "all_completed": all(job["state"] == "COMPLETED" for job in jobs.values())}
+
+
+def _when_all_ended(job_ids: list[str], slurm_env: dict, timeout: float = 120) -> str:
+    """squeue's lines for JOB_IDS once none is active: a job ends a moment after its run's files
+    say so (the batch shell exits after the driver), and until then its end time is its limit."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = subprocess.run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(job_ids)}",
+                                 "--format=%i|%V|%S|%e|%T"], env=slurm_env, capture_output=True, text=True,
+                                check=True).stdout
+        if all(line.rsplit("|", 1)[1] not in ACTIVE for line in listed.split()) or time.monotonic() > deadline:
+            return listed
+        time.sleep(0.5)
 
 
 def _epoch(stamp: str) -> float:
