@@ -10,6 +10,8 @@ c. start-up: `python distillation_model_evaluation.py --help`              targe
 d. KNN at MUGE-valid scale: upstream's two scripts vs --knn fast (benchmarks/knn.py)
                                                                            target >= 20x
 S-e, S-f, S-g (sweeps; with --sweeps, or alone with --sweeps-only): see benchmarks/sweeps.py
+h, i (Slurm's executor on the test bed's Slurm; with --slurm, or alone with --slurm-only): see
+   benchmarks/slurm.py
 
 The server side is the test bed's: Debian's sshd on 127.0.0.1, a CPU venv with cn_clip
 (EVALKIT_TESTBED_PYTHON, else built under .testbed/), the tiny Flickr30k-CN-format dataset and a
@@ -39,6 +41,7 @@ from evalkit.testbed.builders import build_checkpoint, build_dataset  # noqa: E4
 from evalkit.testbed.server_env import ensure_server_venv, site_packages  # noqa: E402
 from evalkit.testbed.sshd import LoopbackSshd  # noqa: E402
 
+import slurm  # noqa: E402  (benchmarks/slurm.py, beside this file)
 import sweeps  # noqa: E402  (benchmarks/sweeps.py, beside this file)
 
 ALIAS = "evalkit-bench"
@@ -59,7 +62,7 @@ class Bed:
     """The loopback server and an evalkit config pointing at it."""
 
     def __init__(self, work: Path, python: Path, sshd: LoopbackSshd) -> None:
-        self.work, self.python = work, python
+        self.work, self.python, self.alias = work, python, ALIAS
         datapath = work / "datapath"
         build_dataset(python, datapath, DATASET, "valid")
         self.checkpoint = build_checkpoint(python, datapath / "experiments" / "bench" / "checkpoints" /
@@ -165,6 +168,7 @@ def table(results: dict) -> str:
             ("c. --help start-up (s)", f"{results['startup']['median']:.3f}", "<= 0.3",
              results["startup"]["median"] <= TARGETS["startup_seconds"])]
     rows += sweeps.rows(results)
+    rows += slurm.rows(results)
     if "knn" in results:
         ratio = knn_speedup(results["knn"])
         rows.append(("d. KNN at MUGE scale: upstream / --knn fast", f"{ratio:.1f}x", ">= 20x",
@@ -194,6 +198,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sweeps-only", action="store_true", help="only e, f, g")
     parser.add_argument("--sweep-size", type=int, default=6, help="checkpoints of e (then one more for f)")
     parser.add_argument("--sweep-cells", type=int, default=100, help="reused cells of g")
+    parser.add_argument("--slurm", action="store_true", help="also h, i (benchmarks/slurm.py)")
+    parser.add_argument("--slurm-only", action="store_true", help="only h, i")
+    parser.add_argument("--slurm-runs", type=int, default=3, help="alternating runs of each side of h")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "run.json")
     return parser.parse_args()
 
@@ -216,13 +223,16 @@ def main() -> None:
             bed = Bed(work, python, sshd)
             results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                    "python": platform.python_version()}, "runs": args.runs}
-            if not args.sweeps_only:
+            only = args.sweeps_only or args.slurm_only
+            if not only:
                 results.update(overhead=overhead(bed, args.runs), rerun=rerun(bed, args.runs),
                                startup=startup(args.runs))
             if args.sweeps or args.sweeps_only:
                 results.update(sweep=sweeps.sweep_vs_loop(bed, args.sweep_size),
                                reused_sweep=sweeps.reused_sweep(bed, args.sweep_cells))
-        if not args.skip_knn and not args.sweeps_only:
+        if args.slurm or args.slurm_only:
+            results.update(slurm.measure(Bed, work, python, args.slurm_runs))
+        if not args.skip_knn and not only:
             results["knn"] = knn(python, args.knn_runs, work)
     print(table(results))
     args.output.parent.mkdir(parents=True, exist_ok=True)

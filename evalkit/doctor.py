@@ -69,30 +69,37 @@ def run_doctor(settings: Settings, evaluation: Evaluation,
             return checks
         exit_code, stdout, stderr = connection.capture(diagnosis.doctor_command(settings, evaluation),
                                                        timeout=min(settings.step_timeout, PROBE_TIMEOUT_SECONDS))
-        add(*diagnosis.interpret(diagnosis.parse_probe(exit_code, stdout, stderr), settings, evaluation))
-        if settings.executor == "slurm":
-            add(*_slurm_checks(connection, settings, [settings.datapath, settings.chinese_clip_dir,
-                                                      settings.output_root, evaluation.checkpoint]
-                               if probe_job else None))
+        found = diagnosis.interpret(diagnosis.parse_probe(exit_code, stdout, stderr), settings, evaluation)
+        if settings.executor != "slurm":
+            add(*found)
+            return checks
+        slurm_checks, seen_by_job = _slurm_checks(connection, settings, [
+            settings.datapath, settings.chinese_clip_dir, settings.output_root, evaluation.checkpoint]
+            if probe_job else None)
+        partition = next(check for check in slurm_checks if check.name == "Slurm partition")
+        add(*(slurm_job.compute_node_gpu_check(check, partition, seen_by_job, settings) if check.name == "GPU"
+              else check for check in found), *slurm_checks)
     return checks
 
 
-def _slurm_checks(connection: Connection, settings: Settings, probed: list[str] | None) -> list[Check]:
+def _slurm_checks(connection: Connection, settings: Settings,
+                  probed: list[str] | None) -> tuple[list[Check], str | None]:
     """The login node's Slurm: its commands, its controller, the partition and its GPUs; with
-    PROBED, a tiny job that stats those paths on a compute node."""
+    PROBED, a tiny job that stats those paths on a compute node: its stdout too, when it ran."""
     def said(command: str) -> tuple[int, str]:
         code, stdout, stderr = connection.capture(command, timeout=settings.connect_timeout * 4)
         return code, (stdout or stderr).decode("utf-8", "replace")
 
     checks = slurm_job.doctor_checks(said(slurm_job.FOUND_COMMANDS)[1], said(slurm_job.PING),
                                      said(slurm_job.PARTITIONS), settings.slurm)
-    if probed and all(check.ok for check in checks):
-        paths = [path for path in probed if path]
-        code, stdout, stderr = connection.capture(slurm_job.probe_job_command(settings, paths),
-                                                  timeout=slurm_job.PROBE_WAIT + 120)
-        checks.append(slurm_job.probe_job_check(code, stdout.decode("utf-8", "replace"),
-                                                stderr.decode("utf-8", "replace"), paths))
-    return checks
+    if not probed or not all(check.ok for check in checks):
+        return checks, None
+    paths = [path for path in probed if path]
+    code, stdout, stderr = connection.capture(slurm_job.probe_job_command(settings, paths),
+                                              timeout=slurm_job.PROBE_WAIT + 120)
+    said = stdout.decode("utf-8", "replace")
+    checks.append(slurm_job.probe_job_check(code, said, stderr.decode("utf-8", "replace"), paths))
+    return checks, said if code == 0 else None
 
 
 def preflight(settings: Settings, evaluation: Evaluation, ran: tuple[int, bytes, bytes]) -> None:

@@ -27,12 +27,17 @@ LIVENESS_EVERY = 10.0     # seconds between asking whether the driver still live
 STREAMS = {"stdout": "out", "stderr": "err"}
 
 
+def step_base(run: RemoteRun, step: Step) -> str:
+    """The name its files share in the run directory: step-N (.started, .out, .err, .exit)."""
+    return f"step-{run.plan.steps.index(step)}"
+
+
 class StepFiles:
     """One step's files in the run directory, and how far each output file has been read."""
 
     def __init__(self, session: Session, run: RemoteRun, step: Step) -> None:
         self.session = session
-        self.base = run.path(f"step-{run.plan.steps.index(step)}")
+        self.base = run.path(step_base(run, step))
         self.offsets = {stream: 0 for stream in STREAMS}
 
     def has_started(self) -> bool:
@@ -56,10 +61,6 @@ class StepFiles:
         self.offsets[stream] += len(chunk)
         return chunk
 
-    @property
-    def stdout_path(self) -> str:
-        return f"{self.base}.out"
-
 
 class Follower:
     """Follows a run's steps in order, showing their output as it comes."""
@@ -70,6 +71,7 @@ class Follower:
         self.reporter, self.log, self.step_timeout = reporter, log, step_timeout
         self.doorbell = doorbell  # rings when the run moves on (executors.base.Launched)
         self.detail: str | None = None  # the scheduler's last word on the run (JobState.detail)
+        self.liveness = _Liveness(run, self._state)
 
     def follow(self, outcome: RunOutcome, on_step_done: Callable[[Step], None]) -> None:
         for step in self.run.plan.steps:
@@ -78,7 +80,7 @@ class Follower:
 
     def output_path(self, step: Step) -> str:
         """The server file holding STEP's stdout."""
-        return StepFiles(self.session, self.run, step).stdout_path
+        return self.run.path(f"{step_base(self.run, step)}.out")
 
     def _follow_step(self, step: Step) -> StepResult:
         files, steps = StepFiles(self.session, self.run, step), self.run.plan.steps
@@ -126,7 +128,7 @@ class Follower:
     def _wait_for(self, found: Callable[[], object], step: Step, while_waiting: Callable[[], bool] = lambda: False,
                   started: float | None = None):
         """Poll FOUND until it returns something; fast while output flows, slower when idle."""
-        pause, last_check = FASTEST_POLL, time.monotonic()
+        pause = FASTEST_POLL
         while True:
             if while_waiting():
                 pause = FLOWING_POLL
@@ -134,9 +136,7 @@ class Follower:
             if value is not None:
                 return value
             # also while output flows: a killed driver's steps may go on printing, orphaned
-            if time.monotonic() - last_check > LIVENESS_EVERY:
-                self._check_alive(step)
-                last_check = time.monotonic()
+            self.liveness.check(f"during step {step.name!r}")
             if started is not None and time.monotonic() - started > self.step_timeout:
                 raise ConnectionLost(f"step {step.name!r} ran longer than step_timeout ({self.step_timeout:.0f} s)",
                                      f"raise step_timeout in the config file; cancel the run with "
@@ -150,12 +150,12 @@ class Follower:
         if self.doorbell is None or not self.doorbell(seconds):
             time.sleep(seconds)
 
-    def _check_alive(self, step: Step) -> None:
+    def _state(self) -> JobState:
         state = self.session.call(lambda connection: self.executor.state(self.run))
         if state.detail and state.detail != self.detail:  # a job waiting in a scheduler's queue, and why
             self.reporter.note(state.detail)
         self.detail = state.detail
-        check_alive(state, self.run, f"during step {step.name!r}")
+        return state
 
 
 def check_alive(state: JobState, run: RemoteRun, when: str) -> None:

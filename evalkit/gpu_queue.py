@@ -18,6 +18,7 @@ from .config import Settings
 from .epochs import annotate
 from .errors import ComparisonIncomplete, EvalkitError
 from .evaluation import Evaluation
+from .executors.base import CancelResult, RunGroup
 from .outcome import Reporter
 from .store import LocalStore
 from .significance import ci95_of, parse_query_hits
@@ -27,6 +28,7 @@ from .unchanged import remember
 
 ReporterFactory = Callable[[Evaluation], Reporter]
 FailureHandler = Callable[[Evaluation, EvalkitError], None]
+CancelHandler = Callable[[dict[str, CancelResult]], None]
 # OpenSSH serves 10 sessions per connection (MaxSessions' default) and a running evaluation holds
 # up to 3 (its starter, its thread's SFTP client, a short command such as a cancel)
 EVALUATIONS_PER_CONNECTION = 3
@@ -34,11 +36,23 @@ EVALUATIONS_PER_CONNECTION = 3
 
 def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[int],
                  make_reporter: ReporterFactory, on_failure: FailureHandler,
-                 listing: Listing | None = None) -> list[ModelResult]:
+                 on_cancelled: CancelHandler = lambda results: None, listing: Listing | None = None
+                 ) -> list[ModelResult]:
     """Every evaluation's row, in the order given; with several GPUs, that many at a time.
     One connection serves up to EVALUATIONS_PER_CONNECTION GPUs' evaluations (reconnecting as
     one run does). With the sweep's LISTING, each evaluation that succeeds is remembered
-    (unchanged.py) as soon as it has."""
+    (unchanged.py) as soon as it has. On Ctrl-C every run still going is cancelled at once
+    (ON_CANCELLED hears how) before KeyboardInterrupt goes on."""
+    group = pipeline.new_group(settings)
+    try:
+        return _evaluate_all(settings, evaluations, gpus, make_reporter, on_failure, group, listing)
+    except KeyboardInterrupt:
+        on_cancelled(pipeline.cancel_group(settings, group))
+        raise
+
+
+def _evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[int], make_reporter: ReporterFactory,
+                  on_failure: FailureHandler, group: RunGroup, listing: Listing | None) -> list[ModelResult]:
     results: dict[int, ModelResult] = {}
     work: queue.Queue = queue.Queue()
     for index, evaluation in enumerate(evaluations):
@@ -53,24 +67,24 @@ def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[i
             except queue.Empty:
                 return
             on_gpu = dataclasses.replace(settings, gpu=gpu)
-            results[index] = evaluate_one(on_gpu, evaluation, make_reporter(evaluation), on_failure, shared, listing)
+            results[index] = evaluate_one(on_gpu, evaluation, make_reporter(evaluation), on_failure, shared, group,
+                                          listing)
 
-    try:
-        if len(gpus) == 1:
-            worker(gpus[0], connections[0])
-        else:
-            # daemon threads: Ctrl-C ends the command without waiting for them
-            threads = [threading.Thread(target=worker, args=(gpu, connections[number // EVALUATIONS_PER_CONNECTION]),
-                                        daemon=True) for number, gpu in enumerate(gpus)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(timeout=0.2)  # short joins keep the main thread responsive to Ctrl-C
-    finally:
-        for shared in connections:
-            if shared is not None:
-                shared.close()
+    if len(gpus) == 1:
+        worker(gpus[0], connections[0])
+    else:
+        # daemon threads: Ctrl-C ends the command without waiting for them (their runs: cancel_group)
+        threads = [threading.Thread(target=worker, args=(gpu, connections[number // EVALUATIONS_PER_CONNECTION]),
+                                    daemon=True) for number, gpu in enumerate(gpus)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.2)  # short joins keep the main thread responsive to Ctrl-C
+    # not on Ctrl-C: closed under the threads still following, their sessions would reconnect
+    for shared in connections:
+        if shared is not None:
+            shared.close()
     return [results[index] for index in range(len(evaluations))]
 
 
@@ -82,17 +96,19 @@ def _sweep_connection(settings: Settings) -> pipeline.Connection | None:
 
 
 def evaluate_one(settings: Settings, evaluation: Evaluation, reporter: Reporter, on_failure: FailureHandler,
-                 shared: pipeline.Connection | None = None, listing: Listing | None = None) -> ModelResult:
+                 shared: pipeline.Connection | None = None, group: RunGroup | None = None,
+                 listing: Listing | None = None) -> ModelResult:
     started = clock.timestamp()
     try:
-        result = model_result(pipeline.evaluate(settings, evaluation, reporter, shared=shared), started)
+        result = model_result(pipeline.evaluate(settings, evaluation, reporter, shared=shared, group=group), started)
         if listing is not None:
             remember(settings, evaluation, listing, result)
         return result
     except Exception as exc:  # one model's failure, even a bug, must not stop the others
         error = exc if isinstance(exc, EvalkitError) else EvalkitError(
             f"unexpected error: {type(exc).__name__}: {exc}", "rerun this model alone with --debug and report it")
-        on_failure(evaluation, error)
+        if group is None or not group.is_closed:  # after Ctrl-C, cancel_group says what became of each run
+            on_failure(evaluation, error)
         return ModelResult(evaluation.label, evaluation.checkpoint, "failed", {}, error=error.message,
                            exit_code=error.exit_code, started_at=started, finished_at=clock.timestamp())
     finally:

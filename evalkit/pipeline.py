@@ -21,10 +21,10 @@ from . import clock, server_outputs
 from .config import Settings
 from .diagnosis import preflight_call
 from .doctor import preflight
-from .errors import EvalkitError, EvaluationFailed, OutputsNotReady, RunLocked, SlurmRefused
+from .errors import EvalkitError, EvaluationFailed, OutputsNotReady, RemoteStepFailed, RunLocked, SlurmRefused
 from .evaluation import SERVER_LATEST, Evaluation
 from .executors import executor_class
-from .executors.base import CancelResult, Executor, JobState, Launched, RemoteRun
+from .executors.base import CancelResult, Executor, JobState, Launched, RemoteRun, RunGroup
 from .follow import Follower, read_logs
 from .outcome import Reporter, RunOutcome
 from .provenance import RUN_FILE as PROVENANCE_FILE, build_provenance, facts_printed as provenance_facts, \
@@ -51,23 +51,32 @@ class Report:
 
 
 @contextmanager
-def connected(settings: Settings, shared: Connection | None = None) -> Iterator[tuple[Session, Executor]]:
+def connected(settings: Settings, shared: Connection | None = None,
+              group: RunGroup | None = None) -> Iterator[tuple[Session, Executor]]:
     """Connected (host key and auth checked) before any local file is created. SHARED: a
     connection that serves several evaluations one after another (a sweep), opened here when
-    it is not yet, and left open for the next."""
+    it is not yet, and left open for the next. GROUP: what the executors of one command share
+    (new_group)."""
     if shared is not None:
-        with _executor_on(shared.open(), settings) as pair:
+        with _executor_on(shared.open(), settings, group) as pair:
             yield pair
         return
     target = resolve_target(settings.host, settings.ssh_config_path)
     with Connection(target, settings.connect_timeout).open() as connection:
-        with _executor_on(connection, settings) as pair:
+        with _executor_on(connection, settings, group) as pair:
             yield pair
 
 
+def new_group(settings: Settings) -> RunGroup:
+    """What the evaluations of one command share, whatever their thread: their runs (Ctrl-C
+    cancels them all, cancel_group) and what their executor shares (Slurm: one squeue per poll)."""
+    return executor_class(settings.executor).group_class()
+
+
 @contextmanager
-def _executor_on(connection: Connection, settings: Settings) -> Iterator[tuple[Session, Executor]]:
-    executor = executor_class(settings.executor)(connection, settings)
+def _executor_on(connection: Connection, settings: Settings,
+                 group: RunGroup | None) -> Iterator[tuple[Session, Executor]]:
+    executor = executor_class(settings.executor)(connection, settings, group)
     try:
         yield Session(connection), executor
     finally:
@@ -80,14 +89,14 @@ def sweep_connection(settings: Settings) -> Connection:
     return Connection(resolve_target(settings.host, settings.ssh_config_path), settings.connect_timeout)
 
 
-def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter,
-             detach: bool = False, shared: Connection | None = None) -> Report | RunRecord:
+def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter, detach: bool = False,
+             shared: Connection | None = None, group: RunGroup | None = None) -> Report | RunRecord:
     """Run EVALUATION's stages on the server; recall results land in the local store.
 
     The steps run detached on the server; with DETACH the run record is returned as soon as
-    they started, else they are followed to the end. SHARED: see connected().
+    they started, else they are followed to the end. SHARED, GROUP: see connected().
     """
-    with connected(settings, shared) as (session, executor):
+    with connected(settings, shared, group) as (session, executor):
         store = LocalStore.of(settings)
         evaluation, facts, origin = _ready(session, executor, store, settings, evaluation, reporter)
         record, launched = _start(executor, store, settings, evaluation, reporter)
@@ -142,13 +151,18 @@ def _start(executor: Executor, store: LocalStore, settings: Settings, evaluation
 def _launch(executor: Executor, store: LocalStore, record: RunRecord, reporter: Reporter) -> Launched:
     """The run's driver started; on any failure, nothing of it left running unnoticed."""
     try:
-        return executor.launch(_remote(record))
+        launched = executor.launch(_remote(record))
     except (RunLocked, SlurmRefused):
         store.forget_record(record.run_id)  # refused by the server: it never ran
         raise
     except BaseException:  # Ctrl-C, a timeout, a lost link: it may have started
         _cancel_after_interrupt(executor, record, reporter)
         raise
+    if not executor.group.add(_remote(record)):  # Ctrl-C in another thread while this one launched
+        _cancel_after_interrupt(executor, record, reporter)
+        raise RemoteStepFailed(f"run {record.run_id} was cancelled: the command was interrupted",
+                               "start the evaluation again")
+    return launched
 
 
 def _reach(run_id: str) -> str:
@@ -233,8 +247,19 @@ def cancel(record: RunRecord, grace: float = 10.0) -> CancelResult:
 
 
 def state(record: RunRecord) -> JobState:
+    """What the run's files and the server say now (`status`)."""
     with connected(record.settings) as (_, executor):
-        return executor.state(_remote(record))
+        return executor.look(_remote(record))
+
+
+def cancel_group(settings: Settings, group: RunGroup, grace: float = 10.0) -> dict[str, CancelResult]:
+    """Ctrl-C in a command of several evaluations: no run joins GROUP any more, and every run
+    still going is cancelled at once, over a connection of its own; by run id."""
+    runs = group.close()
+    if not runs:
+        return {}
+    with connected(settings, group=group) as (_, executor):
+        return executor.cancel_all(runs, grace)
 
 
 def logs(record: RunRecord, follow: bool) -> Iterator[str]:
@@ -265,6 +290,8 @@ def _follow_to_end(session: Session, executor: Executor, record: RunRecord, repo
         except KeyboardInterrupt:
             _cancel_after_interrupt(executor, record, reporter)
             raise
+        finally:  # followed to its end, or given up on: Ctrl-C in another thread leaves it be
+            executor.group.discard(record.run_id)
         fetch_results(session, _remote(record), outcome)
     if "recall" not in evaluation.stages:
         return Report(evaluation, outcome, recorder.facts, None, [], log_path)
@@ -315,6 +342,7 @@ def _cancel_after_interrupt(executor: Executor, record: RunRecord, reporter: Rep
         reporter.note(f"could not cancel run {record.run_id} ({error.message}): "
                       f"python -m evalkit cancel {record.run_id}")
         return
+    executor.group.discard(record.run_id)
     reporter.note(result.describe(record.run_id))
 
 

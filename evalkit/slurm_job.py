@@ -16,6 +16,7 @@ from .server import JOB_RUNNER, in_server_env, script_call
 
 SIGNAL_SECONDS = 120  # before the time limit Slurm tells the job's batch shell (--signal=B:TERM@120)
 SQUEUE_FORMAT = "%i|%T|%r"
+SACCT_FORMAT = "JobID,State,Reason"  # the same three fields, in sacct's words
 OUTPUT_NAME = "slurm-%j.out"   # the job's own stdout and stderr (Slurm's messages), in the run's folder
 SIGNALLED_NAME = "slurm-signalled"  # written by the batch shell when Slurm's TERM reaches it
 ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
@@ -109,6 +110,13 @@ def squeue_argv(job_ids: list[str]) -> list[str]:
     return ["squeue", "--noheader", "--states=all", f"--jobs={','.join(job_ids)}", f"--format={SQUEUE_FORMAT}"]
 
 
+def sacct_argv(job_ids: list[str]) -> list[str]:
+    """Accounting's final word on JOB_IDS (the jobs alone, not their steps), once squeue has
+    forgotten them; with --jobs sacct looks back to the epoch, not only today."""
+    return ["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={','.join(job_ids)}",
+            f"--format={SACCT_FORMAT}"]
+
+
 def parse_job_id(stdout: str) -> str | None:
     """sbatch --parsable prints `ID` or `ID;CLUSTER`."""
     first = stdout.strip().splitlines()[-1:] if stdout.strip() else []
@@ -123,6 +131,20 @@ def parse_squeue(text: str) -> dict[str, QueueEntry]:
         fields = line.strip().split("|")
         if len(fields) == 3 and fields[0]:
             found[fields[0]] = QueueEntry(fields[0], fields[1].split()[0] if fields[1] else "", fields[2])
+    return found
+
+
+def parse_sacct(code: int, stdout: str, stderr: str) -> dict[str, QueueEntry] | None:
+    """sacct's answer (SACCT_FORMAT, --parsable2) as squeue's, by job id; None where the cluster keeps no
+    accounting ("Slurm accounting storage is disabled") or sacct failed: then squeue is all there is.
+    A step's line (`7.batch`) is skipped; `CANCELLED by 1000` is CANCELLED."""
+    if code != 0 or "accounting storage is disabled" in stderr + stdout:
+        return None
+    found = {}
+    for line in stdout.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) == 3 and fields[0].isdigit() and fields[1]:
+            found[fields[0]] = QueueEntry(fields[0], fields[1].split()[0], fields[2])
     return found
 
 
@@ -194,18 +216,22 @@ def _partition_check(partitions: tuple[int, str], slurm: SlurmSettings) -> Check
 
 
 PROBE_WAIT = 120  # seconds srun waits for the probe job to start (--immediate)
+# the probe job's script: the paths ("$@") stat'ed, then the GPUs Slurm gave it, as the node sees them
+PROBE_SCRIPT = ('stat --format=%n "$@" || exit; echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}"; '
+                "nvidia-smi -L 2>/dev/null || true")
 
 
 def probe_job_command(settings: Settings, paths: list[str]) -> str:
     """A tiny job (srun, as the evaluations' jobs ask: partition, GPUs, account, qos) that stats
-    PATHS on a compute node; given up when Slurm cannot start it within PROBE_WAIT seconds."""
+    PATHS on a compute node and lists the GPUs it got there; given up when Slurm cannot start it
+    within PROBE_WAIT seconds."""
     slurm = settings.slurm
     options = [f"--partition={slurm.partition}"] if slurm.partition else []
     options += [f"--gres=gpu:{slurm.gpus_per_job}"] if slurm.gpus_per_job else []
     options += [f"--account={slurm.account}"] if slurm.account else []
     options += [f"--qos={slurm.qos}"] if slurm.qos else []
     return shlex.join(["srun", f"--immediate={PROBE_WAIT}", "--time=5", "--job-name=evalkit-doctor", *options,
-                       "stat", "--format=%n", *paths])
+                       "bash", "-c", PROBE_SCRIPT, "evalkit-probe", *paths])
 
 
 def probe_job_check(code: int, stdout: str, stderr: str, paths: list[str]) -> Check:
@@ -215,3 +241,23 @@ def probe_job_check(code: int, stdout: str, stderr: str, paths: list[str]) -> Ch
     return Check("Slurm probe job", False, f"a job on a compute node: {said}",
                  "put the datapath, chinese_clip_dir and remote_output_dir on the filesystem the compute nodes "
                  "share with the login node; if the job could not start, check the slurm section")
+
+
+def compute_node_gpu_check(login_node: Check, partition: Check, seen_by_job: str | None, settings: Settings) -> Check:
+    """The doctor's GPU line under Slurm. The evaluations run on compute nodes, so the login node's
+    own GPU (LOGIN_NODE: the probe's line) says nothing about theirs: the partition's GPUs (sinfo's
+    Gres: PARTITION, the doctor's partition line) do and, with --probe-job, what nvidia-smi showed
+    a job on a compute node (SEEN_BY_JOB: the probe job's stdout, None when it did not run)."""
+    if settings.device == "cpu":
+        return login_node
+    if seen_by_job is None:
+        return Check("GPU", partition.ok, f"on the compute nodes (sinfo), not this login node: {partition.found}",
+                     partition.fix)
+    lines = seen_by_job.splitlines()
+    visible = next((line.split("=", 1)[1] for line in lines if line.startswith("CUDA_VISIBLE_DEVICES=")), "unset")
+    gpus = [line.strip() for line in lines if line.startswith("GPU ")]
+    if gpus:
+        return Check("GPU", True, f"a job on a compute node got CUDA_VISIBLE_DEVICES={visible}: {'; '.join(gpus)}")
+    return Check("GPU", False, f"a job on a compute node got CUDA_VISIBLE_DEVICES={visible}, but nvidia-smi there "
+                 "lists no GPU", "check slurm.partition and slurm.gpus_per_job (`sinfo -o '%P %G'` lists each "
+                 "partition's GPUs), or ask the cluster's admins; --device cpu runs without one")

@@ -266,6 +266,8 @@ def describe_state(state: JobState, recorded: str = "started") -> str:
         return state.state
     if state.driver_alive:
         return state.detail or "running"
+    if state.detail:  # a scheduler's word on how the run's job ended, its files silent
+        return state.detail
     if recorded == "starting":
         return "never started (evalkit stopped while starting it)"
     return "gone (driver died or server rebooted)"

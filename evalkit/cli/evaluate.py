@@ -206,6 +206,10 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation], o
     def failed(evaluation: Evaluation, error: EvalkitError) -> None:
         view.show_model_failed(out, name(evaluation), error)
 
+    def cancelled(results: dict) -> None:  # Ctrl-C: what became of each run still going
+        for run_id, result in results.items():
+            view.show_note(out, result.describe(run_id))
+
     for evaluation, row in kept.items():
         view.show_unchanged(out, name(evaluation), row.run_id)
     if not todo:
@@ -215,12 +219,12 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation], o
             position = f"[{todo.index(evaluation) + 1}/{len(todo)}] "
             view.show_model_header(out, position + name(evaluation), evaluation.checkpoint)
             return view.LiveReporter(out, options.verbose)
-        ran = evaluate_all(settings, todo, gpus, one_after_another, failed, listing)
+        ran = evaluate_all(settings, todo, gpus, one_after_another, failed, cancelled, listing)
     else:
         with view.concurrent_progress(out, total=len(todo)) as progress:
             ran = evaluate_all(settings, todo, gpus,
                                lambda evaluation: view.ConcurrentReporter(out, progress, name(evaluation)), failed,
-                               listing)
+                               cancelled, listing)
     rows = iter(ran)
     return [kept[evaluation] if evaluation in kept else next(rows) for evaluation in evaluations]
 

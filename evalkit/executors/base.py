@@ -8,6 +8,7 @@ followed by reading them (follow.py).
 from __future__ import annotations
 
 import posixpath
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -79,12 +80,46 @@ class Launched:
     doorbell: Callable[[float], bool] | None = None
 
 
+class RunGroup:
+    """The runs one command launched, over its threads and their connections, kept until each is
+    followed to its end: Ctrl-C cancels those still going, all at once (gpu_queue). Thread-safe.
+    An executor may share more among the runs of one command in a subclass (its `group_class`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, RemoteRun] = {}
+        self.is_closed = False
+
+    def add(self, run: RemoteRun) -> bool:
+        """Keep RUN; False once the command is being stopped (close): then its caller stops RUN."""
+        with self._lock:
+            if self.is_closed:
+                return False
+            self._runs[run.run_id] = run
+            return True
+
+    def discard(self, run_id: str) -> None:
+        """RUN_ID ended, or was cancelled by its own thread: nothing left to stop."""
+        with self._lock:
+            self._runs.pop(run_id, None)
+
+    def close(self) -> list[RemoteRun]:
+        """No run may join any more; those still going, to cancel."""
+        with self._lock:
+            self.is_closed = True
+            return list(self._runs.values())
+
+
 class Executor(ABC):
     """One connection's worth of runs. Before `launch`, `prepare` makes evalkit's server scripts
-    current and `run_scripts` runs evalkit's checks in the server's env."""
+    current and `run_scripts` runs evalkit's checks in the server's env. GROUP: what the
+    executors of one command share (a RunGroup of this executor's `group_class`)."""
 
-    def __init__(self, connection: "Connection", settings: Settings) -> None:
+    group_class: type[RunGroup] = RunGroup
+
+    def __init__(self, connection: "Connection", settings: Settings, group: RunGroup | None = None) -> None:
         self.connection, self.settings = connection, settings
+        self.group = group if group is not None else self.group_class()
 
     @abstractmethod
     def prepare(self, scripts: list[str]) -> None: ...
@@ -98,11 +133,21 @@ class Executor(ABC):
         RunLocked when another run holds it, RemoteStepFailed when the driver could not start."""
 
     @abstractmethod
-    def state(self, run: RemoteRun) -> JobState: ...
+    def state(self, run: RemoteRun) -> JobState:
+        """Asked again and again while a run is followed: may raise how the run ended."""
+
+    def look(self, run: RemoteRun) -> JobState:
+        """One look, for `status` in a process of its own: what the run's files and the server
+        say now, without waiting for anything to settle."""
+        return self.state(run)
 
     @abstractmethod
     def cancel(self, run: RemoteRun, grace: float) -> CancelResult:
         """Stop every process of RUN: SIGTERM, GRACE seconds, SIGKILL; say what remained."""
+
+    def cancel_all(self, runs: list[RemoteRun], grace: float) -> dict[str, CancelResult]:
+        """Every run of RUNS stopped as cancel() does; by run id."""
+        return {run.run_id: self.cancel(run, grace) for run in runs}
 
     def close(self) -> None:
         """Release what prepare() began; a launched run goes on."""

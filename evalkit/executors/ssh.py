@@ -15,6 +15,9 @@ from .base import CallResult, CancelResult, Executor, JobState, Launched, Remote
 class SshExecutor(Executor):
     starter: Starter | None = None
     job_runner_sent = False  # by the starter, or over SFTP before the first job.py call without one
+    # (the SSH client it was read over, the server's boot id): asked every few seconds while a run
+    # is followed, it cannot change within one SSH session; a reconnect may meet a rebooted server
+    _boot: tuple[object, str] | None = None
 
     def prepare(self, scripts: list[str]) -> None:
         self.starter = Starter.begin(self.connection, self.settings, scripts)
@@ -58,7 +61,7 @@ class SshExecutor(Executor):
         """Is the process driver.json describes still running: same boot, pid and start time, as
         remote/job.py is_alive decides. None when the server's /proc cannot be read."""
         try:
-            boot_id = self.connection.read_bytes("/proc/sys/kernel/random/boot_id").decode().strip()
+            boot_id = self._boot_id()
         except FileNotFoundError:
             return None
         if not driver or driver.get("boot_id") != boot_id or driver.get("start_time") is None:
@@ -68,6 +71,12 @@ class SshExecutor(Executor):
             return int(stat.rsplit(b")", 1)[1].split()[19]) == driver["start_time"]
         except (FileNotFoundError, IndexError, ValueError, KeyError, TypeError):
             return False
+
+    def _boot_id(self) -> str:
+        client = self.connection.client
+        if self._boot is None or self._boot[0] is not client:
+            self._boot = (client, self.connection.read_bytes("/proc/sys/kernel/random/boot_id").decode().strip())
+        return self._boot[1]
 
     def _read_json(self, path: str) -> dict | None:
         try:

@@ -110,6 +110,31 @@ def test_ctrl_c_cancels_the_remote_run_and_leaves_nothing_running(testbed):
     assert not list(testbed.server_outputs.rglob(".evalkit-lock"))  # the checkpoint is free again
 
 
+def test_ctrl_c_with_several_models_at_once_cancels_every_run(testbed, second_checkpoint, third_checkpoint):
+    checkpoints = {"team": testbed.checkpoint, "large": second_checkpoint, "baseline": third_checkpoint}
+    testbed.write_config(models={name: {"path": str(path)} for name, path in checkpoints.items()})
+    client = start_interruptible([sys.executable, str(ENTRY_SCRIPT), "--config", str(testbed.config),
+                                  "--model", "all", "--gpus", "0,1,2"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 cwd=testbed.results_dir.parent, stdin=subprocess.DEVNULL,
+                                 env={**os.environ, "COLUMNS": "200"})
+    deadline = time.monotonic() + 180
+    while sum((run_dir / "step-1.started").exists() for run_dir in _run_dirs(testbed)) < 3:
+        assert time.monotonic() < deadline, "the three extractions never started"
+        time.sleep(0.2)
+    run_ids = [run_dir.name for run_dir in _run_dirs(testbed)]
+    client.send_signal(signal.SIGINT)
+    out, err = client.communicate(timeout=180)
+    assert client.returncode == INTERRUPTED_EXIT_CODE, err + out
+    for run_id in run_ids:
+        assert f"cancelled run {run_id}: no process of it remains on the server" in out, out
+        assert _processes_of(run_id) == []
+        run_dir = testbed.server_outputs / ".evalkit" / "runs" / run_id
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "cancelled"
+    assert "Traceback" not in err
+    assert not list(testbed.server_outputs.rglob(".evalkit-lock"))  # every checkpoint is free again
+
+
 def test_detach_then_attach_gives_the_attached_results(testbed, tmp_path):
     started = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint),
                                "--detach")

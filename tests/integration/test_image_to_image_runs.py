@@ -5,6 +5,7 @@ on a split with one image per caption; upstream's two directions unchanged."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -129,3 +130,25 @@ def test_a_comparison_gets_an_image_to_image_column_group(testbed, second_checkp
         team["recall"]["image_to_image"]["map10"] - document["models"][1]["recall"]["image_to_image"]["map10"])
     assert "image→image mAP@10" in (folder / "comparison.md").read_text()
     assert "i2i_map10" in (folder / "comparison.csv").read_text().splitlines()[0].split(",")
+
+
+def test_a_sweep_evaluates_image_to_image_in_every_cell(testbed, second_checkpoint, tmp_path):
+    folder = tmp_path / "i2i sweep" / "experiments" / "i2i_exp" / "checkpoints"
+    folder.mkdir(parents=True)
+    os.link(testbed.checkpoint, folder / "epoch_1.pt")
+    os.link(second_checkpoint, folder / "epoch_2.pt")
+    run = testbed.evaluate("--datapath", str(testbed.datapath), "--dataset-name", MUGE.name, "--split", MUGE.split,
+                           "--model-path", str(folder), "--image-to-image", "--knn", "fast", "--json", timeout=600)
+    assert run.returncode == 0, run.stderr + run.stdout
+    document = json.loads(run.stdout)  # one dataset split: one comparison
+    assert [(row["label"], row["epoch"]) for row in document["models"]] == [("i2i_exp@epoch_1", 1),
+                                                                             ("i2i_exp@epoch_2", 2)]
+    maps = set()
+    for row in document["models"]:
+        local = _local(testbed, MUGE, row["label"])
+        pulled = json.loads((local / I2I).read_text())
+        assert row["recall"]["image_to_image"]["map10"] == pulled["scoreJson"]["map10"]
+        server_dir = Path(json.loads((local / "summary.json").read_text())["server_output_dir"])
+        _assert_equal_scores(pulled, _expected(testbed.datapath, server_dir, MUGE))
+        maps.add(pulled["scoreJson"]["map10"])
+    assert len(maps) == 2  # two checkpoints, two sets of features, two answers

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from evalkit.comparison import METRICS
-from evalkit.errors import INTERRUPTED_EXIT_CODE, SlurmJobEnded, SlurmRefused
+from evalkit.errors import INTERRUPTED_EXIT_CODE, SlurmJobEnded, SlurmJobLost, SlurmRefused
 
 from .conftest import DATASETS, ENTRY_SCRIPT, REPO, SLURM_TEST_SETTINGS, run_upstream_by_hand, start_interruptible
 
@@ -117,7 +117,7 @@ def test_a_detached_job_past_its_time_limit_is_reported_as_timeout_with_the_fix(
 
 def _evalkit(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "evalkit", *args], capture_output=True, text=True, timeout=300,
-                          cwd=REPO, env={**os.environ, "COLUMNS": "200"}, stdin=subprocess.DEVNULL)
+                          cwd=REPO, env={**os.environ, "COLUMNS": "400"}, stdin=subprocess.DEVNULL)
 
 
 def test_ctrl_c_scancels_the_job_and_leaves_nothing_in_the_queue(slurm_testbed, slurm):
@@ -144,6 +144,71 @@ def test_ctrl_c_scancels_the_job_and_leaves_nothing_in_the_queue(slurm_testbed, 
     assert not list(bed.server_outputs.rglob(".evalkit-lock"))  # the checkpoint is free again
 
 
+def test_ctrl_c_with_three_models_scancels_all_their_jobs_running_or_pending(
+        slurm_testbed, slurm, second_checkpoint, third_checkpoint):
+    bed = slurm_testbed
+    checkpoints = dict(zip(NAMES, (bed.checkpoint, second_checkpoint, third_checkpoint)))
+    # each job waits in its setup line: two run on the two GPUs, the third waits for one
+    bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS, "setup": ["sleep 617"]},
+                     models={name: {"path": str(path)} for name, path in checkpoints.items()})
+    child = start_interruptible([sys.executable, str(ENTRY_SCRIPT), "--config", str(bed.config), "--model", "all"],
+                                cwd=bed.results_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "COLUMNS": "200"})
+    runs = bed.server_outputs / ".evalkit" / "runs"
+    deadline = time.monotonic() + 180
+    states: list[str] = []
+    while sorted(states) != ["PENDING", "RUNNING", "RUNNING"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+        jobs = _jobs_of(runs) if runs.exists() else {}
+        states = _squeue(slurm, f"--jobs={','.join(jobs)}", "--format=%T").split() if len(jobs) == 3 else []
+    assert sorted(states) == ["PENDING", "RUNNING", "RUNNING"], states
+    # `status` in a process of its own says where each job stands, in Slurm's words
+    status = _evalkit("status", "--config", str(bed.config))
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.count(": RUNNING") == 2 and status.stdout.count(": PENDING (Resources)") == 1, status.stdout
+
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=180)
+    assert child.returncode == INTERRUPTED_EXIT_CODE, err + out
+    for job_id, run_id in jobs.items():
+        assert f"cancelled run {run_id}: scancel ended Slurm job {job_id}" in out, out
+        assert json.loads((runs / run_id / "status.json").read_text())["state"] == "cancelled"
+    assert _squeue(slurm, f"--jobs={','.join(jobs)}", "--format=%i") == ""  # neither pending nor running
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "sleep 617" not in processes and str(runs) not in processes
+    assert not [job_id for job_id in jobs if f"slurmstepd: [{job_id}." in processes], processes
+    assert "Traceback" not in err
+
+
+def test_status_in_a_fresh_process_names_how_slurm_ended_a_job_and_a_job_slurm_forgot(slurm_testbed, slurm):
+    bed = slurm_testbed
+    bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS, "setup": ["sleep 600"]})
+    started = bed.evaluate("--model-path", str(bed.checkpoint), "--detach")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split("started run ")[1].split()[0]
+    runs = bed.server_outputs / ".evalkit" / "runs"
+    [job_id] = _jobs_of(runs)
+    subprocess.run(["scancel", job_id], env={"PATH": "/usr/bin:/bin", **slurm.environment()}, check=True)
+    deadline = time.monotonic() + 60
+    while "CANCELLED" not in _squeue(slurm, f"--jobs={job_id}", "--format=%T") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status = _evalkit("status", run_id, "--config", str(bed.config))
+    assert status.returncode == 0, status.stderr
+    assert f"Slurm job {job_id} ended CANCELLED: it was cancelled by someone else" in status.stdout, status.stdout
+
+    # as if slurmctld had forgotten the job (MinJobAge): squeue no longer lists it, and this
+    # cluster keeps no accounting (sacct: "accounting storage is disabled"), so it is lost
+    forgotten = str(int(job_id) + 100000)
+    (runs / run_id / "slurm.json").write_text(json.dumps({"job_id": forgotten}))
+    status = _evalkit("status", run_id, "--config", str(bed.config))
+    assert f"Slurm job {forgotten} of run {run_id} left the queue and the run's files do not say how it ended" \
+        in status.stdout, status.stdout
+    attached = _evalkit("attach", run_id, "--config", str(bed.config))  # after slurm.lost_after (5 s)
+    assert attached.returncode == SlurmJobLost.exit_code, attached.stdout + attached.stderr
+    assert f"Slurm job {forgotten} of run {run_id} left the queue" in attached.stderr
+    assert "Traceback" not in attached.stderr
+
+
 def test_the_doctor_checks_the_login_nodes_slurm(slurm_testbed):
     from .test_doctor import EVERY_CHECK, checks, doctor
 
@@ -157,3 +222,20 @@ def test_the_doctor_checks_the_login_nodes_slurm(slurm_testbed):
     bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS, "gpus_per_job": 3})
     run = doctor(bed)
     assert checks(run)["Slurm partition"][0] == "✗" and "at most 2 GPUs per node" in run.stdout
+
+
+def test_the_doctors_gpu_line_is_the_compute_nodes_not_the_login_nodes(slurm_testbed):
+    """The test bed's login node has no GPU; its partition has two (fake ones, for scheduling)."""
+    from .test_doctor import checks, doctor
+
+    bed = slurm_testbed
+    lines = checks(doctor(bed, "--device", "cuda"))
+    assert lines["GPU"] == ("✓", "on the compute nodes (sinfo), not this login node: "
+                                 "partition gpu: 1 nodes, GPUs per node: gpu:2")
+    # a job on the node gets one of them (CUDA_VISIBLE_DEVICES), but no nvidia-smi there lists it
+    probed = doctor(bed, "--device", "cuda", "--probe-job")
+    lines = checks(probed)
+    assert lines["Slurm probe job"][0] == "✓", probed.stdout
+    mark, found = lines["GPU"]
+    assert mark == "✗" and found in {f"a job on a compute node got CUDA_VISIBLE_DEVICES={gpu}, but nvidia-smi there "
+                                     "lists no GPU" for gpu in (0, 1)}, probed.stdout

@@ -1,4 +1,4 @@
-"""Slurm, pure: the `slurm:` config section, the job script, sbatch's and squeue's answers read,
+"""Slurm, pure: the `slurm:` config section, the job script, sbatch's, squeue's and sacct's answers read,
 what each ending means, and the backoff between squeue calls."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from evalkit import slurm_job
 from evalkit.config import Settings, SlurmSettings, build_settings
+from evalkit.diagnosis import Check
 from evalkit.errors import ConfigError
 from evalkit.plan import build_plan
 from evalkit.evaluation import Evaluation
@@ -184,6 +185,31 @@ def test_each_ending_is_named_with_its_fix(state, reason, says, fix):
     assert fix in hint
 
 
+def test_sacct_is_asked_for_the_jobs_alone_in_squeues_three_fields():
+    assert slurm_job.sacct_argv(["7", "8"]) == ["sacct", "--noheader", "--parsable2", "--allocations", "--jobs=7,8",
+                                                "--format=JobID,State,Reason"]
+
+
+@pytest.mark.parametrize("code, stdout, stderr, expected", [
+    # a cluster without accounting (the test bed's): squeue is all there is
+    (1, "", "Slurm accounting storage is disabled\n", None),
+    (0, "Slurm accounting storage is disabled\n", "", None),
+    (1, "", "sacct: error: Problem talking to the database: Connection refused\n", None),
+    (0, "", "", {}),
+    (0, "7|TIMEOUT|TimeLimit\n", "", {"7": ("TIMEOUT", "TimeLimit", False, "TIMEOUT (TimeLimit)")}),
+    (0, "7|CANCELLED by 1000|None\n7.batch|CANCELLED|None\n7.extern|COMPLETED|None\n", "",
+     {"7": ("CANCELLED", "None", False, "CANCELLED")}),
+    (0, "8|OUT_OF_MEMORY|OutOfMemory\n9|RUNNING|None\n", "", {
+        "8": ("OUT_OF_MEMORY", "OutOfMemory", False, "OUT_OF_MEMORY (OutOfMemory)"),
+        "9": ("RUNNING", "None", True, "RUNNING")}),
+    (0, "garbage\n10_1|COMPLETED|None\n|||\n", "", {}),
+])
+def test_sacct_lines(code, stdout, stderr, expected):
+    found = slurm_job.parse_sacct(code, stdout, stderr)
+    assert (None if found is None else
+            {job: (e.state, e.reason, e.is_active, e.describe()) for job, e in found.items()}) == expected
+
+
 def test_squeue_backs_off_from_poll_interval_to_poll_max():
     slurm, pause, pauses = SlurmSettings(), 0.0, []
     for _ in range(6):
@@ -225,7 +251,40 @@ def test_the_probe_job_asks_for_what_the_evaluations_jobs_ask():
                                           ["/data", "/with space"])
     assert shlex.split(command) == ["srun", "--immediate=120", "--time=5", "--job-name=evalkit-doctor",
                                     "--partition=a100", "--gres=gpu:2", "--account=lab",
-                                    "stat", "--format=%n", "/data", "/with space"]
+                                    "bash", "-c", slurm_job.PROBE_SCRIPT, "evalkit-probe", "/data", "/with space"]
+
+
+def test_the_probe_jobs_script_stats_each_path_then_says_which_gpus_it_got(tmp_path):
+    (tmp_path / "with space").mkdir()
+    argv = shlex.split(slurm_job.probe_job_command(settings(), [str(tmp_path), str(tmp_path / "with space")]))
+    script = argv[argv.index("bash"):]
+    seen = subprocess.run(script, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "1"})
+    assert seen.returncode == 0 and seen.stdout.splitlines()[:3] == [str(tmp_path), str(tmp_path / "with space"),
+                                                                     "CUDA_VISIBLE_DEVICES=1"]
+    missing = subprocess.run([*script[:-2], str(tmp_path / "nosuch")], capture_output=True, text=True)
+    assert missing.returncode != 0 and "CUDA_VISIBLE_DEVICES" not in missing.stdout
+
+
+LOGIN_GPU = Check("GPU", False, "torch sees no CUDA GPU with CUDA_VISIBLE_DEVICES=0", "pick a free GPU")
+PARTITION_OK = Check("Slurm partition", True, "partition a100: 8 nodes, GPUs per node: gpu:a100:4")
+PARTITION_BAD = Check("Slurm partition", False, "nosuch does not exist (partitions: a100)", "set slurm.partition")
+
+
+@pytest.mark.parametrize("device, partition, seen_by_job, ok, says", [
+    # the login node's own GPU is not the compute nodes': without the probe job, the partition's
+    ("cuda", PARTITION_OK, None, True, "on the compute nodes (sinfo), not this login node: partition a100"),
+    ("cuda", PARTITION_BAD, None, False, "nosuch does not exist"),
+    # with --probe-job, what nvidia-smi showed the job on a compute node
+    ("cuda", PARTITION_OK, "/data\nCUDA_VISIBLE_DEVICES=2\nGPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-1)\n", True,
+     "a job on a compute node got CUDA_VISIBLE_DEVICES=2: GPU 0: NVIDIA A100-SXM4-80GB"),
+    ("cuda", PARTITION_OK, "/data\nCUDA_VISIBLE_DEVICES=0\n", False, "but nvidia-smi there lists no GPU"),
+    ("cpu", PARTITION_OK, None, False, "torch sees no CUDA GPU"),  # --device cpu: the probe's own line
+])
+def test_the_doctors_gpu_line_under_slurm_is_the_compute_nodes(device, partition, seen_by_job, ok, says):
+    check = slurm_job.compute_node_gpu_check(LOGIN_GPU, partition, seen_by_job,
+                                             dataclasses.replace(settings(), device=device))
+    assert (check.name, check.ok) == ("GPU", ok) and says in check.found
+    assert bool(check.fix) != ok
 
 
 @pytest.mark.parametrize("code, stderr, ok, says", [
