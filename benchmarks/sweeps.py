@@ -1,7 +1,7 @@
 """Sweep benchmarks (S-e, S-f, S-g: issue 15's e, f, g), on benchmarks/run.py's loopback bed.
 
 S-e. a sweep of 6 checkpoints in one command / the same 6 as one-shot commands in a shell loop
-   (each side on its own server output root: nothing reused)                     target <= 0.95
+   (sweep, loop, loop, sweep, each on its own server output root: nothing reused)  target <= 0.95
 S-f. re-running that finished sweep after a 7th epoch appeared / one evaluation of epoch 7 alone
                                                                                    target <= 1.2
 S-g. evalkit's peak RSS during a sweep of N (100) checkpoints whose features are all reused (each
@@ -43,24 +43,28 @@ def _epochs(bed, name: str, seeds: range) -> Path:
 
 
 def sweep_vs_loop(bed, size: int = 6) -> dict:
+    """S-e in the order sweep, loop, loop, sweep (a load that comes and goes on a shared machine
+    weighs on both sides alike), each on its own server output root and results folder: a loop's
+    runs of the same labels would replace the sweep's results, and a re-run rightly evaluates
+    again cells whose kept results are another run's. Then S-f on the first sweep's folders."""
     folder = _epochs(bed, "sweep", range(1, size + 1))
-    shown: list[str] = []
-    sweep_config = bed.config("sweep-e", remote_output_dir=str(bed.work / "out-sweep"))
-    sweep = _evalkit(bed, sweep_config, folder)
-    # each side keeps its own results too: the loop's runs of the same labels would replace the
-    # sweep's results, and a re-run rightly evaluates again cells whose kept results are another run's
-    loop_config = bed.config("loop-e", remote_output_dir=str(bed.work / "out-loop"),
-                             results_dir=str(bed.work / "results-loop"))
-    loop = sum(_evalkit(bed, loop_config, folder / f"epoch_{epoch}.pt") for epoch in range(1, size + 1))
+    configs = [bed.config(f"{kind}-e{index}", remote_output_dir=str(bed.work / f"out-{kind}{index}"),
+                          results_dir=str(bed.work / f"results-{kind}{index}"))
+               for index, kind in enumerate(("sweep", "loop", "loop", "sweep"))]
+    seconds = [_evalkit(bed, config, folder) if "sweep" in config.name else
+               sum(_evalkit(bed, config, folder / f"epoch_{epoch}.pt") for epoch in range(1, size + 1))
+               for config in configs]
+    sweep, loop = seconds[0] + seconds[3], seconds[1] + seconds[2]
     new = _epochs(bed, "sweep", range(size + 1, size + 2)) / f"epoch_{size + 1}.pt"
-    rerun = _evalkit(bed, sweep_config, folder, shown)
+    shown: list[str] = []
+    rerun = _evalkit(bed, configs[0], folder, shown)
     if shown[0].count("unchanged since run") != size:  # the re-run must keep exactly the finished cells
         sys.exit(f"the re-run did not keep the {size} finished cells:\n{shown[0][-3000:]}")
     alone = _evalkit(bed, bed.config("alone-f", remote_output_dir=str(bed.work / "out-alone"),
                                      results_dir=str(bed.work / "results-alone")), new)
     return {"checkpoints": size, "sweep_seconds": sweep, "loop_seconds": loop, "ratio": sweep / loop,
-            "rerun_with_new_epoch_seconds": rerun, "new_epoch_alone_seconds": alone, "rerun_ratio": rerun / alone,
-            "rerun_output": shown[0]}
+            "each_side_seconds": seconds, "rerun_with_new_epoch_seconds": rerun, "new_epoch_alone_seconds": alone,
+            "rerun_ratio": rerun / alone, "rerun_output": shown[0]}
 
 
 def reused_sweep(bed, count: int) -> dict:
