@@ -153,7 +153,9 @@ def ending(entry: QueueEntry, slurm: SlurmSettings, output: str) -> tuple[str, s
     what, fix = ENDINGS.get(entry.state, (f"Slurm ended it with state {entry.state}",
                                           "read the job's output {output} on the server"))
     values = {"time": slurm.time, "output": output}
-    reason = f", reason {entry.reason}" if entry.reason and entry.reason != "None" else ""
+    # a job cancelled while it waited keeps its last waiting reason (Priority, Resources): not why it ended
+    said = entry.reason and entry.reason != "None" and entry.state != "CANCELLED"
+    reason = f", reason {entry.reason}" if said else ""
     return (f"Slurm job {entry.job_id} ended {entry.state}{reason}: {what.format(**values)}",
             fix.format(**values))
 

@@ -175,7 +175,7 @@ class LoopbackSlurm:
     def stop(self) -> None:
         """Its jobs cancelled (a job's processes outlive slurmd), then each daemon by its pid file:
         SIGTERM, then SIGKILL after STOP_TIMEOUT_S. Safe to call twice."""
-        self._cancel_jobs()
+        self.cancel_jobs()
         for name in ("slurmd", "slurmctld", "munged"):
             pid = self._pid(name)
             if pid is None or not _is_running(pid):
@@ -189,7 +189,8 @@ class LoopbackSlurm:
             self.pid_files[name].unlink(missing_ok=True)
 
 
-    def _cancel_jobs(self) -> None:
+    def cancel_jobs(self) -> None:
+        """Every job of the cluster cancelled, waiting until squeue lists none."""
         pid = self._pid("slurmctld")
         if pid is None or not _is_running(pid):
             return

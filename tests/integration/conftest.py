@@ -289,7 +289,8 @@ def slurm_testbed(login_node, slurm, isolated_home, datapath, checkpoint, server
     bed = Testbed(login_node, ssh_dir, tmp_path / "evalkit.yaml", datapath, checkpoint,
                   tmp_path / "results", server_python, chinese_clip_dir, tmp_path / "服务器 outputs")
     bed.write_config(executor="slurm", slurm=SLURM_TEST_SETTINGS)
-    return bed
+    yield bed
+    slurm.cancel_jobs()  # a test that failed halfway must not leave the next one waiting for the node
 
 
 # squeue quickly (a real cluster: 5 s rising to 60 s), a short grace for a job that left the queue

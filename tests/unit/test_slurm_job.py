@@ -175,6 +175,8 @@ def test_squeue_lines(text, expected):
     ("NODE_FAIL", "None", "ended NODE_FAIL: its node failed", "admins"),
     ("PREEMPTED", "None", "higher priority", "without preemption"),
     ("CANCELLED", "None", "cancelled by someone else", "evaluate again"),
+    # cancelled while it waited: Slurm keeps the waiting reason, which is not why it ended
+    ("CANCELLED", "Priority", "ended CANCELLED: it was cancelled by someone else", "evaluate again"),
     ("FAILED", "NonZeroExitCode", "batch script failed", "/o/slurm-9.out"),
     ("WEIRD", "None", "Slurm ended it with state WEIRD", "/o/slurm-9.out"),
 ])
