@@ -2,7 +2,8 @@
 
 Each checkpoint's output directory has a manifest.json, written only after an extraction
 finished with complete feature files. It records what the features were made from (checkpoint
-path, size and mtime; models; context length; dataset, split and their counts) and each feature
+path, size and mtime; models; context length; dataset, split, their counts and the size and mtime
+of the split's image LMDB and texts file) and each feature
 file's size and mtime, so that later steps can prove the two feature files still belong together.
 KNN adds, per direction, the features it read and the prediction file it wrote.
 
@@ -51,13 +52,14 @@ class ServerFacts:
     manifest: dict | None
     manifest_problem: str | None
     files: dict[str, FileFacts | None]
+    dataset_files: dict | None = None  # size and mtime of the split's image LMDB and texts file
 
     @classmethod
     def from_dict(cls, data: dict) -> "ServerFacts":
         files = {name: FileFacts(**facts) if facts else None for name, facts in data["files"].items()}
         return cls(data["images"]["path"], data["images"]["count"], data["images"]["problem"],
                    data["texts"]["path"], data["texts"]["count"], data["checkpoint"],
-                   data["out_dir"], data["manifest"], data["manifest_problem"], files)
+                   data["out_dir"], data["manifest"], data["manifest_problem"], files, data.get("dataset_files"))
 
     @property
     def manifest_checkpoint(self) -> str:
@@ -130,6 +132,9 @@ def feature_problem(facts: ServerFacts) -> str | None:
     manifest = facts.manifest or {}
     if (manifest.get("num_images"), manifest.get("num_texts")) != (facts.image_count, facts.text_count):
         return "the dataset changed since the extraction"
+    rewritten = dataset_rewritten(manifest.get("dataset_files"), facts.dataset_files)
+    if rewritten:
+        return f"the dataset's {rewritten} changed since the extraction (same counts, new size or time)"
     changed = [kind for name, kind in FEATURE_FILES.items()
                if manifest.get("features", {}).get(name) != facts.files[name].fingerprint]
     if changed:
@@ -137,6 +142,18 @@ def feature_problem(facts: ServerFacts) -> str | None:
                 f"{facts.manifest_checkpoint}: image and text features may come from different "
                 "checkpoints")
     return None
+
+
+DATASET_FILES = {"images": "image LMDB (data.mdb)", "texts": "texts file"}
+
+
+def dataset_rewritten(recorded: dict | None, now: dict | None) -> str | None:
+    """Which of the split's files differ from those the features were made of; None when none
+    does, or when either side is unknown (a manifest from before this was recorded)."""
+    if not recorded or not now:
+        return None
+    changed = [described for key, described in DATASET_FILES.items() if recorded.get(key) != now.get(key)]
+    return " and ".join(changed) or None
 
 
 def check_features(facts: ServerFacts, fix: str | None = None) -> None:
@@ -207,6 +224,7 @@ def new_manifest(settings: Settings, evaluation: Evaluation, facts: ServerFacts,
             **extraction_inputs(settings, evaluation, facts),
             "datapath": settings.datapath, "dataset": evaluation.dataset, "split": evaluation.split,
             "num_images": facts.image_count, "num_texts": facts.text_count,
+            **({"dataset_files": facts.dataset_files} if facts.dataset_files else {}),
             "features": {name: facts.files[name].fingerprint for name in FEATURE_FILES
                          if facts.files.get(name)},
             "commands": {"extract": command}, "host": settings.host, "extracted_at": extracted_at,

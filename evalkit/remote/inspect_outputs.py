@@ -137,6 +137,9 @@ def main(argv):
     facts = {
         "images": {"path": args.images, "count": num_images, "problem": images_problem},
         "texts": {"path": args.texts, "count": count_texts(args.texts)},
+        # what the features are made of besides the checkpoint: rewritten in place with the same
+        # counts (new texts, re-encoded images), features made before are of other inputs
+        "dataset_files": {"images": stat_of(os.path.join(args.images, "data.mdb")), "texts": stat_of(args.texts)},
         "checkpoint": None,
         "out_dir": out_dir,
         "manifest": None,

@@ -89,6 +89,11 @@ def test_manifest_records_what_the_features_were_made_from(testbed):
     assert (manifest["dataset"], manifest["split"]) == (spec.name, spec.split)
     assert (manifest["num_images"], manifest["num_texts"]) == \
         (spec.images, spec.images * spec.texts_per_image)
+    dataset = testbed.datapath / "datasets" / spec.name
+    assert manifest["dataset_files"] == {
+        name: {"size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns} for name, path in (
+            ("images", dataset / "lmdb" / spec.split / "imgs" / "data.mdb"),
+            ("texts", dataset / f"{spec.split}_texts.jsonl"))}
     assert "extract_features.py" in manifest["commands"]["extract"]
     assert manifest["extracted_at"]
 
@@ -139,3 +144,21 @@ def test_a_changed_checkpoint_is_extracted_again(testbed, tmp_path):
     again = testbed.quick(*args)
     assert again.returncode == 0, again.stderr
     assert "extracting again: the checkpoint changed since the last extraction" in again.stdout
+
+
+def test_a_split_rewritten_in_place_is_extracted_again(testbed, own_datapath):
+    """Same counts, other contents (the texts edited, the images re-encoded): features made
+    before are of other inputs, so KNN refuses them and the next extraction does not reuse them."""
+    spec = DATASETS[0]
+    extract = ("--step", "extract", "--datapath", str(own_datapath), "--model-path", str(testbed.checkpoint))
+    first = testbed.quick(*extract)
+    assert first.returncode == 0, first.stderr
+    texts = own_datapath / "datasets" / spec.name / f"{spec.split}_texts.jsonl"
+    lines = [json.loads(line) for line in texts.read_text().splitlines()]
+    texts.write_text("".join(json.dumps(dict(line, text=line["text"] + "。"), ensure_ascii=False) + "\n"
+                             for line in lines))
+    knn = testbed.quick("--step", "knn", "--datapath", str(own_datapath), "--model-path", str(testbed.checkpoint))
+    _assert_clean_failure(knn, OutputsNotReady.exit_code, "the dataset's texts file changed since the extraction")
+    again = testbed.quick(*extract)
+    assert again.returncode == 0, again.stderr
+    assert "extracting again: the dataset's texts file changed since the extraction" in again.stdout

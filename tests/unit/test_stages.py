@@ -183,13 +183,14 @@ def test_without_a_checkpoint_the_file_check_picks_the_newest_manifest_of_this_d
 
 FEATURES = {"image_feats": FileFacts(100, 1, 20, False), "text_feats": FileFacts(200, 2, 80, False)}
 CHECKPOINT_FACTS = {"path": CHECKPOINT, "exists": True, "readable": True, "size": 7, "mtime_ns": 9}
+DATASET_STAMPS = {"images": {"size": 4096, "mtime_ns": 11}, "texts": {"size": 900, "mtime_ns": 12}}
 
 
 def facts(manifest: dict | None = None, files: dict | None = None, **overrides) -> ServerFacts:
     values = dict(images_path="/data/imgs", image_count=20, images_problem=None,
                   texts_path="/data/valid_texts.jsonl", text_count=80, checkpoint=CHECKPOINT_FACTS,
                   out_dir="/out/exp-1", manifest=manifest, manifest_problem=None,
-                  files=dict(FEATURES if files is None else files))
+                  files=dict(FEATURES if files is None else files), dataset_files=DATASET_STAMPS)
     values.update(overrides)
     return ServerFacts(**values)
 
@@ -217,9 +218,20 @@ def test_complete_unchanged_features_are_reused():
     (lambda f: dataclasses.replace(f, files={**FEATURES, "image_feats": FileFacts(101, 5, 20, False)}),
      "image feature file changed after evalkit extracted it"),
     (lambda f: dataclasses.replace(f, image_count=21), "truncated: 20 complete lines for 21 images"),
+    # the split rewritten in place with the same counts: other texts, re-encoded images
+    (lambda f: dataclasses.replace(f, dataset_files={**DATASET_STAMPS, "texts": {"size": 900, "mtime_ns": 13}}),
+     "the dataset's texts file changed since the extraction"),
+    (lambda f: dataclasses.replace(f, dataset_files={**DATASET_STAMPS, "images": {"size": 8192, "mtime_ns": 11}}),
+     "the dataset's image LMDB (data.mdb) changed since the extraction"),
 ])
 def test_features_are_extracted_again_when(change, reason):
     assert reason in reuse_refusal(SETTINGS, request(), change(extracted()))
+
+
+def test_a_manifest_from_before_the_dataset_files_were_recorded_still_serves_its_features():
+    old = extracted()
+    manifest = {key: value for key, value in old.manifest.items() if key != "dataset_files"}
+    assert reuse_refusal(SETTINGS, request(), dataclasses.replace(old, manifest=manifest)) is None
 
 
 @pytest.mark.parametrize("different", [{"vision_model": "ViT-B-16"}, {"text_model": "RoBERTa-wwm-ext-base-chinese"}])
@@ -237,6 +249,7 @@ def test_another_context_length_is_not_served_old_features():
     (facts(files={}), "nothing has been extracted there yet"),
     (dataclasses.replace(facts(), manifest_problem="bad JSON"), "manifest in /out/exp-1 is unreadable"),
     (dataclasses.replace(extracted(), checkpoint={**CHECKPOINT_FACTS, "size": 8}), "changed after its features"),
+    (dataclasses.replace(extracted(), dataset_files={**DATASET_STAMPS, "texts": None}), "dataset's texts file changed"),
 ])
 def test_knn_refuses_features_it_cannot_trust(state, phrase):
     with pytest.raises(OutputsNotReady) as info:
