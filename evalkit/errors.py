@@ -184,7 +184,8 @@ USAGE_EXIT_CODE = 2
 # The documented table (README "Exit codes"); tests/cli checks it stays in sync.
 EXIT_CODES: dict[int, str] = {
     0: "success: every step exited 0 and both result JSONs say success: true",
-    UNEXPECTED_EXIT_CODE: "unexpected internal error (a bug: rerun with --debug and report it)",
+    UNEXPECTED_EXIT_CODE: ("unexpected internal error (a bug: its traceback is kept in ~/.cache/evalkit/crashes/; "
+                           "please report it)"),
     USAGE_EXIT_CODE: "bad command-line usage (unknown option, invalid choice)",
     ConfigError.exit_code: "config file or option value is wrong",
     ConnectError.exit_code: "the server could not be reached",

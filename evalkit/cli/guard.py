@@ -1,5 +1,5 @@
 """The CLI's edge: every EvalkitError becomes one message and its exit code (errors.py);
-tracebacks only with --debug; Ctrl-C exits 130."""
+tracebacks only with --debug (a bug's is also kept in a file: crashes.py); Ctrl-C exits 130."""
 from __future__ import annotations
 
 import functools
@@ -10,6 +10,7 @@ from typing import Any, Callable
 import click
 
 from .. import view
+from ..crashes import keep_traceback, where_it_is
 from ..errors import INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, EvalkitError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -36,7 +37,7 @@ def guarded(command: Callable) -> Callable:
             if debug:
                 raise
             errors.print(f"unexpected error: {type(error).__name__}: {error}\n"
-                         "rerun with --debug for the traceback and report it", markup=False)
+                         f"{where_it_is(keep_traceback())}; please report it", markup=False, soft_wrap=True)
             sys.exit(UNEXPECTED_EXIT_CODE)
     return wrapper
 

@@ -46,13 +46,17 @@ def write_atomically(path, data):
     """DATA (text) to PATH: a new temporary file beside it (O_EXCL: never one planted there), then
     renamed over PATH, which replaces whatever is at PATH, a symlink too, and follows nothing."""
     temporary = f"{path}.tmp-{secrets.token_hex(8)}"
-    with open(os.open(temporary, NEW_FILE | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
-        try:
+    try:
+        # closed (its buffer written) before the rename: a reader polling PATH sees no file or all of it
+        with open(os.open(temporary, NEW_FILE | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
             handle.write(data)
-            os.replace(temporary, path)
-        except BaseException:
+        os.replace(temporary, path)
+    except BaseException:
+        try:
             os.unlink(temporary)
-            raise
+        except OSError:
+            pass  # never created: the open itself failed
+        raise
 
 
 def make_dirs(path, mode):

@@ -66,3 +66,41 @@ def test_every_console_script_entry_point_exists():
     for name, target in scripts.items():
         module, _, attribute = target.partition(":")
         assert callable(getattr(importlib.import_module(module), attribute, None)), f"{name} -> {target}"
+
+
+def _buggy_command(tmp_path, monkeypatch, *extra: str):
+    """A command whose body raises what no code path expects, with HOME pointing at tmp_path."""
+    import click
+    from click.testing import CliRunner
+
+    from evalkit.cli.guard import debug_option, guarded
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    @click.command()
+    @debug_option
+    @guarded
+    def broken(debug: bool) -> None:
+        [][0]
+
+    return CliRunner().invoke(broken, list(extra))
+
+
+def test_a_bug_exits_1_with_one_line_and_keeps_its_traceback_in_a_file(tmp_path, monkeypatch):
+    from evalkit.crashes import crash_dir
+
+    result = _buggy_command(tmp_path, monkeypatch)
+    assert result.exit_code == errors.UNEXPECTED_EXIT_CODE
+    [kept] = crash_dir().iterdir()
+    assert str(tmp_path) in str(kept)
+    assert "Traceback" not in result.output
+    assert f"unexpected error: IndexError: list index out of range\nits traceback is in {kept}" in result.output
+    assert "Traceback (most recent call last)" in kept.read_text() and "[][0]" in kept.read_text()
+
+
+def test_a_bug_under_an_unwritable_home_still_says_what_happened(tmp_path, monkeypatch):
+    (tmp_path / ".cache").write_text("a file where the cache folder would be")
+    result = _buggy_command(tmp_path, monkeypatch)
+    assert result.exit_code == errors.UNEXPECTED_EXIT_CODE
+    assert "unexpected error: IndexError" in result.output
+    assert "rerun with --debug for the traceback" in result.output
