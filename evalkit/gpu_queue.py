@@ -1,6 +1,10 @@
 """Several evaluations in one command, handed to GPUs as a work queue: a GPU that frees up
 takes the next evaluation (one GPU: one after another).
 
+Each GPU has a lane (gpu_lane.py) and two workers: while one evaluation's GPU steps run, the
+next one on that GPU makes its checks, and it starts the moment the GPU is free, while the one
+before it finishes its recall on the CPU. (A scheduler places its jobs itself: one worker each.)
+
 Each evaluation is complete and isolated (its own server directory, log and results folder);
 one failing never stops the others, it becomes a failed row. They share SSH connections.
 """
@@ -15,10 +19,13 @@ from typing import Callable
 from . import clock, pipeline
 from .comparison import Comparison, ModelResult, build_comparison, with_references
 from .config import Settings
+from .crashes import keep_traceback, where_it_is
 from .epochs import annotate
 from .errors import ComparisonIncomplete, EvalkitError
 from .evaluation import Evaluation
+from .executors import GPUS_FROM_SCHEDULER
 from .executors.base import CancelResult, RunGroup
+from .gpu_lane import GpuLane, LaneHold
 from .outcome import Reporter
 from .store import LocalStore
 from .significance import ci95_of, parse_query_hits
@@ -32,6 +39,7 @@ CancelHandler = Callable[[dict[str, CancelResult]], None]
 # OpenSSH serves 10 sessions per connection (MaxSessions' default) and a running evaluation holds
 # up to 3 (its starter, its thread's SFTP client, a short command such as a cancel)
 EVALUATIONS_PER_CONNECTION = 3
+WORKERS_PER_GPU = 2  # one running on the GPU, one making its checks meanwhile (gpu_lane.py)
 
 
 def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[int],
@@ -39,7 +47,7 @@ def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[i
                  on_cancelled: CancelHandler = lambda results: None, listing: Listing | None = None
                  ) -> list[ModelResult]:
     """Every evaluation's row, in the order given; with several GPUs, that many at a time.
-    One connection serves up to EVALUATIONS_PER_CONNECTION GPUs' evaluations (reconnecting as
+    One connection serves up to EVALUATIONS_PER_CONNECTION workers' evaluations (reconnecting as
     one run does). With the sweep's LISTING, each evaluation that succeeds is remembered
     (unchanged.py) as soon as it has. On Ctrl-C every run still going is cancelled at once
     (ON_CANCELLED hears how) before KeyboardInterrupt goes on."""
@@ -57,25 +65,28 @@ def _evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[
     work: queue.Queue = queue.Queue()
     for index, evaluation in enumerate(evaluations):
         work.put((index, evaluation))
-    gpus = gpus or [settings.gpu]
-    connections = [_sweep_connection(settings) for _ in range(0, len(gpus), EVALUATIONS_PER_CONNECTION)]
+    lanes = workers_of(settings, gpus or [settings.gpu], len(evaluations))
+    connections = [_sweep_connection(settings) for _ in range(0, len(lanes), EVALUATIONS_PER_CONNECTION)]
+    taking = threading.Lock()  # an evaluation and its lane ticket leave the queue together
 
-    def worker(gpu: int, shared: pipeline.Connection | None) -> None:
-        while True:
-            try:
-                index, evaluation = work.get_nowait()
-            except queue.Empty:
-                return
+    def worker(lane: GpuLane | None, gpu: int, shared: pipeline.Connection | None) -> None:
+        while not group.is_closed:  # after Ctrl-C no evaluation starts
+            with taking:
+                try:
+                    index, evaluation = work.get_nowait()
+                except queue.Empty:
+                    return
+                hold = lane.hold() if lane is not None else None
             on_gpu = dataclasses.replace(settings, gpu=gpu)
             results[index] = evaluate_one(on_gpu, evaluation, make_reporter(evaluation), on_failure, shared, group,
-                                          listing)
+                                          listing, hold)
 
-    if len(gpus) == 1:
-        worker(gpus[0], connections[0])
+    if len(lanes) == 1:
+        worker(*lanes[0], connections[0])
     else:
         # daemon threads: Ctrl-C ends the command without waiting for them (their runs: cancel_group)
-        threads = [threading.Thread(target=worker, args=(gpu, connections[number // EVALUATIONS_PER_CONNECTION]),
-                                    daemon=True) for number, gpu in enumerate(gpus)]
+        threads = [threading.Thread(target=worker, args=(*lane, connections[number // EVALUATIONS_PER_CONNECTION]),
+                                    daemon=True) for number, lane in enumerate(lanes)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -88,6 +99,15 @@ def _evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[
     return [results[index] for index in range(len(evaluations))]
 
 
+def workers_of(settings: Settings, gpus: list[int], count: int) -> list[tuple[GpuLane | None, int]]:
+    """(lane, GPU) of each worker: two per GPU, sharing its lane, when the laptop places the
+    evaluations; one per GPU without a lane when a scheduler does; never more than COUNT."""
+    if settings.executor in GPUS_FROM_SCHEDULER:
+        return [(None, gpu) for gpu in gpus][:count]
+    lanes = [GpuLane(gpu) for gpu in gpus]
+    return [(lane, lane.gpu) for _ in range(WORKERS_PER_GPU) for lane in lanes][:max(count, 1)]
+
+
 def _sweep_connection(settings: Settings) -> pipeline.Connection | None:
     try:
         return pipeline.sweep_connection(settings)
@@ -97,16 +117,17 @@ def _sweep_connection(settings: Settings) -> pipeline.Connection | None:
 
 def evaluate_one(settings: Settings, evaluation: Evaluation, reporter: Reporter, on_failure: FailureHandler,
                  shared: pipeline.Connection | None = None, group: RunGroup | None = None,
-                 listing: Listing | None = None) -> ModelResult:
+                 listing: Listing | None = None, hold: LaneHold | None = None) -> ModelResult:
     started = clock.timestamp()
     try:
-        result = model_result(pipeline.evaluate(settings, evaluation, reporter, shared=shared, group=group), started)
+        result = model_result(pipeline.evaluate(settings, evaluation, reporter, shared=shared, group=group,
+                                                hold=hold), started)
         if listing is not None:
             remember(settings, evaluation, listing, result)
         return result
     except Exception as exc:  # one model's failure, even a bug, must not stop the others
         error = exc if isinstance(exc, EvalkitError) else EvalkitError(
-            f"unexpected error: {type(exc).__name__}: {exc}", "rerun this model alone with --debug and report it")
+            f"unexpected error: {type(exc).__name__}: {exc}", f"{where_it_is(keep_traceback())}; please report it")
         if group is None or not group.is_closed:  # after Ctrl-C, cancel_group says what became of each run
             on_failure(evaluation, error)
         return ModelResult(evaluation.label, evaluation.checkpoint, "failed", {}, error=error.message,

@@ -15,7 +15,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import clock, server_outputs
 from .config import Settings
@@ -26,6 +26,7 @@ from .evaluation import SERVER_LATEST, Evaluation
 from .executors import executor_class
 from .executors.base import CancelResult, Executor, JobState, Launched, RemoteRun, RunGroup
 from .follow import Follower, read_logs
+from .gpu_lane import LaneHold
 from .outcome import Reporter, RunOutcome
 from .provenance import RUN_FILE as PROVENANCE_FILE, build_provenance, facts_printed as provenance_facts, \
     provenance_call
@@ -90,26 +91,38 @@ def sweep_connection(settings: Settings) -> Connection:
 
 
 def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter, detach: bool = False,
-             shared: Connection | None = None, group: RunGroup | None = None) -> Report | RunRecord:
+             shared: Connection | None = None, group: RunGroup | None = None,
+             hold: LaneHold | None = None) -> Report | RunRecord:
     """Run EVALUATION's stages on the server; recall results land in the local store.
 
     The steps run detached on the server; with DETACH the run record is returned as soon as
-    they started, else they are followed to the end. SHARED, GROUP: see connected().
+    they started, else they are followed to the end. SHARED, GROUP: see connected(). HOLD: its
+    ticket on settings.gpu's lane in a queue (gpu_lane.py): the checks run at once, the launch
+    waits for the GPU, which is given back when the last GPU step ends.
     """
-    with connected(settings, shared, group) as (session, executor):
-        store = LocalStore.of(settings)
-        evaluation, facts, origin = _ready(session, executor, store, settings, evaluation, reporter)
-        record, launched = _start(executor, store, settings, evaluation, reporter)
-        _keep_provenance(session, record, origin)
-        if detach:
-            return record
-        try:
-            return _follow_to_end(session, executor, record, reporter, facts, launched.doorbell)
-        except (EvalkitError, KeyboardInterrupt):
-            raise  # each says what became of the run
-        except Exception:  # a bug: the run goes on holding the GPU; the user must be able to reach it
-            reporter.note(_reach(record.run_id))
-            raise
+    try:
+        with connected(settings, shared, group) as (session, executor):
+            store = LocalStore.of(settings)
+            evaluation, facts, origin = _ready(session, executor, store, settings, evaluation, reporter)
+            record, launched = _start(executor, store, settings, evaluation, reporter, hold)
+            _keep_provenance(session, record, origin)
+            if detach:
+                return record
+            try:
+                return _follow_to_end(session, executor, record, reporter, facts, launched.doorbell,
+                                      gpu_done=hold.give_back if hold is not None else _nothing)
+            except (EvalkitError, KeyboardInterrupt):
+                raise  # each says what became of the run
+            except Exception:  # a bug: the run goes on holding the GPU; the user must be able to reach it
+                reporter.note(_reach(record.run_id))
+                raise
+    finally:
+        if hold is not None:  # whatever happened, the next evaluation on this GPU may go
+            hold.give_back()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _ready(session: Session, executor: Executor, store: LocalStore, settings: Settings, evaluation: Evaluation,
@@ -133,8 +146,12 @@ def _ready(session: Session, executor: Executor, store: LocalStore, settings: Se
 
 
 def _start(executor: Executor, store: LocalStore, settings: Settings, evaluation: Evaluation,
-           reporter: Reporter) -> tuple[RunRecord, Launched]:
+           reporter: Reporter, hold: LaneHold | None = None) -> tuple[RunRecord, Launched]:
     plan = build_plan(settings, evaluation)
+    if hold is not None and plan.last_gpu_step:
+        hold.take()
+    elif hold is not None:  # recall alone needs no GPU: it starts at once, the next one need not wait
+        hold.give_back()
     run_id = new_run_id()
     record = new_record(settings, evaluation, plan, run_id, run_dir(settings, run_id))
     store.save_record(record)  # first: whatever happens next, attach and cancel can find the run
@@ -150,6 +167,10 @@ def _start(executor: Executor, store: LocalStore, settings: Settings, evaluation
 
 def _launch(executor: Executor, store: LocalStore, record: RunRecord, reporter: Reporter) -> Launched:
     """The run's driver started; on any failure, nothing of it left running unnoticed."""
+    if executor.group.is_closed:  # Ctrl-C in another thread while this one waited for its GPU
+        store.forget_record(record.run_id)
+        raise RemoteStepFailed(f"run {record.run_id} was not started: the command was interrupted",
+                               "start the evaluation again")
     try:
         launched = executor.launch(_remote(record))
     except (RunLocked, SlurmRefused):
@@ -274,7 +295,9 @@ def _remote(record: RunRecord) -> RemoteRun:
 
 
 def _follow_to_end(session: Session, executor: Executor, record: RunRecord, reporter: Reporter,
-                   facts: ServerFacts | None = None, doorbell=None) -> Report:
+                   facts: ServerFacts | None = None, doorbell=None, gpu_done: Callable[[], None] = _nothing
+                   ) -> Report:
+    """GPU_DONE: told once the run's last GPU step has ended."""
     settings, evaluation, plan = record.settings, record.evaluation, record.plan
     store = LocalStore.of(settings)
     log_path = store.new_log_path(evaluation, plan.label)
@@ -285,8 +308,14 @@ def _follow_to_end(session: Session, executor: Executor, record: RunRecord, repo
     with store.open_log(log_path) as log:
         follower = Follower(session, executor, _remote(record), reporter, log, settings.step_timeout, doorbell)
         recorder = _OutputRecorder(session, settings, evaluation, plan, follower, facts)
+
+        def step_done(step: Step) -> None:
+            recorder.step_done(step)
+            if step.name == plan.last_gpu_step:
+                gpu_done()
+
         try:
-            follower.follow(outcome, recorder.step_done)
+            follower.follow(outcome, step_done)
         except KeyboardInterrupt:
             _cancel_after_interrupt(executor, record, reporter)
             raise

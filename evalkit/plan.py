@@ -29,6 +29,9 @@ I2T_RESULT = "image_to_text_results.json"
 I2I_RESULT = "image_to_image_results.json"
 QUERY_HITS_FILE = "query_hits.json"  # remote/query_hits.py's, pulled with the results
 QUERY_HITS_STEP = "query_hits"
+# The steps that run on the GPU (CUDA_VISIBLE_DEVICES); the others read and write files on the
+# CPU: the checks, upstream's recall scripts, the per-query hits.
+GPU_STEPS = frozenset({"extract", "knn_t2i", "knn_i2t", "knn_fast", "knn_i2i"})
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,12 @@ class Plan:
 
     def steps_of(self, stage: str) -> list[Step]:
         return [step for step in self.steps if step.stage == stage]
+
+    @property
+    def last_gpu_step(self) -> str | None:
+        """The name of the step after which the run no longer needs its GPU (None: it never does)."""
+        on_gpu = [step.name for step in self.steps if step.name in GPU_STEPS]
+        return on_gpu[-1] if on_gpu else None
 
     @property
     def has_query_hits(self) -> bool:

@@ -16,6 +16,7 @@ from ..epochs import in_epoch_order, split_label, trends
 from ..errors import EvalkitError
 from ..evaluation import STAGES, Evaluation, RunOptions, Scope, Wanted
 from ..executors import GPUS_FROM_SCHEDULER
+from ..in_turn import InTurn, Turns
 from ..plan import build_plan
 from ..store import LocalStore
 from .guard import CONTEXT, debug_option, guarded
@@ -214,12 +215,26 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation], o
         view.show_unchanged(out, name(evaluation), row.run_id)
     if not todo:
         return [kept[evaluation] for evaluation in evaluations]
-    if len(gpus) <= 1:
-        def one_after_another(evaluation: Evaluation) -> view.LiveReporter:
-            position = f"[{todo.index(evaluation) + 1}/{len(todo)}] "
-            view.show_model_header(out, position + name(evaluation), evaluation.checkpoint)
-            return view.LiveReporter(out, options.verbose)
-        ran = evaluate_all(settings, todo, gpus, one_after_another, failed, cancelled, listing)
+    if len(gpus) <= 1:  # shown one after another, though the next one's checks overlap (in_turn.py)
+        turns, reporters = Turns(), {}
+
+        def one_after_another(evaluation: Evaluation) -> InTurn:
+            position = todo.index(evaluation)
+
+            def shown() -> view.LiveReporter:
+                view.show_model_header(out, f"[{position + 1}/{len(todo)}] {name(evaluation)}", evaluation.checkpoint)
+                return view.LiveReporter(out, options.verbose)
+            reporters[evaluation] = turns.reporter(position, shown)
+            return reporters[evaluation]
+
+        def failed_in_turn(evaluation: Evaluation, error: EvalkitError) -> None:
+            reporters[evaluation].in_turn(lambda _: failed(evaluation, error))
+
+        def cancelled_now(results: dict) -> None:
+            turns.close()  # the display of the one shown stops; the others' are not shown at all
+            cancelled(results)
+
+        ran = evaluate_all(settings, todo, gpus, one_after_another, failed_in_turn, cancelled_now, listing)
     else:
         with view.concurrent_progress(out, total=len(todo)) as progress:
             ran = evaluate_all(settings, todo, gpus,

@@ -113,3 +113,46 @@ def test_one_failing_cell_of_a_queue_is_its_row_and_a_rerun_runs_only_what_chang
                                    timeout=900)
     assert reevaluated.returncode == 0, reevaluated.stderr
     assert [r["reused"] for r in json.loads(reevaluated.stdout)["models"]] == [False, False]
+
+
+def _gpu_phases(results_dir) -> list[tuple[float, float, float]]:
+    """Each run's (first GPU step started, last GPU step ended, run ended), by the server's own
+    files (the test bed's server is this machine), in the order the runs started."""
+    from evalkit.plan import GPU_STEPS
+    phases = []
+    for path in (results_dir / "runs").glob("*.json"):
+        record = json.loads(path.read_text())
+        if "server_run_dir" not in record:
+            continue  # evaluated-cells.json
+        names = [step["name"] for step in record["plan"]["steps"]]
+        on_gpu = [index for index, name in enumerate(names) if name in GPU_STEPS]
+        run = record["server_run_dir"]
+        phases.append((os.stat(f"{run}/step-{on_gpu[0]}.started").st_mtime,
+                       os.stat(f"{run}/step-{on_gpu[-1]}.exit").st_mtime,
+                       os.stat(f"{run}/status.json").st_mtime))
+    return sorted(phases)
+
+
+def test_on_one_gpu_the_next_cell_starts_as_the_gpu_frees_up_never_beside_a_gpu_step(testbed, experiment):
+    """The next cell's checks run while the one before it still runs; it starts when that one's
+    last GPU step has ended, while its recall (on the CPU) still runs; two cells' GPU steps never
+    overlap. Each cell's numbers are its own (a run alone gives the same)."""
+    run = testbed.evaluate("--model-path", str(experiment), "--json", timeout=900)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(run.stdout)["models"]
+    assert [r["label"] for r in rows] == ["sweep_exp@epoch_1", "sweep_exp@epoch_2"]
+    (first_gpu, first_gpu_done, first_end), (second_gpu, second_gpu_done, second_end) = _gpu_phases(testbed.results_dir)
+    assert first_gpu_done <= second_gpu, "the second cell's GPU steps began beside the first's"
+    assert second_gpu < first_end, "the second cell waited for the first cell's recall"
+    assert stdout_order(run.stderr + run.stdout) == ["[1/2] sweep_exp@epoch_1", "[2/2] sweep_exp@epoch_2"]
+
+    testbed.results_dir = testbed.results_dir.parent / "alone"
+    testbed.write_config()
+    alone = testbed.evaluate("--model-path", str(experiment / "epoch_2.pt"), "--json", "--force-extraction",
+                             timeout=600)
+    assert alone.returncode == 0, alone.stderr
+    assert json.loads(alone.stdout)["models"][0]["recall"] == rows[1]["recall"]
+
+
+def stdout_order(text: str) -> list[str]:
+    return [line.split("  (")[0].strip() for line in text.splitlines() if line.startswith("[") and "] sweep_exp" in line]

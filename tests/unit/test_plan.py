@@ -162,6 +162,24 @@ def test_skip_flags_remove_their_steps_and_results(skips, names, results):
     assert set(plan.result_files) == results
 
 
+@pytest.mark.parametrize("settings, evaluation, last", [
+    ({}, {}, "knn_i2t"),
+    ({"knn": "fast"}, {}, "knn_fast"),
+    ({"image_to_image": True}, {}, "knn_i2i"),
+    ({}, {"skip_image_to_text": True}, "knn_t2i"),
+    ({}, {"stages": ("extract",)}, "extract"),
+    ({}, {"stages": ("recall",)}, None),  # the predictions exist: the CPU alone
+])
+def test_the_gpu_is_needed_until_the_last_extract_or_knn_step(settings, evaluation, last):
+    """A queue's next evaluation on the GPU starts once this step has ended (gpu_lane.py): the
+    checks, upstream's recall scripts and the per-query hits after it read files on the CPU."""
+    plan = build_plan(Settings(**settings), request(**evaluation))
+    assert plan.last_gpu_step == last
+    names = [step.name for step in plan.steps]
+    after = names[names.index(last) + 1:] if last else names
+    assert not set(after) & {"extract", "knn_t2i", "knn_i2t", "knn_fast", "knn_i2i"}
+
+
 def test_result_files_are_upstream_names_in_the_output_dir():
     plan = build_plan(Settings(), request())
     assert plan.result_files == {"text_to_image": posixpath.join(plan.output_dir, T2I_RESULT),
