@@ -29,7 +29,7 @@ class Evaluation:
 
     CHECKPOINT is an absolute, normalised server path, or "" for quick_evaluation's knn / recall
     without --model-path: then the checkpoint of this user's last extract step (store.py), else
-    the server's most recent extraction (pipeline.locate); CHOSEN_BY says which. LABEL is a
+    the server's most recent extraction (readiness.locate); CHOSEN_BY says which. LABEL is a
     registry name, else derived from the checkpoint.
     """
 

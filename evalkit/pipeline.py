@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import clock, server_outputs
 from .config import Settings
 from .diagnosis import preflight_call
 from .doctor import preflight
-from .errors import EvalkitError, EvaluationFailed, OutputsNotReady, RemoteStepFailed, RunLocked, SlurmRefused
-from .evaluation import SERVER_LATEST, Evaluation
+from .errors import EvalkitError, RemoteStepFailed, RunLocked, SlurmRefused
+from .evaluation import Evaluation
 from .executors import executor_class
 from .executors.base import CancelResult, Executor, JobState, Launched, RemoteRun, RunGroup
 from .follow import Follower, read_logs
@@ -30,15 +29,16 @@ from .gpu_lane import LaneHold
 from .outcome import Reporter, RunOutcome
 from .provenance import RUN_FILE as PROVENANCE_FILE, build_provenance, facts_printed as provenance_facts, \
     provenance_call
-from .plan import Plan, Step, build_plan, checkpoint_output_dir, directions, inspect_call, inspect_command, \
-    knn_commands
+from .plan import Step, build_plan, inspect_call, inspect_command
+from .readiness import decide, locate
+from .run_outputs import OutputRecorder, fetch_results
 from .run_record import RunRecord, new_record, new_run_id
 from .server import PROBE, PROVENANCE, run_dir, scripts_for
-from .server_outputs import ServerFacts, facts_from, facts_printed
+from .server_outputs import ServerFacts
 from .session import Session
 from .ssh import Connection, resolve_target
 from .store import LocalStore
-from .summary import build_summary, parse_result
+from .summary import build_summary
 
 
 @dataclass(frozen=True)
@@ -307,7 +307,7 @@ def _follow_to_end(session: Session, executor: Executor, record: RunRecord, repo
                       f"re-attach later: python -m evalkit attach {record.run_id}")
     with store.open_log(log_path) as log:
         follower = Follower(session, executor, _remote(record), reporter, log, settings.step_timeout, doorbell)
-        recorder = _OutputRecorder(session, settings, evaluation, plan, follower, facts)
+        recorder = OutputRecorder(session, settings, evaluation, plan, follower, facts)
 
         def step_done(step: Step) -> None:
             recorder.step_done(step)
@@ -330,39 +330,6 @@ def _follow_to_end(session: Session, executor: Executor, record: RunRecord, repo
     return Report(evaluation, outcome, recorder.facts, summary, written, log_path)
 
 
-def fetch_results(session: Session, run: RemoteRun, outcome: RunOutcome) -> None:
-    """Read each result JSON from the server; raise EvaluationFailed unless it says success, or
-    OutputsNotReady when a later run of the checkpoint has replaced it since this run ended."""
-    ended = session.mtime_of(run.path("status.json"))  # None while the driver is finishing
-    for direction, path in run.plan.result_files.items():
-        modified = session.mtime_of(path)
-        if modified is None:
-            raise EvaluationFailed(f"the {direction} evaluation wrote no result file {path}",
-                                   "read the step output above")
-        if ended is not None and modified > ended:  # runs of one checkpoint hold its lock in turn
-            raise OutputsNotReady(f"the {direction} results of run {run.run_id} were replaced by a later run "
-                                  f"of {run.plan.checkpoint} ({path})",
-                                  "python -m evalkit results shows what was kept locally; evaluate again "
-                                  "for this run's numbers")
-        try:
-            raw = session.read_bytes(path)
-        except FileNotFoundError as exc:
-            raise EvaluationFailed(f"the {direction} evaluation wrote no result file {path}",
-                                   "read the step output above") from exc
-        outcome.results[direction] = parse_result(raw, path, direction)
-        outcome.raw_results[direction] = raw
-    if run.plan.has_query_hits and run.plan.result_files:
-        outcome.raw_query_hits = _read_if_there(session, run.plan.files.query_hits)
-
-
-def _read_if_there(session: Session, path: str) -> bytes | None:
-    """The statistics beside the recall are extras: without them the recall still stands."""
-    try:
-        return session.read_bytes(path)
-    except FileNotFoundError:
-        return None
-
-
 def _cancel_after_interrupt(executor: Executor, record: RunRecord, reporter: Reporter) -> None:
     """Ctrl-C while attached: nothing of the run may go on holding the server's GPU."""
     try:
@@ -373,104 +340,3 @@ def _cancel_after_interrupt(executor: Executor, record: RunRecord, reporter: Rep
         return
     executor.group.discard(record.run_id)
     reporter.note(result.describe(record.run_id))
-
-
-class _OutputRecorder:
-    """Writes the manifest once the features are verified, and the KNN record once the
-    predictions are: from the facts the check steps printed, with no further remote command."""
-
-    def __init__(self, session: Session, settings: Settings, evaluation: Evaluation, plan: Plan,
-                 follower: Follower, facts: ServerFacts | None) -> None:
-        self.session, self.settings, self.evaluation, self.plan = session, settings, evaluation, plan
-        self.follower = follower
-        self.facts = facts  # before the run; after each check step, what it found
-        self.manifest: dict | None = None  # the one this run wrote, once it has
-
-    def step_done(self, step: Step) -> None:
-        if step.name == "verify":
-            self._record_extraction(step)
-        elif step.name == "check_predictions":
-            self._record_knn(step)
-
-    def _record_extraction(self, verify: Step) -> None:
-        facts = self._printed_by(verify)
-        command = self.plan.steps_of("extract")[0].command
-        self.manifest = server_outputs.new_manifest(self.settings, self.evaluation, facts, command,
-                                                    clock.precise_timestamp())
-        self.session.write_bytes(self.plan.manifest, server_outputs.manifest_bytes(self.manifest))
-        self.facts = dataclasses.replace(facts, manifest=self.manifest)
-
-    def _record_knn(self, check: Step) -> None:
-        facts = self._printed_by(check)
-        # this run's manifest, when it extracted: the check may have run before it was written
-        facts = dataclasses.replace(facts, manifest=self.manifest or facts.manifest)
-        commands = {direction: step.command for step in self.plan.steps_of("knn") for direction in step.directions}
-        manifest = server_outputs.with_knn(facts, commands, clock.precise_timestamp())
-        self.session.write_bytes(self.plan.manifest, server_outputs.manifest_bytes(manifest))
-        self.facts = dataclasses.replace(facts, manifest=manifest)
-
-    def _printed_by(self, step: Step) -> ServerFacts:
-        return facts_printed(self.session.read_bytes(self.follower.output_path(step)))
-
-
-def locate(connection: Connection, settings: Settings, evaluation: Evaluation, reporter: Reporter,
-           inspected: tuple | None = None) -> tuple[Evaluation, ServerFacts]:
-    """The server's facts for EVALUATION (INSPECTED: already run, with its command); without a
-    checkpoint, for the most recent extraction, which then becomes the evaluation's checkpoint."""
-    facts = facts_from(*inspected) if inspected else _inspect(connection, settings, evaluation)
-    server_outputs.check_dataset(facts, evaluation)
-    if evaluation.checkpoint:
-        return evaluation, facts
-    if not facts.out_dir or not facts.manifest:
-        raise OutputsNotReady(
-            f"no extraction found for dataset {evaluation.dataset!r}, split {evaluation.split!r} "
-            f"under {settings.output_root}", "run --step extract --model-path CHECKPOINT first")
-    manifest = facts.manifest
-    chosen = dataclasses.replace(evaluation, checkpoint=manifest["checkpoint"]["path"],
-                                 vision_model=manifest["vision_model"], text_model=manifest["text_model"],
-                                 chosen_by=SERVER_LATEST)
-    reporter.note(f"no extract step of yours is on record for this dataset split (in {settings.results_dir}): "
-                  f"using the most recent extraction on the server, by anyone: {chosen.checkpoint} (extracted "
-                  f"{manifest.get('extracted_at')}); pass --model-path to choose another")
-    facts = _inspect(connection, settings, chosen)
-    expected_dir = checkpoint_output_dir(settings, chosen.dataset, chosen.split, chosen.checkpoint)
-    if facts.out_dir != expected_dir:  # a manifest copied by hand into another directory
-        raise OutputsNotReady(f"the manifest in {facts.out_dir} names a checkpoint whose outputs "
-                              f"belong in {expected_dir}", "run --step extract --model-path again")
-    return chosen, facts
-
-
-def _inspect(connection: Connection, settings: Settings, evaluation: Evaluation) -> ServerFacts:
-    command = inspect_command(settings, evaluation)
-    return facts_from(connection.capture(command, timeout=settings.step_timeout), command)
-
-
-def decide(settings: Settings, evaluation: Evaluation, facts: ServerFacts, reporter: Reporter) -> Evaluation:
-    """Check the stage's inputs; skip extraction when complete features can be reused."""
-    if "extract" in evaluation.stages and not evaluation.skip_extraction:
-        server_outputs.check_checkpoint(facts)
-        refusal = server_outputs.reuse_refusal(settings, evaluation, facts)
-        if refusal is None and not evaluation.force_extraction:
-            reporter.note(f"reusing the features extracted {facts.manifest['extracted_at']} for this "
-                          f"checkpoint ({facts.image_count} images, {facts.text_count} texts, "
-                          "checkpoint unchanged); --force-extraction extracts again")
-            return _reuse_predictions(settings, dataclasses.replace(evaluation, skip_extraction=True), facts,
-                                      reporter)
-        if facts.manifest and refusal:
-            reporter.note(f"extracting again: {refusal}")
-        return evaluation
-    hint = "drop --skip-extraction to extract first" if "extract" in evaluation.stages else None
-    server_outputs.check_features(facts, fix=hint)
-    if "recall" in evaluation.stages and "knn" not in evaluation.stages:
-        server_outputs.check_predictions(facts, directions(settings, evaluation))
-    return evaluation
-
-
-def _reuse_predictions(settings: Settings, evaluation: Evaluation, facts: ServerFacts,
-                       reporter: Reporter) -> Evaluation:
-    """With reused features, KNN is skipped too when its recorded commands are the ones planned."""
-    if "knn" not in evaluation.stages or not server_outputs.predictions_reusable(facts,
-                                                                                knn_commands(settings, evaluation)):
-        return evaluation
-    reporter.note("reusing the KNN predictions made from these features by the same commands")
-    return dataclasses.replace(evaluation, stages=tuple(stage for stage in evaluation.stages if stage != "knn"))

@@ -15,13 +15,15 @@ Every file is written atomically: readers see the old file or the new one, never
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import re
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from . import clock
 from .config import Settings
@@ -240,11 +242,26 @@ class LocalStore:
         return found if isinstance(found, dict) else None
 
     def remember_cell(self, key: str, record: dict) -> None:
-        with _CELLS_LOCK:  # a queue's GPUs finish cells at once: no record may be lost between them
+        # a queue's GPUs finish cells at once, and a watch and a sweep may share the results
+        # folder: no record may be lost between them, whichever thread or process writes
+        with _CELLS_LOCK, self._cells_file_lock():
             cells = self._evaluated_cells()
             cells[key] = record
             text = json.dumps(cells, ensure_ascii=False, indent=2) + "\n"
             write_atomically(self.runs_dir / EVALUATED_CELLS, text.encode("utf-8"))
+
+    @contextmanager
+    def _cells_file_lock(self) -> Iterator[None]:
+        """flock on a file beside the record (never the record itself: it is replaced by renames)."""
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.runs_dir / f"{EVALUATED_CELLS}.lock", "a")
+        except OSError as exc:
+            raise LocalWriteError(f"cannot write {self.runs_dir / EVALUATED_CELLS}: {exc.strerror or exc}",
+                                  "check the --results-dir location is writable") from exc
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+            yield
 
     def _evaluated_cells(self) -> dict:
         try:

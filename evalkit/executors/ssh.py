@@ -15,9 +15,10 @@ from .base import CallResult, CancelResult, Executor, JobState, Launched, Remote
 class SshExecutor(Executor):
     starter: Starter | None = None
     job_runner_sent = False  # by the starter, or over SFTP before the first job.py call without one
-    # (the SSH client it was read over, the server's boot id): asked every few seconds while a run
-    # is followed, it cannot change within one SSH session; a reconnect may meet a rebooted server
-    _boot: tuple[object, str] | None = None
+    # (the connection's generation it was read in, the server's boot id): asked every few seconds
+    # while a run is followed, it cannot change within one SSH session; a reconnect may meet a
+    # rebooted server
+    _boot: tuple[int, str] | None = None
 
     def prepare(self, scripts: list[str]) -> None:
         self.starter = Starter.begin(self.connection, self.settings, scripts)
@@ -73,9 +74,9 @@ class SshExecutor(Executor):
             return False
 
     def _boot_id(self) -> str:
-        client = self.connection.client
-        if self._boot is None or self._boot[0] is not client:
-            self._boot = (client, self.connection.read_bytes("/proc/sys/kernel/random/boot_id").decode().strip())
+        generation = self.connection.open().generation
+        if self._boot is None or self._boot[0] != generation:
+            self._boot = (generation, self.connection.read_bytes("/proc/sys/kernel/random/boot_id").decode().strip())
         return self._boot[1]
 
     def _read_json(self, path: str) -> dict | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,25 @@ def test_a_failed_cell_is_not_remembered(tmp_path):
     assert not (tmp_path / "runs" / "evaluated-cells.json").exists()
     evaluated(LocalStore(tmp_path), "r1")
     assert kept_rows(settings, [CELL], listing()) == {}
+
+
+def _remember_many(root: str, prefix: str, count: int, start) -> None:
+    store = LocalStore(Path(root))
+    start.wait()
+    for number in range(count):
+        store.remember_cell(f"{prefix}-{number}", {"run_id": f"{prefix}-{number}"})
+
+
+def test_two_evalkit_processes_remembering_cells_at_once_lose_none(tmp_path):
+    """A watch and a sweep (or two terminals) on one results folder: each process's records stay."""
+    import multiprocessing
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    writers = [context.Process(target=_remember_many, args=(str(tmp_path), name, 150, start))
+               for name in ("watch", "sweep")]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    cells = json.loads((tmp_path / "runs" / "evaluated-cells.json").read_text())
+    assert sorted(cells) == sorted(f"{name}-{n}" for name in ("watch", "sweep") for n in range(150))
