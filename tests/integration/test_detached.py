@@ -20,51 +20,17 @@ from evalkit.plan import Step
 from evalkit.ssh import Connection, resolve_target
 
 from .conftest import DATASETS, ENTRY_SCRIPT, REPO, run_upstream_by_hand, start_interruptible
+from .server_runs import assert_no_starter_left, launch_one_shot, processes_of, run_dirs, starters_of, \
+    wait_for_extraction
 
 pytestmark = pytest.mark.integration
 
 SPEC = DATASETS[0]
 
 
-def _launch(bed, *args: str) -> subprocess.Popen:
-    """The one-shot command in the background, as a user's terminal would run it (Ctrl-C included)."""
-    return start_interruptible([sys.executable, str(ENTRY_SCRIPT), "--config", str(bed.config),
-                                "--datapath", str(bed.datapath), "--model-path", str(bed.checkpoint), *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=bed.results_dir.parent, stdin=subprocess.DEVNULL,
-                               env={**os.environ, "COLUMNS": "200"})
-
-
 def _evalkit(bed, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "evalkit", *args], capture_output=True, text=True, cwd=REPO,
                           timeout=timeout, env={**os.environ, "COLUMNS": "200"})
-
-
-def _run_dirs(bed) -> list[Path]:
-    return sorted((bed.server_outputs / ".evalkit" / "runs").glob("*"))
-
-
-def _wait_for_extraction(bed, timeout: float = 120) -> Path:
-    """The run directory, once its extraction step is under way on the server."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for run_dir in _run_dirs(bed):
-            if (run_dir / "step-1.started").exists() and (run_dir / "step-1.err").stat().st_size > 0:
-                return run_dir
-        time.sleep(0.2)
-    raise AssertionError("extraction never started")
-
-
-def _processes_of(run_id: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and f"EVALKIT_RUN_ID={run_id}".encode() in \
-                    (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def _pulled(bed) -> dict[str, dict]:
@@ -73,8 +39,8 @@ def _pulled(bed) -> dict[str, dict]:
 
 
 def test_a_dropped_connection_mid_extraction_costs_nothing(testbed, tmp_path):
-    client = _launch(testbed)
-    run_dir = _wait_for_extraction(testbed)
+    client = launch_one_shot(testbed)
+    run_dir = wait_for_extraction(testbed)
     killed = testbed.sshd.kill_sessions()
     assert killed, "no sshd session process to kill"
     out, err = client.communicate(timeout=300)
@@ -95,17 +61,17 @@ def test_a_dropped_connection_mid_extraction_costs_nothing(testbed, tmp_path):
 
 
 def test_ctrl_c_cancels_the_remote_run_and_leaves_nothing_running(testbed):
-    client = _launch(testbed)
-    run_dir = _wait_for_extraction(testbed)
+    client = launch_one_shot(testbed)
+    run_dir = wait_for_extraction(testbed)
     run_id = run_dir.name
-    assert _processes_of(run_id), "the run should be running on the server"
-    assert _starters_of(testbed), "the attached client's doorbell"
+    assert processes_of(run_id), "the run should be running on the server"
+    assert starters_of(testbed), "the attached client's doorbell"
     client.send_signal(signal.SIGINT)
     out, err = client.communicate(timeout=60)
     assert client.returncode == INTERRUPTED_EXIT_CODE, err + out
     assert f"cancelled run {run_id}: no process of it remains on the server" in out
-    assert _processes_of(run_id) == []
-    _assert_no_starter_left(testbed)
+    assert processes_of(run_id) == []
+    assert_no_starter_left(testbed)
     assert json.loads((run_dir / "status.json").read_text())["state"] == "cancelled"
     assert not list(testbed.server_outputs.rglob(".evalkit-lock"))  # the checkpoint is free again
 
@@ -119,16 +85,16 @@ def test_ctrl_c_with_several_models_at_once_cancels_every_run(testbed, second_ch
                                  cwd=testbed.results_dir.parent, stdin=subprocess.DEVNULL,
                                  env={**os.environ, "COLUMNS": "200"})
     deadline = time.monotonic() + 180
-    while sum((run_dir / "step-1.started").exists() for run_dir in _run_dirs(testbed)) < 3:
+    while sum((run_dir / "step-1.started").exists() for run_dir in run_dirs(testbed)) < 3:
         assert time.monotonic() < deadline, "the three extractions never started"
         time.sleep(0.2)
-    run_ids = [run_dir.name for run_dir in _run_dirs(testbed)]
+    run_ids = [run_dir.name for run_dir in run_dirs(testbed)]
     client.send_signal(signal.SIGINT)
     out, err = client.communicate(timeout=180)
     assert client.returncode == INTERRUPTED_EXIT_CODE, err + out
     for run_id in run_ids:
         assert f"cancelled run {run_id}: no process of it remains on the server" in out, out
-        assert _processes_of(run_id) == []
+        assert processes_of(run_id) == []
         run_dir = testbed.server_outputs / ".evalkit" / "runs" / run_id
         assert json.loads((run_dir / "status.json").read_text())["state"] == "cancelled"
     assert "Traceback" not in err
@@ -142,7 +108,7 @@ def test_detach_then_attach_gives_the_attached_results(testbed, tmp_path):
     run_id = started.stdout.split("started run ")[1].split()[0]
     assert f"python -m evalkit attach {run_id}" in started.stdout
     assert not (testbed.results_dir / SPEC.name).exists()  # nothing pulled yet
-    _assert_no_starter_left(testbed)  # its channel closed: no one to ring for
+    assert_no_starter_left(testbed)  # its channel closed: no one to ring for
 
     status = _evalkit(testbed, "status", run_id, "--config", str(testbed.config))
     assert status.returncode == 0 and run_id in status.stdout, status.stderr
@@ -255,37 +221,13 @@ def test_the_steps_do_not_read_bashrc_again_as_bash_does_for_a_shell_it_thinks_s
     assert not reads.exists()
 
 
-def _starters_of(bed) -> list[int]:
-    """job.py start processes of this test bed, begun with every evaluation before it is known;
-    not the drivers forked from them (driver.json names each)."""
-    folder = str(bed.server_outputs / ".evalkit").encode()
-    drivers = {json.loads((run_dir / "driver.json").read_text())["pid"]
-               for run_dir in _run_dirs(bed) if (run_dir / "driver.json").exists()}
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if entry.name.isdigit() and folder in command and b"start" in command and int(entry.name) not in drivers:
-            found.append(int(entry.name))
-    return found
-
-
 def test_an_evaluation_refused_before_its_run_starts_leaves_no_run_and_no_starter(testbed, tmp_path):
     missing = tmp_path / "experiments" / "nope" / "checkpoints" / "epoch_latest.pt"
     run = subprocess.run([sys.executable, str(ENTRY_SCRIPT), "--config", str(testbed.config),
                           "--model-path", str(missing)], capture_output=True, text=True, timeout=120)
     assert run.returncode == MissingInput.exit_code, run.stderr
-    assert not _run_dirs(testbed)
-    _assert_no_starter_left(testbed)
-
-
-def _assert_no_starter_left(bed) -> None:
-    deadline = time.monotonic() + 10
-    while _starters_of(bed) and time.monotonic() < deadline:  # the channel closed: EOF reaches it
-        time.sleep(0.1)
-    assert not _starters_of(bed)
+    assert not run_dirs(testbed)
+    assert_no_starter_left(testbed)
 
 
 def test_the_starter_runs_evalkits_checks_in_its_env_and_without_a_run_ends_quietly(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,8 +16,8 @@ import pytest
 from evalkit.errors import ConfigError, DriverGone, LocalWriteError, OutputsNotReady, TransferUnavailable
 from evalkit.testbed.sshd import LoopbackSshd
 
-from .conftest import DATASETS, ENTRY_SCRIPT, REPO
-from .test_detached import _launch, _processes_of, _run_dirs, _wait_for_extraction
+from .conftest import DATASETS, REPO
+from .server_runs import launch_one_shot, processes_of, run_dirs, wait_for_extraction
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +50,7 @@ def _kill_driver(run_dir: Path) -> None:
 def _clean_up(bed, run_id: str) -> None:
     """The killed driver's steps go on, orphaned: stop them, as a user would."""
     _evalkit("cancel", run_id, "--config", str(bed.config), "--grace", "1")
-    assert _processes_of(run_id) == []
+    assert processes_of(run_id) == []
 
 
 # --- a server without SFTP -------------------------------------------------------------------
@@ -67,7 +66,7 @@ def test_a_server_without_sftp_is_refused_before_any_run_starts(testbed, sshd_wi
     run = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint))
     _assert_clean_failure(run, TransferUnavailable.exit_code, "has no SFTP subsystem", "Subsystem sftp")
     assert "reconnect" not in run.stdout + run.stderr
-    assert _run_dirs(testbed) == []  # nothing was started that could not be followed
+    assert run_dirs(testbed) == []  # nothing was started that could not be followed
     assert not (testbed.results_dir / "runs").exists() or not list((testbed.results_dir / "runs").glob("2*.json"))
 
 
@@ -83,8 +82,8 @@ def test_debians_own_sftp_server_program_serves_a_whole_run(testbed, tmp_path):
 # --- the driver dies or crashes --------------------------------------------------------------
 
 def test_a_killed_driver_ends_the_attached_client_with_its_own_exit_code(testbed):
-    client = _launch(testbed)
-    run_dir = _wait_for_extraction(testbed)
+    client = launch_one_shot(testbed)
+    run_dir = wait_for_extraction(testbed)
     _kill_driver(run_dir)
     out, err = client.communicate(timeout=90)  # the driver is asked after at most ~10 s
     assert client.returncode == DriverGone.exit_code, err + out
@@ -94,7 +93,7 @@ def test_a_killed_driver_ends_the_attached_client_with_its_own_exit_code(testbed
 
 def test_attach_and_logs_follow_notice_a_killed_driver(testbed):
     run_id = _detached(testbed)
-    run_dir = _wait_for_extraction(testbed)
+    run_dir = wait_for_extraction(testbed)
     _kill_driver(run_dir)
     attached = _evalkit("attach", run_id, "--config", str(testbed.config), timeout=90)
     _assert_clean_failure(attached, DriverGone.exit_code, "the run's driver on the server is gone")
@@ -105,7 +104,7 @@ def test_attach_and_logs_follow_notice_a_killed_driver(testbed):
 
 def test_a_crashed_driver_is_reported_with_its_error(testbed):
     run_id = _detached(testbed)
-    run_dir = _wait_for_extraction(testbed)
+    run_dir = wait_for_extraction(testbed)
     _kill_driver(run_dir)
     (run_dir / "status.json").write_text(json.dumps({"state": "crashed", "error": "MemoryError in the driver"}))
     attached = _evalkit("attach", run_id, "--config", str(testbed.config), timeout=90)
@@ -121,7 +120,7 @@ def test_an_unwritable_results_folder_fails_before_the_run_starts(testbed, tmp_p
     testbed.write_config(results_dir=str(blocker / "results"))
     run = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint))
     _assert_clean_failure(run, LocalWriteError.exit_code, f"cannot write {blocker / 'results' / 'runs'}")
-    assert _run_dirs(testbed) == []  # no run holds the GPU without a record to attach to or cancel
+    assert run_dirs(testbed) == []  # no run holds the GPU without a record to attach to or cancel
     assert not list(tmp_path.rglob(".*.json.*"))  # no temporary file left behind
 
 

@@ -13,11 +13,9 @@ import pytest
 from evalkit.errors import OutputsNotReady
 
 from .conftest import DATASETS, DatasetSpec
+from .step_runs import TEAM_LABEL, assert_clean_failure, manifest_of, results_of, server_dir_of
 
 pytestmark = pytest.mark.integration
-
-TEAM_LABEL = "muge_finetune_rn50_rbt3_team_distill"
-RESULT_FILES = ("text_to_image_results.json", "image_to_text_results.json")
 
 
 def _seed_steps(bed, spec: DatasetSpec, checkpoint: Path) -> list[subprocess.CompletedProcess]:
@@ -28,34 +26,6 @@ def _seed_steps(bed, spec: DatasetSpec, checkpoint: Path) -> list[subprocess.Com
             bed.quick("--step", "recall", *common)]
 
 
-def _assert_clean_failure(run: subprocess.CompletedProcess, code: int, *phrases: str) -> None:
-    assert run.returncode == code, run.stderr + run.stdout
-    assert "\nTraceback" not in "\n" + run.stderr
-    assert run.stderr.startswith("error: ") and "\nfix: " in run.stderr
-    for phrase in phrases:
-        assert phrase in run.stderr, run.stderr
-
-
-def _results(bed, spec: DatasetSpec, label: str) -> dict[str, dict]:
-    local = bed.results_dir / spec.name / spec.split / label
-    return {name: json.loads((local / name).read_text()) for name in RESULT_FILES}
-
-
-def _server_dir(bed, spec: DatasetSpec) -> Path:
-    [directory] = (bed.server_outputs / spec.name / spec.split).iterdir()
-    return directory
-
-
-def _manifest(directory: Path) -> dict:
-    return json.loads((directory / "manifest.json").read_text())
-
-
-def _no_results(bed) -> bool:
-    """No result file was pulled (run records in runs/ and logs/ say what happened, and stay)."""
-    return not any(p.is_file() and p.suffix == ".json" and p.relative_to(bed.results_dir).parts[0] != "runs"
-                   for p in bed.results_dir.rglob("*"))
-
-
 @pytest.mark.parametrize("spec", DATASETS, ids=lambda s: f"{s.name}-{s.split}")
 def test_seed_step_commands_give_the_one_shot_results(testbed, spec: DatasetSpec, tmp_path):
     extract, knn, recall = _seed_steps(testbed, spec, testbed.checkpoint)
@@ -63,7 +33,7 @@ def test_seed_step_commands_give_the_one_shot_results(testbed, spec: DatasetSpec
         assert run.returncode == 0, run.stderr + run.stdout
     assert "features ready" in extract.stdout and "next: --step knn" in extract.stdout
     assert f"using the checkpoint of your last extract step: {testbed.checkpoint}" in knn.stdout
-    stepwise = _results(testbed, spec, TEAM_LABEL)
+    stepwise = results_of(testbed, spec, TEAM_LABEL)
 
     # The one-shot command, into a fresh results folder and server output root.
     testbed.results_dir, testbed.server_outputs = tmp_path / "one-shot", tmp_path / "one-shot server"
@@ -71,7 +41,7 @@ def test_seed_step_commands_give_the_one_shot_results(testbed, spec: DatasetSpec
     one_shot = testbed.evaluate("--datapath", str(testbed.datapath), "--dataset-name", spec.name,
                                 "--split", spec.split, "--model-path", str(testbed.checkpoint))
     assert one_shot.returncode == 0, one_shot.stderr
-    assert stepwise == _results(testbed, spec, TEAM_LABEL)  # every number, both directions
+    assert stepwise == results_of(testbed, spec, TEAM_LABEL)  # every number, both directions
     for direction in ("text→image", "image→text"):
         assert direction in recall.stdout  # the same table
 
@@ -80,7 +50,7 @@ def test_manifest_records_what_the_features_were_made_from(testbed):
     spec = DATASETS[0]
     run = _seed_steps(testbed, spec, testbed.checkpoint)[0]
     assert run.returncode == 0, run.stderr
-    manifest = _manifest(_server_dir(testbed, spec))
+    manifest = manifest_of(server_dir_of(testbed, spec))
     stat = testbed.checkpoint.stat()
     assert manifest["checkpoint"] == {"path": str(testbed.checkpoint), "size": stat.st_size,
                                       "mtime_ns": stat.st_mtime_ns}
@@ -103,13 +73,13 @@ def test_unchanged_checkpoint_is_not_extracted_twice_unless_forced(testbed):
     args = ("--step", "extract", "--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint))
     first = testbed.quick(*args)
     assert first.returncode == 0, first.stderr
-    extracted_at = _manifest(_server_dir(testbed, spec))["extracted_at"]
+    extracted_at = manifest_of(server_dir_of(testbed, spec))["extracted_at"]
 
     second = testbed.quick(*args)
     assert second.returncode == 0, second.stderr
     assert "reusing the features extracted" in second.stdout
     assert "extract image + text features" not in second.stdout  # the step did not run
-    assert _manifest(_server_dir(testbed, spec))["extracted_at"] == extracted_at
+    assert manifest_of(server_dir_of(testbed, spec))["extracted_at"] == extracted_at
 
     one_shot = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint))
     assert one_shot.returncode == 0, one_shot.stderr
@@ -117,18 +87,18 @@ def test_unchanged_checkpoint_is_not_extracted_twice_unless_forced(testbed):
     summary_path = testbed.results_dir / spec.name / spec.split / TEAM_LABEL / "summary.json"
     summary = json.loads(summary_path.read_text())
     assert [step["name"] for step in summary["steps"]][:3] == ["prepare", "knn_t2i", "knn_i2t"]
-    results = _results(testbed, spec, TEAM_LABEL)
+    results = results_of(testbed, spec, TEAM_LABEL)
 
     again = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint))
     assert again.returncode == 0, again.stderr
     assert "reusing the KNN predictions" in again.stdout  # same features, same commands
     assert not any(step["name"].startswith("knn") for step in json.loads(summary_path.read_text())["steps"])
-    assert _results(testbed, spec, TEAM_LABEL) == results
+    assert results_of(testbed, spec, TEAM_LABEL) == results
 
     forced = testbed.quick(*args, "--force-extraction")
     assert forced.returncode == 0, forced.stderr
     assert "extract image + text features" in forced.stdout
-    assert _manifest(_server_dir(testbed, spec))["extracted_at"] > extracted_at
+    assert manifest_of(server_dir_of(testbed, spec))["extracted_at"] > extracted_at
 
 
 def test_a_changed_checkpoint_is_extracted_again(testbed, tmp_path):
@@ -140,7 +110,7 @@ def test_a_changed_checkpoint_is_extracted_again(testbed, tmp_path):
     with copy.open("ab") as handle:  # as when training overwrites epoch_latest.pt
         handle.write(b"\0")
     knn = testbed.quick("--step", "knn", "--datapath", str(testbed.datapath), "--model-path", str(copy))
-    _assert_clean_failure(knn, OutputsNotReady.exit_code, f"the checkpoint {copy} changed after")
+    assert_clean_failure(knn, OutputsNotReady.exit_code, f"the checkpoint {copy} changed after")
     again = testbed.quick(*args)
     assert again.returncode == 0, again.stderr
     assert "extracting again: the checkpoint changed since the last extraction" in again.stdout
@@ -158,7 +128,7 @@ def test_a_split_rewritten_in_place_is_extracted_again(testbed, own_datapath):
     texts.write_text("".join(json.dumps(dict(line, text=line["text"] + "。"), ensure_ascii=False) + "\n"
                              for line in lines))
     knn = testbed.quick("--step", "knn", "--datapath", str(own_datapath), "--model-path", str(testbed.checkpoint))
-    _assert_clean_failure(knn, OutputsNotReady.exit_code, "the dataset's texts file changed since the extraction")
+    assert_clean_failure(knn, OutputsNotReady.exit_code, "the dataset's texts file changed since the extraction")
     again = testbed.quick(*extract)
     assert again.returncode == 0, again.stderr
     assert "extracting again: the dataset's texts file changed since the extraction" in again.stdout

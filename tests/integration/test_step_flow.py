@@ -16,7 +16,7 @@ import pytest
 from evalkit.errors import OutputsNotReady
 
 from .conftest import DATASETS, QUICK_SCRIPT, run_upstream_by_hand
-from .test_step_by_step import TEAM_LABEL, _assert_clean_failure, _results
+from .step_runs import TEAM_LABEL, assert_clean_failure, results_of
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def test_knn_and_recall_evaluate_the_checkpoint_of_your_last_extract_step(testbe
     assert (summary["checkpoint"], summary["checkpoint_chosen_by"]) == (str(testbed.checkpoint),
                                                                          "your last extract step")
     by_hand = run_upstream_by_hand(testbed, spec, tmp_path / "by hand")
-    pulled = {name.removesuffix("_results.json"): result for name, result in _results(testbed, spec, TEAM_LABEL).items()}
+    pulled = {name.removesuffix("results_of.json"): result for name, result in results_of(testbed, spec, TEAM_LABEL).items()}
     assert pulled == by_hand  # A's numbers, as upstream computes them
     for other in ("large_distill", "baseline_rn50"):
         assert not (testbed.results_dir / spec.name / spec.split / other).exists()
@@ -88,4 +88,4 @@ def test_without_an_extract_step_of_yours_the_servers_latest_is_used_and_the_tab
 
     # Naming the first checkpoint evaluates the first, from its own directory.
     named = testbed.quick("--step", "recall", *common, "--model-path", str(testbed.checkpoint))
-    _assert_clean_failure(named, OutputsNotReady.exit_code, "no text→image KNN predictions", "--step knn")
+    assert_clean_failure(named, OutputsNotReady.exit_code, "no text→image KNN predictions", "--step knn")

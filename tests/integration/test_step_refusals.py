@@ -12,18 +12,18 @@ import pytest
 from evalkit.errors import MissingInput, OutputsNotReady
 
 from .conftest import DATASETS
-from .test_step_by_step import _assert_clean_failure, _no_results, _server_dir
+from .step_runs import assert_clean_failure, no_results, server_dir_of
 
 pytestmark = pytest.mark.integration
 
 
 def test_knn_before_any_extraction_is_refused(testbed):
     run = testbed.quick("--step", "knn", "--datapath", str(testbed.datapath))
-    _assert_clean_failure(run, OutputsNotReady.exit_code, "no extraction found for dataset 'Flickr30k-CN'",
+    assert_clean_failure(run, OutputsNotReady.exit_code, "no extraction found for dataset 'Flickr30k-CN'",
                           "--step extract --model-path")
     named = testbed.quick("--step", "knn", "--datapath", str(testbed.datapath),
                           "--model-path", str(testbed.checkpoint))
-    _assert_clean_failure(named, OutputsNotReady.exit_code, f"no complete features for {testbed.checkpoint}",
+    assert_clean_failure(named, OutputsNotReady.exit_code, f"no complete features for {testbed.checkpoint}",
                           "nothing has been extracted")
     assert not testbed.results_dir.exists()
 
@@ -33,8 +33,8 @@ def test_recall_before_knn_is_refused(testbed):
                             "--model-path", str(testbed.checkpoint))
     assert extract.returncode == 0, extract.stderr
     run = testbed.quick("--step", "recall", "--datapath", str(testbed.datapath))
-    _assert_clean_failure(run, OutputsNotReady.exit_code, "no text→image KNN predictions", "--step knn")
-    assert _no_results(testbed)
+    assert_clean_failure(run, OutputsNotReady.exit_code, "no text→image KNN predictions", "--step knn")
+    assert no_results(testbed)
 
 
 @pytest.mark.parametrize("damage, phrase", [
@@ -47,7 +47,7 @@ def test_damaged_features_are_refused(testbed, damage, phrase):
     extract = testbed.quick("--step", "extract", "--datapath", str(testbed.datapath),
                             "--model-path", str(testbed.checkpoint))
     assert extract.returncode == 0, extract.stderr
-    directory = _server_dir(testbed, spec)
+    directory = server_dir_of(testbed, spec)
     features = directory / f"{spec.split}_imgs.img_feat.jsonl"
     lines = features.read_bytes().splitlines(keepends=True)
     if damage == "truncate":
@@ -58,11 +58,11 @@ def test_damaged_features_are_refused(testbed, damage, phrase):
         (directory / "manifest.json").unlink()
     run = testbed.quick("--step", "knn", "--datapath", str(testbed.datapath),
                         "--model-path", str(testbed.checkpoint))
-    _assert_clean_failure(run, OutputsNotReady.exit_code, phrase)
+    assert_clean_failure(run, OutputsNotReady.exit_code, phrase)
     skip = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint),
                             "--skip-extraction")
-    _assert_clean_failure(skip, OutputsNotReady.exit_code, "drop --skip-extraction")
-    assert _no_results(testbed)
+    assert_clean_failure(skip, OutputsNotReady.exit_code, "drop --skip-extraction")
+    assert no_results(testbed)
 
 
 def test_features_of_two_checkpoints_are_never_mixed(testbed, second_checkpoint):
@@ -78,17 +78,17 @@ def test_features_of_two_checkpoints_are_never_mixed(testbed, second_checkpoint)
     for step in ("knn", "recall"):
         run = testbed.quick("--step", step, "--datapath", str(testbed.datapath),
                             "--model-path", str(testbed.checkpoint))
-        _assert_clean_failure(run, OutputsNotReady.exit_code,
+        assert_clean_failure(run, OutputsNotReady.exit_code,
                               "the image feature file changed after evalkit extracted it",
                               "different checkpoints")
-    assert _no_results(testbed)
+    assert no_results(testbed)
 
 
 def test_a_split_that_is_not_on_the_server_is_named(testbed):
     for step in ("extract", "knn", "recall"):
         run = testbed.quick("--step", step, "--datapath", str(testbed.datapath), "--split", "test",
                             "--model-path", str(testbed.checkpoint))
-        _assert_clean_failure(run, MissingInput.exit_code,
+        assert_clean_failure(run, MissingInput.exit_code,
                               "split 'test' of dataset 'Flickr30k-CN' is not on the server",
                               "lmdb/test/imgs", "--split")
     assert not testbed.results_dir.exists()
@@ -97,5 +97,5 @@ def test_a_split_that_is_not_on_the_server_is_named(testbed):
 def test_skip_extraction_without_features_is_refused(testbed):
     run = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint),
                            "--skip-extraction")
-    _assert_clean_failure(run, OutputsNotReady.exit_code, "nothing has been extracted", "drop --skip-extraction")
+    assert_clean_failure(run, OutputsNotReady.exit_code, "nothing has been extracted", "drop --skip-extraction")
     assert not testbed.results_dir.exists()

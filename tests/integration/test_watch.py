@@ -18,7 +18,7 @@ import pytest
 from evalkit.errors import INTERRUPTED_EXIT_CODE
 
 from .conftest import ENTRY_SCRIPT, start_interruptible
-from .test_detached import _assert_no_starter_left, _processes_of, _wait_for_extraction
+from .server_runs import assert_no_starter_left, processes_of, wait_for_extraction
 
 pytestmark = pytest.mark.integration
 
@@ -88,8 +88,8 @@ def start_watch(testbed, folder, *args: str) -> subprocess.Popen:
 def test_ctrl_c_ends_the_watch_while_a_cell_runs_and_leaves_nothing_running(testbed, tmp_path):
     watcher = start_watch(testbed, watched_experiment(testbed, tmp_path, "stopped_exp"))
     try:
-        run_dir = _wait_for_extraction(testbed, timeout=300)
-        assert _processes_of(run_dir.name), "the cell's run should be running on the server"
+        run_dir = wait_for_extraction(testbed, timeout=300)
+        assert processes_of(run_dir.name), "the cell's run should be running on the server"
         watcher.send_signal(signal.SIGINT)
         stdout, stderr = watcher.communicate(timeout=120)
     finally:
@@ -97,8 +97,8 @@ def test_ctrl_c_ends_the_watch_while_a_cell_runs_and_leaves_nothing_running(test
             watcher.kill()
     assert watcher.returncode == INTERRUPTED_EXIT_CODE, stderr
     assert f"cancelled run {run_dir.name}: no process of it remains on the server" in stdout
-    assert _processes_of(run_dir.name) == []
-    _assert_no_starter_left(testbed)
+    assert processes_of(run_dir.name) == []
+    assert_no_starter_left(testbed)
     assert json.loads((run_dir / "status.json").read_text())["state"] == "cancelled"
 
 

@@ -1,0 +1,72 @@
+"""What the integration tests see of runs on the test bed's server (this machine): their run
+directories, their processes, the starters; and the one-shot command run as a terminal would."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .conftest import ENTRY_SCRIPT, start_interruptible
+
+
+def launch_one_shot(bed, *args: str) -> subprocess.Popen:
+    """The one-shot command in the background, as a user's terminal would run it (Ctrl-C included)."""
+    return start_interruptible([sys.executable, str(ENTRY_SCRIPT), "--config", str(bed.config),
+                                "--datapath", str(bed.datapath), "--model-path", str(bed.checkpoint), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=bed.results_dir.parent, stdin=subprocess.DEVNULL,
+                               env={**os.environ, "COLUMNS": "200"})
+
+
+def processes_of(run_id: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"EVALKIT_RUN_ID={run_id}".encode() in \
+                    (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def run_dirs(bed) -> list[Path]:
+    return sorted((bed.server_outputs / ".evalkit" / "runs").glob("*"))
+
+
+def wait_for_extraction(bed, timeout: float = 120) -> Path:
+    """The run directory, once its extraction step is under way on the server."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run_dir in run_dirs(bed):
+            if (run_dir / "step-1.started").exists() and (run_dir / "step-1.err").stat().st_size > 0:
+                return run_dir
+        time.sleep(0.2)
+    raise AssertionError("extraction never started")
+
+
+def starters_of(bed) -> list[int]:
+    """job.py start processes of this test bed, begun with every evaluation before it is known;
+    not the drivers forked from them (driver.json names each)."""
+    folder = str(bed.server_outputs / ".evalkit").encode()
+    drivers = {json.loads((run_dir / "driver.json").read_text())["pid"]
+               for run_dir in run_dirs(bed) if (run_dir / "driver.json").exists()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry.name.isdigit() and folder in command and b"start" in command and int(entry.name) not in drivers:
+            found.append(int(entry.name))
+    return found
+
+
+def assert_no_starter_left(bed) -> None:
+    deadline = time.monotonic() + 10
+    while starters_of(bed) and time.monotonic() < deadline:  # the channel closed: EOF reaches it
+        time.sleep(0.1)
+    assert not starters_of(bed)
