@@ -8,15 +8,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from evalkit.comparison import METRICS
-from evalkit.errors import ComparisonIncomplete, MissingInput
+from evalkit.errors import INTERRUPTED_EXIT_CODE, ComparisonIncomplete, MissingInput
 
-from .conftest import DATASETS, REPO, run_upstream_by_hand
+from .conftest import DATASETS, ENTRY_SCRIPT, REPO, run_upstream_by_hand, start_interruptible
+from .server_runs import assert_no_starter_left, processes_of, run_dirs, starters_of, wait_for_extraction
 
 pytestmark = pytest.mark.integration
 
@@ -156,3 +159,26 @@ def test_on_one_gpu_the_next_cell_starts_as_the_gpu_frees_up_never_beside_a_gpu_
 
 def stdout_order(text: str) -> list[str]:
     return [line.split("  (")[0].strip() for line in text.splitlines() if line.startswith("[") and "] sweep_exp" in line]
+
+
+def test_ctrl_c_cancels_the_running_cell_and_the_one_waiting_for_its_gpu_never_starts(testbed, experiment):
+    sweep = start_interruptible([sys.executable, str(ENTRY_SCRIPT), "--config", str(testbed.config), "--model-path",
+                                 str(experiment)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=testbed.results_dir.parent, stdin=subprocess.DEVNULL)
+    try:
+        run_dir = wait_for_extraction(testbed, timeout=300)
+        deadline = time.monotonic() + 60
+        while len(starters_of(testbed)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # the running cell's starter, and the next cell's, which made its checks and waits for the GPU
+        assert len(starters_of(testbed)) == 2
+        sweep.send_signal(signal.SIGINT)
+        stdout, stderr = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == INTERRUPTED_EXIT_CODE, stderr
+    assert f"cancelled run {run_dir.name}: no process of it remains on the server" in stdout
+    assert processes_of(run_dir.name) == []
+    assert run_dirs(testbed) == [run_dir]  # the waiting cell was never launched
+    assert_no_starter_left(testbed)
