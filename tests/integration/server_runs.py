@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from .conftest import ENTRY_SCRIPT, start_interruptible
+
+T = TypeVar("T")
 
 
 def launch_one_shot(bed, *args: str) -> subprocess.Popen:
@@ -70,3 +74,16 @@ def assert_no_starter_left(bed) -> None:
     while starters_of(bed) and time.monotonic() < deadline:  # the channel closed: EOF reaches it
         time.sleep(0.1)
     assert not starters_of(bed)
+
+
+def ctrl_c_once(process: subprocess.Popen, ready: Callable[[], T]) -> tuple[T, str, str]:
+    """READY()'s value (it waits for the moment the test interrupts), then SIGINT as Ctrl-C in a
+    terminal; (that value, stdout, stderr) once PROCESS has exited. It is killed if it has not."""
+    try:
+        found = ready()
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return found, stdout, stderr

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +19,8 @@ from evalkit.comparison import METRICS
 from evalkit.errors import INTERRUPTED_EXIT_CODE, ComparisonIncomplete, MissingInput
 
 from .conftest import DATASETS, ENTRY_SCRIPT, REPO, run_upstream_by_hand, start_interruptible
-from .server_runs import assert_no_starter_left, processes_of, run_dirs, starters_of, wait_for_extraction
+from .server_runs import assert_no_starter_left, ctrl_c_once, processes_of, run_dirs, starters_of, \
+    wait_for_extraction
 
 pytestmark = pytest.mark.integration
 
@@ -165,18 +166,17 @@ def test_ctrl_c_cancels_the_running_cell_and_the_one_waiting_for_its_gpu_never_s
     sweep = start_interruptible([sys.executable, str(ENTRY_SCRIPT), "--config", str(testbed.config), "--model-path",
                                  str(experiment)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=testbed.results_dir.parent, stdin=subprocess.DEVNULL)
-    try:
+
+    def next_cell_waiting() -> Path:
         run_dir = wait_for_extraction(testbed, timeout=300)
         deadline = time.monotonic() + 60
         while len(starters_of(testbed)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
         # the running cell's starter, and the next cell's, which made its checks and waits for the GPU
         assert len(starters_of(testbed)) == 2
-        sweep.send_signal(signal.SIGINT)
-        stdout, stderr = sweep.communicate(timeout=120)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
+        return run_dir
+
+    run_dir, stdout, stderr = ctrl_c_once(sweep, next_cell_waiting)
     assert sweep.returncode == INTERRUPTED_EXIT_CODE, stderr
     assert f"cancelled run {run_dir.name}: no process of it remains on the server" in stdout
     assert processes_of(run_dir.name) == []

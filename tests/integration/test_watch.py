@@ -8,17 +8,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from evalkit.errors import INTERRUPTED_EXIT_CODE
 
 from .conftest import ENTRY_SCRIPT, start_interruptible
-from .server_runs import assert_no_starter_left, processes_of, wait_for_extraction
+from .server_runs import assert_no_starter_left, ctrl_c_once, processes_of, wait_for_extraction
 
 pytestmark = pytest.mark.integration
 
@@ -87,14 +87,13 @@ def start_watch(testbed, folder, *args: str) -> subprocess.Popen:
 
 def test_ctrl_c_ends_the_watch_while_a_cell_runs_and_leaves_nothing_running(testbed, tmp_path):
     watcher = start_watch(testbed, watched_experiment(testbed, tmp_path, "stopped_exp"))
-    try:
+
+    def cell_running() -> Path:
         run_dir = wait_for_extraction(testbed, timeout=300)
         assert processes_of(run_dir.name), "the cell's run should be running on the server"
-        watcher.send_signal(signal.SIGINT)
-        stdout, stderr = watcher.communicate(timeout=120)
-    finally:
-        if watcher.poll() is None:
-            watcher.kill()
+        return run_dir
+
+    run_dir, stdout, stderr = ctrl_c_once(watcher, cell_running)
     assert watcher.returncode == INTERRUPTED_EXIT_CODE, stderr
     assert f"cancelled run {run_dir.name}: no process of it remains on the server" in stdout
     assert processes_of(run_dir.name) == []
