@@ -60,7 +60,8 @@ def test_knn_and_recall_evaluate_the_checkpoint_of_your_last_extract_step(testbe
     assert (summary["checkpoint"], summary["checkpoint_chosen_by"]) == (str(testbed.checkpoint),
                                                                          "your last extract step")
     by_hand = run_upstream_by_hand(testbed, spec, tmp_path / "by hand")
-    pulled = {name.removesuffix("results_of.json"): result for name, result in results_of(testbed, spec, TEAM_LABEL).items()}
+    pulled = {name.removesuffix("_results.json"): result
+              for name, result in results_of(testbed, spec, TEAM_LABEL).items()}
     assert pulled == by_hand  # A's numbers, as upstream computes them
     for other in ("large_distill", "baseline_rn50"):
         assert not (testbed.results_dir / spec.name / spec.split / other).exists()
