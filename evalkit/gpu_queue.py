@@ -44,7 +44,7 @@ WORKERS_PER_GPU = 2  # one running on the GPU, one making its checks meanwhile (
 
 def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[int],
                  make_reporter: ReporterFactory, on_failure: FailureHandler,
-                 on_cancelled: CancelHandler = lambda results: None, listing: Listing | None = None
+                 on_cancelled: CancelHandler = lambda results: None, listing: Listing = Listing()
                  ) -> list[ModelResult]:
     """Every evaluation's row, in the order given; with several GPUs, that many at a time.
     One connection serves up to EVALUATIONS_PER_CONNECTION workers' evaluations (reconnecting as
@@ -60,7 +60,7 @@ def evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[i
 
 
 def _evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[int], make_reporter: ReporterFactory,
-                  on_failure: FailureHandler, group: RunGroup, listing: Listing | None) -> list[ModelResult]:
+                  on_failure: FailureHandler, group: RunGroup, listing: Listing) -> list[ModelResult]:
     results: dict[int, ModelResult] = {}
     work: queue.Queue = queue.Queue()
     for index, evaluation in enumerate(evaluations):
@@ -105,7 +105,7 @@ def workers_of(settings: Settings, gpus: list[int], count: int) -> list[tuple[Gp
     if settings.executor in GPUS_FROM_SCHEDULER:
         return [(None, gpu) for gpu in gpus][:count]
     lanes = [GpuLane(gpu) for gpu in gpus]
-    return [(lane, lane.gpu) for _ in range(WORKERS_PER_GPU) for lane in lanes][:max(count, 1)]
+    return [(lane, lane.gpu) for _ in range(WORKERS_PER_GPU) for lane in lanes][:count]
 
 
 def _sweep_connection(settings: Settings) -> pipeline.Connection | None:
@@ -117,13 +117,12 @@ def _sweep_connection(settings: Settings) -> pipeline.Connection | None:
 
 def evaluate_one(settings: Settings, evaluation: Evaluation, reporter: Reporter, on_failure: FailureHandler,
                  shared: pipeline.Connection | None = None, group: RunGroup | None = None,
-                 listing: Listing | None = None, hold: LaneHold | None = None) -> ModelResult:
+                 listing: Listing = Listing(), hold: LaneHold | None = None) -> ModelResult:
     started = clock.timestamp()
     try:
         result = model_result(pipeline.evaluate(settings, evaluation, reporter, shared=shared, group=group,
                                                 hold=hold), started)
-        if listing is not None:
-            remember(settings, evaluation, listing, result)
+        remember(settings, evaluation, listing, result)  # a cell of a listed sweep only (unchanged.py)
         return result
     except Exception as exc:  # one model's failure, even a bug, must not stop the others
         error = exc if isinstance(exc, EvalkitError) else EvalkitError(

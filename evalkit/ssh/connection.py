@@ -72,7 +72,8 @@ class Connection:
 
     @property
     def client(self) -> paramiko.SSHClient:
-        return self.open()._clients[-1]
+        with self._lock:  # another thread's reconnect empties the list before it fills it again
+            return self.open()._clients[-1]
 
     def _tunnel(self, client: paramiko.SSHClient, next_hop: Target) -> paramiko.Channel:
         try:
@@ -155,18 +156,19 @@ class Connection:
         mine = getattr(self._own, "sftp", None)
         if mine is not None and mine[0] == self._generation:
             return mine[1]
-        generation = self._generation
-        sftp = self._open_sftp()  # not under the lock: a silent peer must hold up this thread alone
+        with self._lock:  # the client and the opening it belongs to, read together
+            client, generation = self.client, self._generation
+        sftp = self._open_sftp(client)  # not under the lock: a silent peer must hold up this thread alone
         with self._lock:
             self._sftp_clients.append(sftp)  # close() closes every thread's
         self._own.sftp = (generation, sftp)
         return sftp
 
-    def _open_sftp(self) -> paramiko.SFTPClient:
+    def _open_sftp(self, client: paramiko.SSHClient) -> paramiko.SFTPClient:
         try:
-            sftp = self.client.open_sftp()
+            sftp = client.open_sftp()
         except _LINK_ERRORS as exc:
-            transport = self.client.get_transport()
+            transport = client.get_transport()
             if transport is not None and transport.is_active():  # the link is fine: SFTP was refused
                 raise TransferUnavailable(
                     f"{self.target.alias} ({self.target.address}) has no SFTP subsystem: evalkit reads "
