@@ -4,16 +4,21 @@ cells (remote/list_checkpoints.py, sent inline)."""
 from __future__ import annotations
 
 import json
+import posixpath
 
 from .config import Settings
 from .errors import RemoteStepFailed
 from .evaluation import Scope, Wanted, checkpoint_path
 from .progress import last_marked_json
-from .server import CHECKPOINT_LISTER, ServerCall, in_server_env
-from .sweep import CheckpointSet, Listed, Listing, choose, dataset_files, expanded, is_checkpoint_set, is_settled
+from .server import CHECKPOINT_LISTER, ServerCall, in_server_env, scripts_dir
+from .sweep import CheckpointSet, Listed, Listing, choose, dataset_files, expanded, is_checkpoint_set, is_settled, \
+    without_aliases
 from .uploads import script_source
 
 MARKER = b"EVALKIT-CHECKPOINTS "
+# in the server's .evalkit folder: each file's identity (device, inode, size, mtime, ctime) -> the
+# epoch, step and digests read from it, so that an unchanged file is not read again
+FACTS_CACHE = "checkpoint-facts.json"
 
 
 def patterns_of(settings: Settings, wanted: list[Wanted]) -> list[str]:
@@ -30,7 +35,8 @@ def expand(settings: Settings, wanted: list[Wanted], scopes: list[Scope]) -> tup
         return wanted, Listing()
     answer = ask_server(settings, patterns, dataset_files(settings, scopes))
     sets = tuple(choose(found["pattern"], found["kind"], found["searched"],
-                        [Listed.from_dict(entry) for entry in found["files"]]) for found in answer["sets"])
+                        [Listed.from_dict(entry) for entry in found["files"]], skipped_of(found))
+                 for found in answer["sets"])
     return expanded(wanted, {found.pattern: found for found in sets}, settings.datapath), \
         Listing(sets, answer.get("files") or {})
 
@@ -42,15 +48,23 @@ def settled_on_server(settings: Settings, patterns: list[str], scopes: list[Scop
     for found in answer["sets"]:
         ready = [entry for entry in map(Listed.from_dict, found["files"])
                  if is_settled(entry, int(answer["now_ns"]), settings.watch_settle)]
-        sets.append(choose(found["pattern"], found["kind"], found["searched"], ready) if ready
-                    else CheckpointSet(found["pattern"], found["searched"], ()))
+        sets.append(without_aliases(CheckpointSet(found["pattern"], found["searched"], (),
+                                                  skipped=skipped_of(found)), ready))
     return Listing(tuple(sets), answer.get("files") or {})
+
+
+def skipped_of(found: dict) -> tuple[str, ...]:
+    """What the server could not list in one set, one clause each: a file that vanished or
+    cannot be read, a name that is not UTF-8."""
+    return tuple(f"{entry.get('path')}: {entry.get('why')}" for entry in found.get("skipped") or ()
+                 if isinstance(entry, dict))
 
 
 def listing_command(settings: Settings, patterns: list[str], files: list[str]) -> str:
     source = script_source(CHECKPOINT_LISTER).decode("utf-8")
+    cache = posixpath.join(scripts_dir(settings), FACTS_CACHE)
     return in_server_env(settings, ServerCall(settings.python, "-c",
-                                              (source, json.dumps(files, ensure_ascii=False), *patterns)))
+                                              (source, cache, json.dumps(files, ensure_ascii=False), *patterns)))
 
 
 def ask_server(settings: Settings, patterns: list[str], files: list[str]) -> dict:

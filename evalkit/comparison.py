@@ -39,11 +39,13 @@ class ModelResult:
     ci95: dict[str, dict[str, list[float]]] | None = None  # direction -> metric -> [low, high], percent
     # query_hits.json's directions (significance.parse_query_hits): what paired tests read; not shown
     query_hits: dict | None = field(default=None, repr=False, compare=False)
-    # across epochs (epochs.annotate): EXP of EXP@epoch_5, 5 (None for epoch_latest.pt), and
-    # whether this is its experiment's best row (highest average of the directions' mean recall)
+    # across epochs: the experiment and the training epoch and step the checkpoint holds (the
+    # evaluation's, kept in summary.json), and whether this is its experiment's best row
+    # (epochs.annotate: highest average of the directions' mean recall)
     experiment: str | None = None
     epoch: int | None = None
     best: bool = False
+    step: int | None = None
     # on the best row, against its experiment's runner-up on the same queries (epochs.annotate):
     # {"label", direction -> {"delta", "p_value"} of mean recall, "significant"}
     versus_runner_up: dict | None = None

@@ -1,22 +1,19 @@
-"""PURE: recall against epoch. Which experiment and epoch each evaluated checkpoint is (from its
-label and path), and the data of one chart per dataset split.
-
-Labels are `EXP` for `EXP/checkpoints/epoch_latest.pt` and `EXP@<file stem>` for the other
-checkpoints of EXP (evaluation.checkpoint_label): `team@epoch_5`, `team@epoch5` (Chinese-CLIP
-saves `epoch5.pt`).
+"""PURE: recall against epoch. Which experiment and epoch each evaluated checkpoint is (the row's
+own, kept in summary.json by the evaluation; for older rows, the label's experiment and the
+epoch in the checkpoint's file name: `epoch5.pt` as Chinese-CLIP saves it, or `epoch_5.pt`), and
+the data of one chart per dataset split.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from .comparison import METRICS, Comparison
+from .comparison import METRICS, Comparison, ModelResult
+from .epochs import located
+from .evaluation import epoch_in_name, is_latest_name
 
 LATEST = "latest"
 DIRECTIONS = ("text_to_image", "image_to_text", "image_to_image")
-_EPOCH = re.compile(r"epoch[_-]?(\d+)", re.IGNORECASE)
-_LATEST = re.compile(r"epoch[_-]?latest", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -28,18 +25,16 @@ class CheckpointPoint:
     name: str           # the x axis tick: "5", "latest", or the file's stem
 
 
-def parse_checkpoint(label: str, checkpoint: str) -> CheckpointPoint:
-    """'team@epoch_5' -> (team, 5); 'team' of .../epoch_latest.pt -> (team, latest); without
-    '@' in the label, the epoch is read from the checkpoint's file name."""
-    experiment, _, stem = label.partition("@")
-    stem = stem or PurePosixPath(checkpoint).stem
-    if _LATEST.fullmatch(stem):
+def parse_checkpoint(result: ModelResult) -> CheckpointPoint:
+    """(team, 5) for team's epoch5.pt or epoch_5.pt; (team, latest) for its epoch_latest.pt; other
+    files by their stem."""
+    experiment = located(result)[0]
+    if is_latest_name(result.checkpoint):
         return CheckpointPoint(experiment, None, LATEST)
-    numbered = _EPOCH.fullmatch(stem)
-    if numbered:
-        epoch = int(numbered.group(1))
+    epoch = epoch_in_name(result.checkpoint)
+    if epoch is not None:
         return CheckpointPoint(experiment, epoch, str(epoch))
-    return CheckpointPoint(experiment, None, stem)
+    return CheckpointPoint(experiment, None, PurePosixPath(result.checkpoint).stem)
 
 
 @dataclass(frozen=True)
@@ -74,7 +69,7 @@ class Chart:
 
 def build_chart(comparison: Comparison) -> Chart | None:
     """The chart of a comparison's successful rows; None when there is none."""
-    located = [(parse_checkpoint(row.label, row.result.checkpoint), row.result.recall)
+    located = [(parse_checkpoint(row.result), row.result.recall)
                for row in comparison.rows if row.result.ok and row.result.recall]
     if not located:
         return None

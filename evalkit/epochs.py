@@ -1,25 +1,35 @@
-"""PURE: the comparison across epochs. Each row knows its experiment and epoch (from its label:
-EXP@epoch_5 is epoch 5 of EXP, EXP is its epoch_latest.pt); each experiment's best row is the
-one with the highest average of the two directions' mean recall; a trend is that average over
-the experiment's epochs, drawn as a sparkline."""
+"""PURE: the comparison across epochs. Each row knows its experiment and the epoch its checkpoint
+holds (kept in summary.json by the evaluation itself; for rows kept before that, read from the
+label's experiment and the checkpoint's file name); each experiment's best row is the one with
+the highest average of the two directions' mean recall among its rows of the same directions
+(ties: a numbered epoch before epoch_latest.pt, then the lower epoch, whatever the input order);
+a trend is that average over the experiment's epochs, drawn as a sparkline."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
 from .comparison import ModelResult
-from .evaluation import LATEST_STEM
+from .evaluation import epoch_in_name
 from .significance import is_significant, significance
-from .sweep import epoch_of_stem, order_key
+from .sweep import order_key
 
 RECALL_DIRECTIONS = ("text_to_image", "image_to_text")
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
 def split_label(label: str) -> tuple[str, str]:
-    """('EXP', 'epoch_5') for EXP@epoch_5; ('EXP', 'epoch_latest') for EXP."""
+    """('EXP', 'epoch_5') for EXP@epoch_5; ('EXP', 'epoch_latest') for EXP: how rows kept before
+    summary.json carried their experiment are placed."""
     experiment, at, stem = label.rpartition("@")
-    return (experiment, stem) if at and experiment else (label, LATEST_STEM)
+    return (experiment, stem) if at and experiment else (label, "epoch_latest")
+
+
+def located(result: ModelResult) -> tuple[str, int | None]:
+    """RESULT's experiment and epoch: its own when the evaluation recorded them."""
+    if result.experiment:
+        return result.experiment, result.epoch
+    return split_label(result.label)[0], epoch_in_name(result.checkpoint)
 
 
 def score(result: ModelResult) -> float | None:
@@ -29,30 +39,52 @@ def score(result: ModelResult) -> float | None:
     return sum(values) / len(values) if result.ok and values else None
 
 
+def directions_of(result: ModelResult) -> tuple[str, ...]:
+    return tuple(d for d in RECALL_DIRECTIONS if result.value(d, "mean_recall") is not None)
+
+
+def rank_key(result: ModelResult) -> tuple:
+    """Better rows first: higher score, then a numbered epoch (epoch_latest.pt is overwritten by
+    training), then the lower epoch, then the label."""
+    epoch = result.epoch if result.epoch is not None else float("inf")
+    return (-(score(result) or 0.0), epoch_in_name(result.checkpoint) is None, epoch, result.label)
+
+
+def ranked(rows: list[ModelResult]) -> list[ModelResult]:
+    """One experiment's scored rows that can be ranked against each other, best first: those with
+    the most directions (a row of one direction is no rival for rows of two)."""
+    scored = [row for row in rows if score(row) is not None]
+    if not scored:
+        return []
+    groups: dict[tuple[str, ...], list[ModelResult]] = {}
+    for row in scored:
+        groups.setdefault(directions_of(row), []).append(row)
+    widest = max(groups.items(), key=lambda item: (len(item[0]), len(item[1]), item[0]))[1]
+    return sorted(widest, key=rank_key)
+
+
 def annotate(results: list[ModelResult]) -> list[ModelResult]:
-    """RESULTS, in the order given, each with its experiment, epoch and whether it is its
-    experiment's best row (the first of equals)."""
+    """RESULTS, in the order given, each with its experiment and epoch, and whether it is its
+    experiment's best row."""
     named = []
     for result in results:
-        experiment, stem = split_label(result.label)
-        named.append(dataclasses.replace(result, experiment=experiment, epoch=epoch_of_stem(stem), best=False))
-    best: dict[str, int] = {}
-    for index, result in enumerate(named):
-        mine, holder = score(result), best.get(result.experiment or "")
-        if mine is not None and (holder is None or mine > score(named[holder])):
-            best[result.experiment or ""] = index
-    return [dataclasses.replace(result, best=True, versus_runner_up=versus_runner_up(result, named))
-            if index in best.values() else result for index, result in enumerate(named)]
+        experiment, epoch = located(result)
+        named.append(dataclasses.replace(result, experiment=experiment, epoch=epoch, best=False))
+    experiments: dict[str, list[ModelResult]] = {}
+    for result in named:
+        experiments.setdefault(result.experiment or "", []).append(result)
+    best = {id(order[0]): order for order in map(ranked, experiments.values()) if order}
+    return [dataclasses.replace(result, best=True, versus_runner_up=versus_runner_up(result, best[id(result)]))
+            if id(result) in best else result for result in named]
 
 
-def versus_runner_up(best: ModelResult, results: list[ModelResult]) -> dict | None:
-    """The best row against its experiment's runner-up (the next highest score): the paired test
-    of each direction's mean recall on the same queries, and whether either is significant.
-    None without a runner-up, or when the two share no queries (no per-query hits)."""
-    others = [r for r in results if r.experiment == best.experiment and r is not best and score(r) is not None]
-    if not others:
+def versus_runner_up(best: ModelResult, order: list[ModelResult]) -> dict | None:
+    """The best row against its experiment's runner-up (ORDER: its rows ranked, the best first):
+    the paired test of each direction's mean recall on the same queries, and whether either is
+    significant. None without a runner-up, or when the two share no queries (no per-query hits)."""
+    if len(order) < 2:
         return None
-    runner_up = max(others, key=score)  # the first of equals
+    runner_up = order[1]
     found = significance(best.query_hits, runner_up.query_hits)
     if not found:
         return None
@@ -67,8 +99,8 @@ def in_epoch_order(results: list[ModelResult], rank: dict[str, int] | None = Non
     rank = rank or {}
 
     def key(result: ModelResult) -> tuple:
-        experiment, stem = split_label(result.label)
-        return (rank.get(experiment, len(rank)), experiment, order_key(stem + ".pt"))
+        experiment = located(result)[0]
+        return (rank.get(experiment, len(rank)), experiment, order_key(result.checkpoint), result.label)
     return sorted(results, key=key)
 
 

@@ -7,6 +7,7 @@ the command runs (dry run, detached, which GPUs, what it prints).
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -17,6 +18,9 @@ DIRECTIONS = ("text_to_image", "image_to_text")
 DEFAULT_VISION_MODEL = "ViT-B-16"
 DEFAULT_TEXT_MODEL = "RoBERTa-wwm-ext-base-chinese"
 LATEST_STEM = "epoch_latest"  # what cn_clip training keeps overwriting: its label is the experiment's
+# cn_clip training saves epoch{N}.pt (other trainers epoch_N.pt): one reading for the whole program
+EPOCH_IN_NAME = re.compile(r"epoch[_-]?(\d+)", re.IGNORECASE)
+LATEST_IN_NAME = re.compile(r"epoch[_-]?latest", re.IGNORECASE)
 # how an evaluation's checkpoint was chosen (Evaluation.chosen_by)
 NAMED = "named"                          # --model-path or --model
 LAST_EXTRACT = "your last extract step"  # knn / recall without --model-path (store.current_checkpoint)
@@ -45,6 +49,12 @@ class Evaluation:
     skip_image_to_text: bool = False
     force_extraction: bool = False
     chosen_by: str = NAMED
+    # which experiment's row this is and the training epoch and step its checkpoint holds (read
+    # from the file by a sweep's listing, else the epoch in its name): kept in summary.json, so a
+    # row is never placed by re-parsing its label
+    experiment: str = ""
+    epoch: int | None = None
+    step: int | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint and not posixpath.isabs(self.checkpoint):
@@ -52,6 +62,10 @@ class Evaluation:
                              "resolve it with checkpoint_path()")
         if not self.label and self.checkpoint:
             object.__setattr__(self, "label", checkpoint_label(self.checkpoint))
+        if not self.experiment and self.checkpoint:
+            object.__setattr__(self, "experiment", experiment_of(self.checkpoint))
+        if self.epoch is None and self.checkpoint:
+            object.__setattr__(self, "epoch", epoch_in_name(self.checkpoint))
 
     @property
     def directions(self) -> list[str]:
@@ -89,6 +103,8 @@ class Wanted:
     text_model: str
     registry_name: str = ""  # a `models:` name: it stands for the experiment in the label
     label: str = ""          # --label: the label, exactly
+    epoch: int | None = None  # the training epoch and step the file holds, when a listing read them
+    step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +129,23 @@ def checkpoint_label(checkpoint: str, name: str | None = None) -> str:
     if not experiment:
         return name or stem
     return (name or experiment) if stem == LATEST_STEM else f"{name or experiment}@{stem}"
+
+
+def epoch_in_name(path: str) -> int | None:
+    """epoch5.pt, epoch_5.pt, .../epoch5 -> 5; epoch_latest.pt and any other name -> None."""
+    found = EPOCH_IN_NAME.fullmatch(_stem(path))
+    return int(found.group(1)) if found else None
+
+
+def is_latest_name(path: str) -> bool:
+    """epoch_latest.pt: the file cn_clip training overwrites at every epoch."""
+    return bool(LATEST_IN_NAME.fullmatch(_stem(path)))
+
+
+def experiment_of(checkpoint: str, name: str | None = None) -> str:
+    """The experiment a checkpoint's row belongs to: NAME (a registry name), else the folder
+    above checkpoints/, else the file's stem (a file on its own is an experiment of one)."""
+    return name or _experiment(checkpoint) or _stem(checkpoint)
 
 
 def experiment_name(checkpoint: str) -> str:
@@ -147,9 +180,11 @@ def resolve(datapath: str, scope: Scope, wanted: list[Wanted]) -> list[Evaluatio
     for item in wanted:
         checkpoint = checkpoint_path(datapath, item.model_path) if item.model_path else ""
         label = item.label or (checkpoint_label(checkpoint, item.registry_name) if checkpoint else "")
+        experiment = item.label or (experiment_of(checkpoint, item.registry_name) if checkpoint else "")
         evaluations.append(Evaluation(scope.dataset, scope.split, checkpoint, item.vision_model, item.text_model,
                                       label, scope.stages, scope.skip_extraction, scope.skip_text_to_image,
-                                      scope.skip_image_to_text, scope.force_extraction))
+                                      scope.skip_image_to_text, scope.force_extraction, experiment=experiment,
+                                      epoch=item.epoch, step=item.step))
     _check_distinct(evaluations)
     return evaluations
 

@@ -130,7 +130,8 @@ def evaluate_one(settings: Settings, evaluation: Evaluation, reporter: Reporter,
         if group is None or not group.is_closed:  # after Ctrl-C, cancel_group says what became of each run
             on_failure(evaluation, error)
         return ModelResult(evaluation.label, evaluation.checkpoint, "failed", {}, error=error.message,
-                           exit_code=error.exit_code, started_at=started, finished_at=clock.timestamp())
+                           exit_code=error.exit_code, started_at=started, finished_at=clock.timestamp(),
+                           **placed(evaluation))
     finally:
         reporter.done()  # a model run one after another must not leave its live display running
 
@@ -146,7 +147,12 @@ def model_result(report: pipeline.Report, started_at: str | None = None) -> Mode
                        provenance=(report.summary or {}).get("provenance"),
                        warnings=tuple((report.summary or {}).get("warnings") or ()),
                        ci95=ci95_of(query_hits), query_hits=query_hits,
-                       run_id=(report.summary or {}).get("run_id"))
+                       run_id=(report.summary or {}).get("run_id"), **placed(report.evaluation))
+
+
+def placed(evaluation: Evaluation) -> dict:
+    """A row's experiment, epoch and step: the evaluation's own."""
+    return {"experiment": evaluation.experiment or None, "epoch": evaluation.epoch, "step": evaluation.step}
 
 
 def compare(store: LocalStore, results: list[ModelResult], dataset: str, split: str,
@@ -158,10 +164,11 @@ def compare(store: LocalStore, results: list[ModelResult], dataset: str, split: 
     return document, written
 
 
-def check_all_succeeded(results: list[ModelResult]) -> None:
+def check_all_succeeded(results: list[ModelResult], what: str = "") -> None:
+    """Exit 14 naming each failed row; WHAT: how to count them when RESULTS are the failures only."""
     failures = [result for result in results if not result.ok]
     if failures:
         raise ComparisonIncomplete(
-            f"{len(failures)} of {len(results)} models failed: "
+            (f"{len(failures)} {what}: " if what else f"{len(failures)} of {len(results)} models failed: ")
             + "; ".join(f"{r.label} (exit {r.exit_code})" for r in failures),
             "read each model's error above; rerun just those with --model NAME")

@@ -93,7 +93,7 @@ def extraction_inputs(settings: Settings, evaluation: Evaluation, facts: ServerF
     """What the features depend on; equal inputs mean the features can be reused."""
     checkpoint = facts.checkpoint or {}
     return {"checkpoint": {"path": checkpoint.get("path"), "size": checkpoint.get("size"),
-                           "mtime_ns": checkpoint.get("mtime_ns")},
+                           "mtime_ns": checkpoint.get("mtime_ns"), "inode": checkpoint.get("inode")},
             "vision_model": evaluation.vision_model, "text_model": evaluation.text_model,
             "context_length": settings.context_length}
 
@@ -180,8 +180,8 @@ def check_features(facts: ServerFacts, fix: str | None = None) -> None:
 def _check_checkpoint_unchanged(facts: ServerFacts, fix: str | None) -> None:
     recorded = (facts.manifest or {}).get("checkpoint", {})
     current = facts.checkpoint or {}
-    if current.get("exists") and (recorded.get("size"), recorded.get("mtime_ns")) != \
-            (current.get("size"), current.get("mtime_ns")):
+    keys = ("size", "mtime_ns", "inode") if recorded.get("inode") else ("size", "mtime_ns")
+    if current.get("exists") and [recorded.get(key) for key in keys] != [current.get(key) for key in keys]:
         raise OutputsNotReady(f"the checkpoint {current.get('path')} changed after its features "
                               f"were extracted (at {facts.manifest.get('extracted_at')})",
                               fix or "run --step extract again for this checkpoint")

@@ -110,7 +110,8 @@ class LocalStore:
                                  provenance=summary.get("provenance"),
                                  warnings=tuple(summary.get("warnings") or ()),
                                  ci95=summary.get("ci95"), query_hits=_query_hits_in(folder),
-                                 run_id=summary.get("run_id"))
+                                 run_id=summary.get("run_id"), experiment=summary.get("experiment") or None,
+                                 epoch=summary.get("epoch"), step=summary.get("step"))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
         return result

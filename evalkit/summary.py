@@ -75,6 +75,10 @@ def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_pa
     plan = outcome.plan
     summary = {
         "label": plan.label,
+        # where the row belongs, from the evaluation itself (never re-parsed from the label)
+        "experiment": evaluation.experiment,
+        "epoch": evaluation.epoch,
+        "step": evaluation.step,
         "run_id": run_id,
         "checkpoint": plan.checkpoint,
         "checkpoint_chosen_by": evaluation.chosen_by,

@@ -2,8 +2,11 @@
 checkpoints directory or a glob, and the matrix of cells (checkpoints x datasets x splits).
 
 The server lists the files (remote/list_checkpoints.py, through checkpoint_sets.py); here they
-are ordered by epoch with epoch_latest.pt last, and a file holding the same bytes as another
-(an alias: usually epoch_latest.pt and the last epoch) is kept once.
+are ordered by the epoch in their names (epoch5.pt as cn_clip training writes it, or epoch_5.pt)
+with epoch_latest.pt last, and a file proven to hold what another holds (an alias: usually
+epoch_latest.pt and the last epoch) is kept once. Proof is the same inode, an equal SHA-256, or
+the same training state (epoch, step and every tensor record equal); equal sizes and times only
+tell the server where to look closer.
 
 The same listing describes each cell's dataset split files, so that a cell evaluated before can
 be told unchanged (cell_state) without a command of its own.
@@ -19,12 +22,11 @@ from dataclasses import dataclass, field
 
 from .config import Settings
 from .errors import MissingInput
-from .evaluation import LATEST_STEM, Evaluation, Scope, Wanted, checkpoint_path, resolve
+from .evaluation import Evaluation, Scope, Wanted, checkpoint_path, epoch_in_name, is_latest_name, resolve
 from .plan import build_plan, dataset_paths, labels_path
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 GLOB_MAGIC = re.compile(r"[*?[]")
-EPOCH_STEM = re.compile(r"epoch_(\d+)")
 
 
 def is_checkpoint_set(model_path: str) -> bool:
@@ -37,19 +39,13 @@ def stem_of(path: str) -> str:
     return posixpath.splitext(posixpath.basename(path))[0]
 
 
-def epoch_of_stem(stem: str) -> int | None:
-    """epoch_5 -> 5; epoch_latest and any other name -> None."""
-    found = EPOCH_STEM.fullmatch(stem)
-    return int(found.group(1)) if found else None
-
-
 def order_key(path: str) -> tuple:
-    """Numbered epochs by number, then other files by name, epoch_latest.pt last."""
-    stem = stem_of(path)
-    epoch = epoch_of_stem(stem)
+    """Numbered epochs by number (epoch2.pt before epoch10.pt), then other files by name,
+    epoch_latest.pt last."""
+    stem, epoch = stem_of(path), epoch_in_name(path)
     if epoch is not None:
         return (0, epoch, stem)
-    return (2, 0, stem) if stem == LATEST_STEM else (1, 0, stem)
+    return (2, 0, stem) if is_latest_name(path) else (1, 0, stem)
 
 
 @dataclass(frozen=True)
@@ -61,26 +57,47 @@ class Listed:
     mtime_ns: int
     inode: str = ""
     is_zip: bool = True
-    sha256: str | None = None
+    sha256: str | None = None   # computed by the server only where another file may hold the same bytes
+    epoch: int | None = None    # the training epoch and step the file holds (its data.pkl), when readable
+    step: int | None = None
+    state: str | None = None    # a digest of its training state, where another file holds the same epoch
 
     @classmethod
     def from_dict(cls, found: dict) -> "Listed":
         return cls(found["path"], int(found["size"]), int(found["mtime_ns"]), str(found.get("inode") or ""),
-                   bool(found.get("zip", True)), found.get("sha256"))
+                   bool(found.get("zip", True)), found.get("sha256"), _int_or_none(found.get("epoch")),
+                   _int_or_none(found.get("step")), found.get("state"))
 
-    def same_bytes_as(self, other: "Listed") -> bool:
-        if self.size != other.size:
-            return False
-        return bool(self.inode and self.inode == other.inode) or self.mtime_ns == other.mtime_ns \
-            or bool(self.sha256 and self.sha256 == other.sha256)
+    @property
+    def held_epoch(self) -> int | None:
+        """The epoch the file holds: read from it, else the epoch in its name."""
+        return self.epoch if self.epoch is not None else epoch_in_name(self.path)
+
+    def proven_same_as(self, other: "Listed") -> str | None:
+        """How this file is proven to hold what OTHER holds ('bytes' or 'state'), or None. Equal
+        sizes and mtimes prove nothing: touch, cp -p, rsync -a and 1-second file systems give them."""
+        if (self.inode and self.inode == other.inode) or (self.sha256 and self.sha256 == other.sha256):
+            return "bytes"
+        if self.state and self.state == other.state and self.epoch is not None \
+                and (self.epoch, self.step) == (other.epoch, other.step):
+            return "state"
+        return None
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
 class Alias:
-    """PATH holds the same bytes as KEPT, which alone is evaluated."""
+    """PATH holds what KEPT holds (the same bytes, or the same training state saved again under
+    another name), and only KEPT is evaluated."""
 
     path: str
     kept: str
+    proof: str = "bytes"          # "bytes" or "state"
+    epoch: int | None = None      # the training epoch and step both hold, when read
+    step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +109,7 @@ class CheckpointSet:
     checkpoints: tuple[str, ...]
     aliases: tuple[Alias, ...] = ()
     files: tuple[Listed, ...] = ()  # the checkpoints' own descriptions, in the same order
+    skipped: tuple[str, ...] = ()   # files the server could not list, each with why
 
 
 @dataclass(frozen=True)
@@ -106,22 +124,30 @@ class Listing:
         return next((entry for found in self.sets for entry in found.files if entry.path == path), None)
 
 
-def choose(pattern: str, kind: str, searched: str, listed: list[Listed]) -> CheckpointSet:
+def choose(pattern: str, kind: str, searched: str, listed: list[Listed], skipped: tuple[str, ...] = ()
+           ) -> CheckpointSet:
     """The files in epoch order, each content once: an alias is dropped in favour of the file
     with an epoch number (epoch_latest.pt comes last, so the numbered one is kept)."""
     if not listed:
         raise MissingInput(_nothing_found(pattern, kind, searched),
                            "check the path (a checkpoints directory, or a quoted glob such as "
-                           "'.../checkpoints/epoch_*.pt') with: ls on the server")
+                           "'.../checkpoints/epoch*.pt') with: ls on the server")
+    return without_aliases(CheckpointSet(pattern, searched, (), skipped=skipped), listed)
+
+
+def without_aliases(found: CheckpointSet, listed: list[Listed]) -> CheckpointSet:
+    """FOUND with LISTED's files in epoch order, each proven alias left out."""
     kept: list[Listed] = []
     aliases: list[Alias] = []
     for entry in sorted(listed, key=lambda item: order_key(item.path)):
-        twin = next((other for other in kept if entry.same_bytes_as(other)), None)
+        twin, proof = next(((other, proof) for other in kept if (proof := entry.proven_same_as(other))),
+                           (None, None))
         if twin is None:
             kept.append(entry)
         else:
-            aliases.append(Alias(entry.path, twin.path))
-    return CheckpointSet(pattern, searched, tuple(entry.path for entry in kept), tuple(aliases), tuple(kept))
+            aliases.append(Alias(entry.path, twin.path, proof, twin.epoch, twin.step))
+    return dataclasses.replace(found, checkpoints=tuple(entry.path for entry in kept), aliases=tuple(aliases),
+                               files=tuple(kept))
 
 
 def _nothing_found(pattern: str, kind: str, searched: str) -> str:
@@ -133,8 +159,20 @@ def _nothing_found(pattern: str, kind: str, searched: str) -> str:
 
 
 def describe_alias(alias: Alias) -> str:
-    return (f"{posixpath.basename(alias.path)} has the same content as {posixpath.basename(alias.kept)}: "
-            f"evaluated once, as {posixpath.basename(alias.kept)} ({posixpath.dirname(alias.path)})")
+    name, kept = posixpath.basename(alias.path), posixpath.basename(alias.kept)
+    if alias.proof == "state":
+        held = f"epoch {alias.epoch}" + (f", step {alias.step}" if alias.step is not None else "")
+        return (f"{name} holds the same training state as {kept} ({held}): evaluated once, as {kept} "
+                f"({posixpath.dirname(alias.path)})")
+    return f"{name} has the same content as {kept}: evaluated once, as {kept} ({posixpath.dirname(alias.path)})"
+
+
+def describe_held(found: CheckpointSet) -> list[str]:
+    """Each kept file whose name is no epoch but which holds one (epoch_latest.pt ahead of the
+    numbered files, as when training saves them every few epochs): its row is that epoch."""
+    return [f"{posixpath.basename(entry.path)} holds epoch {entry.epoch}"
+            + (f", step {entry.step}" if entry.step is not None else "") + ": evaluated as its own row"
+            for entry in found.files if epoch_in_name(entry.path) is None and entry.epoch is not None]
 
 
 def expanded(wanted: list[Wanted], sets: dict[str, CheckpointSet], datapath: str) -> list[Wanted]:
@@ -146,8 +184,9 @@ def expanded(wanted: list[Wanted], sets: dict[str, CheckpointSet], datapath: str
         if pattern not in sets:
             found.append(item)
             continue
-        found += [Wanted(path, item.vision_model, item.text_model, item.registry_name)
-                  for path in sets[pattern].checkpoints]
+        found += [Wanted(entry.path, item.vision_model, item.text_model, item.registry_name,
+                         epoch=entry.held_epoch, step=entry.step)
+                  for entry in sets[pattern].files]
     return found
 
 
@@ -164,9 +203,10 @@ def is_settled(entry: Listed, server_now_ns: int, settle: float) -> bool:
     return entry.is_zip and server_now_ns - entry.mtime_ns >= settle * 1e9
 
 
-def reached(checkpoints: list[str], until_epoch: int | None) -> bool:
-    """--until-epoch N: the watch ends once a checkpoint of epoch N or later was evaluated."""
-    epochs = [epoch_of_stem(stem_of(path)) for path in checkpoints]
+def reached(listing: Listing, until_epoch: int | None) -> bool:
+    """--until-epoch N: the watch ends once a listed checkpoint holding epoch N or later (read
+    from the file, else from its name) was evaluated."""
+    epochs = [entry.held_epoch for found in listing.sets for entry in found.files]
     return until_epoch is not None and any(epoch is not None and epoch >= until_epoch for epoch in epochs)
 
 

@@ -364,11 +364,15 @@ def show_trends(console: Console, trends: list[Trend]) -> None:
         console.print(line, soft_wrap=True)
 
 
-def show_checkpoint_set(console: Console, searched: str, count: int, aliases: list[str]) -> None:
-    """A sweep's directory or glob: how many checkpoints it holds, and each alias left out."""
+def show_checkpoint_set(console: Console, searched: str, count: int, aliases: list[str],
+                        notes: Iterable[str] = ()) -> None:
+    """A sweep's directory or glob: how many checkpoints it holds, each alias left out, and
+    NOTES (a file holding an epoch its name does not say, a file the server could not list)."""
     console.print(Text(f"· {searched}: {count} checkpoint{'s' if count != 1 else ''}", style="cyan"), soft_wrap=True)
     for alias in aliases:
         console.print(Text(f"  alias: {alias}", style="dim"), soft_wrap=True)
+    for note in notes:
+        console.print(Text(f"  {note}", style="dim"), soft_wrap=True)
 
 
 def show_model_header(console: Console, label: str, checkpoint: str) -> None:

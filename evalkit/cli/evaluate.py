@@ -12,7 +12,7 @@ from rich.console import Console
 from .. import view
 from ..comparison import ModelResult
 from ..config import Settings
-from ..epochs import in_epoch_order, split_label, trends
+from ..epochs import in_epoch_order, trends
 from ..errors import EvalkitError
 from ..evaluation import STAGES, Evaluation, RunOptions, Scope, Wanted
 from ..executors import GPUS_FROM_SCHEDULER
@@ -87,8 +87,8 @@ def quick_command(step: str, **flags: Any) -> None:
 
 def run_watch(settings: Settings, scopes: list[Scope], wanted: list[Wanted], options: RunOptions,
               until_epoch: int | None) -> None:
-    """--watch: each round's new cells run as a sweep does; after each, every dataset split's
-    comparison of all the checkpoints evaluated so far (earlier rounds and runs included)."""
+    """--watch: each look's new cells run as a sweep does; after each, every dataset split's
+    comparison of that look's checkpoints (rows kept from earlier looks and runs included)."""
     if options.dry_run or options.detach or options.json_output:
         raise click.UsageError("--watch runs until stopped: drop --dry-run, --detach and --json")
     if not wanted or not all(item.model_path and is_checkpoint_set(item.model_path) for item in wanted):
@@ -100,23 +100,18 @@ def run_watch(settings: Settings, scopes: list[Scope], wanted: list[Wanted], opt
     store = LocalStore.of(settings)
 
     def run_cells(evaluations: list[Evaluation], listing: Listing) -> list[ModelResult]:
-        results = _run_many(out, settings, evaluations, options, listing)
-        for (dataset, split), _rows in by_dataset_split(evaluations, results).items():
-            labels = {e.label for e in evaluations if (e.dataset, e.split) == (dataset, split)}
-            kept = store.load_evaluated(dataset, split).get((dataset, split), [])
-            rows = in_epoch_order([r for r in kept if split_label(r.label)[0] in _experiments(labels)])
-            if len(rows) > 1:
-                document, written = gpu_queue.compare(store, rows, dataset, split, save=True)
+        return _run_many(out, settings, evaluations, options, listing)
+
+    def show(rows: list[tuple[Evaluation, ModelResult]]) -> None:
+        for (dataset, split), found in by_dataset_split(*map(list, zip(*rows))).items():
+            if len(found) > 1 and "recall" in scopes[0].stages:
+                document, written = gpu_queue.compare(store, in_epoch_order(found), dataset, split, save=True)
                 view.show_comparison(out, document, written)
                 view.show_trends(out, trends([row.result for row in document.rows]))
-        return results
 
-    watch(settings, scopes, wanted, until_epoch, run_cells, lambda text: view.show_note(out, text),
-          reevaluate=options.reevaluate)
-
-
-def _experiments(labels: set[str]) -> set[str]:
-    return {split_label(label)[0] for label in labels}
+    failures = watch(settings, scopes, wanted, until_epoch, run_cells, show, lambda text: view.show_note(out, text),
+                     reevaluate=options.reevaluate)
+    gpu_queue.check_all_succeeded(failures, f"evaluation{'s' if len(failures) != 1 else ''} of the watch failed")
 
 
 def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions, listing: Listing = Listing()) -> None:

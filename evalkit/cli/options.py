@@ -12,7 +12,7 @@ from ..config import ALL_MODELS, DEVICES, KNN_MODES, TEXT_MODELS, VISION_MODELS,
 from .. import view
 from ..evaluation import SPLITS, STAGES, Evaluation, RunOptions, Scope, Wanted
 from ..executors import EXECUTORS
-from ..sweep import Listing, cells, describe_alias, is_checkpoint_set
+from ..sweep import Listing, cells, describe_alias, describe_held, is_checkpoint_set
 from .guard import debug_option
 from .references import reference_option
 
@@ -172,7 +172,8 @@ def _expanded(settings: Settings, wanted: list[Wanted], scopes: list[Scope]) -> 
     wanted, listing = expand(settings, wanted, scopes)
     err = view.make_consoles(to_stderr=True)[0]
     for found in listing.sets:
-        view.show_checkpoint_set(err, found.searched, len(found.checkpoints), [describe_alias(a) for a in found.aliases])
+        view.show_checkpoint_set(err, found.searched, len(found.checkpoints), [describe_alias(a) for a in found.aliases],
+                                 [*describe_held(found), *(f"skipped {note}" for note in found.skipped)])
     return wanted, listing
 
 

@@ -27,6 +27,15 @@ def stat_of(path):
     return {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
 
 
+def inode_of(path):
+    """A checkpoint replaced by mv or rsync -a keeps its size and mtime, never its inode."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return f"{info.st_dev}:{info.st_ino}"
+
+
 def count_lines(path):
     """(complete lines, whether the file ends mid-line): a killed writer leaves a partial line."""
     lines, last = 0, b"\n"
@@ -147,7 +156,7 @@ def main(argv):
         "files": {},
     }
     if args.checkpoint:
-        facts["checkpoint"] = dict(stat_of(args.checkpoint) or {}, path=args.checkpoint,
+        facts["checkpoint"] = dict(stat_of(args.checkpoint) or {}, path=args.checkpoint, inode=inode_of(args.checkpoint),
                                    exists=os.path.isfile(args.checkpoint),
                                    readable=os.access(args.checkpoint, os.R_OK))
     if out_dir:

@@ -86,12 +86,17 @@ def test_bad_gpus_exit_2_naming_the_option(value):
 
 # --- python -m evalkit results ------------------------------------------------------------------
 
-def write_summary(results: Path, dataset: str, split: str, label: str, r1: float) -> None:
+def write_summary(results: Path, dataset: str, split: str, label: str, r1: float, **placed) -> None:
+    """LABEL's summary.json as an evaluation writes it: EXP@STEM is EXP's STEM.pt, EXP its
+    epoch_latest.pt; PLACED (experiment, epoch, step) as the evaluation records them (left out:
+    a summary kept before they were recorded)."""
     folder = results / dataset / split / label
     folder.mkdir(parents=True)
+    experiment, _, stem = label.partition("@")
     recall = {"r1": r1, "r5": 80.0, "r10": 90.0, "mean_recall": (r1 + 170) / 3}
     (folder / "summary.json").write_text(json.dumps({
-        "label": label, "checkpoint": f"/c/{label}.pt", "recall": {"text_to_image": recall, "image_to_text": recall},
+        "label": label, "checkpoint": f"/d/experiments/{experiment}/checkpoints/{stem or 'epoch_latest'}.pt",
+        "recall": {"text_to_image": recall, "image_to_text": recall}, **placed,
         "server_output_dir": f"/out/{label}", "timestamp": "2026-11-27T00:00:00+00:00"}))
 
 

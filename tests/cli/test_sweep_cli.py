@@ -88,6 +88,29 @@ def test_results_best_and_model_filters(epochs_results, args, labels):
     assert [[row["label"] for row in document["models"]] for document in json.loads(shown.stdout)] == labels
 
 
+@pytest.fixture
+def training_folder_results(tmp_path) -> Path:
+    """What a sweep of Chinese-CLIP's own folder keeps: epoch1 ... epoch11 and, when evaluated,
+    epoch_latest.pt (label `team`) holding epoch 11's state and numbers; written in an order that
+    puts epoch_latest.pt first."""
+    results = tmp_path / "results"
+    write_summary(results, "Flickr30k-CN", "valid", "team", 60.0, experiment="team", epoch=11, step=1100)
+    for epoch in (10, 2, 11, 1, 9):
+        write_summary(results, "Flickr30k-CN", "valid", f"team@epoch{epoch}", 60.0 if epoch == 11 else 10.0 + epoch,
+                      experiment="team", epoch=epoch, step=epoch * 100)
+    return results
+
+
+def test_results_of_training_names_in_epoch_order_and_the_best_is_the_numbered_epoch(training_folder_results):
+    shown = results_command("--results-dir", str(training_folder_results), "--format", "json")
+    assert shown.exit_code == 0, shown.stderr
+    assert [(r["label"], r["epoch"], r["step"], r["best"]) for r in json.loads(shown.stdout)[0]["models"]] == [
+        ("team@epoch1", 1, 100, False), ("team@epoch2", 2, 200, False), ("team@epoch9", 9, 900, False),
+        ("team@epoch10", 10, 1000, False), ("team@epoch11", 11, 1100, True), ("team", 11, 1100, False)]
+    best = results_command("--results-dir", str(training_folder_results), "--format", "json", "--best")
+    assert [row["label"] for row in json.loads(best.stdout)[0]["models"]] == ["team@epoch11"]
+
+
 def test_results_for_an_unknown_model_says_so(epochs_results):
     shown = results_command("--results-dir", str(epochs_results), "--model", "nobody")
     assert shown.exit_code == NothingEvaluated.exit_code and "for nobody" in shown.stderr

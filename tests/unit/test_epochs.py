@@ -1,17 +1,23 @@
-"""The comparison across epochs: experiment and epoch from the label, the best row, filters,
-order and the trend."""
+"""The comparison across epochs: each row's experiment and epoch (its own, else from the label and
+the checkpoint's name), the best row (well defined whatever the order), filters, order and the trend."""
 from __future__ import annotations
 
 import pytest
 
 from evalkit.comparison import ModelResult
-from evalkit.epochs import annotate, in_epoch_order, score, selected, sparkline, split_label, trends
+from evalkit.epochs import annotate, in_epoch_order, located, score, selected, sparkline, split_label, trends
 
 
-def row(label: str, t2i: float | None, i2t: float | None = None, status: str = "ok") -> ModelResult:
+def checkpoint_of(label: str) -> str:
+    """Where a label's checkpoint is, as training writes it: EXP is EXP's epoch_latest.pt."""
+    experiment, _, stem = label.partition("@")
+    return f"/d/experiments/{experiment}/checkpoints/{stem or 'epoch_latest'}.pt"
+
+
+def row(label: str, t2i: float | None, i2t: float | None = None, status: str = "ok", **placed) -> ModelResult:
     recall = {direction: {"mean_recall": value} for direction, value in
               (("text_to_image", t2i), ("image_to_text", i2t)) if value is not None}
-    return ModelResult(label, f"/c/{label}.pt", status, recall if status == "ok" else {})
+    return ModelResult(label, checkpoint_of(label), status, recall if status == "ok" else {}, **placed)
 
 
 @pytest.mark.parametrize("label, expected", [
@@ -37,9 +43,32 @@ def test_annotate_marks_each_experiments_best_row_and_its_epochs():
         ("t", 1, False), ("t", 2, True), ("t", None, False), ("t", 3, False), ("b", None, True), ("f", 1, False)]
 
 
+def test_a_row_is_placed_by_what_its_evaluation_recorded_not_by_its_label():
+    """An experiment folder named a@b: its epoch_latest.pt's label is a@b, which re-parsing would
+    file under experiment a."""
+    assert located(ModelResult("a@b", "/d/experiments/a@b/checkpoints/epoch_latest.pt", "ok", {},
+                               experiment="a@b", epoch=11)) == ("a@b", 11)
+    rows = annotate([row("a@b", 50, 50, experiment="a@b", epoch=3), row("a", 10, 10, experiment="a", epoch=None)])
+    assert [(r.experiment, r.best) for r in rows] == [("a@b", True), ("a", True)]
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0)])
+def test_on_equal_scores_the_numbered_epoch_wins_over_epoch_latest_whatever_the_order(order):
+    rows = [row("t", 30, 30, experiment="t", epoch=11), row("t@epoch11", 30, 30, experiment="t", epoch=11),
+            row("t@epoch12", 30, 30, experiment="t", epoch=12)]
+    best = [r.label for r in annotate([rows[i] for i in order]) if r.best]
+    assert best == ["t@epoch11"]
+
+
+def test_a_row_of_one_direction_is_no_rival_for_rows_of_two():
+    rows = annotate([row("t@epoch1", 30, 30), row("t@epoch2", 90), row("t@epoch3", 35, 35)])
+    assert [r.label for r in rows if r.best] == ["t@epoch3"]
+
+
 def test_in_epoch_order_follows_the_registry_then_names_then_epochs():
-    rows = [row(label, 1) for label in ("z@epoch_10", "a", "z", "z@epoch_2", "reg@epoch_1")]
-    assert [r.label for r in in_epoch_order(rows, {"reg": 0})] == ["reg@epoch_1", "a", "z@epoch_2", "z@epoch_10", "z"]
+    rows = [row(label, 1) for label in ("z@epoch10", "a", "z", "z@epoch2", "reg@epoch_1", "z@epoch_3")]
+    assert [r.label for r in in_epoch_order(rows, {"reg": 0})] == [
+        "reg@epoch_1", "a", "z@epoch2", "z@epoch_3", "z@epoch10", "z"]
 
 
 @pytest.mark.parametrize("models, best_only, labels", [
@@ -70,7 +99,7 @@ def with_hits(label: str, mean_recall: float, hits_r1: str) -> ModelResult:
     """A row with per-query hits (the same string at every k: mean recall's test reads all three)."""
     hits = {"text_to_image": {"queries": len(hits_r1), "reference_sha256": "texts",
                               "hits": {"r1": hits_r1, "r5": hits_r1, "r10": hits_r1}}}
-    return ModelResult(label, f"/c/{label}.pt", "ok", {"text_to_image": {"mean_recall": mean_recall}},
+    return ModelResult(label, checkpoint_of(label), "ok", {"text_to_image": {"mean_recall": mean_recall}},
                        query_hits=hits)
 
 

@@ -25,11 +25,17 @@ EXP = "/root/autodl-tmp/datapath/experiments/{}/checkpoints/{}.pt"
     ("team_distill@best", EXP.format("team_distill", "best"), ("team_distill", None, "best")),
     ("my_label", EXP.format("team_distill", "epoch_7"), ("my_label", 7, "7")),              # --label: the file says
     ("student", "/models/student.pt", ("student", None, "student")),
-    ("a@b@epoch_3", EXP.format("x", "epoch_3"), ("a", None, "b@epoch_3")),
+    ("a@b@epoch_3", EXP.format("x", "epoch_3"), ("a@b", 3, "3")),   # a row kept before rows had an experiment
     ("EXP@Epoch_2", EXP.format("EXP", "Epoch_2"), ("EXP", 2, "2")),
 ])
 def test_parse_checkpoint(label, checkpoint, expected):
-    assert parse_checkpoint(label, checkpoint) == CheckpointPoint(*expected)
+    assert parse_checkpoint(ModelResult(label, checkpoint, "ok", {})) == CheckpointPoint(*expected)
+
+
+def test_a_row_with_its_experiment_recorded_is_charted_under_it():
+    """An experiment folder named a@b: its epoch_latest.pt is labelled a@b, not experiment a's."""
+    result = ModelResult("a@b", EXP.format("a@b", "epoch_latest"), "ok", {}, experiment="a@b", epoch=4)
+    assert parse_checkpoint(result) == CheckpointPoint("a@b", None, "latest")
 
 
 def recall(base: float, image_to_image: bool = False) -> dict:

@@ -182,7 +182,7 @@ def test_without_a_checkpoint_the_file_check_picks_the_newest_manifest_of_this_d
 # --- when a stage may use the files ------------------------------------------------------------
 
 FEATURES = {"image_feats": FileFacts(100, 1, 20, False), "text_feats": FileFacts(200, 2, 80, False)}
-CHECKPOINT_FACTS = {"path": CHECKPOINT, "exists": True, "readable": True, "size": 7, "mtime_ns": 9}
+CHECKPOINT_FACTS = {"path": CHECKPOINT, "exists": True, "readable": True, "size": 7, "mtime_ns": 9, "inode": "1:5"}
 DATASET_STAMPS = {"images": {"size": 4096, "mtime_ns": 11}, "texts": {"size": 900, "mtime_ns": 12}}
 
 
@@ -210,6 +210,8 @@ def test_complete_unchanged_features_are_reused():
     (lambda f: dataclasses.replace(f, manifest=None), "no earlier extraction"),
     (lambda f: dataclasses.replace(f, checkpoint={**CHECKPOINT_FACTS, "mtime_ns": 10}), "checkpoint changed"),
     (lambda f: dataclasses.replace(f, checkpoint={**CHECKPOINT_FACTS, "size": 8}), "checkpoint changed"),
+    # replaced by mv or rsync -a: the same size and mtime, another file
+    (lambda f: dataclasses.replace(f, checkpoint={**CHECKPOINT_FACTS, "inode": "1:6"}), "checkpoint changed"),
     (lambda f: dataclasses.replace(f, files={**FEATURES, "text_feats": None}), "text feature file is missing"),
     (lambda f: dataclasses.replace(f, files={**FEATURES, "image_feats": FileFacts(50, 1, 10, False)}),
      "image feature file is truncated: 10 complete lines for 20 images"),
@@ -249,12 +251,20 @@ def test_another_context_length_is_not_served_old_features():
     (facts(files={}), "nothing has been extracted there yet"),
     (dataclasses.replace(facts(), manifest_problem="bad JSON"), "manifest in /out/exp-1 is unreadable"),
     (dataclasses.replace(extracted(), checkpoint={**CHECKPOINT_FACTS, "size": 8}), "changed after its features"),
+    (dataclasses.replace(extracted(), checkpoint={**CHECKPOINT_FACTS, "inode": "1:6"}), "changed after its features"),
     (dataclasses.replace(extracted(), dataset_files={**DATASET_STAMPS, "texts": None}), "dataset's texts file changed"),
 ])
 def test_knn_refuses_features_it_cannot_trust(state, phrase):
     with pytest.raises(OutputsNotReady) as info:
         check_features(state)
     assert phrase in info.value.message and info.value.hint
+
+
+def test_a_manifest_from_before_inodes_were_recorded_is_judged_by_size_and_mtime():
+    old = extracted()
+    manifest = dict(old.manifest, checkpoint={key: value for key, value in old.manifest["checkpoint"].items()
+                                              if key != "inode"})
+    check_features(dataclasses.replace(old, manifest=manifest))  # no refusal
 
 
 def test_knn_accepts_one_recorded_extraction_even_if_the_checkpoint_is_gone():
@@ -332,7 +342,7 @@ def test_a_missing_or_unreadable_checkpoint_is_named(checkpoint, phrase):
 
 def test_the_manifest_records_inputs_counts_features_and_command():
     manifest = extracted().manifest
-    assert manifest["checkpoint"] == {"path": CHECKPOINT, "size": 7, "mtime_ns": 9}
+    assert manifest["checkpoint"] == {"path": CHECKPOINT, "size": 7, "mtime_ns": 9, "inode": "1:5"}
     assert (manifest["num_images"], manifest["num_texts"]) == (20, 80)
     assert manifest["features"] == {"image_feats": {"size": 100, "mtime_ns": 1},
                                     "text_feats": {"size": 200, "mtime_ns": 2}}
