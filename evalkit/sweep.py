@@ -70,8 +70,10 @@ class Listed:
 
     @property
     def held_epoch(self) -> int | None:
-        """The epoch the file holds: read from it, else the epoch in its name."""
-        return self.epoch if self.epoch is not None else epoch_in_name(self.path)
+        """The file's epoch: the one in its name (what training wrote it as, and what people read),
+        else the one read from it (epoch_latest.pt)."""
+        named = epoch_in_name(self.path)
+        return named if named is not None else self.epoch
 
     def proven_same_as(self, other: "Listed") -> str | None:
         """How this file is proven to hold what OTHER holds ('bytes' or 'state'), or None. Equal
@@ -169,10 +171,17 @@ def describe_alias(alias: Alias) -> str:
 
 def describe_held(found: CheckpointSet) -> list[str]:
     """Each kept file whose name is no epoch but which holds one (epoch_latest.pt ahead of the
-    numbered files, as when training saves them every few epochs): its row is that epoch."""
-    return [f"{posixpath.basename(entry.path)} holds epoch {entry.epoch}"
-            + (f", step {entry.step}" if entry.step is not None else "") + ": evaluated as its own row"
-            for entry in found.files if epoch_in_name(entry.path) is None and entry.epoch is not None]
+    numbered files, as when training saves them every few epochs): its row is that epoch; and
+    each whose name says another epoch than it holds (a renamed copy): its row is its name's."""
+    notes = []
+    for entry in found.files:
+        named, name = epoch_in_name(entry.path), posixpath.basename(entry.path)
+        held = f"epoch {entry.epoch}" + (f", step {entry.step}" if entry.step is not None else "")
+        if named is None and entry.epoch is not None:
+            notes.append(f"{name} holds {held}: evaluated as its own row")
+        elif named is not None and entry.epoch is not None and named != entry.epoch:
+            notes.append(f"{name} holds {held} by its contents: shown as epoch {named}, as its name says")
+    return notes
 
 
 def expanded(wanted: list[Wanted], sets: dict[str, CheckpointSet], datapath: str) -> list[Wanted]:

@@ -105,6 +105,14 @@ def test_epoch_latest_ahead_of_the_numbered_files_is_its_own_row_with_the_epoch_
     assert (latest.label, latest.experiment, latest.epoch, latest.step) == ("team", "team", 7, 70)
 
 
+def test_a_file_named_for_another_epoch_than_it_holds_is_shown_as_its_name_says():
+    """A renamed copy (or a test bed's file): the name is what people read and what --until-epoch counts."""
+    found = choose(CKPTS, "directory", CKPTS, [listed("epoch_2.pt", epoch=1, step=100)])
+    assert found.files[0].held_epoch == 2
+    assert describe_held(found) == ["epoch_2.pt holds epoch 1, step 100 by its contents: shown as epoch 2, as its name says"]
+    assert reached(Listing((found,)), 2)
+
+
 def test_hard_links_are_aliases_whatever_else_differs():
     found = choose(CKPTS, "directory", CKPTS, [listed("epoch_latest.pt", mtime=5, inode="7:7"),
                                                listed("epoch4.pt", mtime=4, inode="7:7")])
