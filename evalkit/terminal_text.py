@@ -29,21 +29,27 @@ def wrap_words(text: str, width: int, indent: str = "  ") -> list[str]:
 
 
 def _words(text: str) -> list[tuple[str, str]]:
-    """(the spaces before it, word) pairs; a path's parts split by a space stay one word."""
+    """(the spaces before it, word) pairs; a path's parts split by a space stay one word, and so do
+    a leading mark ('·', '✓') and the word after it."""
     parts = SPACES.split(text)
     words = [("", parts[0])] + list(zip(parts[1::2], parts[2::2]))
     joined: list[tuple[str, str]] = []
     for space, word in words:
-        if joined and space == " " and _continues_path(joined[-1][1], word):
+        if joined and space == " " and (_continues_path(joined[-1][1], word) or _is_mark(joined)):
             joined[-1] = (joined[-1][0], f"{joined[-1][1]} {word}")
         else:
             joined.append((space, word))
     return joined
 
 
+def _is_mark(joined: list[tuple[str, str]]) -> bool:
+    return len(joined) == 1 and len(joined[0][1]) == 1 and not joined[0][1].isalnum()
+
+
 def _continues_path(before: str, word: str) -> bool:
     """'/data/实验' then 'sweep/ckpt/epoch_1.pt': one path with a space in it."""
-    return before.startswith(("/", "~")) and "/" in word and not word.startswith(("/", "~", "("))
+    is_path = before.startswith(("/", "~")) or " /" in before or " ~" in before
+    return is_path and "/" in before.split(" ")[-1] and "/" in word and not word.startswith(("/", "~", "("))
 
 
 def named_rows(labels: list[str]) -> str:

@@ -30,6 +30,7 @@ def test_a_line_that_fits_is_left_as_it_is():
     (f"checkpoint: {SPACED_PATH}", 40, ["checkpoint:", f"  {SPACED_PATH}"]),  # wider than the line: whole
     ("every R@1/5/10 is within chance", 16, ["every R@1/5/10", "  is within", "  chance"]),
     ("see /c/x.pt (20 images)", 12, ["see /c/x.pt", "  (20", "  images)"]),
+    (f"· {SPACED_PATH}: 3 checkpoints", 40, [f"· {SPACED_PATH}:", "  3 checkpoints"]),  # never a lone mark
 ])
 def test_a_path_stays_whole_for_copy_and_paste(text, width, lines):
     assert wrap_words(text, width) == lines
