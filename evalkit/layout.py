@@ -5,7 +5,7 @@ label or a header with '…'."""
 from __future__ import annotations
 
 from rich.cells import cell_len
-from rich.console import Console, RenderableType
+from rich.console import Console, JustifyMethod, RenderableType
 from rich.measure import Measurement
 from rich.table import Column, Table
 from rich.text import Text
@@ -103,12 +103,12 @@ def comparison_rows(comparison: Comparison, columns: list[tuple[str, str]] | tup
     return rows
 
 
-def labelled_table(title: str, first: str, titles: list[str], rows: Rows, justify: str = "right") -> Table:
+def labelled_table(title: str, first: str, titles: list[str], rows: Rows, justify: JustifyMethod = "right") -> Table:
     """A column of labels, never wrapped, then one column per title; the title's words never split."""
     table = Table(title=title, min_width=max(map(cell_len, title.split())))
     table.add_column(first, no_wrap=True)
     for column in titles:
-        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        table.add_column(column, justify=justify, overflow="fold")
     for label, cells in rows:
         table.add_row(label, *cells)
     return table

@@ -211,7 +211,9 @@ PROBE = ("<script>window.addEventListener('load', () => { document.title = 'imag
 # no header cut with '…', the same warning said once, no line broken mid-word by the terminal.
 LONG_EXPERIMENT = "muge_finetune_vit-b-16_roberta-base_bs512_4gpu_team_distill"
 REGISTRY = ("team_distill_vit-b-16_bs512", "large_distill_vit-l-14_bs256", "baseline")
-FOLDED_ALONE = re.compile(r"(?:[·=] )?(?:/.*|\S+)")  # a path (spaces and all) or one word, which may fold
+# what may be wider than the screen, alone on its line (the terminal folds it): a path (with the spaces in
+# its folder names), or one word such as a label
+FOLDED_ALONE = re.compile(r"(?:[·=] )?(?:/\S*(?: \S*/\S*)*|\S+)")
 
 
 def check_labels_whole(screen: Screen, labels: list[str], columns: int) -> None:
