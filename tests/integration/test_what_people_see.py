@@ -169,8 +169,9 @@ def write_a_sweep_and_a_comparison(bed) -> None:
                                                ("MUGE", "test", "large", "epoch_latest", 0.7)):
         checkpoint = str(experiments.parent.parent / label.split("@")[0] / "checkpoints" / f"{stem}.pt")
         scaled = {d: {m: value * scale for m, value in metrics.items()} for d, metrics in summary["recall"].items()}
-        store.save_results(Evaluation(dataset, split, checkpoint, label=label), label, raw,
-                           dict(summary, checkpoint=checkpoint, recall=scaled))
+        evaluation = Evaluation(dataset, split, checkpoint, label=label)
+        store.save_results(evaluation, label, raw, dict(summary, checkpoint=checkpoint, recall=scaled,
+                                                        experiment=evaluation.experiment, epoch=evaluation.epoch))
 
 
 def check_in_a_browser(page: Path, tmp_path: Path) -> None:
