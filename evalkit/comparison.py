@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from . import comparability
 from .plan import DIRECTION_TITLES
 from .significance import is_significant, plus_minus, significance
+from .terminal_text import said_once
 
 BASELINE = "baseline"
 METRICS = ("r1", "r5", "r10", "mean_recall")
@@ -225,13 +226,15 @@ def marked_label(comparison: Comparison, label: str) -> str:
     return f"{label} {mark}" if mark else label
 
 
-def notes(comparison: Comparison, marker: str = "*") -> list[str]:
-    """The lines under the table: what ± and the marker mean, footnotes, each row's warnings,
-    where published rows come from."""
+def notes(comparison: Comparison, marker: str = "*", once: bool = False) -> list[str]:
+    """The lines under the table: what ± and the marker mean, footnotes, each row's warnings (ONCE:
+    each warning once, naming its rows), where published rows come from."""
     statistics = footnote(comparison, marker)
     lines = [statistics] if statistics else []
     lines += [f"{mark} {label}: " + "; ".join(comparison.footnotes[label]) for label, mark in marks(comparison).items()]
-    lines += [f"warning: {row.label}: {warning}" for row in comparison.rows for warning in row.result.warnings]
+    warned = [(row.label, row.result.warnings) for row in comparison.rows]
+    lines += said_once(warned) if once else [f"warning: {label}: {warning}" for label, warnings in warned
+                                             for warning in warnings]
     lines += [f"best of {row.result.experiment}: {row.label}{note}" for row in comparison.rows
               if row.result.best and (note := runner_up_note(row.result.versus_runner_up))]
     reused = [row for row in comparison.rows if row.result.reused]

@@ -1,4 +1,4 @@
-"""The only module that imports rich: plain data in, a Console passed in.
+"""With layout.py, the only modules that import rich: plain data in, a Console passed in.
 
 Remote text is always printed as plain Text (never markup), so output such as "[red]" or
 "[/]" from a script can neither restyle nor crash the display.
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Iterable
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.console import RenderableType
@@ -19,23 +20,27 @@ from rich.table import Column
 from rich.table import Table
 from rich.text import Text
 
-from .comparison import Comparison, cell, failed_cell, header, marked_label, notes, reference_cell, runner_up_note
+from .comparison import Comparison, notes, runner_up_note
 from .diagnosis import Check
 from .epochs import Trend
 from .errors import EvalkitError
 from .evaluation import NAMED, SERVER_LATEST
 from .executors.base import JobState
+from .layout import recall_table, show_comparison_table, show_line, show_table
+from .layout import show_references  # noqa: F401  (the CLI's, through view)
 from .outcome import StepResult
-from .plan import DIRECTION_TITLES, Plan, Step
+from .plan import Plan, Step
 from .progress import Bar, Event, LogLine, ProgressUpdate, StepBars
 from .server_outputs import ServerFacts
-from .significance import plus_minus
-from .summary import ImageRecall, Recall, recalls, skipped
+from .summary import ImageRecall, recalls, skipped
 
 if TYPE_CHECKING:  # pipeline brings paramiko: kept out of `--help`'s start-up
     from .pipeline import Report
     from .report import ReportWritten
     from .run_record import RunRecord
+
+
+RULE_ENDS = 4  # columns a rule keeps beside its title (rich cuts a longer title with …)
 
 
 def make_consoles(to_stderr: bool = False) -> tuple[Console, Console]:
@@ -145,46 +150,26 @@ def show_plan(console: Console, plan: Plan, host: str) -> None:
         console.print(Text(step.command), soft_wrap=True)
 
 
-def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED, ci95: dict | None = None) -> Table:
-    """The title names the evaluation; when the user did not name its checkpoint, how it was chosen.
-    With CI95 (summary.json's), each value shows its 95% interval's half-width: '52.10 ±1.4'."""
-    title = f"Recall (%) — {label}" + ("" if chosen_by == NAMED else f" ({chosen_by})")
-    table = Table(title=title)
-    table.add_column("direction")
-    with_map = any(isinstance(recall, ImageRecall) for recall in recalls.values())
-    for column in ("R@1", "R@5", "R@10", "Mean Recall", *(("mAP@10",) if with_map else ())):
-        table.add_column(column, justify="right")
-    for direction, recall in recalls.items():
-        values = [f"{value:.2f}" + plus_minus((ci95 or {}).get(direction, {}).get(metric))
-                  for metric, value in zip(("r1", "r5", "r10", "mean_recall"),
-                                           (recall.r1, recall.r5, recall.r10, recall.mean_recall))]
-        if with_map:
-            values.append(f"{recall.map10:.2f}" if isinstance(recall, ImageRecall) else "")
-        table.add_row(DIRECTION_TITLES[direction], *values)
-    return table
-
-
 def show_results(console: Console, report: Report) -> None:
     plan, evaluation = report.outcome.plan, report.evaluation
     ci95 = (report.summary or {}).get("ci95")
-    console.print(recall_table(plan.label, recalls(report.outcome), evaluation.chosen_by, ci95))
+    show_table(console, recall_table(plan.label, recalls(report.outcome), evaluation.chosen_by, ci95))
     if ci95:
         console.print(Text("±: half-width of the 95% bootstrap interval over the queries", style="dim"))
     for reason in skipped(report.outcome).values():
-        console.print(Text(reason, style="yellow"), soft_wrap=True)
+        show_line(console, reason, "yellow")
     for warning in (report.summary or {}).get("warnings", []):
-        console.print(Text(f"warning: {warning}", style="bold yellow"), soft_wrap=True)
+        show_line(console, f"warning: {warning}", "bold yellow")
     image = recalls(report.outcome).get("image_to_image")
     if isinstance(image, ImageRecall):
-        console.print(Text(f"image→image: {image.num_queries} query images (those with a relevant other image)",
-                           style="dim"), soft_wrap=True)
-    console.print(Text(f"checkpoint: {plan.checkpoint}"), soft_wrap=True)
+        show_line(console, f"image→image: {image.num_queries} query images (those with a relevant other image)", "dim")
+    show_line(console, f"checkpoint: {plan.checkpoint}")
     if evaluation.chosen_by == SERVER_LATEST:
-        console.print(Text("  not named by you: the server's most recent extraction, by anyone; pass "
-                           "--model-path to evaluate another", style="bold yellow"), soft_wrap=True)
-    console.print(Text(f"server files: {plan.output_dir}"), soft_wrap=True)
+        show_line(console, "  not named by you: the server's most recent extraction, by anyone; pass "
+                           "--model-path to evaluate another", "bold yellow")
+    show_line(console, f"server files: {plan.output_dir}")
     for path in report.written:
-        console.print(Text(f"saved: {path}"), soft_wrap=True)
+        show_line(console, f"saved: {path}")
 
 
 def show_report(console: Console, report: Report) -> None:
@@ -204,10 +189,10 @@ def show_stage_done(console: Console, stage: str, facts: ServerFacts | None, pla
         ready, following = f"features ready{counts}", "knn"
     else:
         ready, following = "KNN predictions ready", "recall"
-    console.print(Text(f"✓ {ready} for {plan.checkpoint}", style="green"), soft_wrap=True)
+    show_line(console, f"✓ {ready} for {plan.checkpoint}", "green")
     if chosen_by != NAMED:
         console.print(Text(f"  ({chosen_by})", style="bold yellow" if chosen_by == SERVER_LATEST else "dim"))
-    console.print(Text(f"server files: {plan.output_dir}"), soft_wrap=True)
+    show_line(console, f"server files: {plan.output_dir}")
     console.print(Text(f"next: --step {following}", style="dim"))
 
 
@@ -249,7 +234,7 @@ def show_runs(console: Console, rows: list[tuple[RunRecord, JobState]]) -> None:
     """`status`: one row per run record, with what the server says about it."""
     table = Table(title="runs")
     for column in ("run", "label", "dataset / split", "started", "state"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("run", "label"))  # the others wrap before a label is cut
     for record, state in rows:
         table.add_row(record.run_id, Text(record.label), Text(f"{record.evaluation.dataset} / {record.evaluation.split}"),
                       record.created_at, Text(describe_state(state, record.state)))
@@ -274,7 +259,7 @@ def describe_state(state: JobState, recorded: str = "started") -> str:
 
 
 def show_log_location(console: Console, path: Path) -> None:
-    console.print(Text(f"full remote log: {path}", style="dim"), soft_wrap=True)
+    show_line(console, f"full remote log: {path}", "dim")
 
 
 def show_error(console: Console, error: EvalkitError) -> None:
@@ -289,7 +274,7 @@ def show_interrupted(console: Console) -> None:
 
 
 def show_note(console: Console, text: str) -> None:
-    console.print(Text(f"· {text}", style="cyan"), soft_wrap=True)
+    show_line(console, f"· {text}", "cyan")
 
 
 class ConcurrentReporter:
@@ -348,7 +333,7 @@ def show_cells(console: Console, cells: list[tuple[str, str, str, str]]) -> None
     """--dry-run of a sweep or a matrix: each cell (label, dataset, split, checkpoint), in order."""
     table = Table(title=f"{len(cells)} cells")
     for column in ("#", "label", "dataset", "split", "checkpoint"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "label", overflow="fold")  # the others wrap before a label is cut
     for index, (label, dataset, split, checkpoint) in enumerate(cells, 1):
         table.add_row(str(index), Text(label), Text(dataset), split, Text(checkpoint))
     console.print(table)
@@ -361,27 +346,39 @@ def show_trends(console: Console, trends: list[Trend]) -> None:
         line.append(trend.sparkline, style="green")
         line.append(f"  {trend.scores[0]:.2f} → {trend.scores[-1]:.2f} over {len(trend.scores)} checkpoints; "
                     f"best: {trend.best_label}{runner_up_note(trend.versus_runner_up)}", style="default")
-        console.print(line, soft_wrap=True)
+        console.print(line)  # wrapped at words
 
 
 def show_checkpoint_set(console: Console, searched: str, count: int, aliases: list[str],
                         notes: Iterable[str] = ()) -> None:
     """A sweep's directory or glob: how many checkpoints it holds, each alias left out, and
     NOTES (a file holding an epoch its name does not say, a file the server could not list)."""
-    console.print(Text(f"· {searched}: {count} checkpoint{'s' if count != 1 else ''}", style="cyan"), soft_wrap=True)
+    show_note(console, f"{searched}: {count} checkpoint{'s' if count != 1 else ''}")
     for alias in aliases:
-        console.print(Text(f"  alias: {alias}", style="dim"), soft_wrap=True)
+        show_line(console, f"  alias: {alias}", "dim")
     for note in notes:
-        console.print(Text(f"  {note}", style="dim"), soft_wrap=True)
+        show_line(console, f"  {note}", "dim")
 
 
 def show_model_header(console: Console, label: str, checkpoint: str) -> None:
-    console.rule(Text(f"{label}  ({checkpoint})" if checkpoint else label), align="left")
+    """A rule named by the evaluation and its checkpoint; when they do not fit in it (a rule cuts its
+    title), the checkpoint on a line of its own under it, and a label wider still above it."""
+    whole = f"{label}  ({checkpoint})" if checkpoint else label
+    if cell_len(whole) + RULE_ENDS <= console.width:
+        console.rule(Text(whole), align="left")
+        return
+    if cell_len(label) + RULE_ENDS <= console.width:
+        console.rule(Text(label), align="left")
+    else:
+        show_line(console, label, "bold")
+        console.rule()
+    if checkpoint:
+        show_line(console, f"  {checkpoint}", "dim")
 
 
 def show_unchanged(console: Console, label: str, run_id: str | None) -> None:
     """A sweep's cell not evaluated again: its checkpoint, dataset and commands are as they were."""
-    console.print(Text(f"= {label}: unchanged since run {run_id}, its numbers kept", style="cyan"), soft_wrap=True)
+    show_line(console, f"= {label}: unchanged since run {run_id}, its numbers kept", "cyan")
 
 
 def show_model_failed(console: Console, label: str, error: EvalkitError) -> None:
@@ -391,38 +388,17 @@ def show_model_failed(console: Console, label: str, error: EvalkitError) -> None
         console.print(Text(f"  fix: {error.hint}", style="yellow"), soft_wrap=True)
 
 
-def comparison_table(comparison: Comparison) -> Table:
-    """Rows per model; the best of each column in bold green; ±deltas against the baseline."""
-    title = f"Recall (%) — {comparison.dataset} {comparison.split}"
-    if comparison.baseline:
-        title += f" (±: against {comparison.baseline})"
-    table = Table(title=title)
-    for index, column in enumerate(header(comparison)):
-        table.add_column(column, justify="left" if index == 0 else "right")
-    for row in comparison.rows:
-        if not row.result.ok:
-            table.add_row(Text(row.label), Text(failed_cell(row), style="red"), *["–"] * (len(comparison.columns) - 1))
-            continue
-        cells = [Text.from_markup(cell(comparison, row, d, m, bold=("[bold green]", "[/]")))
-                 for d, m in comparison.columns]
-        table.add_row(Text(marked_label(comparison, row.label)), *cells)
-    for reference in comparison.references:
-        table.add_row(Text(reference["label"], style="italic"),
-                      *[Text(reference_cell(reference, d, m), style="italic") for d, m in comparison.columns])
-    return table
-
-
 def show_comparison(console: Console, comparison: Comparison, written: Iterable[Path]) -> None:
-    console.print(comparison_table(comparison))
-    show_notes(console, notes(comparison))
+    show_comparison_table(console, comparison)
+    show_notes(console, notes(comparison, once=True))
     for path in written:
-        console.print(Text(f"saved: {path}"), soft_wrap=True)
+        show_line(console, f"saved: {path}")
 
 
 def show_report_written(console: Console, written: ReportWritten) -> None:
     """`report`: where the page (and figures) went; without matplotlib, how to get the charts."""
     for path in (written.page, *written.figures):
-        console.print(Text(f"saved: {path}"), soft_wrap=True)
+        show_line(console, f"saved: {path}")
     if not written.has_charts:
         from .charts import INSTALL  # the charts' modules stay out of every other command's start-up
         show_note(console, f"the page has the tables only: for charts of recall against epoch, {INSTALL} "
@@ -432,21 +408,7 @@ def show_report_written(console: Console, written: ReportWritten) -> None:
 def show_notes(console: Console, lines: list[str]) -> None:
     """Footnotes, warnings and sources under a comparison table."""
     for line in lines:
-        console.print(Text(line, style="bold yellow" if line.startswith(("warning:", "†")) else "dim"), soft_wrap=True)
-
-
-def show_references(console: Console, rows: list[dict]) -> None:
-    """`python -m evalkit references`: one line per published result."""
-    table = Table(title="Chinese-CLIP's published retrieval results (%)")
-    for column in ("name", "dataset", "split", "setup", "text→image R@1/5/10", "image→text R@1/5/10"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        recall = row["recall"]
-        table.add_row(row["name"], row["dataset"], row["split"], row["setup"],
-                      *["/".join(f"{recall[d][m]:.1f}" for m in ("r1", "r5", "r10")) if d in recall else "–"
-                        for d in ("text_to_image", "image_to_text")])
-    console.print(table)
-    console.print(Text("source: OFA-Sys/Chinese-CLIP Results.md; --reference NAME adds one to a table", style="dim"))
+        show_line(console, line, "bold yellow" if line.startswith(("warning:", "†")) else "dim")
 
 
 def show_check(console: Console, check: Check) -> None:

@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from evalkit.evaluation import Evaluation
 from evalkit.store import LocalStore
+from evalkit.terminal_text import display_width
 
 from .conftest import ENTRY_SCRIPT, REPO
 
@@ -44,6 +46,7 @@ class Screen:
 
     snapshots: list[str] = field(default_factory=list)
     history: str = ""   # the whole scrollback, wrapped lines joined
+    rows: str = ""      # the whole scrollback, row by row as the terminal shows it
 
     def live_rows(self) -> list[re.Match]:
         return [m for snapshot in self.snapshots for line in snapshot.splitlines() if (m := LIVE_ROW.match(line))]
@@ -55,10 +58,15 @@ def tmux_run(command: str, columns: int, tmp_path: Path, timeout: float = 600) -
         if os.environ.get("EVALKIT_REQUIRE_TESTBED"):
             pytest.fail("tmux is missing: apt-get install tmux")
         pytest.skip("tmux is missing: apt-get install tmux")
-    socket, done = tmp_path / f"tmux-{columns}.sock", tmp_path / f"done-{columns}"
+    run_dir = Path(tempfile.mkdtemp(prefix=f"t{columns}-", dir=tmp_path))  # several runs at one width
+    socket, done = run_dir / "tmux.sock", run_dir / "done"
     tmux = ["tmux", "-S", str(socket)]
     wrapped = f"{command}; echo $? > {shlex.quote(str(done))}; sleep 600"
-    subprocess.run([*tmux, "new-session", "-d", "-x", str(columns), "-y", "40", "bash", "-c", wrapped], check=True)
+    # the pane's size, not a COLUMNS inherited from the test run (rich would take it over the pane's)
+    unsized = {name: value for name, value in os.environ.items() if name not in ("COLUMNS", "LINES")}
+    subprocess.run([*tmux, "new-session", "-d", "-x", str(columns), "-y", "40", "bash", "-c", wrapped], check=True,
+                   env=unsized)
+    subprocess.run([*tmux, "set-option", "-g", "history-limit", "50000"], check=True)
     screen, deadline = Screen(), time.monotonic() + timeout
     try:
         while not done.exists():
@@ -67,8 +75,9 @@ def tmux_run(command: str, columns: int, tmp_path: Path, timeout: float = 600) -
             if not screen.snapshots or shown != screen.snapshots[-1]:
                 screen.snapshots.append(shown)
             time.sleep(0.2)
-        screen.history = subprocess.run([*tmux, "capture-pane", "-p", "-J", "-S", "-"],
-                                        capture_output=True, text=True).stdout
+        screen.history, screen.rows = (subprocess.run([*tmux, "capture-pane", "-p", *joined, "-S", "-"],
+                                                      capture_output=True, text=True).stdout
+                                       for joined in (["-J"], []))
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
     assert done.read_text().strip() == "0", screen.history
@@ -76,8 +85,11 @@ def tmux_run(command: str, columns: int, tmp_path: Path, timeout: float = 600) -
 
 
 def evaluate_command(bed, *extra: str) -> str:
-    argv = [sys.executable, str(ENTRY_SCRIPT), "--config", str(bed.config), "--model-path", str(bed.checkpoint),
-            *MODEL_ARGS, *extra]
+    return entry_command(bed, "--model-path", str(bed.checkpoint), *MODEL_ARGS, *extra)
+
+
+def entry_command(bed, *args: str) -> str:
+    argv = [sys.executable, str(ENTRY_SCRIPT), "--config", str(bed.config), *args]
     return f"cd {shlex.quote(str(bed.results_dir.parent))} && {shlex.join(argv)}"
 
 
@@ -157,8 +169,9 @@ def write_a_sweep_and_a_comparison(bed) -> None:
                                                ("MUGE", "test", "large", "epoch_latest", 0.7)):
         checkpoint = str(experiments.parent.parent / label.split("@")[0] / "checkpoints" / f"{stem}.pt")
         scaled = {d: {m: value * scale for m, value in metrics.items()} for d, metrics in summary["recall"].items()}
-        store.save_results(Evaluation(dataset, split, checkpoint, label=label), label, raw,
-                           dict(summary, checkpoint=checkpoint, recall=scaled))
+        evaluation = Evaluation(dataset, split, checkpoint, label=label)
+        store.save_results(evaluation, label, raw, dict(summary, checkpoint=checkpoint, recall=scaled,
+                                                        experiment=evaluation.experiment, epoch=evaluation.epoch))
 
 
 def check_in_a_browser(page: Path, tmp_path: Path) -> None:
@@ -193,3 +206,47 @@ def check_in_a_browser(page: Path, tmp_path: Path) -> None:
 
 PROBE = ("<script>window.addEventListener('load', () => { document.title = 'images: ' + "
          "[...document.images].map(i => i.complete ? i.naturalWidth : 0).join(','); });</script>")
+
+
+# At 80 columns a person reads which row is which model: each label whole on a row of the terminal,
+# no header cut with '…', the same warning said once, no line broken mid-word by the terminal.
+LONG_EXPERIMENT = "muge_finetune_vit-b-16_roberta-base_bs512_4gpu_team_distill"
+REGISTRY = ("team_distill_vit-b-16_bs512", "large_distill_vit-l-14_bs256", "baseline")
+# what may be wider than the screen, alone on its line (the terminal folds it): a path (with the spaces in
+# its folder names), or one word such as a label
+FOLDED_ALONE = re.compile(r"(?:[·=] )?(?:/\S*(?: \S*/\S*)*|\S+)")
+
+
+def check_labels_whole(screen: Screen, labels: list[str], columns: int) -> None:
+    rows = screen.rows.splitlines()
+    for label in labels:
+        assert any(label in row for row in rows), (label, screen.rows)
+    assert "…" not in screen.history, screen.history
+    broken = [line for line in screen.history.splitlines()
+              if display_width(line.rstrip()) > columns and not FOLDED_ALONE.fullmatch(line.strip())]
+    assert broken == [], "\n".join(broken)
+
+
+def test_at_80_columns_a_sweep_and_a_comparison_name_every_model_whole(testbed, second_checkpoint,
+                                                                        third_checkpoint, tmp_path):
+    checkpoints = (testbed.checkpoint, second_checkpoint, third_checkpoint)
+    folder = tmp_path / "实验 sweep" / "experiments" / LONG_EXPERIMENT / "checkpoints"
+    folder.mkdir(parents=True)
+    for epoch, checkpoint in enumerate(checkpoints, 1):
+        os.link(checkpoint, folder / f"epoch_{epoch}.pt")
+    sweep = tmux_run(entry_command(testbed, "--model-path", str(folder), *MODEL_ARGS), 80, tmp_path)
+    epochs = [f"{LONG_EXPERIMENT}@epoch_{epoch}" for epoch in (1, 2, 3)]
+    check_labels_whole(sweep, epochs, 80)
+    assert sweep.history.count("indistinguishable from chance") <= 1, sweep.history
+    assert "text→image recall (%)" in sweep.history and "image→text recall (%)" in sweep.history
+
+    testbed.write_config(models={name: {"path": str(path)} for name, path in zip(REGISTRY, checkpoints)})
+    models = [argument for name in REGISTRY for argument in ("--model", name)]
+    compared = tmux_run(entry_command(testbed, *models, *MODEL_ARGS), 80, tmp_path)
+    check_labels_whole(compared, list(REGISTRY), 80)
+    assert compared.history.count("indistinguishable from chance") <= 1, compared.history
+
+    for columns in (80, 120):  # `results`: every table kept so far, read back from the results folder
+        results = tmux_run(shlex.join([sys.executable, "-m", "evalkit", "results", "--config", str(testbed.config)]),
+                           columns, tmp_path)
+        check_labels_whole(results, [*epochs, *REGISTRY], columns)
