@@ -159,7 +159,10 @@ def test_on_one_gpu_the_next_cell_starts_as_the_gpu_frees_up_never_beside_a_gpu_
 
 
 def stdout_order(text: str) -> list[str]:
-    return [line.split("  (")[0].strip() for line in text.splitlines() if line.startswith("[") and "] sweep_exp" in line]
+    # a model's header: "[i/N] label  (checkpoint) ───", or the label's rule with the checkpoint on
+    # the line below when both do not fit
+    return [line.split("  (")[0].rstrip(" ─") for line in text.splitlines()
+            if line.startswith("[") and "] sweep_exp" in line]
 
 
 def test_ctrl_c_cancels_the_running_cell_and_the_one_waiting_for_its_gpu_never_starts(testbed, experiment):
