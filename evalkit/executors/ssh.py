@@ -37,6 +37,9 @@ class SshExecutor(Executor):
         if status.get("state") == "crashed":
             raise RemoteStepFailed(f"the run's driver failed on the server: {status.get('error')}",
                                    f"see {run.path('driver.log')} on the server, and report it")
+        if status.get("state") == "cancelled":  # by Ctrl-C in another thread, or `cancel`, before it began
+            raise RemoteStepFailed(f"run {run.run_id} was cancelled before its driver started",
+                                   "start the evaluation again")
         if status.get("state") == "refused":
             holder = status.get("holder") or {}
             raise RunLocked(f"run {holder.get('run_id')} is already evaluating this checkpoint "
