@@ -107,10 +107,10 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter, det
             store = LocalStore.of(settings)
             evaluation, facts, origin = _ready(session, executor, store, settings, evaluation, reporter)
             record = _new_run(store, settings, evaluation, hold)
+            _keep_provenance(session, store, record, origin)
             with _in_custody(executor, store, record, reporter) as custody:
                 launched = _launch(executor, store, record)
                 record = _started(store, record, launched, reporter)
-                _keep_provenance(session, record, origin)
                 if detach:
                     (on_detached or _nothing)(record)
                     return record
@@ -278,10 +278,18 @@ def _evalkit_version() -> str:
         return "unknown (not installed)"
 
 
-def _keep_provenance(session: Session, record: RunRecord, origin: dict | None) -> None:
-    """Beside the run's files on the server, so that `attach` (from any laptop) records it too."""
-    if origin is not None:
-        session.write_bytes(_remote(record).path(PROVENANCE_FILE), json.dumps(origin, ensure_ascii=False).encode())
+def _keep_provenance(session: Session, store: LocalStore, record: RunRecord, origin: dict | None) -> None:
+    """Beside the run's files on the server, so that `attach` (from any laptop) records it too;
+    written before the launch (the run's folder made as job.py makes it): a full disk refuses
+    the run before it starts, and no Ctrl-C meanwhile leaves anything running."""
+    if origin is None:
+        return
+    try:
+        session.write_bytes(_remote(record).path(PROVENANCE_FILE), json.dumps(origin, ensure_ascii=False).encode(),
+                            folder_mode=0o700)
+    except BaseException:
+        store.forget_record(record.run_id)  # never started
+        raise
 
 
 def _kept_provenance(session: Session, record: RunRecord) -> dict | None:

@@ -30,6 +30,7 @@ temporary file (O_EXCL, O_NOFOLLOW) renamed over its name, each stream opened O_
 run's folder is made 0o700: its commands and output are the user's alone.
 """
 import argparse
+import errno
 import fcntl
 import json
 import os
@@ -46,6 +47,41 @@ import traceback
 MARKER = "EVALKIT-JOB "
 RUN_ID_VARIABLE = "EVALKIT_RUN_ID"
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # a symlink at the name: ELOOP
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+FULL_DISK_TEXTS = ("No space left on device", "Disk quota exceeded")  # as a step's traceback says them
+RESERVE, RESERVE_BYTES = ".reserve", 1 << 16  # room kept for the run's own last files on a full disk
+
+
+def write_new(path, data):
+    """DATA (text) into a new file at PATH (O_EXCL: never one planted there), closed (its buffer
+    written) on return. On a full disk the run's reserve beside it is given up, once, for it."""
+    for last in (False, True):
+        try:
+            with open(os.open(path, NEW_FILE | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
+                handle.write(data)
+            return
+        except OSError as exc:
+            remove(path)
+            if last or exc.errno not in FULL_DISK or not remove(os.path.join(os.path.dirname(path), RESERVE)):
+                raise
+
+
+def remove(path):
+    """Whether PATH was there and is gone."""
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+
+
+def keep_reserve(run_dir):
+    """RESERVE_BYTES in the run's folder for its last files (step-N.exit, status.json), should the
+    disk fill up while it runs: given up for them (write_new), or at the run's end."""
+    try:
+        write_new(os.path.join(run_dir, RESERVE), "\0" * RESERVE_BYTES)
+    except OSError:
+        pass  # full already, or kept since an earlier start: the run goes on without
 
 
 def write_atomically(path, data):
@@ -53,9 +89,8 @@ def write_atomically(path, data):
     renamed over PATH, which replaces whatever is at PATH, a symlink too, and follows nothing."""
     temporary = f"{path}.tmp-{secrets.token_hex(8)}"
     try:
-        # closed (its buffer written) before the rename: a reader polling PATH sees no file or all of it
-        with open(os.open(temporary, NEW_FILE | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
-            handle.write(data)
+        # closed before the rename: a reader polling PATH sees no file or all of it
+        write_new(temporary, data)
         os.replace(temporary, path)
     except BaseException:
         try:
@@ -85,16 +120,13 @@ def claim_end(run_dir, state, **details):
     path = os.path.join(run_dir, "status.json")
     temporary = f"{path}.tmp-{secrets.token_hex(8)}"
     try:
-        with open(os.open(temporary, NEW_FILE | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(dict(details, state=state, finished_at=now())))
+        write_new(temporary, json.dumps(dict(details, state=state, finished_at=now())))
         os.link(temporary, path)
     except FileExistsError:
         return read_json(path) or {"state": "unknown"}
     finally:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass  # never created: the open itself failed
+        remove(temporary)
+    remove(os.path.join(run_dir, RESERVE))  # the run is over
     return None
 
 
@@ -264,24 +296,45 @@ def drive(run_dir, bell_fd=None):
     try:
         write_atomically(os.path.join(run_dir, "driver.json"), json.dumps(record))
         ring()
-        state, failed = run_steps(run_dir, run["steps"])
+        state, details = run_steps(run_dir, run["steps"])
     finally:
         if held is not None:
             release_lock(held, lock)
     if state is not None:
-        finish(run_dir, state, failed_step=failed)
+        finish(run_dir, state, **details)
 
 
 def run_steps(run_dir, steps):
-    """Each step in turn until one fails: ("succeeded" or "failed", the failed step's index); a
+    """Each step in turn until one fails: ("succeeded" or "failed", details of the failure); a
     state of None when the run ended meanwhile (cancelled: no further step starts)."""
     for index, step in enumerate(steps):
         if has_ended(run_dir):
-            return None, None
+            return None, {}
         code = run_step(run_dir, index, step["command"])
         if code != 0:
-            return "failed", index
-    return "succeeded", None
+            return "failed", dict(failed_step=index, **disk_full(run_dir, index, step.get("outputs") or []))
+    return "succeeded", {}
+
+
+def disk_full(run_dir, index, outputs):
+    """When step INDEX failed for a full disk (its stderr says so): its OUTPUTS, half-written,
+    removed; {"disk_full": {"path", "free", "removed"}} for status.json, else {}."""
+    try:
+        with open(os.path.join(run_dir, f"step-{index}.err"), "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 65536))
+            tail = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return {}
+    if not any(text in tail for text in FULL_DISK_TEXTS):
+        return {}
+    removed = [path for path in outputs if remove(path)]
+    where = os.path.dirname(outputs[0]) if outputs else run_dir
+    try:
+        usage = os.statvfs(where)
+        free = usage.f_bavail * usage.f_frsize
+    except OSError:
+        free = None
+    return {"disk_full": {"path": where, "free": free, "removed": removed}}
 
 
 def drive_or_report(run_dir, bell_fd=None):
@@ -314,6 +367,7 @@ def start(timeout):
         return
     run_dir = request["run_dir"]
     make_dirs(run_dir, 0o700)  # the run's commands and output: the user's alone
+    keep_reserve(run_dir)
     write_atomically(os.path.join(run_dir, "run.json"), json.dumps(request["run"], ensure_ascii=False))
     if "submit" in request:  # a scheduler starts the driver (executors/slurm.py)
         answer(submit(run_dir, request["submit"]))

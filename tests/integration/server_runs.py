@@ -31,6 +31,12 @@ def interrupted_at(point: str) -> dict[str, str]:
     return {"PYTHONPATH": str(Path(__file__).parent / "interrupt_at"), "EVALKIT_TEST_SIGINT_AT": point}
 
 
+def filled_at(point: str, folder: Path, leave: int = 0) -> dict[str, str]:
+    """The environment of an evalkit that fills FOLDER's disk, but LEAVE bytes, at POINT."""
+    return {"PYTHONPATH": str(Path(__file__).parent / "interrupt_at"), "EVALKIT_TEST_FILL_AT": point,
+            "EVALKIT_TEST_FILL": f"{folder}:{leave}"}
+
+
 def processes_of(run_id: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

@@ -22,7 +22,7 @@ ONE_MODEL_POINTS = (
     "evalkit.executors.ssh:SshExecutor.launch",  # its driver not yet asked for
     "evalkit.starter:Starter.start_run:after",  # mid-launch: the driver holds the lock, the launch not yet returned
     "evalkit.pipeline:_started",  # launched, its record not yet saved as started
-    "evalkit.pipeline:_keep_provenance",  # the provenance written over SFTP: ~9 round trips
+    "evalkit.store:LocalStore.make_current",  # its record saved as started
     "evalkit.follow:Follower.follow",  # following about to begin
 )
 
@@ -50,7 +50,7 @@ def test_ctrl_c_at_any_point_of_one_models_run_cancels_it_and_says_so(testbed, p
 
 
 def test_ctrl_c_before_a_detached_run_was_announced_cancels_it(testbed):
-    client = launch_one_shot(testbed, "--detach", env=interrupted_at("evalkit.pipeline:_keep_provenance"))
+    client = launch_one_shot(testbed, "--detach", env=interrupted_at("evalkit.pipeline:_started"))
     out, err = client.communicate(timeout=300)
     assert client.returncode == INTERRUPTED_EXIT_CODE, err + out
     assert "started run" not in out  # never announced: nothing of it goes on
