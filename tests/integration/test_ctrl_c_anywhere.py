@@ -28,8 +28,13 @@ ONE_MODEL_POINTS = (
 
 
 def _cancelled_and_gone(bed, out: str) -> list[str]:
-    """Every run the server saw: cancelled, said so, and nothing of it running; their ids."""
-    run_ids = [run_dir.name for run_dir in run_dirs(bed)]
+    """Every run launched (or claimed by a cancel): cancelled, said so, and nothing of it running;
+    their ids. A folder holding only the provenance, written before the launch, never ran."""
+    launched = [run_dir for run_dir in run_dirs(bed) if {"run.json", "status.json"} & {p.name for p in run_dir.iterdir()}]
+    for never_launched in set(run_dirs(bed)) - set(launched):
+        assert [path.name for path in never_launched.iterdir()] in ([], ["provenance.json"])
+        assert processes_of(never_launched.name) == []
+    run_ids = [run_dir.name for run_dir in launched]
     for run_id in run_ids:
         assert f"cancelled run {run_id}: no process of it remains on the server" in out, out
         status = json.loads((bed.server_outputs / ".evalkit" / "runs" / run_id / "status.json").read_text())
