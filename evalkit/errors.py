@@ -177,6 +177,13 @@ class SlurmJobLost(EvalkitError):
     title = "Slurm job lost"
 
 
+class ServerFileError(EvalkitError):
+    """A file on the server could not be written (a full disk, a quota, an I/O error): the link is fine."""
+
+    exit_code = 26
+    title = "cannot write on the server"
+
+
 INTERRUPTED_EXIT_CODE = 130
 UNEXPECTED_EXIT_CODE = 1
 USAGE_EXIT_CODE = 2
@@ -214,5 +221,7 @@ EXIT_CODES: dict[int, str] = {
     SlurmJobEnded.exit_code: "Slurm ended the job (TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED, CANCELLED): "
                              "the message names the state and the fix",
     SlurmJobLost.exit_code: "the Slurm job left the queue and its run's files never said how it ended",
+    ServerFileError.exit_code: "a file on the server could not be written (a full disk, a quota, an I/O error): "
+                               "the message names the file, the disk and its free space",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C)",
 }

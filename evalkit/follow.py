@@ -17,6 +17,7 @@ from .outcome import Reporter, RunOutcome, StepResult
 from .plan import Step
 from .progress import Event, LogLine, ProgressUpdate, ProtocolFilter, StreamSplitter
 from .session import Session
+from .ssh.server_disk import FULL_DISK_TEXTS, filled_up
 
 READ_CHUNK = 1 << 20
 TAIL_LINES = 30
@@ -109,6 +110,10 @@ class Follower:
         result = StepResult(step.name, step.title, step.command, exit_code, seconds, started_at, clock.timestamp())
         self.log.write(f"### step {step.name} exited {exit_code} after {result.seconds:.1f} s\n".encode())
         self.reporter.step_finished(step, result)
+        full_disk = next((line for line in tail if any(text in line for text in FULL_DISK_TEXTS)), None)
+        if exit_code != 0 and full_disk is not None:
+            raise filled_up(self.session.capture, f"{step.name!r} ({step.title})", self.run.plan.output_dir,
+                            full_disk, timeout=60)
         if exit_code != 0:
             raise RemoteStepFailed(
                 f"step {step.name!r} ({step.title}) exited with status {exit_code}\n"

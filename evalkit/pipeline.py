@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 from .config import Settings
 from .diagnosis import preflight_call
 from .doctor import preflight
-from .errors import EvalkitError, RemoteStepFailed, RunLocked, SlurmRefused
+from .errors import ConnectionLost, EvalkitError, RemoteStepFailed, RunLocked, SlurmRefused
 from .evaluation import Evaluation
 from .executors import executor_class
 from .executors.base import CancelResult, Executor, JobState, Launched, RemoteRun, RunGroup
@@ -92,36 +92,37 @@ def sweep_connection(settings: Settings) -> Connection:
 
 def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter, detach: bool = False,
              shared: Connection | None = None, group: RunGroup | None = None,
-             hold: LaneHold | None = None) -> Report | RunRecord:
+             hold: LaneHold | None = None, on_detached: Callable[[RunRecord], None] | None = None
+             ) -> Report | RunRecord:
     """Run EVALUATION's stages on the server; recall results land in the local store.
 
     The steps run detached on the server; with DETACH the run record is returned as soon as
-    they started, else they are followed to the end. SHARED, GROUP: see connected(). HOLD: its
-    ticket on settings.gpu's lane in a queue (gpu_lane.py): the checks run at once, the launch
-    waits for the GPU, which is given back when the last GPU step ends.
+    they started (ON_DETACHED tells the user first), else they are followed to the end. SHARED,
+    GROUP: see connected(). HOLD: its ticket on settings.gpu's lane in a queue (gpu_lane.py): the
+    checks run at once, the launch waits for the GPU, which is given back when the last GPU step
+    ends.
     """
     try:
         with connected(settings, shared, group) as (session, executor):
             store = LocalStore.of(settings)
             evaluation, facts, origin = _ready(session, executor, store, settings, evaluation, reporter)
-            record, launched = _start(executor, store, settings, evaluation, reporter, hold)
-            _keep_provenance(session, record, origin)
-            if detach:
-                return record
-            try:
+            record = _new_run(store, settings, evaluation, hold)
+            _keep_provenance(session, store, record, origin)
+            with _in_custody(executor, store, record, reporter) as custody:
+                launched = _launch(executor, store, record)
+                record = _started(store, record, launched, reporter)
+                if detach:
+                    (on_detached or _nothing)(record)
+                    return record
+                custody.following = True
                 return _follow_to_end(session, executor, record, reporter, facts, launched.doorbell,
                                       gpu_done=hold.give_back if hold is not None else _nothing)
-            except (EvalkitError, KeyboardInterrupt):
-                raise  # each says what became of the run
-            except Exception:  # a bug: the run goes on holding the GPU; the user must be able to reach it
-                reporter.note(_reach(record.run_id))
-                raise
     finally:
         if hold is not None:  # whatever happened, the next evaluation on this GPU may go
             hold.give_back()
 
 
-def _nothing() -> None:
+def _nothing(*_) -> None:
     pass
 
 
@@ -145,8 +146,8 @@ def _ready(session: Session, executor: Executor, store: LocalStore, settings: Se
     return evaluation, facts, _server_provenance(executor, settings, evaluation, checks.get("provenance"))
 
 
-def _start(executor: Executor, store: LocalStore, settings: Settings, evaluation: Evaluation,
-           reporter: Reporter, hold: LaneHold | None = None) -> tuple[RunRecord, Launched]:
+def _new_run(store: LocalStore, settings: Settings, evaluation: Evaluation, hold: LaneHold | None) -> RunRecord:
+    """The run's record, saved before its launch (state "starting"), once its GPU is free."""
     plan = build_plan(settings, evaluation)
     if hold is not None and plan.last_gpu_step:
         hold.take()
@@ -155,35 +156,70 @@ def _start(executor: Executor, store: LocalStore, settings: Settings, evaluation
     run_id = new_run_id()
     record = new_record(settings, evaluation, plan, run_id, run_dir(settings, run_id))
     store.save_record(record)  # first: whatever happens next, attach and cancel can find the run
-    launched = _launch(executor, store, record, reporter)
+    return record
+
+
+def _launch(executor: Executor, store: LocalStore, record: RunRecord) -> Launched:
+    try:
+        return executor.launch(_remote(record))
+    except (RunLocked, SlurmRefused):
+        if executor.group.take(record.run_id):  # refused by the server: it never ran, nothing to cancel
+            store.forget_record(record.run_id)
+        raise
+
+
+def _started(store: LocalStore, record: RunRecord, launched: Launched, reporter: Reporter) -> RunRecord:
     record = dataclasses.replace(record, state="started")
     store.save_record(record)
-    if "extract" in evaluation.stages:  # extracted or reused: the user's next steps follow it
-        store.make_current(settings, evaluation)
+    if "extract" in record.evaluation.stages:  # extracted or reused: the user's next steps follow it
+        store.make_current(record.settings, record.evaluation)
     if launched.took_over_stale_lock:
         reporter.note("took over a stale lock on this checkpoint's directory (its run is gone)")
-    return record, launched
+    return record
 
 
-def _launch(executor: Executor, store: LocalStore, record: RunRecord, reporter: Reporter) -> Launched:
-    """The run's driver started; on any failure, nothing of it left running unnoticed."""
-    if executor.group.is_closed:  # Ctrl-C in another thread while this one waited for its GPU
+@dataclass
+class _Custody:
+    following: bool = False  # from now on the follower says how the run ended, or Ctrl-C cancels it
+
+
+@contextmanager
+def _in_custody(executor: Executor, store: LocalStore, record: RunRecord, reporter: Reporter) -> Iterator[_Custody]:
+    """RECORD's run from before its launch until evalkit lets go of it (detached, or followed to its
+    end): every way out says what became of it. It joins the command's group first, so that Ctrl-C
+    in another thread cancels it too (cancel_group), a launch in flight included. Before it is
+    followed, any failure (Ctrl-C, an error, a timeout, a bug) cancels it; while it is followed,
+    Ctrl-C cancels it, and a failure that leaves it running says so, with its attach and cancel."""
+    if not executor.group.add(_remote(record)):  # Ctrl-C in another thread while this one waited for its GPU
         store.forget_record(record.run_id)
         raise RemoteStepFailed(f"run {record.run_id} was not started: the command was interrupted",
                                "start the evaluation again")
+    custody = _Custody()
     try:
-        launched = executor.launch(_remote(record))
-    except (RunLocked, SlurmRefused):
-        store.forget_record(record.run_id)  # refused by the server: it never ran
+        yield custody
+    except BaseException as failure:
+        if executor.group.take(record.run_id):  # else its taker (refused, cancel_group) said what became of it
+            _account_for(executor, record, reporter, failure, custody.following)
         raise
-    except BaseException:  # Ctrl-C, a timeout, a lost link: it may have started
-        _cancel_after_interrupt(executor, record, reporter)
-        raise
-    if not executor.group.add(_remote(record)):  # Ctrl-C in another thread while this one launched
-        _cancel_after_interrupt(executor, record, reporter)
-        raise RemoteStepFailed(f"run {record.run_id} was cancelled: the command was interrupted",
-                               "start the evaluation again")
-    return launched
+    executor.group.take(record.run_id)  # detached, or followed to its end
+
+
+def _account_for(executor: Executor, record: RunRecord, reporter: Reporter, failure: BaseException,
+                 following: bool) -> None:
+    if isinstance(failure, KeyboardInterrupt) or not following:
+        _cancel_and_say(executor, record, reporter)
+    elif not isinstance(failure, ConnectionLost):  # which says how to re-attach
+        _say_if_it_goes_on(executor, record, reporter)
+
+
+def _say_if_it_goes_on(executor: Executor, record: RunRecord, reporter: Reporter) -> None:
+    """After a failure of evalkit's own while the run was followed: the run may not have ended."""
+    try:
+        found = executor.state(_remote(record))
+    except EvalkitError:
+        found = None
+    if found is None or (found.state is None and found.driver_alive):
+        reporter.note(_reach(record.run_id))
 
 
 def _reach(run_id: str) -> str:
@@ -242,10 +278,18 @@ def _evalkit_version() -> str:
         return "unknown (not installed)"
 
 
-def _keep_provenance(session: Session, record: RunRecord, origin: dict | None) -> None:
-    """Beside the run's files on the server, so that `attach` (from any laptop) records it too."""
-    if origin is not None:
-        session.write_bytes(_remote(record).path(PROVENANCE_FILE), json.dumps(origin, ensure_ascii=False).encode())
+def _keep_provenance(session: Session, store: LocalStore, record: RunRecord, origin: dict | None) -> None:
+    """Beside the run's files on the server, so that `attach` (from any laptop) records it too;
+    written before the launch (the run's folder made as job.py makes it): a full disk refuses
+    the run before it starts, and no Ctrl-C meanwhile leaves anything running."""
+    if origin is None:
+        return
+    try:
+        session.write_bytes(_remote(record).path(PROVENANCE_FILE), json.dumps(origin, ensure_ascii=False).encode(),
+                            folder_mode=0o700)
+    except BaseException:
+        store.forget_record(record.run_id)  # never started
+        raise
 
 
 def _kept_provenance(session: Session, record: RunRecord) -> dict | None:
@@ -259,7 +303,9 @@ def _kept_provenance(session: Session, record: RunRecord) -> dict | None:
 def attach(record: RunRecord, reporter: Reporter) -> Report:
     """Follow a run started earlier (perhaps with --detach) to its end, exactly as if attached."""
     with connected(record.settings) as (session, executor):
-        return _follow_to_end(session, executor, record, reporter)
+        with _in_custody(executor, LocalStore.of(record.settings), record, reporter) as custody:
+            custody.following = True
+            return _follow_to_end(session, executor, record, reporter)
 
 
 def cancel(record: RunRecord, grace: float = 10.0) -> CancelResult:
@@ -314,13 +360,8 @@ def _follow_to_end(session: Session, executor: Executor, record: RunRecord, repo
             if step.name == plan.last_gpu_step:
                 gpu_done()
 
-        try:
-            follower.follow(outcome, step_done)
-        except KeyboardInterrupt:
-            _cancel_after_interrupt(executor, record, reporter)
-            raise
-        finally:  # followed to its end, or given up on: Ctrl-C in another thread leaves it be
-            executor.group.discard(record.run_id)
+        follower.follow(outcome, step_done)
+        executor.group.discard(record.run_id)  # followed to its end: Ctrl-C in another thread leaves it be
         fetch_results(session, _remote(record), outcome)
     if "recall" not in evaluation.stages:
         return Report(evaluation, outcome, recorder.facts, None, [], log_path)
@@ -330,13 +371,12 @@ def _follow_to_end(session: Session, executor: Executor, record: RunRecord, repo
     return Report(evaluation, outcome, recorder.facts, summary, written, log_path)
 
 
-def _cancel_after_interrupt(executor: Executor, record: RunRecord, reporter: Reporter) -> None:
-    """Ctrl-C while attached: nothing of the run may go on holding the server's GPU."""
+def _cancel_and_say(executor: Executor, record: RunRecord, reporter: Reporter) -> None:
+    """Nothing of the run may go on holding the server's GPU unannounced."""
     try:
         result = executor.cancel(_remote(record), 10.0)
     except EvalkitError as error:
         reporter.note(f"could not cancel run {record.run_id} ({error.message}): "
                       f"python -m evalkit cancel {record.run_id}")
         return
-    executor.group.discard(record.run_id)
     reporter.note(result.describe(record.run_id))

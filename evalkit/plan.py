@@ -147,6 +147,13 @@ class Plan:
                    dict(data["result_files"]), OutputFiles(**data["files"]))
 
 
+def step_outputs(plan: Plan, step: Step) -> tuple[str, ...]:
+    """The files STEP writes for later steps to read (what a failed step leaves half-written)."""
+    if step.name == "extract":
+        return plan.files.image_feats, plan.files.text_feats
+    return tuple(getattr(plan.files, PREDICTION_FILES[direction]) for direction in step.directions)
+
+
 def checkpoint_output_dir(settings: Settings, dataset: str, split: str, checkpoint: str) -> str:
     """A directory of its own per checkpoint: the experiment's name for people, a path hash so two
     never collide."""

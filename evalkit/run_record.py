@@ -43,6 +43,11 @@ class RunRecord:
     def from_json(cls, text: str) -> "RunRecord":
         """Raises ValueError, KeyError or TypeError for a record that is not one of this version's."""
         data = json.loads(text)
+        if not isinstance(data, dict) or not all(isinstance(data.get(key), dict) for key in ("settings", "evaluation",
+                                                                                          "plan")):
+            raise ValueError("not a run record: its settings, evaluation and plan must be mappings")
+        if not isinstance(data["settings"].get("slurm") or {}, dict):
+            raise ValueError("not a run record: its slurm settings must be a mapping")
         evaluation = dict(data["evaluation"], stages=tuple(data["evaluation"]["stages"]))
         settings = dict(data["settings"], slurm=slurm_settings(data["settings"].get("slurm") or {}))
         return cls(data["run_id"], data["created_at"], Settings(**settings), Evaluation(**evaluation),

@@ -76,8 +76,8 @@ class Session:
     def read_bytes(self, path: str) -> bytes:
         return self.call(lambda connection: connection.read_bytes(path))
 
-    def write_bytes(self, path: str, data: bytes) -> None:
-        self.call(lambda connection: connection.write_bytes(path, data))
+    def write_bytes(self, path: str, data: bytes, folder_mode: int = 0o755) -> None:
+        self.call(lambda connection: connection.write_bytes(path, data, folder_mode))
 
     def capture(self, command: str, timeout: float) -> tuple[int, bytes, bytes]:
         return self.call(lambda connection: connection.capture(command, timeout))

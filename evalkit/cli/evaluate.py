@@ -131,9 +131,9 @@ def run(settings: Settings, evaluations: list[Evaluation], options: RunOptions, 
     from .. import gpu_queue, pipeline  # the SSH side loads only when a command needs it: `--help` starts fast
     from ..unchanged import kept_rows
     if options.detach:
-        for evaluation in evaluations:
-            record = pipeline.evaluate(settings, evaluation, view.QuietReporter(out), detach=True)
-            view.show_detached(out, record.run_id, record.label)
+        for evaluation in evaluations:  # said while the run is evalkit's: Ctrl-C before it cancels the run
+            pipeline.evaluate(settings, evaluation, view.QuietReporter(out), detach=True,
+                              on_detached=lambda record: view.show_detached(out, record.run_id, record.label))
         return
     kept = {} if options.reevaluate else kept_rows(settings, evaluations, listing)
     if len(evaluations) == 1 and not kept:

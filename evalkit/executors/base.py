@@ -60,15 +60,19 @@ class CancelResult:
     killed: list[int] = field(default_factory=list)
     remaining: list[int] = field(default_factory=list)   # survived SIGKILL
     gpu_processes: list[int] = field(default_factory=list)
+    ended: str | None = None  # the state the run had ended in before the cancel (its status.json kept)
 
     @classmethod
     def from_answer(cls, answer: dict) -> "CancelResult":
-        return cls(*(list(answer.get(key) or []) for key in ("signalled", "killed", "remaining", "gpu_processes")))
+        return cls(*(list(answer.get(key) or []) for key in ("signalled", "killed", "remaining", "gpu_processes")),
+                   ended=answer.get("ended"))
 
     def describe(self, run_id: str) -> str:
         if self.remaining:
             return (f"run {run_id}: processes {self.remaining} survived SIGKILL on the server "
                     f"(GPU: {self.gpu_processes or 'none'})")
+        if self.ended:
+            return f"run {run_id} had already ended ({self.ended}) before the cancel: no process of it remains"
         gpu = "; no GPU process of it either" if not self.gpu_processes else ""
         return f"cancelled run {run_id}: no process of it remains on the server{gpu}"
 
@@ -81,9 +85,11 @@ class Launched:
 
 
 class RunGroup:
-    """The runs one command launched, over its threads and their connections, kept until each is
-    followed to its end: Ctrl-C cancels those still going, all at once (gpu_queue). Thread-safe.
-    An executor may share more among the runs of one command in a subclass (its `group_class`)."""
+    """The runs one command launches, over its threads and their connections, kept from before
+    their launch until evalkit lets go of each (followed to its end, detached, or cancelled): Ctrl-C
+    cancels those still held, all at once (gpu_queue), launches in flight included. Whoever takes
+    a run out (take, close) says what became of it. Thread-safe. An executor may share more among
+    the runs of one command in a subclass (its `group_class`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -99,15 +105,21 @@ class RunGroup:
             return True
 
     def discard(self, run_id: str) -> None:
-        """RUN_ID ended, or was cancelled by its own thread: nothing left to stop."""
+        """RUN_ID ended: nothing left to stop."""
+        self.take(run_id)
+
+    def take(self, run_id: str) -> bool:
+        """RUN_ID out of the group: True when it was there (its taker says what became of it),
+        False when another took it first (close: Ctrl-C in another thread cancels it)."""
         with self._lock:
-            self._runs.pop(run_id, None)
+            return self._runs.pop(run_id, None) is not None
 
     def close(self) -> list[RemoteRun]:
-        """No run may join any more; those still going, to cancel."""
+        """No run may join any more; those still held, to cancel (the caller's now)."""
         with self._lock:
             self.is_closed = True
-            return list(self._runs.values())
+            runs, self._runs = list(self._runs.values()), {}
+            return runs
 
 
 class Executor(ABC):

@@ -186,8 +186,8 @@ class SlurmExecutor(SshExecutor):
         results: dict[str, CancelResult] = {}
         for run in runs:
             job_id = jobs[run.run_id]
-            if job_id and job_id not in remaining:
-                SshExecutor.cancel(self, run, grace=1.0)  # nothing of it runs: job.py writes its files
+            if job_id not in remaining:  # nothing of it runs; without a job yet (a submission in flight),
+                SshExecutor.cancel(self, run, grace=1.0)  # its files say cancelled before its driver starts
             results[run.run_id] = SlurmCancelResult(signalled=[int(job_id)] if job_id else [],
                                                     remaining=[int(job_id)] if job_id in remaining else [])
         return results

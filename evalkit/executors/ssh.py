@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..errors import RemoteStepFailed, RunLocked
+from ..plan import step_outputs
 from ..progress import last_marked_json
 from ..server import JOB_RUNNER, ServerCall, in_server_env, script_call
 from ..uploads import upload_scripts
@@ -37,6 +38,9 @@ class SshExecutor(Executor):
         if status.get("state") == "crashed":
             raise RemoteStepFailed(f"the run's driver failed on the server: {status.get('error')}",
                                    f"see {run.path('driver.log')} on the server, and report it")
+        if status.get("state") == "cancelled":  # by Ctrl-C in another thread, or `cancel`, before it began
+            raise RemoteStepFailed(f"run {run.run_id} was cancelled before its driver started",
+                                   "start the evaluation again")
         if status.get("state") == "refused":
             holder = status.get("holder") or {}
             raise RunLocked(f"run {holder.get('run_id')} is already evaluating this checkpoint "
@@ -114,4 +118,5 @@ class SshExecutor(Executor):
 def run_spec(run: RemoteRun) -> dict:
     """run.json: what the driver runs (remote/job.py drive)."""
     return {"run_id": run.run_id, "lock": run.plan.lock,
-            "steps": [{"name": s.name, "title": s.title, "command": s.command} for s in run.plan.steps]}
+            "steps": [{"name": s.name, "title": s.title, "command": s.command, "outputs": step_outputs(run.plan, s)}
+                      for s in run.plan.steps]}

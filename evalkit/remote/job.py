@@ -10,11 +10,17 @@ Usage (on the server; standard library only):
   python job.py state  --run-dir DIR    print the run's state as one EVALKIT-JOB line
 
 The driver makes itself a session and process-group leader, so a dropped connection, a closed
-laptop or a dead sshd never reaches it, and marks its environment with EVALKIT_RUN_ID so that
-cancel signals only the processes of this run, even when a recorded pid has been reused. Each
-step's stdout and stderr go to files of their own (step-N.out / step-N.err); its exit code is
-written atomically to step-N.exit, the run's outcome to status.json. The client follows these
-files by byte offset, over SFTP, and can come back at any time.
+laptop or a dead sshd never reaches it. It is exec'd with EVALKIT_RUN_ID in its environment, which
+its steps inherit, so that cancel finds every process of this run in /proc (and only those, even
+when a recorded pid has been reused), and it records its identity (driver.json) before it waits
+for anything. Each step's stdout and stderr go to files of their own (step-N.out / step-N.err);
+its exit code is written atomically to step-N.exit. The client follows these files by byte
+offset, over SFTP, and can come back at any time.
+
+The run's final state (status.json) is written once, by whoever comes first: the driver at the
+run's end (succeeded, failed, refused, crashed) or cancel (cancelled), which claims it before it
+signals anything. The driver looks for it before each step, so a cancel that answered holds, even
+one that came before the driver (or its run directory) existed.
 
 A kernel lock (flock) on a file in the checkpoint's output directory keeps two runs from writing
 it at once; it dies with its driver, so a crashed run's lock is free again, and taken over.
@@ -24,6 +30,7 @@ temporary file (O_EXCL, O_NOFOLLOW) renamed over its name, each stream opened O_
 run's folder is made 0o700: its commands and output are the user's alone.
 """
 import argparse
+import errno
 import fcntl
 import json
 import os
@@ -40,6 +47,41 @@ import traceback
 MARKER = "EVALKIT-JOB "
 RUN_ID_VARIABLE = "EVALKIT_RUN_ID"
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # a symlink at the name: ELOOP
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+FULL_DISK_TEXTS = ("No space left on device", "Disk quota exceeded")  # as a step's traceback says them
+RESERVE, RESERVE_BYTES = ".reserve", 1 << 16  # room kept for the run's own last files on a full disk
+
+
+def write_new(path, data):
+    """DATA (text) into a new file at PATH (O_EXCL: never one planted there), closed (its buffer
+    written) on return. On a full disk the run's reserve beside it is given up, once, for it."""
+    for last in (False, True):
+        try:
+            with open(os.open(path, NEW_FILE | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
+                handle.write(data)
+            return
+        except OSError as exc:
+            remove(path)
+            if last or exc.errno not in FULL_DISK or not remove(os.path.join(os.path.dirname(path), RESERVE)):
+                raise
+
+
+def remove(path):
+    """Whether PATH was there and is gone."""
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+
+
+def keep_reserve(run_dir):
+    """RESERVE_BYTES in the run's folder for its last files (step-N.exit, status.json), should the
+    disk fill up while it runs: given up for them (write_new), or at the run's end."""
+    try:
+        write_new(os.path.join(run_dir, RESERVE), "\0" * RESERVE_BYTES)
+    except OSError:
+        pass  # full already, or kept since an earlier start: the run goes on without
 
 
 def write_atomically(path, data):
@@ -47,9 +89,8 @@ def write_atomically(path, data):
     renamed over PATH, which replaces whatever is at PATH, a symlink too, and follows nothing."""
     temporary = f"{path}.tmp-{secrets.token_hex(8)}"
     try:
-        # closed (its buffer written) before the rename: a reader polling PATH sees no file or all of it
-        with open(os.open(temporary, NEW_FILE | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
-            handle.write(data)
+        # closed before the rename: a reader polling PATH sees no file or all of it
+        write_new(temporary, data)
         os.replace(temporary, path)
     except BaseException:
         try:
@@ -70,6 +111,27 @@ def make_dirs(path, mode):
     except FileExistsError:
         if not os.path.isdir(path):
             raise
+
+
+def claim_end(run_dir, state, **details):
+    """Write the run's final state, unless one is written already: None when this one is the run's
+    state now, else the state already there (its writer came first). Linked, not renamed, into
+    place: link() fails on an existing name, so of two writers exactly one wins."""
+    path = os.path.join(run_dir, "status.json")
+    temporary = f"{path}.tmp-{secrets.token_hex(8)}"
+    try:
+        write_new(temporary, json.dumps(dict(details, state=state, finished_at=now())))
+        os.link(temporary, path)
+    except FileExistsError:
+        return read_json(path) or {"state": "unknown"}
+    finally:
+        remove(temporary)
+    remove(os.path.join(run_dir, RESERVE))  # the run is over
+    return None
+
+
+def has_ended(run_dir):
+    return os.path.lexists(os.path.join(run_dir, "status.json"))
 
 
 def read_json(path):
@@ -213,7 +275,7 @@ def drive(run_dir, bell_fd=None):
     global BELL
     BELL = bell_fd
     run = read_json(os.path.join(run_dir, "run.json"))
-    os.environ[RUN_ID_VARIABLE] = run["run_id"]
+    os.environ[RUN_ID_VARIABLE] = run["run_id"]  # already so when exec'd by start; not under a scheduler
     # Started in the background of an ssh command, the driver inherits SSH_CLIENT and SHLVL=0,
     # from which each step's `bash -c` concludes that sshd started it and reads ~/.bashrc again
     # (conda init: tenths of a second per step, and whatever else it does). The ssh session
@@ -221,27 +283,58 @@ def drive(run_dir, bell_fd=None):
     os.environ["SHLVL"] = str(max(1, int(os.environ.get("SHLVL") or 0)))
     lock = run.get("lock")
     record = dict(identity(os.getpid()), pgid=os.getpgid(0), started_at=now())
+    # who we are, before any wait: a cancel from now on finds us (start waits for waiting_for_lock false)
+    write_atomically(os.path.join(run_dir, "driver.json"), json.dumps(dict(record, waiting_for_lock=bool(lock))))
     held = None
-    if lock:
+    if lock and not has_ended(run_dir):
         make_dirs(os.path.dirname(lock), 0o755)  # features others may read; the umask may narrow it
         held, holder, stale = acquire_lock(lock, run["run_id"])
         if held is None:
             finish(run_dir, "refused", holder=holder)
             return
         record["took_over_stale_lock"] = stale
-    write_atomically(os.path.join(run_dir, "driver.json"), json.dumps(record))
-    ring()
-    state, failed = "succeeded", None
     try:
-        for index, step in enumerate(run["steps"]):
-            code = run_step(run_dir, index, step["command"])
-            if code != 0:
-                state, failed = "failed", index
-                break
+        write_atomically(os.path.join(run_dir, "driver.json"), json.dumps(record))
+        ring()
+        state, details = run_steps(run_dir, run["steps"])
     finally:
         if held is not None:
             release_lock(held, lock)
-    finish(run_dir, state, failed_step=failed)
+    if state is not None:
+        finish(run_dir, state, **details)
+
+
+def run_steps(run_dir, steps):
+    """Each step in turn until one fails: ("succeeded" or "failed", details of the failure); a
+    state of None when the run ended meanwhile (cancelled: no further step starts)."""
+    for index, step in enumerate(steps):
+        if has_ended(run_dir):
+            return None, {}
+        code = run_step(run_dir, index, step["command"])
+        if code != 0:
+            return "failed", dict(failed_step=index, **disk_full(run_dir, index, step.get("outputs") or []))
+    return "succeeded", {}
+
+
+def disk_full(run_dir, index, outputs):
+    """When step INDEX failed for a full disk (its stderr says so): its OUTPUTS, half-written,
+    removed; {"disk_full": {"path", "free", "removed"}} for status.json, else {}."""
+    try:
+        with open(os.path.join(run_dir, f"step-{index}.err"), "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 65536))
+            tail = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return {}
+    if not any(text in tail for text in FULL_DISK_TEXTS):
+        return {}
+    removed = [path for path in outputs if remove(path)]
+    where = os.path.dirname(outputs[0]) if outputs else run_dir
+    try:
+        usage = os.statvfs(where)
+        free = usage.f_bavail * usage.f_frsize
+    except OSError:
+        free = None
+    return {"disk_full": {"path": where, "free": free, "removed": removed}}
 
 
 def drive_or_report(run_dir, bell_fd=None):
@@ -274,13 +367,17 @@ def start(timeout):
         return
     run_dir = request["run_dir"]
     make_dirs(run_dir, 0o700)  # the run's commands and output: the user's alone
+    keep_reserve(run_dir)
     write_atomically(os.path.join(run_dir, "run.json"), json.dumps(request["run"], ensure_ascii=False))
     if "submit" in request:  # a scheduler starts the driver (executors/slurm.py)
         answer(submit(run_dir, request["submit"]))
         return
+    if has_ended(run_dir):  # cancelled before it started: no driver at all
+        answer({"status": read_json(os.path.join(run_dir, "status.json")), "driver": None})
+        return
     bell, bell_end = os.pipe()
     os.set_blocking(bell_end, False)  # the driver never waits on the bell
-    driver = fork_driver(run_dir, bell, bell_end)
+    driver = fork_driver(run_dir, request["run"]["run_id"], bell, bell_end)
     os.close(bell_end)
     answer(wait_for_driver(run_dir, driver, bell, timeout))
     relay_bells(bell)
@@ -302,16 +399,18 @@ def submit(run_dir, request):
     return {"exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
 
 
-def fork_driver(run_dir, bell, bell_end):
-    """The driver, forked (see fork), its streams in DIR/driver.log rather than on the SSH
-    session's pipes; its pid."""
+def fork_driver(run_dir, run_id, bell, bell_end):
+    """The driver (`job.py drive`), exec'd in a child (see fork) with RUN_ID in its environment
+    (/proc shows a process the environment it was exec'd with, never a later os.environ), its
+    streams in DIR/driver.log rather than on the SSH session's pipes; its pid."""
     def driver():
         os.close(bell)
         log = os.open(os.path.join(run_dir, "driver.log"), NEW_FILE | os.O_TRUNC, 0o600)
         redirect_streams(log, log)
         os.close(log)
-        drive_or_report(run_dir, bell_end)
-        return 0
+        os.set_inheritable(bell_end, True)
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), "drive", "--run-dir", run_dir,
+                                   "--bell-fd", str(bell_end)], dict(os.environ, **{RUN_ID_VARIABLE: run_id}))
     return fork(driver)
 
 
@@ -349,7 +448,7 @@ def wait_for_driver(run_dir, driver, bell, timeout):
     while time.monotonic() < deadline:
         status = read_json(os.path.join(run_dir, "status.json"))
         started = read_json(os.path.join(run_dir, "driver.json"))
-        if status or started:
+        if status or (started and not started.get("waiting_for_lock")):
             return {"status": status, "driver": started}
         ended, status = os.waitpid(driver, os.WNOHANG)
         if ended and not os.path.exists(os.path.join(run_dir, "status.json")):
@@ -436,8 +535,8 @@ def run_step(run_dir, index, command):
 
 
 def finish(run_dir, state, **details):
-    write_atomically(os.path.join(run_dir, "status.json"),
-                     json.dumps(dict(details, state=state, finished_at=now())))
+    """The run's final state, unless a cancel came first (claim_end)."""
+    claim_end(run_dir, state, **details)
     ring()
 
 
@@ -481,7 +580,12 @@ def relay_bells(bell):
 # --- cancel -------------------------------------------------------------------------------------
 
 def cancel(run_dir, grace):
-    """SIGTERM to the run's processes, GRACE seconds, then SIGKILL; report what remains."""
+    """Claim the run's end (status.json: cancelled) unless it ended already, then SIGTERM to its
+    processes, GRACE seconds, SIGKILL; report what remains, and the state the run had already
+    ended in ("ended"), if so. Before the run's start (a launch in flight) the claim alone stops
+    it: start and the driver find it."""
+    make_dirs(run_dir, 0o700)
+    ended = claim_end(run_dir, "cancelled")
     run = read_json(os.path.join(run_dir, "run.json")) or {}
     run_id = run.get("run_id")
     driver = read_json(os.path.join(run_dir, "driver.json"))
@@ -501,11 +605,8 @@ def cancel(run_dir, grace):
     remaining = processes_of(run_id)
     if run.get("lock"):
         release_dead_lock(run["lock"], run_id)
-    if not os.path.exists(os.path.join(run_dir, "status.json")) or \
-            (read_json(os.path.join(run_dir, "status.json")) or {}).get("state") not in ("succeeded", "failed"):
-        finish(run_dir, "cancelled")
     return {"signalled": sorted(set(targets)), "killed": killed, "remaining": remaining,
-            "gpu_processes": gpu_processes(remaining)}
+            "gpu_processes": gpu_processes(remaining), "ended": (ended or {}).get("state")}
 
 
 def signal_all(pids, signum):

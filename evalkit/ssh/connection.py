@@ -14,6 +14,7 @@ from .command import OutputSink, PendingCommand
 from .identities import OpenSshIdentities, open_agent
 from .known_hosts import KnownHostsPolicy
 from .resolve import Target
+from .server_disk import write_failure
 
 KEEPALIVE_SECONDS = 15
 DEAD_PEER_SECONDS = 30  # an SFTP request unanswered this long means the peer is gone
@@ -21,11 +22,6 @@ DEAD_PEER_SECONDS = 30  # an SFTP request unanswered this long means the peer is
 
 # Errors that mean the link itself is gone (a dead socket, a closed transport, a silent peer).
 _LINK_ERRORS = (paramiko.SSHException, EOFError, socket.timeout, ConnectionError)
-
-
-def _is_link_error(exc: BaseException) -> bool:
-    # SFTP status errors carry an errno (ENOENT, EACCES); "Socket is closed" and friends do not.
-    return isinstance(exc, _LINK_ERRORS) or (isinstance(exc, OSError) and exc.errno is None)
 
 
 class Connection:
@@ -142,11 +138,14 @@ class Connection:
         return PendingCommand(self._exec(command), self.target.alias)
 
     def _exec(self, command: str) -> paramiko.Channel:
+        channel = None
         try:
             channel = self.client.get_transport().open_session(timeout=self.connect_timeout)
             channel.exec_command(command)
             return channel
         except (paramiko.SSHException, OSError) as exc:
+            if channel is not None:  # the command refused: its session is one of the server's few (MaxSessions)
+                channel.close()
             raise ConnectionLost(f"could not start a command on {self.target.alias}: {exc}",
                                  "check the connection and run again") from exc
 
@@ -196,7 +195,7 @@ class Connection:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if _is_link_error(exc):
+            if self._is_link_down(exc):
                 raise self._lost(exc) from exc
             return None
         except _LINK_ERRORS as exc:
@@ -209,7 +208,7 @@ class Connection:
                 remote.seek(offset)
                 return remote.read(limit)
         except (*_LINK_ERRORS, OSError) as exc:
-            if _is_link_error(exc):
+            if self._is_link_down(exc):
                 raise self._lost(exc) from exc
             raise
 
@@ -219,20 +218,34 @@ class Connection:
             with self.sftp.open(path, "rb") as remote:
                 return remote.read()
         except (*_LINK_ERRORS, OSError) as exc:
-            if _is_link_error(exc):
+            if self._is_link_down(exc):
                 raise self._lost(exc) from exc
             raise FileNotFoundError(path) from exc
 
     def write_bytes(self, path: str, data: bytes, folder_mode: int = 0o755) -> None:
         """Write atomically: a new temporary file beside PATH (exclusive create, so a symlink
         planted at its name fails it rather than redirect it), then rename over PATH (which
-        replaces a symlink there, never follows it). Missing folders are made FOLDER_MODE."""
-        self.mkdirs(posixpath.dirname(path), folder_mode)
+        replaces a symlink there, never follows it). Missing folders are made FOLDER_MODE.
+        ConnectionLost when the link is down; ServerFileError (the path, the cause, the disk)
+        when the server refused, with no temporary file left behind."""
         # unique per writer: concurrent runs upload the same helper scripts
         temporary = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        with self.sftp.open(temporary, "wbx") as remote:
-            remote.write(data)
-        self.sftp.posix_rename(temporary, path)
+        try:
+            self.mkdirs(posixpath.dirname(path), folder_mode)
+            with self.sftp.open(temporary, "wbx") as remote:
+                remote.write(data)
+            self.sftp.posix_rename(temporary, path)
+        except (*_LINK_ERRORS, OSError) as exc:
+            if self._is_link_down(exc):
+                raise self._lost(exc) from exc
+            self._remove_if_there(temporary)
+            raise write_failure(self.capture, path, exc, self.connect_timeout) from exc
+
+    def _remove_if_there(self, path: str) -> None:
+        try:
+            self.sftp.remove(path)
+        except OSError:
+            pass  # never created, or the server refuses this too: nothing more to do
 
     def mkdirs(self, path: str, mode: int = 0o755) -> None:
         """`mkdir -p PATH` over SFTP, each folder it makes MODE (less the server's umask); a
@@ -248,6 +261,19 @@ class Connection:
                     self.sftp.mkdir(current, mode)
                 except OSError:
                     self.sftp.stat(current)  # made meanwhile by a concurrent run: fine
+
+    def _is_link_down(self, exc: BaseException) -> bool:
+        """Is EXC the link going (a dead socket, a closed transport, a silent peer), rather than
+        the server refusing a request? A refusal carries an errno (ENOENT, EACCES) except SFTP's
+        generic "Failure" (a full disk, a quota, EIO, EISDIR), which reads like a closed socket's
+        error: the transport tells them apart."""
+        if isinstance(exc, _LINK_ERRORS):
+            return True
+        if not isinstance(exc, OSError) or exc.errno is not None:
+            return False
+        with self._lock:
+            transport = self._clients[-1].get_transport() if self._clients else None
+        return transport is None or not transport.is_active()
 
     def _lost(self, exc: BaseException) -> ConnectionLost:
         return ConnectionLost(f"the connection to {self.target.alias} dropped: {exc or type(exc).__name__}",

@@ -1,6 +1,7 @@
 """The run commands without a server: help, an unknown run id, no runs yet, a record's round trip."""
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -105,6 +106,24 @@ def test_a_record_from_another_version_is_named_not_a_traceback(tmp_path):
     result = invoke("attach", "20250101-000000-abcdef", "--results-dir", str(tmp_path / "results"))
     assert result.exit_code == UnknownRun.exit_code
     assert "unreadable or from another evalkit version" in result.stderr
+
+
+@pytest.mark.parametrize("malformed", [{"settings": [["host", "gpu-box"]]}, {"settings": {"slurm": ["gpu"]}},
+                                       {"plan": []}])
+def test_a_malformed_record_is_named_by_attach_and_left_out_by_status(tmp_path, malformed):
+    settings = Settings(host="gpu-box", datapath="/d", results_dir=str(tmp_path / "results"), device="cpu")
+    evaluation = Evaluation("Flickr30k-CN", "valid", "/d/ckpt.pt", "RN50", "RBT3-chinese", label="team")
+    store = LocalStore(Path(settings.results_dir))
+    good = new_record(settings, evaluation, build_plan(settings, evaluation), "20250101-000000-000000", "/d/r")
+    store.save_record(good)
+    bad = json.loads(good.to_json())
+    bad.update(malformed, run_id="20250101-000001-abcdef")
+    (store.runs_dir / "20250101-000001-abcdef.json").write_text(json.dumps(bad))
+    listed = invoke("status", "--results-dir", str(tmp_path / "results"))
+    assert listed.exit_code == 0, listed.stderr  # the good run is listed; the other one left out
+    attached = invoke("attach", "20250101-000001-abcdef", "--results-dir", str(tmp_path / "results"))
+    assert attached.exit_code == UnknownRun.exit_code, attached.stderr
+    assert "unreadable or from another evalkit version" in attached.stderr
 
 
 def test_run_ids_made_later_sort_later_and_need_no_quoting(monkeypatch):

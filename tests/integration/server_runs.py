@@ -16,13 +16,25 @@ from .conftest import ENTRY_SCRIPT, start_interruptible
 T = TypeVar("T")
 
 
-def launch_one_shot(bed, *args: str) -> subprocess.Popen:
+def launch_one_shot(bed, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """The one-shot command in the background, as a user's terminal would run it (Ctrl-C included)."""
     return start_interruptible([sys.executable, str(ENTRY_SCRIPT), "--config", str(bed.config),
                                 "--datapath", str(bed.datapath), "--model-path", str(bed.checkpoint), *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=bed.results_dir.parent, stdin=subprocess.DEVNULL,
-                               env={**os.environ, "COLUMNS": "200"})
+                               env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def interrupted_at(point: str) -> dict[str, str]:
+    """The environment of an evalkit that gets Ctrl-C at POINT, MODULE:QUALNAME[:after]
+    (interrupt_at/sitecustomize.py)."""
+    return {"PYTHONPATH": str(Path(__file__).parent / "interrupt_at"), "EVALKIT_TEST_SIGINT_AT": point}
+
+
+def filled_at(point: str, folder: Path, leave: int = 0) -> dict[str, str]:
+    """The environment of an evalkit that fills FOLDER's disk, but LEAVE bytes, at POINT."""
+    return {"PYTHONPATH": str(Path(__file__).parent / "interrupt_at"), "EVALKIT_TEST_FILL_AT": point,
+            "EVALKIT_TEST_FILL": f"{folder}:{leave}"}
 
 
 def processes_of(run_id: str) -> list[int]:
