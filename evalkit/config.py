@@ -190,10 +190,23 @@ def check_slurm_section(section: Mapping[str, Any], source: str) -> None:
     if "time" in section and not SLURM_TIME.fullmatch(section["time"]):
         raise ConfigError(f"slurm 'time' in {source} is not a Slurm time limit: {section['time']!r}",
                           "write it as Slurm does: MINUTES, HH:MM:SS or DAYS-HH:MM:SS, e.g. 04:00:00")
+    for key in ("sbatch_args", "setup"):
+        _check_one_line_each(section, key, source)
     for key in ("partition", "account", "qos"):
         if section.get(key) is not None and not SLURM_NAME.fullmatch(section[key]):
             raise ConfigError(f"slurm {key!r} in {source} is not a Slurm name: {section[key]!r}",
                               f"fix slurm {key!r} in {source} (letters, digits, '_', '.', '+', '-')")
+
+
+def _check_one_line_each(section: Mapping[str, Any], key: str, source: str) -> None:
+    """Each item of a list of lines is one line: in the batch script, a line break inside an
+    sbatch_args item ends Slurm's reading of `#SBATCH` lines there (sbatch ignores every later
+    one without a word), and one inside a setup item hides a second command in it."""
+    for line in section.get(key) or ():
+        if "\n" in line or "\r" in line:
+            raise ConfigError(f"slurm {key!r} in {source} has an item of several lines: {line!r}",
+                              f"give each line its own item of slurm {key!r} (a YAML list: `- ...` per line), "
+                              "not a block scalar (`|` or `>`)")
 
 
 def slurm_settings(section: Mapping[str, Any]) -> SlurmSettings:
