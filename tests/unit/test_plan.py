@@ -94,6 +94,24 @@ def test_epochs_of_one_experiment_and_its_namesake_elsewhere_never_share_a_label
     assert renamed[0].label == "exp-other"
 
 
+def test_labels_one_folder_apart_only_on_a_case_insensitive_disk_are_refused():
+    # macOS: Exp@epoch_1 and exp@epoch_1 would be one results folder, one cell's results replacing the other's
+    from evalkit.evaluation import Scope, Wanted, resolve
+    from evalkit.errors import ConfigError
+    scope = Scope("Flickr30k-CN", "valid")
+    upper, lower = (Wanted(f"/d/experiments/{name}/checkpoints/epoch_1.pt", "RN50", "RBT3-chinese")
+                    for name in ("Exp", "exp"))
+    with pytest.raises(ConfigError) as raised:
+        resolve("/d", scope, [upper, lower])
+    assert raised.value.message == ("two checkpoints would share one results folder on a case-insensitive disk "
+                                    "(macOS, Windows): 'Exp@epoch_1' and 'exp@epoch_1': "
+                                    "/d/experiments/Exp/checkpoints/epoch_1.pt and /d/experiments/exp/checkpoints/epoch_1.pt")
+    composed, decomposed = "实验é", "实验e\u0301"  # one name to macOS's disk
+    with pytest.raises(ConfigError):
+        resolve("/d", scope, [Wanted("/d/a.pt", "RN50", "RBT3-chinese", label=composed),
+                              Wanted("/d/b.pt", "RN50", "RBT3-chinese", label=decomposed)])
+
+
 @pytest.mark.parametrize("model_path, checkpoint", [
     ("experiments/e/checkpoints/epoch_latest.pt", "/root/autodl-tmp/datapath/experiments/e/checkpoints/epoch_latest.pt"),
     ("./experiments/e/../f/epoch_1.pt", "/root/autodl-tmp/datapath/experiments/f/epoch_1.pt"),
