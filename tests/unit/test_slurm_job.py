@@ -152,9 +152,14 @@ def test_the_batch_shell_outlives_slurms_warning_and_exits_with_the_drivers_stat
 @pytest.mark.parametrize("stdout, job_id", [
     ("42\n", "42"), ("42;cluster\n", "42"), ("", None), ("Submitted batch job 42\n", None),
     ("sbatch: warning: x\n43\n", "43"),
+    # a site's wrapper or submit plugin: a notice after the id, or before and after it
+    ("44\nNOTICE: jobs under 1 h get the short queue\n", "44"),
+    ("NOTICE: charged to lab\n45;hpc\nRemember: cite the cluster (2024)\n", "45"),
+    ("46\n47\n", None),  # which one is ours? the queue is asked, by the job's name
 ])
-def test_sbatch_parsable_output(stdout, job_id):
-    assert slurm_job.parse_job_id(stdout) == job_id
+def test_sbatch_parsable_output_among_notices(stdout, job_id):
+    from evalkit.remote import job
+    assert job.submitted_job_id(stdout) == job_id
 
 
 def test_sbatch_writes_the_jobs_output_into_the_run_folder():
