@@ -12,6 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .file_names import NAME_MAX, byte_length, fits
 
 SPLITS = ("valid", "test")
 STAGES = ("extract", "knn", "recall")
@@ -196,6 +197,7 @@ def _check_distinct(evaluations: list[Evaluation]) -> None:
     by_checkpoint: dict[str, str] = {}
     by_label: dict[str, tuple[str, str]] = {}
     for evaluation in (e for e in evaluations if e.checkpoint):
+        _check_label_fits(evaluation)
         if evaluation.checkpoint in by_checkpoint:
             raise ConfigError(f"{by_checkpoint[evaluation.checkpoint]!r} and {evaluation.label!r} are the same "
                               f"checkpoint ({evaluation.checkpoint})", "name each checkpoint once (check the `models:` paths)")
@@ -209,6 +211,15 @@ def _check_distinct(evaluations: list[Evaluation]) -> None:
                               "give one of them its own --label NAME, or another `models:` name")
         by_checkpoint[evaluation.checkpoint] = evaluation.label
         by_label[folder] = (evaluation.label, evaluation.checkpoint)
+
+
+def _check_label_fits(evaluation: Evaluation) -> None:
+    """The label names the results folder: one too long for a file name would fail only once the
+    run is over, its results not pulled."""
+    if not fits(evaluation.label):
+        raise ConfigError(f"the label {evaluation.label!r} of {evaluation.checkpoint} is {byte_length(evaluation.label)} "
+                          f"bytes in UTF-8, and a results folder's name can be at most {NAME_MAX}",
+                          "give it a shorter --label NAME (or a shorter `models:` name)")
 
 
 def folder_key(label: str) -> str:

@@ -32,6 +32,7 @@ from .config import Settings
 from .comparison import Comparison, ModelResult, to_csv, to_markdown
 from .errors import ConfigError, LocalWriteError, UnknownRun
 from .evaluation import LAST_EXTRACT, Evaluation
+from .file_names import fit
 from .run_record import RunRecord
 from .significance import HITS_FILE, parse_query_hits
 from .summary import RESULT_FILE_NAMES
@@ -156,7 +157,8 @@ class LocalStore:
 
     def new_log_path(self, evaluation: Evaluation, label: str) -> Path:
         stages = "" if evaluation.runs_every_stage else f"-{'-'.join(evaluation.stages)}"
-        name = f"{evaluation.dataset}-{evaluation.split}-{label}{stages}-{clock.name_stamp()}.log"
+        # a long label is shortened here (its results folder is checked before the run: evaluation.py)
+        name = fit(f"{evaluation.dataset}-{evaluation.split}-{label}{stages}", f"-{clock.name_stamp()}.log")
         return self.root / "logs" / name
 
     @staticmethod
@@ -309,7 +311,7 @@ def write_atomically(path: Path, data: bytes) -> Path:
     """A new temporary file beside PATH, on disk (fsync) before a rename over PATH; the temporary
     file never outlives a failure. Its mode is the file's it replaces, else what the umask leaves
     of 0o666, as for any file a program creates: a results folder shared with others stays readable."""
-    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}"
+    temporary = path.parent / fit(f".{path.name}", f".{secrets.token_hex(6)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
