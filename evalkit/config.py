@@ -50,12 +50,13 @@ class SlurmSettings:
     poll_interval: float = 5.0         # squeue: first pause between asks, doubling up to poll_max
     poll_max: float = 60.0
     lost_after: float = 120.0          # a job gone from squeue, its run unfinished: lost after this long
+    jobs_at_once: int = 8              # a command's evaluations checked, submitted and followed at once
 
 
 _SLURM_TYPES: dict[str, tuple[type, ...]] = {
     "partition": (str,), "gpus_per_job": (int,), "time": (str,), "account": (str,), "qos": (str,),
     "sbatch_args": (list,), "setup": (list,), "poll_interval": (int, float), "poll_max": (int, float),
-    "lost_after": (int, float),
+    "lost_after": (int, float), "jobs_at_once": (int,),
 }
 
 
@@ -183,7 +184,7 @@ def check_slurm_section(section: Mapping[str, Any], source: str) -> None:
     if section.get("gpus_per_job", 1) < 0:
         raise ConfigError(f"slurm 'gpus_per_job' in {source} must be >= 0, got {section['gpus_per_job']}",
                           f"fix slurm 'gpus_per_job' in {source}")
-    for key in ("poll_interval", "poll_max", "lost_after"):
+    for key in ("poll_interval", "poll_max", "lost_after", "jobs_at_once"):
         if key in section and section[key] <= 0:
             raise ConfigError(f"slurm {key!r} in {source} must be positive, got {section[key]!r}",
                               f"fix slurm {key!r} in {source}")

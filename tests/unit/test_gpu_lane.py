@@ -82,6 +82,8 @@ def test_giving_back_twice_passes_one_turn_only():
     ("ssh", [0, 1], 3, [0, 1, 0]),        # never more workers than cells
     ("ssh", [3], 1, [3]),
     ("slurm", [0, 1, 2], 3, [0, 1, 2]),   # the scheduler places its jobs: one worker each, no lane
+    # a sweep of 120 cells: not 120 threads checking at once on a shared login node
+    ("slurm", list(range(120)), 120, list(range(8))),
 ])
 def test_workers_per_gpu(executor, gpus, cells, expected):
     workers = workers_of(Settings(executor=executor), gpus, cells)
@@ -92,3 +94,12 @@ def test_workers_per_gpu(executor, gpus, cells, expected):
     else:  # the workers of one GPU share its lane
         assert {gpu: {id(lane) for lane, g in workers if g == gpu} for gpu in expected} == \
             {gpu: {id(next(lane for lane, g in workers if g == gpu))} for gpu in expected}
+
+
+def test_under_a_scheduler_the_cells_of_one_checkpoint_are_spread_out_in_the_queue():
+    from evalkit.evaluation import Evaluation
+    from evalkit.gpu_queue import queue_order
+    cells = [Evaluation(dataset, "valid", f"/d/{checkpoint}.pt") for checkpoint in "ab" for dataset in ("A", "B", "C")]
+    # a checkpoint hashed by one cell's checks at a time: its next cell finds the hash cached
+    assert queue_order(Settings(executor="slurm"), cells) == [0, 3, 1, 4, 2, 5]
+    assert queue_order(Settings(executor="ssh"), cells) == [0, 1, 2, 3, 4, 5]
