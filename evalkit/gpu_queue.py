@@ -22,7 +22,7 @@ from .comparison import Comparison, ModelResult, build_comparison, with_referenc
 from .config import Settings
 from .crashes import keep_traceback, where_it_is
 from .epochs import annotate
-from .errors import ComparisonIncomplete, EvalkitError
+from .errors import ComparisonIncomplete, EvalkitError, RemoteStepFailed
 from .evaluation import Evaluation
 from .executors import GPUS_FROM_SCHEDULER
 from .executors.base import CancelResult, RunGroup
@@ -71,7 +71,8 @@ def _evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[
     taking = threading.Lock()  # an evaluation and its lane ticket leave the queue together
 
     def worker(lane: GpuLane | None, gpu: int, shared: pipeline.Connection | None) -> None:
-        while not group.is_closed:  # after Ctrl-C no evaluation starts
+        # after Ctrl-C no evaluation starts; nor on a GPU an abandoned run may still use
+        while not group.is_closed and not (lane is not None and lane.is_closed):
             with taking:
                 try:
                     index, evaluation = work.get_nowait()
@@ -97,7 +98,27 @@ def _evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[
     for shared in connections:
         if shared is not None:
             shared.close()
+    for index, evaluation in _left_in(work):  # every GPU closed (LaneHold.keep) before their turn
+        results[index] = _not_started(evaluation, lanes, on_failure)
     return [results[index] for index in range(len(evaluations))]
+
+
+def _left_in(work: queue.Queue) -> list[tuple[int, Evaluation]]:
+    left = []
+    while not work.empty():
+        left.append(work.get_nowait())
+    return left
+
+
+def _not_started(evaluation: Evaluation, lanes: list, on_failure: FailureHandler) -> ModelResult:
+    why = "; ".join(sorted({f"GPU {lane.gpu}: {lane.closed_by}" for lane, _ in lanes if lane is not None
+                            and lane.closed_by}))
+    error = RemoteStepFailed(f"{evaluation.label} was not started: no GPU is free of runs evalkit stopped "
+                             f"following ({why})", "evaluate it again once those runs have ended")
+    on_failure(evaluation, error)
+    now = clock.timestamp()
+    return ModelResult(evaluation.label, evaluation.checkpoint, "failed", {}, error=error.message,
+                       exit_code=error.exit_code, started_at=now, finished_at=now, **placed(evaluation))
 
 
 def workers_of(settings: Settings, gpus: list[int], count: int) -> list[tuple[GpuLane | None, int]]:

@@ -103,3 +103,31 @@ def test_under_a_scheduler_the_cells_of_one_checkpoint_are_spread_out_in_the_que
     # a checkpoint hashed by one cell's checks at a time: its next cell finds the hash cached
     assert queue_order(Settings(executor="slurm"), cells) == [0, 3, 1, 4, 2, 5]
     assert queue_order(Settings(executor="ssh"), cells) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_gpu_whose_run_was_abandoned_is_never_given_to_the_next_evaluation():
+    # the connection was lost past reconnect_timeout while the first run's GPU steps ran: they
+    # may go on, so the next evaluation must not start beside them on the same GPU
+    from evalkit.errors import RemoteStepFailed
+    lane = GpuLane(0)
+    first, second = lane.hold(), lane.hold()
+    first.take()
+    outcome: list = []
+    waiting = _in_thread(lambda: outcome.append(_taken_or_refused(second)))
+    first.keep("run r1 may still be using it: evalkit stopped following it")
+    waiting.join(2)
+    assert outcome == ["not started on GPU 0: run r1 may still be using it: evalkit stopped following it"]
+    assert lane.is_closed and second.state == "waiting"
+    with pytest.raises(RemoteStepFailed):
+        lane.hold().take()
+    first.give_back()  # the pipeline's last word changes nothing
+    assert lane.is_closed
+
+
+def _taken_or_refused(hold) -> str:
+    from evalkit.errors import RemoteStepFailed
+    try:
+        hold.take()
+    except RemoteStepFailed as refused:
+        return refused.message
+    return hold.state
