@@ -149,7 +149,7 @@ def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED,
     """The title names the evaluation; when the user did not name its checkpoint, how it was chosen.
     With CI95 (summary.json's), each value shows its 95% interval's half-width: '52.10 ±1.4'."""
     title = f"Recall (%) — {label}" + ("" if chosen_by == NAMED else f" ({chosen_by})")
-    table = Table(title=title)
+    table = Table(title=Text(title))  # a label is text, never markup
     table.add_column("direction")
     with_map = any(isinstance(recall, ImageRecall) for recall in recalls.values())
     for column in ("R@1", "R@5", "R@10", "Mean Recall", *(("mAP@10",) if with_map else ())):
@@ -396,7 +396,7 @@ def comparison_table(comparison: Comparison) -> Table:
     title = f"Recall (%) — {comparison.dataset} {comparison.split}"
     if comparison.baseline:
         title += f" (±: against {comparison.baseline})"
-    table = Table(title=title)
+    table = Table(title=Text(title))  # dataset names and --baseline are text, never markup
     for index, column in enumerate(header(comparison)):
         table.add_column(column, justify="left" if index == 0 else "right")
     for row in comparison.rows:
