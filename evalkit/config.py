@@ -50,12 +50,13 @@ class SlurmSettings:
     poll_interval: float = 5.0         # squeue: first pause between asks, doubling up to poll_max
     poll_max: float = 60.0
     lost_after: float = 120.0          # a job gone from squeue, its run unfinished: lost after this long
+    jobs_at_once: int = 8              # a command's evaluations checked, submitted and followed at once
 
 
 _SLURM_TYPES: dict[str, tuple[type, ...]] = {
     "partition": (str,), "gpus_per_job": (int,), "time": (str,), "account": (str,), "qos": (str,),
     "sbatch_args": (list,), "setup": (list,), "poll_interval": (int, float), "poll_max": (int, float),
-    "lost_after": (int, float),
+    "lost_after": (int, float), "jobs_at_once": (int,),
 }
 
 
@@ -183,17 +184,30 @@ def check_slurm_section(section: Mapping[str, Any], source: str) -> None:
     if section.get("gpus_per_job", 1) < 0:
         raise ConfigError(f"slurm 'gpus_per_job' in {source} must be >= 0, got {section['gpus_per_job']}",
                           f"fix slurm 'gpus_per_job' in {source}")
-    for key in ("poll_interval", "poll_max", "lost_after"):
+    for key in ("poll_interval", "poll_max", "lost_after", "jobs_at_once"):
         if key in section and section[key] <= 0:
             raise ConfigError(f"slurm {key!r} in {source} must be positive, got {section[key]!r}",
                               f"fix slurm {key!r} in {source}")
     if "time" in section and not SLURM_TIME.fullmatch(section["time"]):
         raise ConfigError(f"slurm 'time' in {source} is not a Slurm time limit: {section['time']!r}",
                           "write it as Slurm does: MINUTES, HH:MM:SS or DAYS-HH:MM:SS, e.g. 04:00:00")
+    for key in ("sbatch_args", "setup"):
+        _check_one_line_each(section, key, source)
     for key in ("partition", "account", "qos"):
         if section.get(key) is not None and not SLURM_NAME.fullmatch(section[key]):
             raise ConfigError(f"slurm {key!r} in {source} is not a Slurm name: {section[key]!r}",
                               f"fix slurm {key!r} in {source} (letters, digits, '_', '.', '+', '-')")
+
+
+def _check_one_line_each(section: Mapping[str, Any], key: str, source: str) -> None:
+    """Each item of a list of lines is one line: in the batch script, a line break inside an
+    sbatch_args item ends Slurm's reading of `#SBATCH` lines there (sbatch ignores every later
+    one without a word), and one inside a setup item hides a second command in it."""
+    for line in section.get(key) or ():
+        if "\n" in line or "\r" in line:
+            raise ConfigError(f"slurm {key!r} in {source} has an item of several lines: {line!r}",
+                              f"give each line its own item of slurm {key!r} (a YAML list: `- ...` per line), "
+                              "not a block scalar (`|` or `>`)")
 
 
 def slurm_settings(section: Mapping[str, Any]) -> SlurmSettings:

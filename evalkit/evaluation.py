@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import posixpath
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .file_names import NAME_MAX, byte_length, fits
 
 SPLITS = ("valid", "test")
 STAGES = ("extract", "knn", "recall")
@@ -193,13 +195,34 @@ def _check_distinct(evaluations: list[Evaluation]) -> None:
     """Two names for one checkpoint would write the same server directory at once; one label
     for two checkpoints would keep only one's results."""
     by_checkpoint: dict[str, str] = {}
-    by_label: dict[str, str] = {}
+    by_label: dict[str, tuple[str, str]] = {}
     for evaluation in (e for e in evaluations if e.checkpoint):
+        _check_label_fits(evaluation)
         if evaluation.checkpoint in by_checkpoint:
             raise ConfigError(f"{by_checkpoint[evaluation.checkpoint]!r} and {evaluation.label!r} are the same "
                               f"checkpoint ({evaluation.checkpoint})", "name each checkpoint once (check the `models:` paths)")
-        if evaluation.label in by_label:
-            raise ConfigError(f"two checkpoints would share the label {evaluation.label!r}: "
-                              f"{by_label[evaluation.label]} and {evaluation.checkpoint}",
+        folder = folder_key(evaluation.label)
+        if folder in by_label:
+            kept_label, kept_checkpoint = by_label[folder]
+            same = "the label" if kept_label == evaluation.label else \
+                f"one results folder on a case-insensitive disk (macOS, Windows): {kept_label!r} and"
+            raise ConfigError(f"two checkpoints would share {same} {evaluation.label!r}: "
+                              f"{kept_checkpoint} and {evaluation.checkpoint}",
                               "give one of them its own --label NAME, or another `models:` name")
-        by_checkpoint[evaluation.checkpoint], by_label[evaluation.label] = evaluation.label, evaluation.checkpoint
+        by_checkpoint[evaluation.checkpoint] = evaluation.label
+        by_label[folder] = (evaluation.label, evaluation.checkpoint)
+
+
+def _check_label_fits(evaluation: Evaluation) -> None:
+    """The label names the results folder: one too long for a file name would fail only once the
+    run is over, its results not pulled."""
+    if not fits(evaluation.label):
+        raise ConfigError(f"the label {evaluation.label!r} of {evaluation.checkpoint} is {byte_length(evaluation.label)} "
+                          f"bytes in UTF-8, and a results folder's name can be at most {NAME_MAX}",
+                          "give it a shorter --label NAME (or a shorter `models:` name)")
+
+
+def folder_key(label: str) -> str:
+    """What a label's results folder is on any laptop's disk: macOS and Windows compare names
+    without case (and macOS without Unicode normal form), so `Exp` and `exp` are one folder."""
+    return unicodedata.normalize("NFC", label).casefold()

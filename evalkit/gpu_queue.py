@@ -1,5 +1,6 @@
 """Several evaluations in one command, handed to GPUs as a work queue: a GPU that frees up
-takes the next evaluation (one GPU: one after another).
+takes the next evaluation (one GPU: one after another). Under a scheduler, up to
+slurm.jobs_at_once evaluations are checked, submitted and followed at once.
 
 Each GPU has a lane (gpu_lane.py) and two workers: while one evaluation's GPU steps run, the
 next one on that GPU makes its checks, and it starts the moment the GPU is free, while the one
@@ -21,7 +22,7 @@ from .comparison import Comparison, ModelResult, build_comparison, with_referenc
 from .config import Settings
 from .crashes import keep_traceback, where_it_is
 from .epochs import annotate
-from .errors import ComparisonIncomplete, EvalkitError
+from .errors import ComparisonIncomplete, EvalkitError, RemoteStepFailed
 from .evaluation import Evaluation
 from .executors import GPUS_FROM_SCHEDULER
 from .executors.base import CancelResult, RunGroup
@@ -63,14 +64,15 @@ def _evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[
                   on_failure: FailureHandler, group: RunGroup, listing: Listing) -> list[ModelResult]:
     results: dict[int, ModelResult] = {}
     work: queue.Queue = queue.Queue()
-    for index, evaluation in enumerate(evaluations):
-        work.put((index, evaluation))
+    for index in queue_order(settings, evaluations):
+        work.put((index, evaluations[index]))
     lanes = workers_of(settings, gpus or [settings.gpu], len(evaluations))
     connections = [_sweep_connection(settings) for _ in range(0, len(lanes), EVALUATIONS_PER_CONNECTION)]
     taking = threading.Lock()  # an evaluation and its lane ticket leave the queue together
 
     def worker(lane: GpuLane | None, gpu: int, shared: pipeline.Connection | None) -> None:
-        while not group.is_closed:  # after Ctrl-C no evaluation starts
+        # after Ctrl-C no evaluation starts; nor on a GPU an abandoned run may still use
+        while not group.is_closed and not (lane is not None and lane.is_closed):
             with taking:
                 try:
                     index, evaluation = work.get_nowait()
@@ -96,16 +98,52 @@ def _evaluate_all(settings: Settings, evaluations: list[Evaluation], gpus: list[
     for shared in connections:
         if shared is not None:
             shared.close()
+    for index, evaluation in _left_in(work):  # every GPU closed (LaneHold.keep) before their turn
+        results[index] = _not_started(evaluation, lanes, on_failure)
     return [results[index] for index in range(len(evaluations))]
+
+
+def _left_in(work: queue.Queue) -> list[tuple[int, Evaluation]]:
+    left = []
+    while not work.empty():
+        left.append(work.get_nowait())
+    return left
+
+
+def _not_started(evaluation: Evaluation, lanes: list, on_failure: FailureHandler) -> ModelResult:
+    why = "; ".join(sorted({f"GPU {lane.gpu}: {lane.closed_by}" for lane, _ in lanes if lane is not None
+                            and lane.closed_by}))
+    error = RemoteStepFailed(f"{evaluation.label} was not started: no GPU is free of runs evalkit stopped "
+                             f"following ({why})", "evaluate it again once those runs have ended")
+    on_failure(evaluation, error)
+    now = clock.timestamp()
+    return ModelResult(evaluation.label, evaluation.checkpoint, "failed", {}, error=error.message,
+                       exit_code=error.exit_code, started_at=now, finished_at=now, **placed(evaluation))
 
 
 def workers_of(settings: Settings, gpus: list[int], count: int) -> list[tuple[GpuLane | None, int]]:
     """(lane, GPU) of each worker: two per GPU, sharing its lane, when the laptop places the
-    evaluations; one per GPU without a lane when a scheduler does; never more than COUNT."""
+    evaluations; one per GPU without a lane when a scheduler does, at most slurm.jobs_at_once
+    (each makes its checks on the shared login node, and holds SSH sessions while its job runs);
+    never more than COUNT."""
     if settings.executor in GPUS_FROM_SCHEDULER:
-        return [(None, gpu) for gpu in gpus][:count]
+        return [(None, gpu) for gpu in gpus][:min(count, settings.slurm.jobs_at_once)]
     lanes = [GpuLane(gpu) for gpu in gpus]
     return [(lane, lane.gpu) for _ in range(WORKERS_PER_GPU) for lane in lanes][:count]
+
+
+def queue_order(settings: Settings, evaluations: list[Evaluation]) -> list[int]:
+    """The indexes of EVALUATIONS in the order the workers take them. When a scheduler places the
+    jobs, a checkpoint's cells (its datasets and splits) are spread out: the workers' checks at
+    once hash different files, and a checkpoint's next cell finds its hash in the server's cache."""
+    if settings.executor not in GPUS_FROM_SCHEDULER:
+        return list(range(len(evaluations)))
+    ranks: dict[str, int] = {}
+    rank_of = []
+    for evaluation in evaluations:
+        rank_of.append(ranks.get(evaluation.checkpoint, 0))
+        ranks[evaluation.checkpoint] = rank_of[-1] + 1
+    return sorted(range(len(evaluations)), key=lambda index: (rank_of[index], index))
 
 
 def _sweep_connection(settings: Settings) -> pipeline.Connection | None:

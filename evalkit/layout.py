@@ -33,7 +33,7 @@ def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED,
     """The title names the evaluation; when the user did not name its checkpoint, how it was chosen.
     With CI95 (summary.json's), each value shows its 95% interval's half-width: '52.10 ±1.4'."""
     title = f"Recall (%) — {label}" + ("" if chosen_by == NAMED else f" ({chosen_by})")
-    table = Table(title=title, min_width=max(map(cell_len, title.split())))  # the label whole
+    table = Table(title=Text(title), min_width=max(map(cell_len, title.split())))  # the label whole
     table.add_column("direction")
     with_map = any(isinstance(recall, ImageRecall) for recall in recalls.values())
     for column in ("R@1", "R@5", "R@10", "Mean Recall", *(("mAP@10",) if with_map else ())):
@@ -105,7 +105,7 @@ def comparison_rows(comparison: Comparison, columns: list[tuple[str, str]] | tup
 
 def labelled_table(title: str, first: str, titles: list[str], rows: Rows, justify: JustifyMethod = "right") -> Table:
     """A column of labels, never wrapped, then one column per title; the title's words never split."""
-    table = Table(title=title, min_width=max(map(cell_len, title.split())))
+    table = Table(title=Text(title), min_width=max(map(cell_len, title.split())))
     table.add_column(first, no_wrap=True)
     for column in titles:
         table.add_column(column, justify=justify, overflow="fold")

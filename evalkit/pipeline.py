@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,15 +109,19 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter, det
             evaluation, facts, origin = _ready(session, executor, store, settings, evaluation, reporter)
             record = _new_run(store, settings, evaluation, hold)
             _keep_provenance(session, store, record, origin)
-            with _in_custody(executor, store, record, reporter) as custody:
-                launched = _launch(executor, store, record)
-                record = _started(store, record, launched, reporter)
-                if detach:
-                    (on_detached or _nothing)(record)
-                    return record
-                custody.following = True
-                return _follow_to_end(session, executor, record, reporter, facts, launched.doorbell,
-                                      gpu_done=hold.give_back if hold is not None else _nothing)
+            try:
+                with _in_custody(executor, store, record, reporter) as custody:
+                    launched = _launch(executor, store, record)
+                    record = _started(store, record, launched, reporter)
+                    if detach:
+                        (on_detached or _nothing)(record)
+                        return record
+                    custody.following = True
+                    return _follow_to_end(session, executor, record, reporter, facts, launched.doorbell,
+                                          gpu_done=hold.give_back if hold is not None else _nothing)
+            except BaseException:  # custody said what became of the run; its GPU goes back only once it ended
+                _leave_gpu(executor, record, hold)
+                raise
     finally:
         if hold is not None:  # whatever happened, the next evaluation on this GPU may go
             hold.give_back()
@@ -124,6 +129,31 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter, det
 
 def _nothing(*_) -> None:
     pass
+
+
+def _leave_gpu(executor: Executor, record: RunRecord, hold: LaneHold | None) -> None:
+    """Following ended before the run's last GPU step did: the GPU is given back only when the
+    run's files say it ended; else (the server cannot be asked, the run goes on) it is kept."""
+    if hold is None or hold.state != "held":
+        return
+    if _has_ended(executor, record):
+        hold.give_back()
+    else:
+        hold.keep(f"run {record.run_id} may still be using it: evalkit stopped following it "
+                  f"(python -m evalkit attach {record.run_id}, or cancel {record.run_id})")
+
+
+def _has_ended(executor: Executor, record: RunRecord, tries: int = 5) -> bool:
+    """Whether the run's driver wrote how it ended (a failed step's run is ending: a few looks)."""
+    for _ in range(tries):
+        try:
+            found = executor.state(_remote(record))
+        except (EvalkitError, OSError):
+            return False
+        if found.state is not None or not found.driver_alive:
+            return found.state is not None
+        time.sleep(0.5)
+    return False
 
 
 def _ready(session: Session, executor: Executor, store: LocalStore, settings: Settings, evaluation: Evaluation,

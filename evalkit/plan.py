@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 from .config import Settings
 from .evaluation import STAGES, Evaluation, experiment_name
+from .file_names import fit
 from .server import FAST_KNN, IMAGE_TO_IMAGE, INSPECTOR, CPU_LAUNCHER, QUERY_HITS, ServerCall, in_server_env, script_call, \
     script_path, upstream_call
 
@@ -158,7 +159,7 @@ def checkpoint_output_dir(settings: Settings, dataset: str, split: str, checkpoi
     """A directory of its own per checkpoint: the experiment's name for people, a path hash so two
     never collide."""
     digest = hashlib.sha256(checkpoint.encode("utf-8")).hexdigest()[:8]
-    leaf = f"{experiment_name(checkpoint)}-{digest}"
+    leaf = fit(experiment_name(checkpoint), f"-{digest}")  # a long experiment name is shortened
     return posixpath.join(settings.output_root, dataset, split, leaf)
 
 

@@ -117,13 +117,6 @@ def sacct_argv(job_ids: list[str]) -> list[str]:
             f"--format={SACCT_FORMAT}"]
 
 
-def parse_job_id(stdout: str) -> str | None:
-    """sbatch --parsable prints `ID` or `ID;CLUSTER`."""
-    first = stdout.strip().splitlines()[-1:] if stdout.strip() else []
-    job_id = first[0].split(";")[0].strip() if first else ""
-    return job_id if job_id.isdigit() else None
-
-
 def parse_squeue(text: str) -> dict[str, QueueEntry]:
     """squeue's lines in SQUEUE_FORMAT, by job id; lines of another shape are skipped."""
     found = {}

@@ -10,7 +10,8 @@
                                                 its numbers were made of then (sweep.cell_state)
                                                 and its run (not run again while unchanged)
 
-Every file is written atomically: readers see the old file or the new one, never half of one.
+Every file is written atomically and on disk before it replaces the old one: readers see the old
+file or the new one, never half of one; its mode is the old file's, else the umask's.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import fcntl
 import json
 import os
 import re
-import tempfile
+import secrets
+import stat
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,7 @@ from .config import Settings
 from .comparison import Comparison, ModelResult, to_csv, to_markdown
 from .errors import ConfigError, LocalWriteError, UnknownRun
 from .evaluation import LAST_EXTRACT, Evaluation
+from .file_names import fit
 from .run_record import RunRecord
 from .significance import HITS_FILE, parse_query_hits
 from .summary import RESULT_FILE_NAMES
@@ -154,7 +157,8 @@ class LocalStore:
 
     def new_log_path(self, evaluation: Evaluation, label: str) -> Path:
         stages = "" if evaluation.runs_every_stage else f"-{'-'.join(evaluation.stages)}"
-        name = f"{evaluation.dataset}-{evaluation.split}-{label}{stages}-{clock.name_stamp()}.log"
+        # a long label is shortened here (its results folder is checked before the run: evaluation.py)
+        name = fit(f"{evaluation.dataset}-{evaluation.split}-{label}{stages}", f"-{clock.name_stamp()}.log")
         return self.root / "logs" / name
 
     @staticmethod
@@ -265,11 +269,21 @@ class LocalStore:
             yield
 
     def _evaluated_cells(self) -> dict:
+        """The record; {} when there is none yet. A damaged one is refused, never replaced: the
+        next cell remembered would silently make it a record of one cell."""
+        path = self.runs_dir / EVALUATED_CELLS
         try:
-            found = json.loads((self.runs_dir / EVALUATED_CELLS).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}  # none yet, or damaged: evaluated again, its features reused
-        return found if isinstance(found, dict) else {}
+            found = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise LocalWriteError(f"the record of the cells evaluated, {path}, is unreadable ({exc}): evalkit "
+                                  "will not replace it", f"restore it, or move it away (mv {path} {path}.damaged): "
+                                  "every cell is then evaluated again, its features reused") from exc
+        if not isinstance(found, dict):
+            raise LocalWriteError(f"the record of the cells evaluated, {path}, is not one of evalkit's: evalkit "
+                                  "will not replace it", f"move it away (mv {path} {path}.damaged)")
+        return found
 
 
 def _current_key(settings: Settings, evaluation: Evaluation) -> str:
@@ -294,17 +308,44 @@ def _remove(path: Path) -> None:
 
 
 def write_atomically(path: Path, data: bytes) -> Path:
-    """A temporary file beside PATH, then a rename over it; the temporary file never outlives a failure."""
-    temporary = None
+    """A new temporary file beside PATH, on disk (fsync) before a rename over PATH; the temporary
+    file never outlives a failure. Its mode is the file's it replaces, else what the umask leaves
+    of 0o666, as for any file a program creates: a results folder shared with others stays readable."""
+    temporary = path.parent / fit(f".{path.name}", f".{secrets.token_hex(6)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         with os.fdopen(handle, "wb") as out:
+            _keep_mode_of(path, out.fileno())
             out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(temporary, path)
+        _sync_folder(path.parent)
     except OSError as exc:
-        if temporary is not None and os.path.exists(temporary):
+        if os.path.lexists(temporary):
             os.unlink(temporary)
         raise LocalWriteError(f"cannot write {path}: {exc.strerror or exc}",
                               "check the --results-dir location is writable") from exc
     return path
+
+
+def _keep_mode_of(path: Path, handle: int) -> None:
+    try:
+        os.fchmod(handle, stat.S_IMODE(os.stat(path).st_mode))
+    except FileNotFoundError:
+        pass  # a new file: the umask chose its mode
+
+
+def _sync_folder(folder: Path) -> None:
+    """The rename itself on disk (a crash after it leaves the new file, not an empty name)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return  # a filesystem that cannot open folders: the rename is as durable as it makes it
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)

@@ -5,6 +5,7 @@ Remote text is always printed as plain Text (never markup), so output such as "[
 """
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # pipeline brings paramiko: kept out of `--help`'s start-up
 
 
 RULE_ENDS = 4  # columns a rule keeps beside its title (rich cuts a longer title with …)
+PIPED_WIDTH = 1000  # `references > file`, `| grep`: a row on one line, whatever its names' length
 
 
 def make_consoles(to_stderr: bool = False) -> tuple[Console, Console]:
@@ -48,7 +50,10 @@ def make_consoles(to_stderr: bool = False) -> tuple[Console, Console]:
 
     to_stderr: stdout is kept for one machine-readable document (--json).
     """
-    return Console(highlight=False, stderr=to_stderr), Console(stderr=True, highlight=False)
+    output = Console(highlight=False, stderr=to_stderr)
+    if not output.is_terminal and "COLUMNS" not in os.environ:  # a file or a pipe: no name is cut
+        output = Console(highlight=False, stderr=to_stderr, width=PIPED_WIDTH)
+    return output, Console(stderr=True, highlight=False)
 
 
 class LiveReporter:

@@ -107,17 +107,21 @@ class SlurmExecutor(SshExecutor):
 
     def launch(self, run: RemoteRun) -> Launched:
         """Submit the job; return at once (Slurm decides when it starts: the lock is taken then)."""
+        name = slurm_job.job_name(run.run_id, run.plan.label)
         script = slurm_job.batch_script(self.settings, run.run_id, run.plan.label, run.directory)
         submitted = self._starter().submit_run(run.directory, run_spec(run),
-                                               {"script": script, "argv": slurm_job.sbatch_argv(run.directory)},
+                                               {"script": script, "argv": slurm_job.sbatch_argv(run.directory),
+                                                "name": name},
                                                START_TIMEOUT + self.settings.connect_timeout * 4)
-        job_id = slurm_job.parse_job_id(submitted.get("stdout", "")) if submitted.get("exit_code") == 0 else None
+        # the server found the id: in sbatch's output among a site's notices, else in the queue by
+        # the job's name; no job of it in the queue is the one proof that nothing runs
+        job_id = submitted.get("job_id")
         if job_id is None:
             said = " ".join((submitted.get("stderr") or submitted.get("stdout") or "").split()) or "no message"
             raise SlurmRefused(f"sbatch refused the job on {self.settings.host}: {said}",
                                "fix the slurm section of the config (partition, gpus_per_job, time, account, qos, "
                                "sbatch_args): `sinfo` on the login node lists partitions and their GPUs")
-        self.group.watch(run.run_id, job_id)
+        self.group.watch(run.run_id, str(job_id))
         return Launched(False, None)
 
     def state(self, run: RemoteRun) -> JobState:

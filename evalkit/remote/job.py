@@ -34,6 +34,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import runpy
 import secrets
 import select
@@ -351,8 +352,8 @@ def start(timeout):
 
     {"helpers": {NAME: {"script", "args", "env", "pythonpath"}}}  (optional) run these scripts at once,
         answer {"helpers": {NAME: {"exit_code", "stdout", "stderr"}}} on an EVALKIT-JOB line;
-    {"run_dir", "run", "submit": {"script", "argv"}}  write run.json and hand the driver to a
-        scheduler (see submit); answer what the submitting command said;
+    {"run_dir", "run", "submit": {"script", "argv", "name"}}  write run.json and hand the driver
+        to a scheduler (see submit); answer what the submitting command said, and the job's id;
     {"run_dir", "run"}  write run.json, start the driver in the background, and answer
         {"status", "driver"} once it holds the lock (driver.json) or has finished already
         (status.json: refused, crashed); then a {"ring": true} line each time the run moves on
@@ -385,18 +386,45 @@ def start(timeout):
 
 def submit(run_dir, request):
     """Write the batch script to DIR/job.sh and run REQUEST's argv on it from DIR (sbatch); its exit
-    code and output. Its first line's job id is kept in DIR/slurm.json, for state and cancel."""
+    code, output and job id (None when no job of it is in the queue). The id is kept in
+    DIR/slurm.json, for state and cancel, before the answer: whoever asks later finds the job."""
     script = os.path.join(run_dir, "job.sh")
     write_atomically(script, request["script"])
     try:
         done = subprocess.run([*request["argv"], script], cwd=run_dir, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, errors="replace")
     except OSError as exc:  # no sbatch on this machine's PATH
-        return {"exit_code": 127, "stdout": "", "stderr": f"{request['argv'][0]}: {exc.strerror}"}
-    job_id = done.stdout.strip().split(";")[0] if done.returncode == 0 else ""
-    if job_id.isdigit():
+        return {"exit_code": 127, "stdout": "", "stderr": f"{request['argv'][0]}: {exc.strerror}", "job_id": None}
+    job_id = submitted_job_id(done.stdout) if done.returncode == 0 else None
+    if job_id is None and request.get("name"):
+        job_id = queued_job_named(request["name"])
+    if job_id is not None:
         write_atomically(os.path.join(run_dir, "slurm.json"), json.dumps({"job_id": job_id, "submitted_at": now()}))
-    return {"exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+    return {"exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "job_id": job_id}
+
+
+def submitted_job_id(stdout):
+    """`sbatch --parsable` prints `ID` or `ID;CLUSTER` on a line of its own; a site's wrapper or
+    submit plugin may print notices before or after it. The one such line's id, else None (none,
+    or several: then the queue is asked, queued_job_named)."""
+    found = [line.strip().split(";")[0] for line in stdout.splitlines()
+             if PARSABLE_ID.fullmatch(line.strip())]
+    return found[0] if len(found) == 1 else None
+
+
+PARSABLE_ID = re.compile(r"[0-9]+(;[A-Za-z0-9_.-]+)?")
+
+
+def queued_job_named(name):
+    """The id of the one job named NAME (evalkit-<run id>-<label>: the run's own) that Slurm
+    knows, finished ones too; None when it knows none (sbatch refused it) or cannot be asked."""
+    try:
+        listed = subprocess.run(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i"],
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = sorted({line.strip() for line in listed.stdout.splitlines() if line.strip().isdigit()})
+    return found[0] if listed.returncode == 0 and len(found) == 1 else None
 
 
 def fork_driver(run_dir, run_id, bell, bell_end):

@@ -65,13 +65,19 @@ class HashCache:
     def save(self):
         if not self.changed:
             return
-        temporary = f"{self.path}.{os.getpid()}.tmp"
+        # O_EXCL, O_NOFOLLOW: nothing planted at the temporary name redirects the write
+        temporary = f"{self.path}.tmp-{os.urandom(8).hex()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            with open(temporary, "w", encoding="utf-8") as handle:
+            with open(os.open(temporary, flags, 0o600), "w", encoding="utf-8") as handle:
                 json.dump(self.entries, handle)
             os.replace(temporary, self.path)  # two runs at once: the last one's cache wins, both are right
         except OSError:
-            pass  # a read-only place costs a re-hash next time, nothing else
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            # a read-only place costs a re-hash next time, nothing else
 
 
 def lmdb_fingerprint(lmdb_dir):

@@ -80,3 +80,15 @@ def test_evaluate_accepts_the_reference_option():
     shown = CliRunner().invoke(evaluate_command, ["--model-path", "/c/x.pt", "--dry-run", "--reference",
                                                   "VIT-B-16-MUGE-finetune"])
     assert shown.exit_code == 0, shown.stderr
+
+
+def test_piped_references_keep_every_name_whole_for_grep(monkeypatch):
+    # `python -m evalkit references | grep vit-b-16-flickr30k-cn-finetune`: no terminal, no COLUMNS
+    import subprocess
+    import sys
+    monkeypatch.delenv("COLUMNS")
+    env = {name: value for name, value in __import__("os").environ.items() if name not in ("COLUMNS", "LINES")}
+    piped = subprocess.run([sys.executable, "-m", "evalkit", "references"], capture_output=True, text=True,
+                           env=env, timeout=60, check=True)
+    [row] = [line for line in piped.stdout.splitlines() if "vit-b-16-flickr30k-cn-finetune" in line]
+    assert "Flickr30k-CN" in row

@@ -23,12 +23,15 @@ pytestmark = pytest.mark.integration
 REMOTE = REPO / "evalkit" / "remote"
 VICTIM_TEXT = "the symlink's target, which no write of evalkit's may touch\n"
 # In a process of its own: SCRIPT's writer, with a symlink to VICTIM planted first at TARGET
-# (PLANT=target) or where a writer naming its temporary file by its pid would put it.
+# (PLANT=target) or wherever a writer naming its temporary file by its pid would put it.
 PLANTED_WRITE = """
 import os, runpy, sys
 script, target, victim, plant = sys.argv[1:5]
 module = runpy.run_path(script, run_name="planted")
-os.symlink(victim, target if plant == "target" else f"{target}.tmp-{os.getpid()}")
+planted = [target] if plant == "target" else [f"{target}.tmp-{os.getpid()}", f"{target}.tmp{os.getpid()}",
+                                             f"{target}.{os.getpid()}.tmp"]
+for name in planted:
+    os.symlink(victim, name)
 WRITE
 """
 WRITERS = {
@@ -36,7 +39,10 @@ WRITERS = {
     "bootstrap.py": ('module["write_atomically"](target, b"written")', "written"),
     "fast_knn.py": ('import numpy; module["write_predictions"](target, "text_id", [1], "image_ids", [7], '
                     'numpy.array([[0]]))', '{"text_id": 1, "image_ids": [7]}\n'),
+    "query_hits.py": ('module["write_atomically"](target, "written")', "written"),
+    "provenance.py": ('cache = module["HashCache"](target); cache.changed = True; cache.save()', "{}"),
 }
+NEEDS_NUMPY = {"fast_knn.py", "query_hits.py"}
 
 
 @pytest.mark.parametrize("plant", ["temporary", "target"])
@@ -46,7 +52,7 @@ def test_a_symlink_planted_in_the_folder_redirects_no_write(tmp_path, server_pyt
     victim.write_text(VICTIM_TEXT)
     target.parent.mkdir()
     write, expected = WRITERS[script]
-    python = server_python if script == "fast_knn.py" else sys.executable  # numpy lives there
+    python = server_python if script in NEEDS_NUMPY else sys.executable  # numpy lives there
     subprocess.run([str(python), "-c", PLANTED_WRITE.replace("WRITE", write), str(REMOTE / script), str(target),
                     str(victim), plant], check=True, timeout=60)
     assert victim.read_text() == VICTIM_TEXT

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,6 +94,42 @@ def test_a_missing_partition_is_refused_before_anything_runs(slurm_testbed):
     assert not list((bed.results_dir / "runs").glob("*.json"))  # no record of a run that never ran
     runs = bed.server_outputs / ".evalkit" / "runs"
     assert not _jobs_of(runs) if runs.exists() else True
+
+
+# A site's sbatch: a wrapper (or a submit plugin) that says something around the job's id
+SBATCH_WRAPPERS = {
+    "notices before and after the id": 'echo "NOTICE: charged to account lab"\n{sbatch} "$@" || exit\n'
+                                       'echo "Remember to cite the cluster (2024)"\n',
+    "no parsable id at all": 'set -o pipefail\n{sbatch} "$@" | sed "s/^[0-9]*$/Submitted batch job &/"\n',
+}
+
+
+@pytest.mark.parametrize("wrapper", sorted(SBATCH_WRAPPERS))
+def test_a_job_submitted_through_a_sites_sbatch_wrapper_is_reached_from_any_terminal(slurm_testbed, slurm,
+                                                                                      tmp_path, wrapper):
+    bed = slurm_testbed
+    folder = tmp_path / "site-bin"
+    folder.mkdir()
+    (folder / "sbatch").write_text("#!/bin/bash\n" + SBATCH_WRAPPERS[wrapper].format(sbatch=shutil.which("sbatch")))
+    (folder / "sbatch").chmod(0o755)
+    # first on the login node's PATH, as a site's module or profile puts it
+    bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS, "setup": ["sleep 600"]},
+                     activate=f"export PATH='{folder}':$PATH && source '{bed.server_python.parent / 'activate'}'")
+    started = bed.evaluate("--model-path", str(bed.checkpoint), "--detach")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split("started run ")[1].split()[0]
+    runs = bed.server_outputs / ".evalkit" / "runs"
+    [(job_id, folder_of_job)] = _jobs_of(runs).items()  # slurm.json: the id whoever asks later reads
+    assert folder_of_job == run_id
+    assert _squeue(slurm, f"--jobs={job_id}", "--format=%j").strip().startswith(f"evalkit-{run_id}-")
+
+    status = _evalkit("status", run_id, "--config", str(bed.config))  # another terminal
+    assert status.returncode == 0 and f"Slurm job {job_id}: " in status.stdout, status.stdout + status.stderr
+    assert "no Slurm job was submitted" not in status.stdout
+    cancelled = _evalkit("cancel", run_id, "--config", str(bed.config))
+    assert cancelled.returncode == 0 and f"scancel ended Slurm job {job_id}" in cancelled.stdout, \
+        cancelled.stdout + cancelled.stderr
+    assert _squeue(slurm, f"--jobs={job_id}", "--format=%i") == ""
 
 
 def test_a_detached_job_past_its_time_limit_is_reported_as_timeout_with_the_fix(slurm_testbed, slurm):

@@ -82,6 +82,8 @@ def test_giving_back_twice_passes_one_turn_only():
     ("ssh", [0, 1], 3, [0, 1, 0]),        # never more workers than cells
     ("ssh", [3], 1, [3]),
     ("slurm", [0, 1, 2], 3, [0, 1, 2]),   # the scheduler places its jobs: one worker each, no lane
+    # a sweep of 120 cells: not 120 threads checking at once on a shared login node
+    ("slurm", list(range(120)), 120, list(range(8))),
 ])
 def test_workers_per_gpu(executor, gpus, cells, expected):
     workers = workers_of(Settings(executor=executor), gpus, cells)
@@ -92,3 +94,40 @@ def test_workers_per_gpu(executor, gpus, cells, expected):
     else:  # the workers of one GPU share its lane
         assert {gpu: {id(lane) for lane, g in workers if g == gpu} for gpu in expected} == \
             {gpu: {id(next(lane for lane, g in workers if g == gpu))} for gpu in expected}
+
+
+def test_under_a_scheduler_the_cells_of_one_checkpoint_are_spread_out_in_the_queue():
+    from evalkit.evaluation import Evaluation
+    from evalkit.gpu_queue import queue_order
+    cells = [Evaluation(dataset, "valid", f"/d/{checkpoint}.pt") for checkpoint in "ab" for dataset in ("A", "B", "C")]
+    # a checkpoint hashed by one cell's checks at a time: its next cell finds the hash cached
+    assert queue_order(Settings(executor="slurm"), cells) == [0, 3, 1, 4, 2, 5]
+    assert queue_order(Settings(executor="ssh"), cells) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_gpu_whose_run_was_abandoned_is_never_given_to_the_next_evaluation():
+    # the connection was lost past reconnect_timeout while the first run's GPU steps ran: they
+    # may go on, so the next evaluation must not start beside them on the same GPU
+    from evalkit.errors import RemoteStepFailed
+    lane = GpuLane(0)
+    first, second = lane.hold(), lane.hold()
+    first.take()
+    outcome: list = []
+    waiting = _in_thread(lambda: outcome.append(_taken_or_refused(second)))
+    first.keep("run r1 may still be using it: evalkit stopped following it")
+    waiting.join(2)
+    assert outcome == ["not started on GPU 0: run r1 may still be using it: evalkit stopped following it"]
+    assert lane.is_closed and second.state == "waiting"
+    with pytest.raises(RemoteStepFailed):
+        lane.hold().take()
+    first.give_back()  # the pipeline's last word changes nothing
+    assert lane.is_closed
+
+
+def _taken_or_refused(hold) -> str:
+    from evalkit.errors import RemoteStepFailed
+    try:
+        hold.take()
+    except RemoteStepFailed as refused:
+        return refused.message
+    return hold.state

@@ -94,6 +94,24 @@ def test_epochs_of_one_experiment_and_its_namesake_elsewhere_never_share_a_label
     assert renamed[0].label == "exp-other"
 
 
+def test_labels_one_folder_apart_only_on_a_case_insensitive_disk_are_refused():
+    # macOS: Exp@epoch_1 and exp@epoch_1 would be one results folder, one cell's results replacing the other's
+    from evalkit.evaluation import Scope, Wanted, resolve
+    from evalkit.errors import ConfigError
+    scope = Scope("Flickr30k-CN", "valid")
+    upper, lower = (Wanted(f"/d/experiments/{name}/checkpoints/epoch_1.pt", "RN50", "RBT3-chinese")
+                    for name in ("Exp", "exp"))
+    with pytest.raises(ConfigError) as raised:
+        resolve("/d", scope, [upper, lower])
+    assert raised.value.message == ("two checkpoints would share one results folder on a case-insensitive disk "
+                                    "(macOS, Windows): 'Exp@epoch_1' and 'exp@epoch_1': "
+                                    "/d/experiments/Exp/checkpoints/epoch_1.pt and /d/experiments/exp/checkpoints/epoch_1.pt")
+    composed, decomposed = "实验é", "实验e\u0301"  # one name to macOS's disk
+    with pytest.raises(ConfigError):
+        resolve("/d", scope, [Wanted("/d/a.pt", "RN50", "RBT3-chinese", label=composed),
+                              Wanted("/d/b.pt", "RN50", "RBT3-chinese", label=decomposed)])
+
+
 @pytest.mark.parametrize("model_path, checkpoint", [
     ("experiments/e/checkpoints/epoch_latest.pt", "/root/autodl-tmp/datapath/experiments/e/checkpoints/epoch_latest.pt"),
     ("./experiments/e/../f/epoch_1.pt", "/root/autodl-tmp/datapath/experiments/f/epoch_1.pt"),
@@ -495,3 +513,35 @@ def test_activate_runs_before_the_scripts_and_its_failure_stops_them(tmp_path):
     done = subprocess.run(["bash", "-c", extract.command], cwd=server.cwd)
     assert done.returncode != 0
     assert not server.log.exists(), "upstream ran although activation failed"
+
+
+LONG_EXPERIMENT = "蒸馏" * 45  # 90 Chinese characters: 270 bytes in UTF-8
+
+
+def test_a_label_too_long_for_a_folder_name_is_refused_before_anything_runs():
+    from evalkit.evaluation import Scope, Wanted, resolve
+    from evalkit.errors import ConfigError
+    checkpoint = f"/d/experiments/{LONG_EXPERIMENT}/checkpoints/epoch_latest.pt"
+    with pytest.raises(ConfigError) as raised:
+        resolve("/d", Scope("Flickr30k-CN", "valid"), [Wanted(checkpoint, "RN50", "RBT3-chinese")])
+    assert raised.value.message == (f"the label {LONG_EXPERIMENT!r} of {checkpoint} is 270 bytes in UTF-8, "
+                                    "and a results folder's name can be at most 255")
+    assert "--label" in raised.value.hint
+    [named] = resolve("/d", Scope("Flickr30k-CN", "valid"), [Wanted(checkpoint, "RN50", "RBT3-chinese", label="short")])
+    assert named.label == "short"
+
+
+@pytest.mark.parametrize("experiment", ["蒸" * 80, LONG_EXPERIMENT])
+def test_names_evalkit_makes_from_a_long_experiment_name_fit_a_file_name(experiment, tmp_path):
+    from evalkit.file_names import NAME_MAX
+    from evalkit.plan import checkpoint_output_dir
+    from evalkit.store import LocalStore
+    checkpoint = f"/d/experiments/{experiment}/checkpoints/epoch_latest.pt"
+    leaf = checkpoint_output_dir(Settings(datapath="/d"), "Flickr30k-CN", "valid", checkpoint).rsplit("/", 1)[1]
+    log = LocalStore(tmp_path).new_log_path(Evaluation("Flickr30k-CN", "valid", checkpoint, label=experiment[:80]),
+                                            experiment[:80]).name
+    for name in (leaf, log):
+        assert len(name.encode()) <= NAME_MAX and name.startswith(("Flickr30k-CN-valid-蒸", "蒸"))
+    assert log.endswith(".log") and leaf[-9:-8] == "-"  # the checkpoint path's hash stays last
+    other = checkpoint_output_dir(Settings(datapath="/d"), "Flickr30k-CN", "valid", checkpoint.replace("latest", "1"))
+    assert other.rsplit("/", 1)[1] != leaf

@@ -58,6 +58,20 @@ def test_a_wrong_slurm_value_is_one_sentence_naming_it(tmp_path, section, names)
     assert names in raised.value.message and str(config) in raised.value.message
 
 
+@pytest.mark.parametrize("key", ["sbatch_args", "setup"])
+def test_a_block_scalar_item_of_several_lines_is_refused_before_it_reaches_the_batch_script(tmp_path, key):
+    # `- |` keeps both lines in one item: in the script the second is a shell line, and sbatch
+    # stops reading #SBATCH at the first one, ignoring every option after it without a word
+    config = tmp_path / "c.yaml"
+    config.write_text(f"executor: slurm\nslurm:\n  {key}:\n    - |\n      --mem=64G\n      --constraint=a100\n",
+                      encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        build_settings(config, {})
+    assert raised.value.message == (f"slurm {key!r} in {config} has an item of several lines: "
+                                    "'--mem=64G\\n--constraint=a100\\n'")
+    assert "its own item" in raised.value.hint
+
+
 def test_a_run_record_keeps_the_slurm_section():
     chosen = settings(partition="gpu", setup=("module load cuda",))
     evaluation = Evaluation(checkpoint="/data/ckpt.pt", dataset="Flickr30k-CN", split="valid", label="team",
@@ -138,9 +152,14 @@ def test_the_batch_shell_outlives_slurms_warning_and_exits_with_the_drivers_stat
 @pytest.mark.parametrize("stdout, job_id", [
     ("42\n", "42"), ("42;cluster\n", "42"), ("", None), ("Submitted batch job 42\n", None),
     ("sbatch: warning: x\n43\n", "43"),
+    # a site's wrapper or submit plugin: a notice after the id, or before and after it
+    ("44\nNOTICE: jobs under 1 h get the short queue\n", "44"),
+    ("NOTICE: charged to lab\n45;hpc\nRemember: cite the cluster (2024)\n", "45"),
+    ("46\n47\n", None),  # which one is ours? the queue is asked, by the job's name
 ])
-def test_sbatch_parsable_output(stdout, job_id):
-    assert slurm_job.parse_job_id(stdout) == job_id
+def test_sbatch_parsable_output_among_notices(stdout, job_id):
+    from evalkit.remote import job
+    assert job.submitted_job_id(stdout) == job_id
 
 
 def test_sbatch_writes_the_jobs_output_into_the_run_folder():

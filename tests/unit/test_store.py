@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 
 from evalkit.config import Settings
 from evalkit.evaluation import LAST_EXTRACT, NAMED, Evaluation
@@ -69,3 +71,20 @@ def test_query_hits_are_kept_beside_the_summary_and_read_back_for_comparisons(tm
     assert result.ci95 == summary["ci95"] and result.query_hits["text_to_image"]["hits"]["r10"] == "11"
     store.save_results(evaluation, "team", {}, summary)  # a run without hits leaves none of the old ones
     assert not (tmp_path / "Flickr30k-CN" / "valid" / "team" / "query_hits.json").exists()
+
+
+def test_results_files_respect_the_umask_and_keep_the_mode_of_the_file_they_replace(tmp_path):
+    store = LocalStore(tmp_path)
+    previous = os.umask(0o022)
+    try:
+        [written] = store.save_figures(tmp_path / "shared", {"recall.svg": b"<svg/>"})
+        assert stat.S_IMODE(written.stat().st_mode) == 0o644  # readable by the group and others
+        written.chmod(0o664)  # a folder shared with a group, by its owner's choice
+        store.save_figures(tmp_path / "shared", {"recall.svg": b"<svg></svg>"})
+        assert stat.S_IMODE(written.stat().st_mode) == 0o664 and written.read_bytes() == b"<svg></svg>"
+        os.umask(0o077)
+        [private] = store.save_figures(tmp_path / "shared", {"private.svg": b"<svg/>"})
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)
+    assert sorted(path.name for path in (tmp_path / "shared").iterdir()) == ["private.svg", "recall.svg"]

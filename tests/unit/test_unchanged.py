@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from evalkit.config import Settings
+from evalkit.errors import LocalWriteError
 from evalkit.evaluation import Evaluation
 from evalkit.store import LocalStore
 from evalkit.sweep import CheckpointSet, Listed, Listing, cell_state, is_unchanged
@@ -82,9 +83,23 @@ def test_kept_results_stand_for_the_cell_only_while_they_are_that_runs_and_compl
     remember(settings, CELL, listing(), evaluated(store, "r3"))
     (store.result_dir("A", "valid", CELL.label) / "image_to_text_results.json").unlink()
     assert kept_row(store, settings, CELL, listing()) is None
-    remember(settings, CELL, listing(), evaluated(store, "r4"))
-    (tmp_path / "runs" / "evaluated-cells.json").write_text("{damaged")
-    assert kept_row(store, settings, CELL, listing()) is None  # evaluated again, its features reused
+
+
+def test_a_damaged_record_of_cells_is_refused_and_kept_not_reset_to_one_cell(tmp_path):
+    settings, store = dataclasses.replace(SETTINGS, results_dir=str(tmp_path)), LocalStore(tmp_path)
+    record = tmp_path / "runs" / "evaluated-cells.json"
+    remember(settings, CELL, listing(), evaluated(store, "r1"))
+    damaged = record.read_text()[:-20]  # a disk that lost its end
+    record.write_text(damaged)
+    with pytest.raises(LocalWriteError) as raised:  # before anything runs: the sweep's kept rows
+        kept_rows(settings, [CELL], listing())
+    assert raised.value.message.startswith(f"the record of the cells evaluated, {record}, is unreadable (")
+    assert f"mv {record} {record}.damaged" in raised.value.hint
+    with pytest.raises(LocalWriteError):
+        store.remember_cell("another cell", {"run_id": "r2"})
+    assert record.read_text() == damaged
+    record.rename(f"{record}.damaged")  # the fix it gives: every cell evaluated again
+    assert kept_rows(settings, [CELL], listing()) == {}
 
 
 def test_a_failed_cell_is_not_remembered(tmp_path):

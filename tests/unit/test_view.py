@@ -58,6 +58,18 @@ def test_a_progress_bar_named_after_remote_output_keeps_its_markup_literal():
 
 
 
+def test_names_with_markup_in_table_titles_are_shown_as_typed_not_parsed_nor_a_crash():
+    recall = {"text_to_image": {"r1": 52.1, "r5": 80.0, "r10": 90.0, "mean_recall": 74.0}}
+    rows = [ModelResult("exp[lr=1e-4]", "/c/a.pt", "ok", recall), ModelResult("lr[/]1e-4", "/c/b.pt", "ok", recall)]
+    out = console()
+    view.show_comparison(out, build_comparison(rows, "MUGE[v2]", "valid", "2026-01-01T00:00:00+00:00",
+                                               baseline_label="lr[/]1e-4"), [])
+    out.print(view.recall_table("lr[/]1e-4", {}))
+    text = out.export_text()
+    assert "Recall (%) — MUGE[v2] valid (±: against lr[/]1e-4)" in text and "exp[lr=1e-4]" in text
+    assert "Recall (%) — lr[/]1e-4" in text
+
+
 def test_the_comparison_table_shows_half_widths_marks_and_says_what_they_mean():
     def hits(r1: str) -> dict:
         return {"image_to_text": {"queries": len(r1), "reference_sha256": "s", "hits": {"r1": r1, "r5": r1, "r10": r1}}}
