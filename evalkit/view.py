@@ -164,8 +164,42 @@ def recall_table(label: str, recalls: dict[str, Recall], chosen_by: str = NAMED,
     return table
 
 
+def classification_table(label: str, result: dict, ci95: dict | None = None) -> Table:
+    """Zero-shot classification's numbers, one row: top-1, top-5, mean per-class recall (%)."""
+    table = Table(title=f"Zero-shot classification (%) — {label}")
+    for column in ("top-1", "top-5", "mean per-class recall"):
+        table.add_column(column, justify="right")
+    table.add_row(*[f"{result[metric]:.2f}" + plus_minus((ci95 or {}).get(metric))
+                    for metric in ("top1", "top5", "mean_per_class_recall")])
+    return table
+
+
+def show_classification(console: Console, report: Report) -> None:
+    """A zero-shot classification run's table, what it was made of, and what evalkit changed."""
+    plan, evaluation = report.outcome.plan, report.evaluation
+    result = report.outcome.results["zeroshot_classification"]
+    ci95 = ((report.summary or {}).get("ci95") or {}).get("zeroshot_classification")
+    console.print(classification_table(plan.label, result, ci95))
+    console.print(Text(f"{evaluation.dataset} {evaluation.split}: {result['num_images']} images, "
+                       f"{result['num_classes']} classes, templates: {result['templates']} "
+                       f"({result['num_templates']}); top-1 as cn_clip's zeroshot_evaluation.py counts it"
+                       + ("; ±: half-width of the 95% bootstrap interval over the images" if ci95 else ""),
+                       style="dim"), soft_wrap=True)
+    for change in result.get("changes") or ():
+        console.print(Text(f"upstream's code, run through its own functions: {change}", style="dim"), soft_wrap=True)
+    for warning in (report.summary or {}).get("warnings", []):
+        console.print(Text(f"warning: {warning}", style="bold yellow"), soft_wrap=True)
+    console.print(Text(f"checkpoint: {plan.checkpoint}"), soft_wrap=True)
+    console.print(Text(f"server files: {plan.output_dir}"), soft_wrap=True)
+    for path in report.written:
+        console.print(Text(f"saved: {path}"), soft_wrap=True)
+
+
 def show_results(console: Console, report: Report) -> None:
     plan, evaluation = report.outcome.plan, report.evaluation
+    if "zeroshot_classification" in report.outcome.results:
+        show_classification(console, report)
+        return
     ci95 = (report.summary or {}).get("ci95")
     console.print(recall_table(plan.label, recalls(report.outcome), evaluation.chosen_by, ci95))
     if ci95:
