@@ -44,3 +44,72 @@ def test_one_shot_classifies_a_dataset_laid_out_for_it(testbed, classification):
     assert summary["provenance"]["upstream_scripts_sha256"]["zeroshot_evaluation.py"]
     assert set(summary["ci95"]["zeroshot_classification"]) == {"top1", "top5", "mean_per_class_recall"}
     assert "Zero-shot classification (%)" in run.stdout and "36 images, 12 classes" in run.stdout
+
+
+@pytest.fixture(scope="session")
+def numpy_before_2_4(server_python) -> Path:
+    """numpy 2.3.5 in a folder of its own (pip install --target), put first on PYTHONPATH: the
+    numpy upstream's accuracy() still runs with. Installed once per checkout."""
+    import fcntl
+    import subprocess
+    from .conftest import REPO, _unavailable
+    target = REPO / ".testbed" / "numpy-2.3.5"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{target}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "numpy").is_dir():
+            done = subprocess.run([str(server_python), "-m", "pip", "install", "-q", "--target", str(target),
+                                   "numpy==2.3.5"], capture_output=True, text=True)
+            if done.returncode != 0:
+                _unavailable(f"pip install numpy==2.3.5 failed: {done.stderr.strip()[-300:]}")
+    return target
+
+
+def run_zeroshot_by_hand(bed, dataset: Path, numpy_dir: Path, workdir: Path, checkpoint: Path) -> tuple[float, list]:
+    """zeroshot_evaluation.py as the seed's user runs it (run_scripts/zeroshot_eval.sh's
+    arguments), with numpy < 2.4 first on PYTHONPATH and, on the CPU, only the CPU launcher
+    between python and the script. Returns (its printed zeroshot-top1, its predictions [N][C])."""
+    import os
+    import subprocess
+    from .conftest import CPU_LAUNCHER, DEVICE
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": f"{numpy_dir}:{bed.chinese_clip_dir}"}
+    launcher = [str(CPU_LAUNCHER)] if DEVICE == "cpu" else []
+    done = subprocess.run([str(bed.server_python), *launcher, "cn_clip/eval/zeroshot_evaluation.py",
+                           "--datapath", str(dataset / "test"), "--label-file", str(dataset / "label_cn.txt"),
+                           "--dataset", dataset.name, "--save-dir", str(workdir), "--img-batch-size", "32",
+                           "--context-length", "52", "--resume", str(checkpoint), "--vision-model", "RN50",
+                           "--text-model", "RBT3-chinese", "--num-workers", "0",
+                           *(["--precision", "fp32"] if DEVICE == "cpu" else [])],
+                          cwd=bed.chinese_clip_dir, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = [line for line in done.stdout.splitlines() if line.startswith("zeroshot-top1: ")]
+    predictions = json.loads((workdir / f"{dataset.name}.json").read_text())["predictions"]
+    return float(printed[-1].split(": ")[1]), predictions[0]
+
+
+def _targets(dataset: Path) -> list[int]:
+    """ImageFolder's targets, worked out here: class folders sorted, each folder's images sorted."""
+    folders = sorted(p for p in (dataset / "test").iterdir() if p.is_dir())
+    return [index for index, folder in enumerate(folders) for _ in sorted(folder.glob("*.jpg"))]
+
+
+def test_numbers_equal_upstream_s_script_run_by_hand_with_older_numpy(testbed, classification, numpy_before_2_4,
+                                                                       tmp_path):
+    run = testbed.evaluate("--dataset-name", NAME, "--model-path", str(testbed.checkpoint), *MODEL_ARGS)
+    assert run.returncode == 0, run.stderr + run.stdout
+    result = json.loads((testbed.results_dir / NAME / "test" / LABEL /
+                         "zeroshot_classification_results.json").read_text())
+    assert "numpy >= 2.4: upstream's accuracy() counted with .item() instead of float() of an array" in result["changes"]
+
+    top1, predictions = run_zeroshot_by_hand(testbed, classification, numpy_before_2_4, tmp_path / "by-hand",
+                                             testbed.checkpoint)
+    assert result["top1"] == top1 * 100
+    targets = _targets(classification)
+    ranked = [sorted(range(len(row)), key=lambda c: -row[c])[:5] for row in predictions]
+    assert result["top5"] == pytest.approx(100 * sum(t in r for t, r in zip(targets, ranked)) / len(targets), abs=1e-9)
+    per_class: dict[int, list[bool]] = {}
+    for target, row in zip(targets, ranked):
+        per_class.setdefault(target, []).append(row[0] == target)
+    mean = 100 * sum(sum(hits) / len(hits) for hits in per_class.values()) / len(per_class)
+    assert result["mean_per_class_recall"] == pytest.approx(mean, abs=1e-9)
