@@ -113,3 +113,53 @@ def test_numbers_equal_upstream_s_script_run_by_hand_with_older_numpy(testbed, c
         per_class.setdefault(target, []).append(row[0] == target)
     mean = 100 * sum(sum(hits) / len(hits) for hits in per_class.values()) / len(per_class)
     assert result["mean_per_class_recall"] == pytest.approx(mean, abs=1e-9)
+
+
+def test_a_label_file_one_line_short_is_refused_before_anything_runs(testbed, classification, tmp_path):
+    import shutil
+    copy = tmp_path / "数据 copy"
+    shutil.copytree(classification, copy / "datasets" / NAME)
+    labels = copy / "datasets" / NAME / "label_cn.txt"
+    labels.write_text("".join(labels.read_text(encoding="utf-8").splitlines(keepends=True)[:-1]), encoding="utf-8")
+    testbed.write_config(datapath=str(copy))
+    run = testbed.evaluate("--dataset-name", NAME, "--model-path", str(testbed.checkpoint), *MODEL_ARGS)
+    assert run.returncode == 17, run.stderr + run.stdout
+    error = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert error == [f"error: {labels} has 11 class names but {copy}/datasets/{NAME}/test has 12 class folders"]
+    assert "write one line per class folder" in run.stderr
+    assert not (testbed.results_dir / NAME).exists()
+    assert not (testbed.server_outputs / NAME).exists()  # no step ran: not even the output directory
+
+
+def test_two_checkpoints_compared_with_intervals_and_mcnemar_p_values(testbed, classification, second_checkpoint):
+    testbed.write_config(models={"baseline": {"path": str(testbed.checkpoint)},
+                                 "student": {"path": str(second_checkpoint)}})
+    run = testbed.evaluate("--dataset-name", NAME, "--model", "baseline", "--model", "student", "--json",
+                           timeout=600)
+    assert run.returncode == 0, run.stderr + run.stdout
+    document = json.loads(run.stdout)
+    assert (document["dataset"], document["split"], document["baseline"]) == (NAME, "test", "baseline")
+    rows = {row["label"]: row for row in document["models"]}
+    for row in rows.values():
+        assert set(row["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+        assert row["metrics"]["acc1"] == round(row["recall"]["zeroshot_classification"]["top1"] / 100, 10)
+        low, high = row["ci95"]["zeroshot_classification"]["top1"]
+        assert low <= row["recall"]["zeroshot_classification"]["top1"] <= high
+    tests = rows["student"]["significance"]["zeroshot_classification"]
+    assert set(tests) == {"top1", "top5"} and all(0 < test["p_value"] <= 1 for test in tests.values())
+    assert tests["top1"]["delta"] == pytest.approx(rows["student"]["delta"]["zeroshot_classification"]["top1"])
+    markdown = (testbed.results_dir / NAME / "test" / "comparison.md").read_text(encoding="utf-8")
+    assert markdown.splitlines()[0] == f"Zero-shot classification (%) on {NAME} test; (±x.xx) against baseline"
+
+
+def test_a_matrix_of_a_retrieval_and_a_classification_dataset_runs_in_one_command(testbed, classification):
+    run = testbed.evaluate("--dataset-name", "Flickr30k-CN", "--dataset-name", NAME,
+                           "--model-path", str(testbed.checkpoint), *MODEL_ARGS, "--json", timeout=600)
+    assert run.returncode == 0, run.stderr + run.stdout
+    retrieval, classified = json.loads(run.stdout)
+    assert (retrieval["dataset"], retrieval["split"], classified["dataset"], classified["split"]) == \
+        ("Flickr30k-CN", "valid", NAME, "test")
+    assert set(retrieval["models"][0]["recall"]) == {"text_to_image", "image_to_text"}
+    assert set(classified["models"][0]["recall"]) == {"zeroshot_classification"}
+    assert (testbed.results_dir / NAME / "test" / LABEL / "zeroshot_classification_results.json").is_file()
+    assert (testbed.results_dir / "Flickr30k-CN" / "valid" / LABEL / "text_to_image_results.json").is_file()
