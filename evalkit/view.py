@@ -427,7 +427,8 @@ def show_model_failed(console: Console, label: str, error: EvalkitError) -> None
 
 def comparison_table(comparison: Comparison) -> Table:
     """Rows per model; the best of each column in bold green; ±deltas against the baseline."""
-    title = f"Recall (%) — {comparison.dataset} {comparison.split}"
+    what = "Zero-shot classification" if comparison.is_classification else "Recall"
+    title = f"{what} (%) — {comparison.dataset} {comparison.split}"
     if comparison.baseline:
         title += f" (±: against {comparison.baseline})"
     table = Table(title=title)
@@ -481,6 +482,30 @@ def show_references(console: Console, rows: list[dict]) -> None:
                         for d in ("text_to_image", "image_to_text")])
     console.print(table)
     console.print(Text("source: OFA-Sys/Chinese-CLIP Results.md; --reference NAME adds one to a table", style="dim"))
+
+
+SHORT_METRICS = {"top-1 accuracy": "top-1", "mean per-class accuracy": "per-class", "11-point mAP": "11-pt mAP"}
+
+
+def show_classification_references(console: Console, rows: list[dict], notes_below: list[str]) -> None:
+    """`references`: Chinese-CLIP's zero-shot classification results, a row per dataset (with the
+    metric it was published in), a column per model; a dataset not comparable with top-1 is marked †."""
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    table = Table(title="Chinese-CLIP's published zero-shot image classification (%)")
+    table.add_column("dataset", no_wrap=True)
+    table.add_column("metric", no_wrap=True)
+    for model in models:
+        table.add_column(model.removeprefix("CN-CLIP ").replace("@336px", "@336"), justify="right", no_wrap=True)
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
+        found = [row for row in rows if row["dataset"] == dataset]
+        values = {row["model"]: row["value"] for row in found}
+        table.add_row(dataset + ("†" if found[0]["warnings"] else ""), SHORT_METRICS.get(found[0]["metric"], found[0]["metric"]),
+                      *[f"{values[m]:.1f}" if m in values else "–" for m in models])
+    console.print(table)
+    for line in [*(f"† {note}" for note in notes_below),
+                 "source: OFA-Sys/Chinese-CLIP Results.md, “Zero-shot Image Classification” (CN-CLIP models); "
+                 "references --classification --json lists each number"]:
+        console.print(Text(line, style="dim"), soft_wrap=True)
 
 
 def show_check(console: Console, check: Check) -> None:

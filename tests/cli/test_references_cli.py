@@ -80,3 +80,19 @@ def test_evaluate_accepts_the_reference_option():
     shown = CliRunner().invoke(evaluate_command, ["--model-path", "/c/x.pt", "--dry-run", "--reference",
                                                   "VIT-B-16-MUGE-finetune"])
     assert shown.exit_code == 0, shown.stderr
+
+
+def test_references_list_the_published_zero_shot_classification_with_each_metric():
+    shown = invoke("references")
+    assert shown.exit_code == 0, shown.stderr
+    assert "Chinese-CLIP's published zero-shot image classification (%)" in shown.stdout
+    assert "† VOC: 11-point mAP; published with another metric than top-1" in shown.stdout
+    entries = {entry["name"]: entry for entry in json.loads(invoke("references", "--classification", "--json").stdout)}
+    assert len(entries) == 5 * 11
+    imagenet = entries["vit-b-16-imagenet-zeroshot-classification"]
+    assert (imagenet["value"], imagenet["metric"], imagenet["warnings"]) == (48.3, "top-1 accuracy", [])
+    fgvc = entries["rn50-fgvc-zeroshot-classification"]
+    assert (fgvc["metric"], fgvc["comparable_with_top1"]) == ("mean per-class accuracy", False)
+    assert entries["vit-h-14-kitti-zeroshot-classification"]["warnings"] == \
+        ["KITTI: users could not reproduce this number (Chinese-CLIP issue #77)"]
+    assert entries["vit-l-14-336-pc-zeroshot-classification"]["value"] == 62.9
