@@ -127,3 +127,14 @@ def test_a_comparison_of_classification_rows_has_its_own_columns_and_clip_benchm
     model = comparison.to_dict()["models"][1]
     assert model["metrics"] == {"acc1": 0.8, "acc5": 0.5, "mean_per_class_recall": 0.79}
     assert clip_benchmark_metrics({"text_to_image": {"r1": 50.0}})["image_retrieval_recall@1"] == 0.5
+
+
+def test_the_report_has_a_classification_table_and_chart_per_dataset():
+    from evalkit import charts, curves, report_html
+    rows = [_row("baseline", 20.0, _hits("0" * 20, "1" * 20)), _row("student", 80.0, _hits("1" * 16 + "0" * 4, "1" * 20))]
+    comparison = build_comparison(rows, "cifar-100", "test", "2025-01-01T00:00:00Z")
+    chart = curves.build_chart(comparison)
+    assert (chart.directions, chart.metrics) == ((CLASSIFICATION,), ("top1", "top5", "mean_per_class_recall"))
+    page = report_html.build_html([report_html.Section(comparison, charts.render(chart)["svg"])], "now", "results")
+    assert "<th>zero-shot top-1</th>" in page and "<strong>80.00</strong> ±10.0 (+60.00*)" in page
+    assert 'alt="recall charts: cifar-100 · test"' in page
