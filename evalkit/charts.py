@@ -52,7 +52,7 @@ def _draw_lines(figure, chart: Chart) -> None:
             axes.set_title(f"{DIRECTION_TITLES[direction]} {_METRIC_NAMES[metric]}", fontsize=10)
             axes.set_xticks(range(len(chart.ticks)), chart.ticks)
             axes.grid(alpha=0.3)
-        row[0].set_ylabel("recall (%)")
+        row[0].set_ylabel(_unit(direction))
     for axes in grid[-1]:
         axes.set_xlabel("epoch")
 
@@ -70,7 +70,11 @@ def _draw_bars(figure, chart: Chart) -> None:
         axes.set_title(DIRECTION_TITLES[direction], fontsize=10)
         axes.set_xticks(range(len(chart.metrics)), [_METRIC_NAMES[m] for m in chart.metrics])
         axes.grid(axis="y", alpha=0.3)
-    grid[0].set_ylabel("recall (%)")
+    grid[0].set_ylabel(_unit(chart.directions[0]))
+
+
+def _unit(direction: str) -> str:
+    return "accuracy (%)" if direction == "zeroshot_classification" else "recall (%)"
 
 
 def _size(chart: Chart) -> tuple[float, float]:

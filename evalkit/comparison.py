@@ -8,16 +8,20 @@ from dataclasses import asdict, dataclass, field, replace
 
 from . import comparability
 from .plan import DIRECTION_TITLES
-from .significance import is_significant, plus_minus, significance
+from .significance import CLASSIFICATION, is_significant, plus_minus, significance
 from .terminal_text import said_once
 
 BASELINE = "baseline"
 METRICS = ("r1", "r5", "r10", "mean_recall")
-METRIC_TITLES = {"r1": "R@1", "r5": "R@5", "r10": "R@10", "mean_recall": "MR", "map10": "mAP@10"}
-SHORT_DIRECTIONS = {"text_to_image": "t2i", "image_to_text": "i2t", "image_to_image": "i2i"}
+METRIC_TITLES = {"r1": "R@1", "r5": "R@5", "r10": "R@10", "mean_recall": "MR", "map10": "mAP@10",
+                 "top1": "top-1", "top5": "top-5", "mean_per_class_recall": "MPCR"}
+SHORT_DIRECTIONS = {"text_to_image": "t2i", "image_to_text": "i2t", "image_to_image": "i2i",
+                    CLASSIFICATION: "zs"}
 COLUMNS = tuple((direction, metric) for direction in ("text_to_image", "image_to_text") for metric in METRICS)
 # a column group of its own, shown when some model has image→image numbers (--image-to-image)
 IMAGE_COLUMNS = tuple(("image_to_image", metric) for metric in (*METRICS, "map10"))
+# a zero-shot classification dataset's columns, in place of retrieval's (zeroshot.py)
+CLASSIFICATION_COLUMNS = tuple((CLASSIFICATION, metric) for metric in ("top1", "top5", "mean_per_class_recall"))
 MARKDOWN_MARKER = "\\*"  # a bare * would start emphasis
 
 
@@ -108,6 +112,10 @@ class Comparison:
                 "reference_anchor": self.reference_anchor}
 
     @property
+    def is_classification(self) -> bool:
+        return self.columns == CLASSIFICATION_COLUMNS
+
+    @property
     def has_significance(self) -> bool:
         return any(row.significance for row in self.rows)
 
@@ -133,6 +141,10 @@ CLIP_BENCHMARK = {"image_retrieval_recall": "text_to_image", "text_retrieval_rec
 
 def clip_benchmark_metrics(recall: dict[str, dict[str, float]]) -> dict[str, float]:
     """recall in percent -> CLIP_benchmark's `metrics` (e.g. image_retrieval_recall@5: 0.836)."""
+    if CLASSIFICATION in recall:  # zeroshot_classification's: acc1, acc5, mean_per_class_recall
+        found = recall[CLASSIFICATION]
+        return {"acc1": round(found["top1"] / 100, 10), "acc5": round(found["top5"] / 100, 10),
+                "mean_per_class_recall": round(found["mean_per_class_recall"] / 100, 10)}
     return {f"{key}@{k}": round(recall[direction][f"r{k}"] / 100, 10)
             for key, direction in CLIP_BENCHMARK.items() if direction in recall for k in (1, 5, 10)
             if f"r{k}" in recall[direction]}
@@ -143,7 +155,8 @@ def build_comparison(results: list[ModelResult], dataset: str, split: str, gener
     """Rows in the order given, best labels per column, deltas against the baseline (the row
     labelled BASELINE_LABEL) and, where both ran on the same queries, their significance."""
     baseline = next((r for r in results if r.label == baseline_label and r.ok), None)
-    columns = COLUMNS + (IMAGE_COLUMNS if any("image_to_image" in r.recall for r in results) else ())
+    columns = CLASSIFICATION_COLUMNS if any(CLASSIFICATION in r.recall for r in results) else \
+        COLUMNS + (IMAGE_COLUMNS if any("image_to_image" in r.recall for r in results) else ())
     rows = tuple(Row(result, _delta(result, baseline, columns),
                      significance(result.query_hits, baseline.query_hits) if result.ok else None)
                  if baseline and result is not baseline else Row(result) for result in results)
@@ -259,7 +272,8 @@ def runner_up_note(versus: dict | None) -> str:
     else what the mark does not say."""
     if not versus or versus["significant"]:
         return ""
-    p_values = ", ".join(f"p {versus[d]['p_value']:.2g}" for d in ("text_to_image", "image_to_text") if d in versus)
+    p_values = ", ".join(f"p {versus[d]['p_value']:.2g}" for d in ("text_to_image", "image_to_text", CLASSIFICATION)
+                         if d in versus)
     return f" (not significantly better than {versus['label']}: {p_values})"
 
 
@@ -276,10 +290,12 @@ def footnote(comparison: Comparison, marker: str = "*") -> str | None:
     """What ± and the marker mean, under a table that shows them."""
     notes = []
     if comparison.has_intervals:
-        notes.append("±: half-width of the 95% bootstrap interval over the queries")
+        notes.append("±: half-width of the 95% bootstrap interval over the "
+                     + ("images" if comparison.is_classification else "queries"))
     if comparison.has_significance:
-        notes.append(f"{marker}: differs from {comparison.baseline} with p < 0.05 on the same queries "
-                     "(exact McNemar test for R@k, paired bootstrap for MR)")
+        notes.append(f"{marker}: differs from {comparison.baseline} with p < 0.05 on the same "
+                     + ("images " if comparison.is_classification else "queries ") + ("(exact McNemar test for top-1 and top-5)" if comparison.is_classification else
+                        "(exact McNemar test for R@k, paired bootstrap for MR)"))
     return "; ".join(notes) or None
 
 
@@ -292,7 +308,8 @@ def header(comparison: Comparison) -> list[str]:
 
 
 def to_markdown(comparison: Comparison) -> str:
-    lines = [f"Recall (%) on {comparison.dataset} {comparison.split}"
+    what = "Zero-shot classification" if comparison.is_classification else "Recall"
+    lines = [f"{what} (%) on {comparison.dataset} {comparison.split}"
              + (f"; (±x.xx) against {comparison.baseline}" if comparison.baseline else ""), "",
              "| " + " | ".join(header(comparison)) + " |",
              "|---" + "|---:" * len(comparison.columns) + "|"]

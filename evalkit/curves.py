@@ -10,10 +10,11 @@ from pathlib import PurePosixPath
 
 from .comparison import METRICS, Comparison, ModelResult
 from .epochs import located
-from .evaluation import epoch_in_name, is_latest_name
+from .evaluation import CLASSIFICATION, epoch_in_name, is_latest_name
 
 LATEST = "latest"
-DIRECTIONS = ("text_to_image", "image_to_text", "image_to_image")
+DIRECTIONS = ("text_to_image", "image_to_text", "image_to_image", CLASSIFICATION)
+CLASSIFICATION_METRICS = ("top1", "top5", "mean_per_class_recall")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ def build_chart(comparison: Comparison) -> Chart | None:
     series = tuple(Series(name, tuple((p.name, recall) for p, recall in sorted(found, key=lambda f: ticks.index(f[0].name))))
                    for name, found in experiments.items())
     directions = tuple(d for d in DIRECTIONS if any(d in recall for _, recall in located))
-    return Chart(comparison.dataset, comparison.split, directions, METRICS, tuple(ticks), series)
+    metrics = CLASSIFICATION_METRICS if directions == (CLASSIFICATION,) else METRICS
+    return Chart(comparison.dataset, comparison.split, directions, metrics, tuple(ticks), series)
 
 
 def _ticks(points: list[CheckpointPoint]) -> list[str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .comparison import ModelResult
 from .evaluation import epoch_in_name
-from .significance import is_significant, significance
+from .significance import CLASSIFICATION, is_significant, significance
 from .sweep import order_key
 
 RECALL_DIRECTIONS = ("text_to_image", "image_to_text")
@@ -33,13 +33,19 @@ def located(result: ModelResult) -> tuple[str, int | None]:
 
 
 def score(result: ModelResult) -> float | None:
-    """The average of the two directions' mean recall (of the one run, when one was skipped)."""
+    """The average of the two directions' mean recall (of the one run, when one was skipped);
+    zero-shot classification's top-1."""
+    top1 = result.value(CLASSIFICATION, "top1")
+    if top1 is not None:
+        return top1 if result.ok else None
     values = [result.value(direction, "mean_recall") for direction in RECALL_DIRECTIONS]
     values = [value for value in values if value is not None]
     return sum(values) / len(values) if result.ok and values else None
 
 
 def directions_of(result: ModelResult) -> tuple[str, ...]:
+    if result.value(CLASSIFICATION, "top1") is not None:
+        return (CLASSIFICATION,)
     return tuple(d for d in RECALL_DIRECTIONS if result.value(d, "mean_recall") is not None)
 
 
@@ -88,7 +94,8 @@ def versus_runner_up(best: ModelResult, order: list[ModelResult]) -> dict | None
     found = significance(best.query_hits, runner_up.query_hits)
     if not found:
         return None
-    tests = {direction: tests["mean_recall"] for direction, tests in found.items()}
+    tests = {direction: tests["mean_recall"] if "mean_recall" in tests else tests["top1"]
+             for direction, tests in found.items()}
     return {"label": runner_up.label, **tests,
             "significant": any(is_significant(test["p_value"]) for test in tests.values())}
 

@@ -17,6 +17,9 @@ from .file_names import NAME_MAX, byte_length, fits
 SPLITS = ("valid", "test")
 STAGES = ("extract", "knn", "recall")
 DIRECTIONS = ("text_to_image", "image_to_text")
+# what an evaluation measures, decided from the dataset folder's layout (zeroshot.scoped)
+RETRIEVAL = "retrieval"
+CLASSIFICATION = "zeroshot_classification"
 DEFAULT_VISION_MODEL = "ViT-B-16"
 DEFAULT_TEXT_MODEL = "RoBERTa-wwm-ext-base-chinese"
 LATEST_STEM = "epoch_latest"  # what cn_clip training keeps overwriting: its label is the experiment's
@@ -57,6 +60,7 @@ class Evaluation:
     experiment: str = ""
     epoch: int | None = None
     step: int | None = None
+    task: str = RETRIEVAL  # or CLASSIFICATION: zero-shot image classification (zeroshot.py)
 
     def __post_init__(self) -> None:
         if self.checkpoint and not posixpath.isabs(self.checkpoint):
@@ -120,6 +124,7 @@ class Scope:
     skip_text_to_image: bool = False
     skip_image_to_text: bool = False
     force_extraction: bool = False
+    task: str = RETRIEVAL
 
 
 def checkpoint_label(checkpoint: str, name: str | None = None) -> str:
@@ -186,7 +191,7 @@ def resolve(datapath: str, scope: Scope, wanted: list[Wanted]) -> list[Evaluatio
         evaluations.append(Evaluation(scope.dataset, scope.split, checkpoint, item.vision_model, item.text_model,
                                       label, scope.stages, scope.skip_extraction, scope.skip_text_to_image,
                                       scope.skip_image_to_text, scope.force_extraction, experiment=experiment,
-                                      epoch=item.epoch, step=item.step))
+                                      epoch=item.epoch, step=item.step, task=scope.task))
     _check_distinct(evaluations)
     return evaluations
 

@@ -18,7 +18,8 @@ from .summary import ImageRecall, Recall
 from .terminal_text import wrap_words
 
 UNBOUNDED = 10_000  # columns: a renderable measured at its natural width
-SHORT_DIRECTIONS = {"text_to_image": "t→i", "image_to_text": "i→t", "image_to_image": "i→i"}
+SHORT_DIRECTIONS = {"text_to_image": "t→i", "image_to_text": "i→t", "image_to_image": "i→i",
+                    "zeroshot_classification": "zero-shot"}
 Rows = list[tuple[Text, list[Text]]]  # a table's rows: each label and its cells
 
 
@@ -75,7 +76,10 @@ def show_comparison_table(console: Console, comparison: Comparison) -> None:
 
 
 def comparison_title(comparison: Comparison, direction: str | None = None) -> str:
-    title = f"{DIRECTION_TITLES[direction]} recall (%)" if direction else "Recall (%)"
+    if comparison.is_classification:
+        title = "Zero-shot classification (%)"
+    else:
+        title = f"{DIRECTION_TITLES[direction]} recall (%)" if direction else "Recall (%)"
     title += f" — {comparison.dataset} {comparison.split}"
     return title + (f" (±: against {comparison.baseline})" if comparison.baseline else "")
 

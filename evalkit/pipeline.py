@@ -22,7 +22,7 @@ from .config import Settings
 from .diagnosis import preflight_call
 from .doctor import preflight
 from .errors import ConnectionLost, EvalkitError, RemoteStepFailed, RunLocked, SlurmRefused
-from .evaluation import Evaluation
+from .evaluation import CLASSIFICATION, Evaluation
 from .executors import executor_class
 from .executors.base import CancelResult, Executor, JobState, Launched, RemoteRun, RunGroup
 from .follow import Follower, read_logs
@@ -34,7 +34,8 @@ from .plan import Step, build_plan, inspect_call, inspect_command
 from .readiness import decide, locate
 from .run_outputs import OutputRecorder, fetch_results
 from .run_record import RunRecord, new_record, new_run_id
-from .server import PROBE, PROVENANCE, run_dir, scripts_for
+from . import zeroshot
+from .server import PROBE, PROVENANCE, ZEROSHOT, run_dir, scripts_for
 from .server_outputs import ServerFacts
 from .session import Session
 from .ssh import Connection, resolve_target
@@ -161,6 +162,8 @@ def _ready(session: Session, executor: Executor, store: LocalStore, settings: Se
     """EVALUATION as it will run (its checkpoint chosen, what can be reused skipped), once every
     check before GPU time passed; the server's facts about its files; and, when recall will run,
     what the numbers are made from (remote/provenance.py)."""
+    if evaluation.task == CLASSIFICATION:
+        return _ready_to_classify(session, executor, store, settings, evaluation)
     # every remote command waits on a login shell of its own (~/.bashrc, conda init): the
     # executor begins what the run needs first, and the checks run in the env it activated
     executor.prepare(scripts_for(settings, extra=((PROBE,) if evaluation.runs_extraction else ()) + (PROVENANCE,)))
@@ -174,6 +177,21 @@ def _ready(session: Session, executor: Executor, store: LocalStore, settings: Se
         preflight(settings, evaluation, checks["preflight"])
     session.check_transfer()  # a run that could not be followed must not start
     return evaluation, facts, _server_provenance(executor, settings, evaluation, checks.get("provenance"))
+
+
+def _ready_to_classify(session: Session, executor: Executor, store: LocalStore, settings: Settings,
+                       evaluation: Evaluation) -> tuple[Evaluation, None, dict]:
+    """Zero-shot classification: one check (remote/zeroshot.py check) refuses a dataset upstream
+    would get wrong, in one sentence and before anything runs; it prints the provenance too."""
+    executor.prepare(scripts_for(settings, extra=(ZEROSHOT, PROVENANCE)))
+    store.check_label_is_free(evaluation)
+    ran = executor.run_scripts({"check": zeroshot.check_call(settings, evaluation)},
+                               timeout=settings.step_timeout)["check"]
+    refusal = zeroshot.refusal(*ran, zeroshot.check_command(settings, evaluation))
+    if refusal is not None:
+        raise refusal
+    session.check_transfer()
+    return evaluation, None, _server_provenance(executor, settings, evaluation, ran)
 
 
 def _new_run(store: LocalStore, settings: Settings, evaluation: Evaluation, hold: LaneHold | None) -> RunRecord:

@@ -16,7 +16,8 @@ from .file_names import fit
 from .server import FAST_KNN, IMAGE_TO_IMAGE, INSPECTOR, CPU_LAUNCHER, QUERY_HITS, ServerCall, in_server_env, script_call, \
     script_path, upstream_call
 
-DIRECTION_TITLES = {"text_to_image": "text→image", "image_to_text": "image→text", "image_to_image": "image→image"}
+DIRECTION_TITLES = {"text_to_image": "text→image", "image_to_text": "image→text", "image_to_image": "image→image",
+                    "zeroshot_classification": "zero-shot"}
 UPSTREAM_DIRECTIONS = ("text_to_image", "image_to_text")  # scored by upstream from a prediction file
 CHECK_STEPS = ("verify", "check_predictions")  # evalkit's own steps among upstream's
 LOCK_NAME = ".evalkit-lock"
@@ -32,7 +33,7 @@ QUERY_HITS_FILE = "query_hits.json"  # remote/query_hits.py's, pulled with the r
 QUERY_HITS_STEP = "query_hits"
 # The steps that run on the GPU (CUDA_VISIBLE_DEVICES); the others read and write files on the
 # CPU: the checks, upstream's recall scripts, the per-query hits.
-GPU_STEPS = frozenset({"extract", "knn_t2i", "knn_i2t", "knn_fast", "knn_i2i"})
+GPU_STEPS = frozenset({"extract", "knn_t2i", "knn_i2t", "knn_fast", "knn_i2i", "zeroshot"})
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class Plan:
     @property
     def has_query_hits(self) -> bool:
         """Whether a step of this plan writes query_hits.json (a run recorded before had none)."""
-        return any(step.name == QUERY_HITS_STEP for step in self.steps)
+        return any(step.name in (QUERY_HITS_STEP, "zeroshot") for step in self.steps)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,6 +182,9 @@ def labels_path(settings: Settings, dataset: str, split: str) -> str:
 
 def build_plan(settings: Settings, evaluation: Evaluation) -> Plan:
     """The steps of EVALUATION's stages; extraction only when evaluation.runs_extraction."""
+    if evaluation.task != "retrieval":  # zero-shot classification: its own two steps
+        from .zeroshot import build_plan as build_classification_plan
+        return build_classification_plan(settings, evaluation)
     checkpoint = evaluation.checkpoint
     out = checkpoint_output_dir(settings, evaluation.dataset, evaluation.split, checkpoint)
     files = OutputFiles(out, evaluation.split)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import posixpath
 
 from .config import Settings
-from .evaluation import Evaluation
+from .evaluation import CLASSIFICATION, Evaluation
 from .plan import dataset_paths, directions
 from .progress import last_marked_json
 from .server import PROVENANCE, ServerCall, script_path, scripts_dir
@@ -45,6 +45,11 @@ def facts_printed(stdout: bytes) -> dict | None:
     return last_marked_json(stdout, MARKER)
 
 
+# the dataset facts kept, by task (remote/provenance.py's; remote/zeroshot.py's for classification)
+DATASET_FACTS = {"retrieval": ("num_images", "num_texts", "num_pairs", "texts_sha256", "lmdb_fingerprint"),
+                 CLASSIFICATION: ("num_images", "num_classes", "listing_sha256")}
+
+
 def precision(settings: Settings) -> str:
     """The --precision extract_features.py ran with: evalkit passes fp32 on the CPU, else
     upstream's default (amp)."""
@@ -53,6 +58,8 @@ def precision(settings: Settings) -> str:
 
 def scripts_used(settings: Settings, evaluation: Evaluation) -> tuple[str, ...]:
     """The upstream scripts whose output the numbers are, in the order they run."""
+    if evaluation.task == CLASSIFICATION:  # its functions, called by remote/zeroshot.py
+        return ("zeroshot_evaluation.py",)
     evaluated = [d for d in directions(settings, evaluation) if d in RECALL_SCRIPTS]
     knn = [name for d in evaluated for name in KNN_SCRIPTS[d]] if settings.knn == "upstream" else []
     return (*EXTRACT_SCRIPTS, *knn, *(name for d in evaluated for name in RECALL_SCRIPTS[d]))
@@ -79,8 +86,7 @@ def build_provenance(facts: dict | None, settings: Settings, evaluation: Evaluat
         if hashes else None,
         "checkpoint": facts.get("checkpoint"),
         "dataset": {"name": evaluation.dataset, "split": evaluation.split,
-                    **{key: dataset.get(key) for key in ("num_images", "num_texts", "num_pairs", "texts_sha256",
-                                                         "lmdb_fingerprint")}},
+                    **{key: dataset.get(key) for key in DATASET_FACTS[evaluation.task]}},
         "settings": run_settings(settings, evaluation),
     }
     problem = facts.get("problem") if facts else "the server's provenance script did not report"

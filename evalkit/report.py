@@ -40,6 +40,10 @@ def write_report(store: LocalStore, comparisons: list[Comparison], output: Path 
 
 
 def caption(chart: curves.Chart) -> str:
+    if chart.directions == ("zeroshot_classification",):
+        return (f"Zero-shot classification (%) on {chart.dataset} {chart.split}: top-1, top-5 and mean per-class "
+                "recall" + (", against epoch, a line per experiment." if chart.is_over_epochs else
+                            ", one checkpoint per experiment."))
     if chart.is_over_epochs:
         return (f"Recall (%) against epoch on {chart.dataset} {chart.split}: a line per experiment "
                 f"({len(chart.series)}), a column per metric, a row per direction.")

@@ -45,7 +45,8 @@ def build_html(sections: list[Section], generated_at: str, source: str, charts_n
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              "<title>evalkit report</title>", f"<style>{STYLE}</style></head><body>",
              "<h1>evalkit report</h1>",
-             f'<p class="meta">Recall (%) of every evaluation kept in {_text(source)}; generated {_text(generated_at)}.</p>']
+             f'<p class="meta">Recall and zero-shot classification (%) of every evaluation kept in {_text(source)}; '
+             f'generated {_text(generated_at)}.</p>']
     if charts_note:
         parts.append(f'<p class="note">{_text(charts_note)}</p>')
     for section in sections:

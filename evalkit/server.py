@@ -21,6 +21,7 @@ CPU_LAUNCHER = "cpu_launch.py"
 FAST_KNN = "fast_knn.py"
 IMAGE_TO_IMAGE = "image_to_image.py"
 QUERY_HITS = "query_hits.py"
+ZEROSHOT = "zeroshot.py"
 PROBE = "doctor_probe.py"
 BOOTSTRAP = "bootstrap.py"
 PROVENANCE = "provenance.py"
@@ -32,6 +33,7 @@ SERVER_SCRIPTS = {
     FAST_KNN: "--knn fast: exact batched KNN writing upstream's prediction files",
     IMAGE_TO_IMAGE: "--image-to-image: image→image recall and mAP@10 from the image features (beside fast_knn.py)",
     QUERY_HITS: "after recall: each query's hits and the 95% bootstrap intervals (query_hits.json)",
+    ZEROSHOT: "zero-shot classification with upstream's functions, and its preflight (imports provenance.py)",
     PROBE: "the doctor's and the preflight's checks (env, GPU, dataset, checkpoint, disk)",
     PROVENANCE: "what a recall number was made from: checkpoint and dataset hashes (cached), the server's software",
     BOOTSTRAP: "sent inline, never uploaded: brings the other scripts up to date, then runs one",

@@ -19,6 +19,9 @@ from .resampling import multinomial
 FORMAT = "evalkit-query-hits/1"
 HITS_FILE = "query_hits.json"
 DIRECTIONS = ("text_to_image", "image_to_text")
+# zero-shot classification (remote/zeroshot.py): each image's top-1 and top-5 hit, paired by McNemar
+CLASSIFICATION = "zeroshot_classification"
+CLASSIFICATION_KS = ("top1", "top5")
 RECALL_KS = ("r1", "r5", "r10")
 METRICS = (*RECALL_KS, "mean_recall")
 RESAMPLES = 10_000
@@ -35,15 +38,17 @@ def parse_query_hits(raw: bytes) -> dict | None:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         return None
     found = {direction: document[direction] for direction in DIRECTIONS if _is_hits(document.get(direction))}
+    if _is_hits(document.get(CLASSIFICATION), CLASSIFICATION_KS):
+        found[CLASSIFICATION] = document[CLASSIFICATION]
     return found or None
 
 
-def _is_hits(record) -> bool:
+def _is_hits(record, keys: tuple[str, ...] = RECALL_KS) -> bool:
     if not isinstance(record, dict) or not isinstance(record.get("hits"), dict):
         return False
     hits = record["hits"]
     return (isinstance(record.get("queries"), int) and isinstance(record.get("reference_sha256"), str)
-            and all(isinstance(hits.get(k), str) and len(hits[k]) == record["queries"] for k in RECALL_KS))
+            and all(isinstance(hits.get(k), str) and len(hits[k]) == record["queries"] for k in keys))
 
 
 def ci95_of(query_hits: dict | None) -> dict | None:
@@ -136,7 +141,19 @@ def significance(mine: dict | None, theirs: dict | None, resamples: int = RESAMP
     found = {direction: direction_significance(mine[direction], theirs[direction], resamples)
              for direction in DIRECTIONS
              if direction in mine and direction in theirs and are_paired(mine[direction], theirs[direction])}
+    if CLASSIFICATION in mine and CLASSIFICATION in theirs and are_paired(mine[CLASSIFICATION], theirs[CLASSIFICATION]):
+        found[CLASSIFICATION] = classification_significance(mine[CLASSIFICATION], theirs[CLASSIFICATION])
     return found or None
+
+
+def classification_significance(mine: dict, theirs: dict) -> dict[str, dict[str, float]]:
+    """top-1 and top-5 -> {"delta": points, "p_value": exact McNemar p} over the same images.
+    Mean per-class recall has its interval but no test: its images weigh by their class's size."""
+    found = {}
+    for k in CLASSIFICATION_KS:
+        delta, p = recall_difference(mine["hits"][k], theirs["hits"][k])
+        found[k] = {"delta": round(delta, 10), "p_value": p}
+    return found
 
 
 def is_significant(p_value: float | None) -> bool:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from . import clock
 from .errors import EvaluationFailed
-from .evaluation import Evaluation
+from .evaluation import CLASSIFICATION, Evaluation
 from .outcome import RunOutcome
 from .traps import trap_warnings
 from .plan import I2I_RESULT, I2T_RESULT, T2I_RESULT
 from .significance import ci95_of, parse_query_hits
 
-RESULT_FILE_NAMES = {"text_to_image": T2I_RESULT, "image_to_text": I2T_RESULT, "image_to_image": I2I_RESULT}
+RESULT_FILE_NAMES = {"text_to_image": T2I_RESULT, "image_to_text": I2T_RESULT, "image_to_image": I2I_RESULT,
+                     CLASSIFICATION: "zeroshot_classification_results.json"}
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,12 @@ class ImageRecall(Recall):
                    score["num_queries"])
 
 
-def recalls(outcome: RunOutcome) -> dict[str, Recall]:
-    """Each direction's numbers; a skipped direction (no relevant pairs) has none."""
-    return {direction: (ImageRecall if direction == "image_to_image" else Recall).from_result(result)
+def recalls(outcome: RunOutcome) -> dict:
+    """Each direction's numbers (zero-shot classification's under CLASSIFICATION); a skipped
+    direction (no relevant pairs) has none."""
+    from .zeroshot import Classification
+    kinds = {"image_to_image": ImageRecall, CLASSIFICATION: Classification}
+    return {direction: kinds.get(direction, Recall).from_result(result)
             for direction, result in outcome.results.items() if "skipped" not in result}
 
 
@@ -85,6 +89,7 @@ def build_summary(outcome: RunOutcome, evaluation: Evaluation, host: str, log_pa
         "host": host,
         "dataset": evaluation.dataset,
         "split": evaluation.split,
+        "task": evaluation.task,
         "vision_model": evaluation.vision_model,
         "text_model": evaluation.text_model,
         "server_output_dir": plan.output_dir,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from .config import Settings
 from .errors import MissingInput
-from .evaluation import Evaluation, Scope, Wanted, checkpoint_path, epoch_in_name, is_latest_name, resolve
+from .evaluation import CLASSIFICATION, Evaluation, Scope, Wanted, checkpoint_path, epoch_in_name, is_latest_name, resolve
 from .plan import build_plan, dataset_paths, labels_path
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
@@ -224,6 +224,10 @@ def dataset_files(settings: Settings, scopes: list[Scope]) -> list[str]:
     (its data file), its texts and, with image->image, its labels file."""
     found: list[str] = []
     for scope in scopes:
+        if scope.task == CLASSIFICATION:  # its labels and its split's folder of class folders
+            root = posixpath.join(settings.datapath, "datasets", scope.dataset)
+            found += [posixpath.join(root, "label_cn.txt"), posixpath.join(root, scope.split)]
+            continue
         images, texts = dataset_paths(settings, scope.dataset, scope.split)
         found += [posixpath.join(images, "data.mdb"), texts]
         if settings.image_to_image:

@@ -155,8 +155,43 @@ def show_plan(console: Console, plan: Plan, host: str) -> None:
         console.print(Text(step.command), soft_wrap=True)
 
 
+def classification_table(label: str, result: dict, ci95: dict | None = None) -> Table:
+    """Zero-shot classification's numbers, one row: top-1, top-5, mean per-class recall (%)."""
+    title = f"Zero-shot classification (%) — {label}"
+    table = Table(title=Text(title), min_width=max(map(cell_len, title.split())))  # the label whole
+    for column in ("top-1", "top-5", "mean per-class recall"):
+        table.add_column(column, justify="right")
+    table.add_row(*[f"{result[metric]:.2f}" + plus_minus((ci95 or {}).get(metric))
+                    for metric in ("top1", "top5", "mean_per_class_recall")])
+    return table
+
+
+def show_classification(console: Console, report: Report) -> None:
+    """A zero-shot classification run's table, what it was made of, and what evalkit changed."""
+    plan, evaluation = report.outcome.plan, report.evaluation
+    result = report.outcome.results["zeroshot_classification"]
+    ci95 = ((report.summary or {}).get("ci95") or {}).get("zeroshot_classification")
+    show_table(console, classification_table(plan.label, result, ci95))
+    console.print(Text(f"{evaluation.dataset} {evaluation.split}: {result['num_images']} images, "
+                       f"{result['num_classes']} classes, templates: {result['templates']} "
+                       f"({result['num_templates']}); top-1 as cn_clip's zeroshot_evaluation.py counts it"
+                       + ("; ±: half-width of the 95% bootstrap interval over the images" if ci95 else ""),
+                       style="dim"), soft_wrap=True)
+    for change in result.get("changes") or ():
+        console.print(Text(f"upstream's code, run through its own functions: {change}", style="dim"), soft_wrap=True)
+    for warning in (report.summary or {}).get("warnings", []):
+        console.print(Text(f"warning: {warning}", style="bold yellow"), soft_wrap=True)
+    console.print(Text(f"checkpoint: {plan.checkpoint}"), soft_wrap=True)
+    console.print(Text(f"server files: {plan.output_dir}"), soft_wrap=True)
+    for path in report.written:
+        console.print(Text(f"saved: {path}"), soft_wrap=True)
+
+
 def show_results(console: Console, report: Report) -> None:
     plan, evaluation = report.outcome.plan, report.evaluation
+    if "zeroshot_classification" in report.outcome.results:
+        show_classification(console, report)
+        return
     ci95 = (report.summary or {}).get("ci95")
     show_table(console, recall_table(plan.label, recalls(report.outcome), evaluation.chosen_by, ci95))
     if ci95:
@@ -414,6 +449,30 @@ def show_notes(console: Console, lines: list[str]) -> None:
     """Footnotes, warnings and sources under a comparison table."""
     for line in lines:
         show_line(console, line, "bold yellow" if line.startswith(("warning:", "†")) else "dim")
+
+
+SHORT_METRICS = {"top-1 accuracy": "top-1", "mean per-class accuracy": "per-class", "11-point mAP": "11-pt mAP"}
+
+
+def show_classification_references(console: Console, rows: list[dict], notes_below: list[str]) -> None:
+    """`references`: Chinese-CLIP's zero-shot classification results, a row per dataset (with the
+    metric it was published in), a column per model; a dataset not comparable with top-1 is marked †."""
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    table = Table(title="Chinese-CLIP's published zero-shot image classification (%)")
+    table.add_column("dataset", no_wrap=True)
+    table.add_column("metric", no_wrap=True)
+    for model in models:
+        table.add_column(model.removeprefix("CN-CLIP ").replace("@336px", "@336"), justify="right", no_wrap=True)
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
+        found = [row for row in rows if row["dataset"] == dataset]
+        values = {row["model"]: row["value"] for row in found}
+        table.add_row(dataset + ("†" if found[0]["warnings"] else ""), SHORT_METRICS.get(found[0]["metric"], found[0]["metric"]),
+                      *[f"{values[m]:.1f}" if m in values else "–" for m in models])
+    console.print(table)
+    for line in [*(f"† {note}" for note in notes_below),
+                 "source: OFA-Sys/Chinese-CLIP Results.md, “Zero-shot Image Classification” (CN-CLIP models); "
+                 "references --classification --json lists each number"]:
+        console.print(Text(line, style="dim"), soft_wrap=True)
 
 
 def show_check(console: Console, check: Check) -> None:

@@ -21,7 +21,7 @@ from ..plan import build_plan
 from ..store import LocalStore
 from .guard import CONTEXT, debug_option, guarded
 from ..sweep import Listing, is_checkpoint_set
-from .options import parse, parse_request, shared_options
+from .options import parse, parse_request, shared_options, with_tasks
 
 
 @click.command(context_settings=CONTEXT)
@@ -51,7 +51,7 @@ def evaluate_command(**flags: Any) -> None:
     """
     watching, until_epoch = flags.pop("watch"), flags.pop("until_epoch")
     if watching:
-        run_watch(*parse_request(flags), until_epoch)
+        run_watch(*parse_request(flags, read_layouts=False), until_epoch)
         return
     if until_epoch is not None:
         raise click.UsageError("--until-epoch ends a --watch: add --watch")
@@ -96,6 +96,7 @@ def run_watch(settings: Settings, scopes: list[Scope], wanted: list[Wanted], opt
                                "(or as each --model's path), e.g. DATAPATH/experiments/EXP/checkpoints")
     from .. import gpu_queue
     from ..watch import watch
+    scopes = with_tasks(settings, scopes)
     out, _ = view.make_consoles()
     store = LocalStore.of(settings)
 
@@ -260,7 +261,7 @@ def doctor(probe_job: bool, **flags: Any) -> None:
     """
     flags = {**flags, "dry_run": False, "skip_text_to_image": False, "skip_image_to_text": False,
              "force_extraction": False}
-    settings, evaluations, _, _ = parse(flags, stages=())
+    settings, evaluations, _, _ = parse(flags, stages=(), read_layouts=False)
     out, _ = view.make_consoles()
     from ..doctor import run_doctors
     count = run_doctors(settings, evaluations, on_check=functools.partial(view.show_check, out),

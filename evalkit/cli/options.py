@@ -121,20 +121,21 @@ def records_options(command: Callable) -> Callable:
     return config_option("YAML config (for its results_dir)")(command)
 
 
-def parse(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
+def parse(flags: dict[str, Any], stages: tuple[str, ...] = STAGES, read_layouts: bool = True
           ) -> tuple[Settings, list[Evaluation], RunOptions, Listing]:
     """The settings, one Evaluation per cell (each checkpoint named by --model / --model-path,
     a directory or glob listed on the server, on each dataset split), the run options, and what
-    the listing saw (empty without a directory or glob)."""
-    settings, scopes, wanted, options = parse_request(flags, stages)
+    the listing saw (empty without a directory or glob). READ_LAYOUTS: see parse_request."""
+    settings, scopes, wanted, options = parse_request(flags, stages, read_layouts)
     wanted, listing = _expanded(settings, wanted, scopes)
     return settings, cells(settings.datapath, scopes, wanted), options, listing
 
 
-def parse_request(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
+def parse_request(flags: dict[str, Any], stages: tuple[str, ...] = STAGES, read_layouts: bool = True
                   ) -> tuple[Settings, list[Scope], list[Wanted], RunOptions]:
     """The settings, the dataset splits, the checkpoints as named (directories and globs not
-    yet listed), the run options."""
+    yet listed), the run options. With READ_LAYOUTS (not on a dry run), each dataset folder's
+    layout on the server decides its task and split (zeroshot.scoped), said on stderr."""
     # a flag not given is None, so the config file decides; --image-to-image can only turn it on
     given = {name: flags.get(name) for name in _SETTING_FLAGS}
     settings = build_settings(flags.get("config"), dict(given, image_to_image=given["image_to_image"] or None))
@@ -162,7 +163,20 @@ def parse_request(flags: dict[str, Any], stages: tuple[str, ...] = STAGES
                          flags.get("references") or (),
                          # extracting again means evaluating again: nothing kept can stand for it
                          flags.get("reevaluate", False) or flags["force_extraction"])
+    if read_layouts and not options.dry_run:
+        scopes = with_tasks(settings, scopes)
     return settings, scopes, wanted, options
+
+
+def with_tasks(settings: Settings, scopes: list[Scope]) -> list[Scope]:
+    """Each scope with the task its dataset folder is laid out for; classification said first."""
+    from ..dataset_layout import look  # the SSH side loads only when a command runs
+    from ..zeroshot import scoped_all
+    found, notes = scoped_all(scopes, look(settings, [scope.dataset for scope in scopes]))
+    err = view.make_consoles(to_stderr=True)[0]
+    for note in notes:
+        view.show_note(err, note)
+    return found
 
 
 def _expanded(settings: Settings, wanted: list[Wanted], scopes: list[Scope]) -> tuple[list[Wanted], Listing]:

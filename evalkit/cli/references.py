@@ -31,14 +31,26 @@ def reference_option(command: Callable) -> Callable:
 
 @click.command(context_settings=CONTEXT)
 @click.option("--json", "json_output", is_flag=True, help="the data file's entries, with their sources")
+@click.option("--classification", is_flag=True,
+              help="only the zero-shot image classification results (with --json: their entries)")
 @debug_option
 @guarded
-def references(json_output: bool, debug: bool) -> None:
-    """List Chinese-CLIP's published retrieval results, each usable as --reference NAME.
+def references(json_output: bool, classification: bool, debug: bool) -> None:
+    """List Chinese-CLIP's published results: retrieval, each usable as --reference NAME, and
+    zero-shot image classification, each with the metric it was published in.
 
     Copied from the Chinese-CLIP repository's result tables (Results.md): MUGE (valid),
-    Flickr30K-CN and COCO-CN (test); zero-shot and fine-tuned; RN50 to ViT-H-14.
+    Flickr30K-CN and COCO-CN (test), zero-shot and fine-tuned; CIFAR-10 … ImageNet zero-shot
+    classification; RN50 to ViT-H-14.
     """
+    from ..zeroshot_references import classification_rows, dataset_notes
+    if classification:
+        found = classification_rows()
+        if json_output:
+            click.echo(json.dumps(found, ensure_ascii=False, indent=2))
+        else:
+            view.show_classification_references(view.make_consoles()[0], found, dataset_notes())
+        return
     rows = [row for reference in all_references() for row in reference_rows([reference], reference.dataset,
                                                                              reference.split)]
     if json_output:
@@ -46,3 +58,4 @@ def references(json_output: bool, debug: bool) -> None:
         return
     out, _ = view.make_consoles()
     view.show_references(out, rows)
+    view.show_classification_references(out, classification_rows(), dataset_notes())

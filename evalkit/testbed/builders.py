@@ -48,3 +48,12 @@ def build_checkpoint(python: Path, output: Path, *, seed: int = 0) -> Path:
     if not output.exists():
         _run_script(python, "make_checkpoint.py", ["--output", str(output), "--seed", str(seed)])
     return output
+
+
+def build_classification_dataset(python: Path, datapath: Path, dataset: str, *, classes: int = 12,
+                                 seed: int = 0) -> Path:
+    """Build ``datapath/datasets/<dataset>/`` (label_cn.txt, test/<id>/*.jpg) in upstream's
+    zero-shot layout. Always rebuilds (well under a second). Returns the dataset dir."""
+    _run_script(python, "make_classification.py", ["--datapath", str(datapath), "--dataset", dataset,
+                                                   "--classes", str(classes), "--seed", str(seed)])
+    return Path(datapath) / "datasets" / dataset

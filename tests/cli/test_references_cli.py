@@ -92,3 +92,19 @@ def test_piped_references_keep_every_name_whole_for_grep(monkeypatch):
                            env=env, timeout=60, check=True)
     [row] = [line for line in piped.stdout.splitlines() if "vit-b-16-flickr30k-cn-finetune" in line]
     assert "Flickr30k-CN" in row
+
+
+def test_references_list_the_published_zero_shot_classification_with_each_metric():
+    shown = invoke("references")
+    assert shown.exit_code == 0, shown.stderr
+    assert "Chinese-CLIP's published zero-shot image classification (%)" in shown.stdout
+    assert "† VOC: 11-point mAP; published with another metric than top-1" in shown.stdout
+    entries = {entry["name"]: entry for entry in json.loads(invoke("references", "--classification", "--json").stdout)}
+    assert len(entries) == 5 * 11
+    imagenet = entries["vit-b-16-imagenet-zeroshot-classification"]
+    assert (imagenet["value"], imagenet["metric"], imagenet["warnings"]) == (48.3, "top-1 accuracy", [])
+    fgvc = entries["rn50-fgvc-zeroshot-classification"]
+    assert (fgvc["metric"], fgvc["comparable_with_top1"]) == ("mean per-class accuracy", False)
+    assert entries["vit-h-14-kitti-zeroshot-classification"]["warnings"] == \
+        ["KITTI: users could not reproduce this number (Chinese-CLIP issue #77)"]
+    assert entries["vit-l-14-336-pc-zeroshot-classification"]["value"] == 62.9
