@@ -53,7 +53,7 @@ def test_manifest_records_what_the_features_were_made_from(testbed):
     manifest = manifest_of(server_dir_of(testbed, spec))
     stat = testbed.checkpoint.stat()
     assert manifest["checkpoint"] == {"path": str(testbed.checkpoint), "size": stat.st_size,
-                                      "mtime_ns": stat.st_mtime_ns}
+                                      "mtime_ns": stat.st_mtime_ns, "inode": f"{stat.st_dev}:{stat.st_ino}"}
     assert (manifest["vision_model"], manifest["text_model"], manifest["context_length"]) == \
         ("RN50", "RBT3-chinese", 52)
     assert (manifest["dataset"], manifest["split"]) == (spec.name, spec.split)
