@@ -20,11 +20,13 @@ from ..in_turn import InTurn, Turns
 from ..plan import build_plan
 from ..store import LocalStore
 from .guard import CONTEXT, debug_option, guarded
+from .version import version_option
 from ..sweep import Listing, is_checkpoint_set
 from .options import parse, parse_request, shared_options, with_tasks
 
 
 @click.command(context_settings=CONTEXT)
+@version_option
 @shared_options
 @click.option("--skip-extraction", is_flag=True,
               help="use the features already extracted for this checkpoint; an error if there "
@@ -63,6 +65,7 @@ def evaluate_command(**flags: Any) -> None:
               help="extract: image + text features of --model-path; knn: top-k predictions; "
                    "recall: Recall@1/5/10, pulled back and shown")
 @shared_options
+@version_option
 @guarded
 def quick_command(step: str, **flags: Any) -> None:
     """Run one stage of the evaluation, for debugging: extract, then knn, then recall.

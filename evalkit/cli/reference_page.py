@@ -23,14 +23,15 @@ def programs() -> list[tuple[str, click.Command]]:
     from . import evaluate_command, main, quick_command
     found = [("distillation_model_evaluation.py", evaluate_command), ("quick_evaluation.py", quick_command),
              ("python -m evalkit", main)]
-    ctx = click.Context(main, info_name="python -m evalkit")
-    found += [(f"python -m evalkit {name}", main.get_command(ctx, name)) for name in main.list_commands(ctx)]
+    found += [(f"python -m evalkit {name}", command) for name, command in sorted(main.commands.items())]
     return found
 
 
 def help_text(prog_name: str, command: click.Command) -> str:
     """COMMAND's --help at a fixed width, whatever the terminal."""
-    with click.Context(command, info_name=prog_name, terminal_width=WIDTH, max_content_width=WIDTH) as ctx:
+    # make_context applies the command's context settings (-h beside --help), as a real run does
+    with command.make_context(prog_name, [], resilient_parsing=True, terminal_width=WIDTH,
+                              max_content_width=WIDTH) as ctx:
         return command.get_help(ctx)
 
 
