@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import sys
-from importlib import metadata
 from typing import Any, Callable
 
 import click
@@ -13,6 +12,8 @@ LIBRARIES = ("paramiko", "click", "rich")
 
 
 def installed(package: str) -> str:
+    from importlib import metadata  # ~50 ms to import: only when a version is asked for, not on every start
+
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
