@@ -279,7 +279,7 @@ def doctor(probe_job: bool, **flags: Any) -> None:
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="where the demo server's venv, data and keys live  [default: ~/.cache/evalkit/demo]")
 @click.option("--results-dir", default="results", show_default=True, help="local folder for results")
-@click.option("--verbose", is_flag=True, help="also stream the upstream scripts' output and each remote command (by default they go to the log only)")
+@click.option("-v", "--verbose", is_flag=True, help="also stream the upstream scripts' output and each remote command (by default they go to the log only)")
 @debug_option
 @guarded
 def demo(workdir: Path | None, results_dir: str, verbose: bool, debug: bool) -> None:

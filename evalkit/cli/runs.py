@@ -21,7 +21,7 @@ def _store(config: Path | None, results_dir: str | None) -> LocalStore:
 
 @click.command(context_settings=CONTEXT)
 @click.argument("run_id")
-@click.option("--verbose", is_flag=True, help="also stream the upstream scripts' output and each remote command (by default they go to the log only)")
+@click.option("-v", "--verbose", is_flag=True, help="also stream the upstream scripts' output and each remote command (by default they go to the log only)")
 @records_options
 @guarded
 def attach(run_id: str, verbose: bool, config: Path | None, results_dir: str | None, debug: bool) -> None:
