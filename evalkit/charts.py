@@ -45,10 +45,13 @@ def _draw_lines(figure, chart: Chart) -> None:
     positions = {tick: index for index, tick in enumerate(chart.ticks)}
     for row, direction in zip(grid, chart.directions):
         for axes, metric in zip(row, chart.metrics):
-            for series in chart.series:
-                points = [(positions[tick], recall[direction][metric]) for tick, recall in series.points
-                          if metric in recall.get(direction, {})]
-                axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=series.experiment)
+            for number, series in enumerate(chart.series):
+                indices = [i for i, (_, recall) in enumerate(series.points) if metric in recall.get(direction, {})]
+                xs = [positions[series.points[i][0]] for i in indices]
+                ys = [series.points[i][1][direction][metric] for i in indices]
+                drawn = axes.errorbar(xs, ys, yerr=_error_bars(series, indices, ys, direction, metric), marker="o",
+                                      capsize=3, label=series.experiment)
+                _name_intervals(drawn, f"{direction}-{metric}-{number}")
             axes.set_title(f"{DIRECTION_TITLES[direction]} {_METRIC_NAMES[metric]}", fontsize=10)
             axes.set_xticks(range(len(chart.ticks)), chart.ticks)
             axes.grid(alpha=0.3)
@@ -66,11 +69,33 @@ def _draw_bars(figure, chart: Chart) -> None:
             recall = series.points[0][1].get(direction, {})
             heights = [recall.get(metric, 0.0) for metric in chart.metrics]
             offsets = [m + (index - (len(chart.series) - 1) / 2) * width for m in range(len(chart.metrics))]
-            axes.bar(offsets, heights, width, label=series.experiment)
+            errors = [_error_bars(series, [0], [height], direction, metric) for height, metric in zip(heights, chart.metrics)]
+            drawn = axes.bar(offsets, heights, width, label=series.experiment,
+                             yerr=[[low for (low,), _ in errors], [high for _, (high,) in errors]], capsize=3)
+            _name_intervals(drawn.errorbar, f"{direction}-{index}")
         axes.set_title(DIRECTION_TITLES[direction], fontsize=10)
         axes.set_xticks(range(len(chart.metrics)), [_METRIC_NAMES[m] for m in chart.metrics])
         axes.grid(axis="y", alpha=0.3)
     grid[0].set_ylabel(_unit(chart.directions[0]))
+
+
+def _error_bars(series, indices: list[int], values: list[float], direction: str, metric: str
+                ) -> list[list[float]]:
+    """matplotlib's yerr: how far each point's 95% interval reaches below and above it (0 and 0
+    for a run that kept no interval, so it shows no bar)."""
+    below, above = [], []
+    for index, value in zip(indices, values):
+        low, high = series.interval(index, direction, metric) or (value, value)
+        below.append(max(value - low, 0.0))
+        above.append(max(high - value, 0.0))
+    return [below, above]
+
+
+def _name_intervals(container, name: str) -> None:
+    """The error bars' lines get an id in the SVG (`ci95-…`), so that a reader of the file (a
+    test) can tell the intervals were drawn."""
+    for lines in container.lines[2]:
+        lines.set_gid(f"ci95-{name}")
 
 
 def _unit(direction: str) -> str:

@@ -40,10 +40,17 @@ def parse_checkpoint(result: ModelResult) -> CheckpointPoint:
 
 @dataclass(frozen=True)
 class Series:
-    """One experiment's checkpoints, in axis order: (tick, direction -> metric -> recall %)."""
+    """One experiment's checkpoints, in axis order: (tick, direction -> metric -> recall %), and
+    beside each point its 95% intervals (direction -> metric -> [low, high] %; {} when the run
+    kept none)."""
 
     experiment: str
     points: tuple[tuple[str, dict[str, dict[str, float]]], ...]
+    intervals: tuple[dict[str, dict[str, list[float]]], ...] = ()
+
+    def interval(self, index: int, direction: str, metric: str) -> list[float] | None:
+        found = self.intervals[index] if index < len(self.intervals) else {}
+        return found.get(direction, {}).get(metric)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,10 @@ class Chart:
         return any(len(series.points) > 1 for series in self.series)
 
     @property
+    def has_intervals(self) -> bool:
+        return any(found for series in self.series for found in series.intervals)
+
+    @property
     def name(self) -> str:
         """A file name for it: '<dataset>-<split>'."""
         return f"{self.dataset}-{self.split}"
@@ -70,19 +81,22 @@ class Chart:
 
 def build_chart(comparison: Comparison) -> Chart | None:
     """The chart of a comparison's successful rows; None when there is none."""
-    located = [(parse_checkpoint(row.result), row.result.recall)
+    located = [(parse_checkpoint(row.result), row.result)
                for row in comparison.rows if row.result.ok and row.result.recall]
     if not located:
         return None
     ticks = _ticks([point for point, _ in located])
-    experiments: dict[str, list[tuple[CheckpointPoint, dict]]] = {}
-    for point, recall in located:
-        experiments.setdefault(point.experiment, []).append((point, recall))
-    series = tuple(Series(name, tuple((p.name, recall) for p, recall in sorted(found, key=lambda f: ticks.index(f[0].name))))
-                   for name, found in experiments.items())
-    directions = tuple(d for d in DIRECTIONS if any(d in recall for _, recall in located))
+    experiments: dict[str, list[tuple[CheckpointPoint, ModelResult]]] = {}
+    for point, result in located:
+        experiments.setdefault(point.experiment, []).append((point, result))
+    series = []
+    for name, found in experiments.items():
+        found.sort(key=lambda item: ticks.index(item[0].name))
+        series.append(Series(name, tuple((point.name, result.recall) for point, result in found),
+                             tuple(result.ci95 or {} for _, result in found)))
+    directions = tuple(d for d in DIRECTIONS if any(d in result.recall for _, result in located))
     metrics = CLASSIFICATION_METRICS if directions == (CLASSIFICATION,) else METRICS
-    return Chart(comparison.dataset, comparison.split, directions, metrics, tuple(ticks), series)
+    return Chart(comparison.dataset, comparison.split, directions, metrics, tuple(ticks), tuple(series))
 
 
 def _ticks(points: list[CheckpointPoint]) -> list[str]:

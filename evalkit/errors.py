@@ -188,7 +188,7 @@ INTERRUPTED_EXIT_CODE = 130
 UNEXPECTED_EXIT_CODE = 1
 USAGE_EXIT_CODE = 2
 
-# The documented table (README "Exit codes"); tests/cli checks it stays in sync.
+# The documented table (docs/exit-codes.md); tests/cli checks it stays in sync.
 EXIT_CODES: dict[int, str] = {
     0: "success: every step exited 0 and both result JSONs say success: true",
     UNEXPECTED_EXIT_CODE: ("unexpected internal error (a bug: its traceback is kept in ~/.cache/evalkit/crashes/; "

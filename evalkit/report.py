@@ -39,7 +39,15 @@ def write_report(store: LocalStore, comparisons: list[Comparison], output: Path 
     return ReportWritten(written, store.save_figures(figures, files) if figures else [], has_charts)
 
 
+INTERVALS_NOTE = (" Error bars: each number's 95% bootstrap interval over the split's queries (its images, "
+                  "for classification): the ± of the table.")
+
+
 def caption(chart: curves.Chart) -> str:
+    return _what_is_drawn(chart) + (INTERVALS_NOTE if chart.has_intervals else "")
+
+
+def _what_is_drawn(chart: curves.Chart) -> str:
     if chart.directions == ("zeroshot_classification",):
         return (f"Zero-shot classification (%) on {chart.dataset} {chart.split}: top-1, top-5 and mean per-class "
                 "recall" + (", against epoch, a line per experiment." if chart.is_over_epochs else

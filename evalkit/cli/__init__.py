@@ -16,11 +16,20 @@ from .guard import CONTEXT
 from .references import references
 from .results import report, results
 from .runs import attach, cancel, logs, status
+from .version import version_option
 
 
 @click.group(context_settings=CONTEXT)
+@version_option
+@click.option("-v", "--verbose", is_flag=True, expose_value=False,
+              help="with --version: also the versions of Python, paramiko, click and rich")
 def main() -> None:
-    """evalkit: evaluate Chinese-CLIP checkpoints on a GPU server over SSH."""
+    """evalkit: evaluate Chinese-CLIP checkpoints on a GPU server over SSH.
+
+    \b
+    Example:
+      python -m evalkit results --best --format markdown
+    """
 
 
 for name, command in {"evaluate": evaluate_command, "quick": quick_command, "results": results, "demo": demo,

@@ -20,11 +20,14 @@ from ..in_turn import InTurn, Turns
 from ..plan import build_plan
 from ..store import LocalStore
 from .guard import CONTEXT, debug_option, guarded
+from .grouped_help import GroupedCommand
+from .version import version_option
 from ..sweep import Listing, is_checkpoint_set
 from .options import parse, parse_request, shared_options, with_tasks
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(cls=GroupedCommand, context_settings=CONTEXT)
+@version_option
 @shared_options
 @click.option("--skip-extraction", is_flag=True,
               help="use the features already extracted for this checkpoint; an error if there "
@@ -58,11 +61,12 @@ def evaluate_command(**flags: Any) -> None:
     run(*parse(flags))
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(cls=GroupedCommand, context_settings=CONTEXT)
 @click.option("--step", type=click.Choice(STAGES), required=True,
               help="extract: image + text features of --model-path; knn: top-k predictions; "
                    "recall: Recall@1/5/10, pulled back and shown")
 @shared_options
+@version_option
 @guarded
 def quick_command(step: str, **flags: Any) -> None:
     """Run one stage of the evaluation, for debugging: extract, then knn, then recall.
@@ -240,7 +244,7 @@ def _run_many(out: Console, settings: Settings, evaluations: list[Evaluation], o
     return [kept[evaluation] if evaluation in kept else next(rows) for evaluation in evaluations]
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(cls=GroupedCommand, context_settings=CONTEXT)
 @shared_options
 @click.option("--probe-job", is_flag=True,
               help="with executor: slurm, also run a tiny Slurm job that checks the datapath, Chinese-CLIP, the "
@@ -275,7 +279,7 @@ def doctor(probe_job: bool, **flags: Any) -> None:
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="where the demo server's venv, data and keys live  [default: ~/.cache/evalkit/demo]")
 @click.option("--results-dir", default="results", show_default=True, help="local folder for results")
-@click.option("--verbose", is_flag=True, help="also stream the upstream scripts' output and each remote command (by default they go to the log only)")
+@click.option("-v", "--verbose", is_flag=True, help="also stream the upstream scripts' output and each remote command (by default they go to the log only)")
 @debug_option
 @guarded
 def demo(workdir: Path | None, results_dir: str, verbose: bool, debug: bool) -> None:
@@ -284,6 +288,10 @@ def demo(workdir: Path | None, results_dir: str, verbose: bool, debug: bool) -> 
     Starts Debian's sshd on 127.0.0.1, a CPU venv with the cn_clip package, a tiny dataset in
     the real LMDB + JSONL format and a random RN50 + RBT3 checkpoint, then evaluates it through
     SSH with the unmodified upstream scripts, exactly as against the real server.
+
+    \b
+    Example:
+      python -m evalkit demo --results-dir demo-results
     """
     from ..demo import default_workdir, demo_server  # the test bed is only loaded when asked for
 

@@ -106,7 +106,7 @@ def shared_options(command: Callable) -> Callable:
                           "(then: python -m evalkit attach RUN)"),
         click.option("--json", "json_output", is_flag=True,
                      help="print one machine-readable summary on stdout; everything else on stderr"),
-        click.option("--verbose", is_flag=True, help="also stream the upstream scripts' output and each remote command (by default they go to the log only)"),
+        click.option("-v", "--verbose", is_flag=True, help="also stream the upstream scripts' output and each remote command (by default they go to the log only)"),
         debug_option,
     ]
     for option in reversed(options):

@@ -42,6 +42,10 @@ def references(json_output: bool, classification: bool, debug: bool) -> None:
     Copied from the Chinese-CLIP repository's result tables (Results.md): MUGE (valid),
     Flickr30K-CN and COCO-CN (test), zero-shot and fine-tuned; CIFAR-10 … ImageNet zero-shot
     classification; RN50 to ViT-H-14.
+
+    \b
+    Example:
+      python -m evalkit references --json
     """
     from ..zeroshot_references import classification_rows, dataset_notes
     if classification:

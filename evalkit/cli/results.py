@@ -50,6 +50,10 @@ def results(config: Path | None, results_dir: str | None, dataset_name: str | No
     column highlighted, deltas against `baseline` (or --baseline NAME) when there is one, marked
     when significant (p < 0.05) on the same queries, and each value's 95% interval (±). An
     experiment's epochs are in order, its best row marked; under the table, its trend.
+
+    \b
+    Example:
+      python -m evalkit results --split test --best --format markdown
     """
     _, found = _evaluated(config, results_dir, dataset_name, split, baseline, models, best_only)
     out, _ = view.make_consoles()
@@ -90,6 +94,10 @@ def report(config: Path | None, results_dir: str | None, dataset_name: str | Non
     experiment (EXP, EXP@epoch_N), both directions, R@1 / R@5 / R@10 / mean; one checkpoint per
     experiment gives grouped bars. The page needs no network to view. Charts need matplotlib
     (pip install -e '.[plot]'); without it the page has the tables.
+
+    \b
+    Example:
+      python -m evalkit report --output team-sweep.html --dataset-name Flickr30k-CN
     """
     store, found = _evaluated(config, results_dir, dataset_name, split, baseline)
     documents = [with_references(document, list(references)) for document in found]

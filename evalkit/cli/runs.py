@@ -21,13 +21,17 @@ def _store(config: Path | None, results_dir: str | None) -> LocalStore:
 
 @click.command(context_settings=CONTEXT)
 @click.argument("run_id")
-@click.option("--verbose", is_flag=True, help="also stream the upstream scripts' output and each remote command (by default they go to the log only)")
+@click.option("-v", "--verbose", is_flag=True, help="also stream the upstream scripts' output and each remote command (by default they go to the log only)")
 @records_options
 @guarded
 def attach(run_id: str, verbose: bool, config: Path | None, results_dir: str | None, debug: bool) -> None:
     """Follow run RUN_ID to its end, pull its results and show them, as an attached run would.
 
     Output already printed by the server is shown from the start; Ctrl-C cancels the run.
+
+    \b
+    Example:
+      python -m evalkit attach 20261205-071502-3fa1c2
     """
     record = _store(config, results_dir).load_record(run_id)
     out, _ = view.make_consoles()
@@ -44,7 +48,12 @@ def attach(run_id: str, verbose: bool, config: Path | None, results_dir: str | N
 @records_options
 @guarded
 def cancel(run_id: str, grace: float, config: Path | None, results_dir: str | None, debug: bool) -> None:
-    """Stop run RUN_ID on the server: SIGTERM to its processes, then SIGKILL; check none remain."""
+    """Stop run RUN_ID on the server: SIGTERM to its processes, then SIGKILL; check none remain.
+
+    \b
+    Example:
+      python -m evalkit cancel 20261205-071502-3fa1c2 --grace 30
+    """
     record = _store(config, results_dir).load_record(run_id)
     out, _ = view.make_consoles()
     from .. import pipeline
@@ -57,7 +66,12 @@ def cancel(run_id: str, grace: float, config: Path | None, results_dir: str | No
 @records_options
 @guarded
 def status(run_id: str | None, last: int, config: Path | None, results_dir: str | None, debug: bool) -> None:
-    """Where runs stand on the server: the recent ones, or RUN_ID step by step."""
+    """Where runs stand on the server: the recent ones, or RUN_ID step by step.
+
+    \b
+    Example:
+      python -m evalkit status
+    """
     store = _store(config, results_dir)
     out, _ = view.make_consoles()
     records = [store.load_record(run_id)] if run_id else store.newest_records(last)
@@ -81,7 +95,12 @@ def _safe_state(record: RunRecord) -> JobState:
 @records_options
 @guarded
 def logs(run_id: str, follow: bool, config: Path | None, results_dir: str | None, debug: bool) -> None:
-    """Print run RUN_ID's remote output, step by step (plain text, for a pager or grep)."""
+    """Print run RUN_ID's remote output, step by step (plain text, for a pager or grep).
+
+    \b
+    Example:
+      python -m evalkit logs -f 20261205-071502-3fa1c2
+    """
     record = _store(config, results_dir).load_record(run_id)
     from .. import pipeline
     for chunk in pipeline.logs(record, follow):

@@ -4,6 +4,7 @@ evalkit's marked lines; --json's stdout stays one JSON document. Then the report
 headless browser (Debian's chromium): its tables, and charts for a sweep and a plain comparison."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -150,7 +151,18 @@ def test_the_terminal_at_80_and_120_columns_json_and_the_report_in_a_browser(tes
                            str(page), "--figures", str(figures)], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert made.returncode == 0, made.stderr
     assert len(list(figures.glob("*.png"))) == len(list(figures.glob("*.svg"))) == 2
+    check_intervals_drawn(page)
     check_in_a_browser(page, tmp_path)
+
+
+def check_intervals_drawn(page: Path) -> None:
+    """Each chart inlined in the page carries the 95% intervals as error bars (matplotlib's lines
+    named ci95-… in the SVG), and the caption under it says what they are."""
+    html = page.read_text(encoding="utf-8")
+    charts = [base64.b64decode(found).decode() for found in re.findall(r'data:image/svg\+xml;base64,([^"]+)', html)]
+    assert len(charts) == 2 and all('id="ci95-' in chart for chart in charts)
+    assert html.count("95% bootstrap interval over the split&#x27;s queries") + \
+        html.count("95% bootstrap interval over the split's queries") == 2
 
 
 LABEL = "muge_finetune_rn50_rbt3_team_distill"
@@ -169,8 +181,10 @@ def write_a_sweep_and_a_comparison(bed) -> None:
                                                ("MUGE", "test", "large", "epoch_latest", 0.7)):
         checkpoint = str(experiments.parent.parent / label.split("@")[0] / "checkpoints" / f"{stem}.pt")
         scaled = {d: {m: value * scale for m, value in metrics.items()} for d, metrics in summary["recall"].items()}
+        intervals = {d: {m: [end * scale for end in ends] for m, ends in metrics.items()}
+                     for d, metrics in summary["ci95"].items()}
         evaluation = Evaluation(dataset, split, checkpoint, label=label)
-        store.save_results(evaluation, label, raw, dict(summary, checkpoint=checkpoint, recall=scaled,
+        store.save_results(evaluation, label, raw, dict(summary, checkpoint=checkpoint, recall=scaled, ci95=intervals,
                                                         experiment=evaluation.experiment, epoch=evaluation.epoch))
 
 

@@ -153,3 +153,50 @@ def test_labels_and_names_are_text_never_markup():
     assert hostile not in page and "<b>" not in page and "<i>" not in page
     assert parse(page).scripts == 0 and hostile in parse(page).cells
     assert re.search(r"数据 &lt;b&gt; · valid", page)
+
+
+def with_intervals(*rows: tuple[str, str, float, float]):
+    """A comparison whose rows kept 95% intervals of ±HALF around each number, as the runs do."""
+    results = []
+    for label, checkpoint, base, half in rows:
+        found = recall(base)
+        ci95 = {d: {m: [value - half, value + half] for m, value in metrics.items()} for d, metrics in found.items()}
+        results.append(ModelResult(label, checkpoint, "ok", found, ci95=ci95))
+    return build_comparison(results, "Flickr30k-CN", "valid", "2026-12-02T12:00:00+00:00")
+
+
+def test_each_point_of_the_chart_carries_its_interval():
+    chart = build_chart(with_intervals(("team@epoch_2", EXP.format("team", "epoch_2"), 30.0, 1.5),
+                                       ("team", EXP.format("team", "epoch_latest"), 41.0, 2.0)))
+    assert chart.has_intervals and [s.interval(i, "text_to_image", "r1") for s in chart.series for i in (0, 1)] == [
+        [28.5, 31.5], [39.0, 43.0]]
+    assert not build_chart(SWEEP).has_intervals   # runs made before intervals existed
+
+
+@pytest.mark.parametrize("rows", [
+    (("team@epoch_2", EXP.format("team", "epoch_2"), 30.0, 1.5), ("team", EXP.format("team", "epoch_latest"), 41.0, 2.0)),
+    (("team", EXP.format("team", "epoch_latest"), 30.0, 1.5), ("large", EXP.format("large", "epoch_latest"), 41.0, 2.0)),
+], ids=["lines over epochs", "grouped bars"])
+def test_the_charts_draw_each_interval_as_an_error_bar_from_its_low_to_its_high(rows):
+    pytest.importorskip("matplotlib")
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.figure import Figure
+    from evalkit import charts
+
+    chart = build_chart(with_intervals(*rows))
+    figure = Figure()
+    (charts._draw_lines if chart.is_over_epochs else charts._draw_bars)(figure, chart)
+    spans = sorted({round(float(segment[1][1] - segment[0][1]), 6) for axes in figure.axes
+                    for container in axes.containers
+                    for bars in (container if isinstance(container, ErrorbarContainer) else container.errorbar).lines[2]
+                    for segment in bars.get_segments()})
+    assert spans == [3.0, 4.0]   # each bar spans its row's interval: ±1.5 and ±2.0
+    svg = charts.render(chart)["svg"].decode()
+    assert svg.count('id="ci95-') == (8 if chart.is_over_epochs else 4)   # per axes and series
+
+
+def test_the_caption_says_what_the_error_bars_are_only_when_there_are_some():
+    from evalkit.report import INTERVALS_NOTE, caption
+    drawn = build_chart(with_intervals(("team", EXP.format("team", "epoch_latest"), 30.0, 1.5)))
+    assert caption(drawn).endswith(INTERVALS_NOTE) and "95% bootstrap interval" in INTERVALS_NOTE
+    assert INTERVALS_NOTE not in caption(build_chart(SWEEP))

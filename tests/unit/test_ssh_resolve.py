@@ -92,7 +92,7 @@ def test_proxy_jump_resolves_the_jump_host_from_the_same_config(resolver, ssh_co
 def test_included_file_defines_hosts_too(resolver, ssh_config, request):
     if resolver == "paramiko fallback":
         request.applymarker(pytest.mark.xfail(
-            reason="known limitation (README): without the OpenSSH client, paramiko's SSHConfig "
+            reason="known limitation (docs/evaluating.md): without the OpenSSH client, paramiko's SSHConfig "
                    "does not follow Include", strict=True))
     target = resolve_target("third", ssh_config)
     assert (target.hostname, target.port, target.user) == ("10.0.0.3", 2022, "carol")
