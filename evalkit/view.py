@@ -33,6 +33,7 @@ from .outcome import StepResult
 from .plan import Plan, Step
 from .progress import Bar, Event, LogLine, ProgressUpdate, StepBars
 from .server_outputs import ServerFacts
+from .significance import plus_minus
 from .summary import ImageRecall, recalls, skipped
 
 if TYPE_CHECKING:  # pipeline brings paramiko: kept out of `--help`'s start-up

@@ -221,3 +221,13 @@ def test_a_dry_run_lists_each_cells_label_whole_beside_a_long_checkpoint():
     out = terminal(80)
     view.show_cells(out, cells)
     check_readable(screen(out), LONG[:2], 80)
+
+
+def test_a_classification_run_table_names_its_label_whole_with_its_intervals():
+    from evalkit.view import classification_table
+    label = "muge_finetune_vit-b-16_roberta-base_bs512_4gpu_team_distill@epoch5"
+    console = Console(width=80, record=True)
+    view.show_table(console, classification_table(label, {"top1": 51.0, "top5": 80.25, "mean_per_class_recall": 49.5},
+                                                  {"top1": [49.0, 53.0]}))
+    shown = console.export_text()
+    assert label in shown and "51.00 ±2.0" in shown and "80.25" in shown
