@@ -324,6 +324,8 @@ def run_steps(run_dir, steps):
         if has_ended(run_dir):
             failed = "ended"
             break
+        if any(running.code not in (None, 0) for _, running in overlapping):
+            break  # a step beside the last one failed: the run fails, nothing more starts
         if step.get("beside_next") and index + 1 < len(steps):
             overlapping.append(start_step_beside(run_dir, index, step["command"]))
             continue
