@@ -334,7 +334,10 @@ def _evalkit_version() -> str:
 def _keep_provenance(session: Session, store: LocalStore, record: RunRecord, origin: dict | None) -> None:
     """Beside the run's files on the server, so that `attach` (from any laptop) records it too;
     written before the launch (the run's folder made as job.py makes it): a full disk refuses
-    the run before it starts, and no Ctrl-C meanwhile leaves anything running."""
+    the run before it starts, and no Ctrl-C meanwhile leaves anything running. When the facts are
+    gathered beside the steps (Plan.beside), what is written says where they will be."""
+    if origin is None and record.plan.beside_step(PROVENANCE_STEP) is not None:
+        origin = {BESIDE: PROVENANCE_STEP}
     if origin is None:
         return
     try:
@@ -345,14 +348,18 @@ def _keep_provenance(session: Session, store: LocalStore, record: RunRecord, ori
         raise
 
 
+BESIDE = "printed_beside_the_steps"  # provenance.json's only key when the facts are in beside-NAME.out
+
+
 def _kept_provenance(session: Session, record: RunRecord) -> dict | None:
-    """The facts written before the launch, else those its provenance printed beside the steps."""
+    """The facts written before the launch or, where that file points there, those printed beside
+    the steps (beside-provenance.out)."""
     run = _remote(record)
     try:
         kept = json.loads(session.read_bytes(run.path(PROVENANCE_FILE)))
     except (FileNotFoundError, ValueError):
         kept = None  # hashed beside the steps; or a run started by an evalkit that kept none
-    if isinstance(kept, dict):
+    if isinstance(kept, dict) and BESIDE not in kept:
         return kept
     if record.plan.beside_step(PROVENANCE_STEP) is None:
         return None
