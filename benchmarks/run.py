@@ -1,6 +1,6 @@
 """evalkit's performance targets, measured on the loopback test bed (not part of the test run).
 
-    python benchmarks/run.py [--runs N] [--knn-runs N] [--skip-knn] [--output PATH]
+    python benchmarks/run.py [--runs N] [--knn-runs N] [--skip-knn] [--overhead-only] [--output PATH]
 
 a. overhead: the full one-shot run through evalkit of a checkpoint never evaluated (preflight,
    inspection, extraction, KNN, recall, results pulled back) vs the same upstream commands typed
