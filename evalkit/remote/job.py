@@ -382,7 +382,7 @@ def start_beside(run_dir, commands):
         with open(os.open(f"{base}.out", NEW_FILE | os.O_TRUNC, 0o600), "wb") as out, \
                 open(os.open(f"{base}.err", NEW_FILE | os.O_TRUNC, 0o600), "wb") as err:
             process = subprocess.Popen(["bash", "-c", command["command"]], stdin=subprocess.DEVNULL,
-                                       stdout=out, stderr=err, preexec_fn=lambda: os.nice(BESIDE_NICENESS))
+                                       stdout=out, stderr=err, preexec_fn=in_background_group)
         running.append((base, process))
     return running
 
@@ -390,12 +390,22 @@ def start_beside(run_dir, commands):
 BESIDE_NICENESS = 10  # the upstream steps come first on a busy CPU; the hashing fills the gaps
 
 
+def in_background_group():
+    """In the child, before exec: a process group of its own (end_beside stops bash and its
+    python at once; cancel finds them by the run's id) and a low priority."""
+    os.setpgid(0, 0)
+    os.nice(BESIDE_NICENESS)
+
+
 def end_beside(running, keep):
     """KEEP (the steps succeeded): wait for each, then write its exit code to beside-NAME.exit;
     else stop it (nothing will read what it writes)."""
     for base, process in running:
         if not keep:
-            process.kill()
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except OSError:
+                pass  # ended already
         code = process.wait()
         if keep:
             write_atomically(f"{base}.exit", f"{code}\n")

@@ -44,8 +44,17 @@ def test_commands_beside_the_steps_are_waited_for_after_a_success_and_stopped_af
     job.end_beside(running, keep=True)
     assert (ok / "beside-provenance.out").read_text() == "facts\n"
     assert (ok / "beside-provenance.exit").read_text() == "0\n"
-    running = job.start_beside(str(failed), [{"name": "provenance", "command": "sleep 30"}])
+    child_file = failed / "child"
+    running = job.start_beside(str(failed), [{"name": "provenance",
+                                              "command": f"sleep 30 & echo $! > {child_file}.tmp; mv {child_file}.tmp "
+                                                         f"{child_file}; wait"}])
+    deadline = time.monotonic() + 10
+    while not child_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     started = time.monotonic()
     job.end_beside(running, keep=False)
     assert time.monotonic() - started < 5 and not (failed / "beside-provenance.exit").exists()
+    time.sleep(0.1)
+    child = int(child_file.read_text())
+    assert not os.path.exists(f"/proc/{child}") or "Z" in open(f"/proc/{child}/stat").read().split(")")[1][:3]
     assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # only the command beside runs at a low priority
