@@ -1,10 +1,13 @@
 """evalkit's performance targets, measured on the loopback test bed (not part of the test run).
 
-    python benchmarks/run.py [--runs N] [--knn-runs N] [--skip-knn] [--output PATH]
+    python benchmarks/run.py [--runs N] [--knn-runs N] [--skip-knn] [--overhead-only] [--output PATH]
 
 a. overhead: the full one-shot run through evalkit of a checkpoint never evaluated (preflight,
    inspection, extraction, KNN, recall, results pulled back) vs the same upstream commands typed
    by hand in one `ssh ALIAS '…'` call, alternating A and B                target ratio <= 1.05
+   Each run's checkpoint is a fresh copy (a new inode, new bytes: a user's new epoch), so
+   nothing of evalkit's, the hash cache included, has seen it; evalkit's time outside the
+   upstream steps is reported beside the ratio.
 b. re-run:   a second run of an unchanged checkpoint vs the first          target ratio <= 0.25
 c. start-up: `python distillation_model_evaluation.py --help`              target <= 0.3 s
 d. KNN at MUGE-valid scale: upstream's two scripts vs --knn fast (benchmarks/knn.py)
@@ -24,6 +27,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from evalkit.config import Settings  # noqa: E402
 from evalkit.evaluation import Evaluation  # noqa: E402
-from evalkit.plan import CHECK_STEPS, build_plan  # noqa: E402
+from evalkit.plan import CHECK_STEPS, QUERY_HITS_STEP, build_plan  # noqa: E402
 from evalkit.testbed.builders import build_checkpoint, build_dataset  # noqa: E402
 from evalkit.testbed.server_env import ensure_server_venv, site_packages  # noqa: E402
 from evalkit.testbed.sshd import LoopbackSshd  # noqa: E402
@@ -46,7 +50,7 @@ import sweeps  # noqa: E402  (benchmarks/sweeps.py, beside this file)
 
 ALIAS = "evalkit-bench"
 DATASET = "Flickr30k-CN"
-TARGETS = {"overhead": 1.05, "rerun": 0.25, "startup_seconds": 0.3, "knn_speedup": 20.0}
+TARGETS = {"overhead": 1.05, "outside_seconds": 0.3, "rerun": 0.25, "startup_seconds": 0.3, "knn_speedup": 20.0}
 
 
 def timed(command: list[str], **kwargs) -> float:
@@ -85,10 +89,11 @@ class Bed:
                       "--model-path", str(checkpoint or self.checkpoint), *args], cwd=self.work)
 
     def new_checkpoint(self, name: str) -> Path:
-        """The same weights under a path never evaluated: a first run, preflight included."""
+        """The same weights copied to a path never evaluated (a new file, as a new epoch is: its
+        bytes written anew, not a link to a file already read): a first run, preflight included."""
         path = self.checkpoint.parents[2] / name / "checkpoints" / self.checkpoint.name
         path.parent.mkdir(parents=True)
-        os.link(self.checkpoint, path)
+        shutil.copyfile(self.checkpoint, path)
         return path
 
     def plan(self, checkpoint: Path | None = None):
@@ -96,8 +101,10 @@ class Bed:
                                                     "RBT3-chinese"))
 
     def by_hand(self) -> float:
-        """The upstream commands evalkit runs, chained in one ssh call as a user would type them."""
-        chain = " && ".join(step.command for step in self.plan().steps if step.name not in CHECK_STEPS)
+        """The upstream commands evalkit runs, chained in one ssh call as a user would type them
+        (not evalkit's own: its checks and the per-query hits)."""
+        chain = " && ".join(step.command for step in self.plan().steps
+                            if step.name not in (*CHECK_STEPS, QUERY_HITS_STEP))
         return timed(["ssh", "-F", str(self.ssh_config), ALIAS, chain])
 
 
@@ -114,7 +121,7 @@ def overhead(bed: Bed, runs: int) -> dict:
     bed.evalkit(config)  # warm: uploads the launcher the hand-typed commands use, fills the page cache
     tool, hand, spans = [], [], {"tool": [], "hand": []}
     for index in range(runs):
-        checkpoint = bed.new_checkpoint(f"overhead-{index}")
+        checkpoint = bed.new_checkpoint(f"overhead-{index}")  # copied before, outside both timings
         pair = [("tool", lambda: bed.evalkit(config, checkpoint=checkpoint), bed.plan(checkpoint)),
                 ("hand", bed.by_hand, bed.plan())]
         for name, run, plan in (pair if index % 2 == 0 else pair[::-1]):
@@ -124,7 +131,10 @@ def overhead(bed: Bed, runs: int) -> dict:
             spans[name].append(outside_the_steps(plan, started, seconds))
     # each run against the one beside it too: that cancels the drift of a shared machine
     paired = [a / b for a, b in zip(tool, hand)]
+    # evalkit's own seconds: outside the steps, beyond what the hand-typed run spends there
+    extra = [sum(t.values()) - sum(h.values()) for t, h in zip(spans["tool"], spans["hand"])]
     return {"tool_seconds": tool, "by_hand_seconds": hand, "paired_ratios": paired,
+            "outside_the_steps_beyond_by_hand": statistics.median(extra),
             "median_paired_ratio": statistics.median(paired),
             "ratio": statistics.median(tool) / statistics.median(hand),
             "outside_the_steps": {name: {key: statistics.median(span[key] for span in runs_of)
@@ -163,6 +173,11 @@ def table(results: dict) -> str:
              results["overhead"]["ratio"] <= TARGETS["overhead"]),
             ("   (median of each run / the one beside it)", f"{results['overhead']['median_paired_ratio']:.3f}",
              "<= 1.05", results["overhead"]["median_paired_ratio"] <= TARGETS["overhead"]),
+            ("   evalkit's s outside the steps beyond by hand's",
+             f"{results['overhead']['outside_the_steps_beyond_by_hand']:.3f}", "<= 0.3",
+             results["overhead"]["outside_the_steps_beyond_by_hand"] <= TARGETS["outside_seconds"])]
+    if "rerun" in results:
+        rows += [
             ("b. re-run of an unchanged checkpoint / first run", f"{results['rerun']['ratio']:.3f}", "<= 0.25",
              results["rerun"]["ratio"] <= TARGETS["rerun"]),
             ("c. --help start-up (s)", f"{results['startup']['median']:.3f}", "<= 0.3",
@@ -194,6 +209,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=9, help="alternating runs of each side (a, b)")
     parser.add_argument("--knn-runs", type=int, default=3, help="runs of each side for d (minutes each)")
     parser.add_argument("--skip-knn", action="store_true", help="leave out d")
+    parser.add_argument("--overhead-only", action="store_true", help="only a")
     parser.add_argument("--sweeps", action="store_true", help="also e, f, g (benchmarks/sweeps.py)")
     parser.add_argument("--sweeps-only", action="store_true", help="only e, f, g")
     parser.add_argument("--sweep-size", type=int, default=6, help="checkpoints of e (then one more for f)")
@@ -225,14 +241,17 @@ def main() -> None:
                                    "python": platform.python_version()}, "runs": args.runs}
             only = args.sweeps_only or args.slurm_only
             if not only:
-                results.update(overhead=overhead(bed, args.runs), rerun=rerun(bed, args.runs),
-                               startup=startup(args.runs))
+                results["load_average_before"] = os.getloadavg()  # a shared machine's runs drift
+                results.update(overhead=overhead(bed, args.runs))
+                results["load_average_after_a"] = os.getloadavg()
+                if not args.overhead_only:
+                    results.update(rerun=rerun(bed, args.runs), startup=startup(args.runs))
             if args.sweeps or args.sweeps_only:
                 results.update(sweep=sweeps.sweep_vs_loop(bed, args.sweep_size),
                                reused_sweep=sweeps.reused_sweep(bed, args.sweep_cells))
         if args.slurm or args.slurm_only:
             results.update(slurm.measure(Bed, work, python, args.slurm_runs))
-        if not args.skip_knn and not only:
+        if not args.skip_knn and not only and not args.overhead_only:
             results["knn"] = knn(python, args.knn_runs, work)
     print(table(results))
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from .gpu_lane import LaneHold
 from .outcome import Reporter, RunOutcome
 from .provenance import RUN_FILE as PROVENANCE_FILE, build_provenance, facts_printed as provenance_facts, \
     provenance_call
-from .plan import Step, build_plan, inspect_call, inspect_command
+from .plan import PROVENANCE_STEP, Step, build_plan, inspect_call, inspect_command
 from .readiness import decide, locate
 from .run_outputs import OutputRecorder, fetch_results
 from .run_record import RunRecord, new_record, new_run_id
@@ -160,8 +160,9 @@ def _has_ended(executor: Executor, record: RunRecord, tries: int = 5) -> bool:
 def _ready(session: Session, executor: Executor, store: LocalStore, settings: Settings, evaluation: Evaluation,
            reporter: Reporter) -> tuple[Evaluation, ServerFacts, dict | None]:
     """EVALUATION as it will run (its checkpoint chosen, what can be reused skipped), once every
-    check before GPU time passed; the server's facts about its files; and, when recall will run,
-    what the numbers are made from (remote/provenance.py)."""
+    check before GPU time passed; the server's facts about its files; and what the numbers are
+    made from, when it is known before the launch (classification: its check prints it; a
+    retrieval's provenance is hashed beside the steps, Plan.beside)."""
     if evaluation.task == CLASSIFICATION:
         return _ready_to_classify(session, executor, store, settings, evaluation)
     # every remote command waits on a login shell of its own (~/.bashrc, conda init): the
@@ -176,7 +177,7 @@ def _ready(session: Session, executor: Executor, store: LocalStore, settings: Se
     if evaluation.runs_extraction:
         preflight(settings, evaluation, checks["preflight"])
     session.check_transfer()  # a run that could not be followed must not start
-    return evaluation, facts, _server_provenance(executor, settings, evaluation, checks.get("provenance"))
+    return evaluation, facts, None  # the provenance is gathered beside the steps (Plan.beside)
 
 
 def _ready_to_classify(session: Session, executor: Executor, store: LocalStore, settings: Settings,
@@ -290,13 +291,12 @@ def _current_unless_named(store: LocalStore, settings: Settings, evaluation: Eva
 
 
 def _first_checks(settings: Settings, evaluation: Evaluation, executor: Executor) -> dict:
-    """The inspection of the checkpoint's files and, when it may be extracted, the preflight,
-    both at once. Without a checkpoint the latest extraction is looked for first (locate)."""
+    """The inspection of the checkpoint's files (their existence and sizes) and, when it may be
+    extracted, the preflight, both at once. Without a checkpoint the latest extraction is looked
+    for first (locate). The checkpoint's SHA-256 is no check: it is hashed beside the steps."""
     if not evaluation.checkpoint:
         return {}
     calls = {"inspect": inspect_call(settings, evaluation)}
-    if "recall" in evaluation.stages:  # hashing a new checkpoint overlaps the other checks
-        calls["provenance"] = provenance_call(settings, evaluation)
     if evaluation.runs_extraction:  # the checks count only if the features cannot be reused
         calls["preflight"] = preflight_call(settings, evaluation)
     ran = executor.run_scripts(calls, timeout=settings.step_timeout)
@@ -306,15 +306,20 @@ def _first_checks(settings: Settings, evaluation: Evaluation, executor: Executor
 
 def _server_provenance(executor: Executor, settings: Settings, evaluation: Evaluation,
                        ran: tuple | None) -> dict | None:
-    """What remote/provenance.py found; run here when the checkpoint was only now chosen."""
+    """What remote/provenance.py found (RAN: its exit code, stdout and stderr); run here when
+    nothing ran it yet."""
     if "recall" not in evaluation.stages:
         return None
     if ran is None:
         ran = executor.run_scripts({"provenance": provenance_call(settings, evaluation)},
                                    timeout=settings.step_timeout)["provenance"]
-    found = provenance_facts(ran[1])
+    return _provenance_found(*ran)
+
+
+def _provenance_found(exit_code: int | str | None, stdout: bytes, stderr: bytes) -> dict:
+    found = provenance_facts(stdout)
     if found is None:  # the run goes on: its summary says what could not be recorded, and why
-        tail = ran[2].decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit status {ran[0]}"]
+        tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit status {exit_code}"]
         return {"problem": f"remote/provenance.py printed no facts: {tail[0]}"}
     return found
 
@@ -329,7 +334,10 @@ def _evalkit_version() -> str:
 def _keep_provenance(session: Session, store: LocalStore, record: RunRecord, origin: dict | None) -> None:
     """Beside the run's files on the server, so that `attach` (from any laptop) records it too;
     written before the launch (the run's folder made as job.py makes it): a full disk refuses
-    the run before it starts, and no Ctrl-C meanwhile leaves anything running."""
+    the run before it starts, and no Ctrl-C meanwhile leaves anything running. When the facts are
+    gathered beside the steps (Plan.beside), what is written says where they will be."""
+    if origin is None and record.plan.beside_step(PROVENANCE_STEP) is not None:
+        origin = {BESIDE: PROVENANCE_STEP}
     if origin is None:
         return
     try:
@@ -340,12 +348,31 @@ def _keep_provenance(session: Session, store: LocalStore, record: RunRecord, ori
         raise
 
 
+BESIDE = "printed_beside_the_steps"  # provenance.json's only key when the facts are in beside-NAME.out
+
+
 def _kept_provenance(session: Session, record: RunRecord) -> dict | None:
+    """The facts written before the launch or, where that file points there, those printed beside
+    the steps (beside-provenance.out)."""
+    run = _remote(record)
     try:
-        kept = json.loads(session.read_bytes(_remote(record).path(PROVENANCE_FILE)))
+        kept = json.loads(session.read_bytes(run.path(PROVENANCE_FILE)))
     except (FileNotFoundError, ValueError):
-        return None  # a run started by an evalkit that kept none
-    return kept if isinstance(kept, dict) else None
+        kept = None  # hashed beside the steps; or a run started by an evalkit that kept none
+    if isinstance(kept, dict) and BESIDE not in kept:
+        return kept
+    if record.plan.beside_step(PROVENANCE_STEP) is None:
+        return None
+    code, stdout, stderr = (_read_or_empty(session, run.path(f"beside-{PROVENANCE_STEP}.{stream}"))
+                            for stream in ("exit", "out", "err"))
+    return _provenance_found(code.decode("ascii", "replace").strip() or None, stdout, stderr)
+
+
+def _read_or_empty(session: Session, path: str) -> bytes:
+    try:
+        return session.read_bytes(path)
+    except FileNotFoundError:
+        return b""
 
 
 def attach(record: RunRecord, reporter: Reporter) -> Report:

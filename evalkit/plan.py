@@ -31,6 +31,7 @@ I2T_RESULT = "image_to_text_results.json"
 I2I_RESULT = "image_to_image_results.json"
 QUERY_HITS_FILE = "query_hits.json"  # remote/query_hits.py's, pulled with the results
 QUERY_HITS_STEP = "query_hits"
+PROVENANCE_STEP = "provenance"  # of Plan.beside
 # The steps that run on the GPU (CUDA_VISIBLE_DEVICES); the others read and write files on the
 # CPU: the checks, upstream's recall scripts, the per-query hits.
 GPU_STEPS = frozenset({"extract", "knn_t2i", "knn_i2t", "knn_fast", "knn_i2i", "zeroshot"})
@@ -45,6 +46,7 @@ class Step:
     stage: str
     command: str
     directions: tuple[str, ...] = ()  # the KNN directions whose predictions the step writes
+    beside_next: bool = False  # the next step starts at once and runs beside it (remote/job.py)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,9 @@ class Plan:
     steps: tuple[Step, ...]
     result_files: dict[str, str]  # direction -> server path of its result JSON
     files: OutputFiles
+    # evalkit's own commands started with the steps and not followed: the provenance
+    # (remote/provenance.py), read with the results from the run's beside-NAME.out
+    beside: tuple[Step, ...] = ()
 
     @property
     def manifest(self) -> str:
@@ -145,8 +150,12 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
         steps = tuple(Step(**dict(step, directions=tuple(step["directions"]))) for step in data["steps"])
+        beside = tuple(Step(**dict(step, directions=tuple(step["directions"]))) for step in data.get("beside", ()))
         return cls(data["label"], data["checkpoint"], data["output_dir"], data["cpu_launcher"], steps,
-                   dict(data["result_files"]), OutputFiles(**data["files"]))
+                   dict(data["result_files"]), OutputFiles(**data["files"]), beside)
+
+    def beside_step(self, name: str) -> Step | None:
+        return next((step for step in self.beside if step.name == name), None)
 
 
 def step_outputs(plan: Plan, step: Step) -> tuple[str, ...]:
@@ -204,7 +213,8 @@ def build_plan(settings: Settings, evaluation: Evaluation) -> Plan:
         steps += [builder.transform_annotation(), builder.evaluate_image_to_text()]
         results["image_to_text"] = files.i2t_result
     if evaluation.directions:
-        steps.append(builder.query_hits())
+        # beside the last recall step: it reads only what that step reads, made before it
+        steps.insert(len(steps) - 1, builder.query_hits())
     if settings.image_to_image:
         results["image_to_image"] = files.i2i_result  # written by its KNN step, checked like predictions
     if evaluation.directions:
@@ -215,7 +225,9 @@ def build_plan(settings: Settings, evaluation: Evaluation) -> Plan:
     chosen = [step for step in steps if step.stage in ("prepare", *evaluation.stages)]
     if "recall" not in evaluation.stages:
         results = {}
-    return Plan(evaluation.label, checkpoint, out, builder.launcher, tuple(_in_stage_order(chosen)), results, files)
+    beside = (builder.provenance(),) if "recall" in evaluation.stages else ()
+    return Plan(evaluation.label, checkpoint, out, builder.launcher, tuple(_in_stage_order(chosen)), results, files,
+                beside)
 
 
 def knn_commands(settings: Settings, evaluation: Evaluation) -> dict[str, str]:
@@ -359,7 +371,14 @@ class _StepBuilder:
         if not self.evaluation.skip_image_to_text:
             args += ["--image-to-text", self.files.texts_tr, self.files.i2t_predictions]
         return Step(QUERY_HITS_STEP, "per-query hits + 95% intervals", "recall",
-                    in_server_env(self.settings, script_call(self.settings, QUERY_HITS, args)))
+                    in_server_env(self.settings, script_call(self.settings, QUERY_HITS, args)), beside_next=True)
+
+    def provenance(self) -> Step:
+        """What the numbers are made from (the checkpoint's SHA-256 among them), hashed while the
+        upstream steps run: none of them needs it, the summary does."""
+        from .provenance import provenance_call  # provenance.py reads this module's paths
+        return Step(PROVENANCE_STEP, "provenance", "recall",
+                    in_server_env(self.settings, provenance_call(self.settings, self.evaluation)))
 
     def transform_annotation(self) -> Step:
         return Step("transform", "image→text annotation", "recall",

@@ -42,6 +42,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -297,7 +298,12 @@ def drive(run_dir, bell_fd=None):
     try:
         write_atomically(os.path.join(run_dir, "driver.json"), json.dumps(record))
         ring()
-        state, details = run_steps(run_dir, run["steps"])
+        beside = start_beside(run_dir, run.get("beside") or [])
+        state, details = None, {}
+        try:
+            state, details = run_steps(run_dir, run["steps"])
+        finally:
+            end_beside(beside, keep=state == "succeeded")
     finally:
         if held is not None:
             release_lock(held, lock)
@@ -307,14 +313,102 @@ def drive(run_dir, bell_fd=None):
 
 def run_steps(run_dir, steps):
     """Each step in turn until one fails: ("succeeded" or "failed", details of the failure); a
-    state of None when the run ended meanwhile (cancelled: no further step starts)."""
+    state of None when the run ended meanwhile (cancelled: no further step starts).
+
+    A step marked beside_next (evalkit's own per-query hits) starts and the next step starts at
+    once, beside it; it is waited for before the run ends, and the first step, by index, that
+    failed is the run's failed step."""
+    overlapping = []  # (index, thread) of the steps running beside the next one
+    failed = None
     for index, step in enumerate(steps):
         if has_ended(run_dir):
-            return None, {}
-        code = run_step(run_dir, index, step["command"])
-        if code != 0:
-            return "failed", dict(failed_step=index, **disk_full(run_dir, index, step.get("outputs") or []))
+            failed = "ended"
+            break
+        if any(running.code not in (None, 0) for _, running in overlapping):
+            break  # a step beside the last one failed: the run fails, nothing more starts
+        if step.get("beside_next") and index + 1 < len(steps):
+            overlapping.append(start_step_beside(run_dir, index, step["command"]))
+            continue
+        if run_step(run_dir, index, step["command"]) != 0:
+            failed = index
+            break
+    codes = {index: waited.join() for index, waited in overlapping}
+    failures = sorted([index for index, code in codes.items() if code != 0] +
+                      ([failed] if isinstance(failed, int) else []))
+    if failed == "ended":
+        return None, {}
+    if failures:
+        index = failures[0]
+        return "failed", dict(failed_step=index, **disk_full(run_dir, index, steps[index].get("outputs") or []))
     return "succeeded", {}
+
+
+class StepBeside:
+    """Step INDEX run in a thread of the driver: its files are written as run_step writes them."""
+
+    def __init__(self, run_dir, index, command):
+        self.code = None
+        self.thread = threading.Thread(target=self._run, args=(run_dir, index, command), daemon=True)
+        self.thread.start()
+
+    def _run(self, run_dir, index, command):
+        try:
+            self.code = run_step(run_dir, index, command)
+        except Exception:  # the run's end says it failed: a step with no exit code
+            traceback.print_exc()
+            self.code = -1
+
+    def join(self):
+        self.thread.join()
+        return self.code
+
+
+def start_step_beside(run_dir, index, command):
+    """(INDEX, the running step): its .started is written before the next step's."""
+    running = StepBeside(run_dir, index, command)
+    base = os.path.join(run_dir, f"step-{index}")
+    while running.thread.is_alive() and not os.path.exists(f"{base}.started"):
+        time.sleep(0.001)
+    return index, running
+
+
+def start_beside(run_dir, commands):
+    """Start each of COMMANDS ({"name", "command"}: evalkit's provenance) in the background of
+    the steps, at a low priority, its output in beside-NAME.out / .err; the running processes.
+    Nothing waits on them before the run's steps end (end_beside)."""
+    running = []
+    for command in commands:
+        base = os.path.join(run_dir, f"beside-{command['name']}")
+        with open(os.open(f"{base}.out", NEW_FILE | os.O_TRUNC, 0o600), "wb") as out, \
+                open(os.open(f"{base}.err", NEW_FILE | os.O_TRUNC, 0o600), "wb") as err:
+            process = subprocess.Popen(["bash", "-c", command["command"]], stdin=subprocess.DEVNULL,
+                                       stdout=out, stderr=err, preexec_fn=in_background_group)
+        running.append((base, process))
+    return running
+
+
+BESIDE_NICENESS = 10  # the upstream steps come first on a busy CPU; the hashing fills the gaps
+
+
+def in_background_group():
+    """In the child, before exec: a process group of its own (end_beside stops bash and its
+    python at once; cancel finds them by the run's id) and a low priority."""
+    os.setpgid(0, 0)
+    os.nice(BESIDE_NICENESS)
+
+
+def end_beside(running, keep):
+    """KEEP (the steps succeeded): wait for each, then write its exit code to beside-NAME.exit;
+    else stop it (nothing will read what it writes)."""
+    for base, process in running:
+        if not keep:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except OSError:
+                pass  # ended already
+        code = process.wait()
+        if keep:
+            write_atomically(f"{base}.exit", f"{code}\n")
 
 
 def disk_full(run_dir, index, outputs):
