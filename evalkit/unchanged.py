@@ -18,18 +18,23 @@ from .store import LocalStore
 from .sweep import Listing, cell_key, cell_state, is_unchanged
 
 
-def kept_rows(settings: Settings, cells: list[Evaluation], listing: Listing) -> dict[Evaluation, ModelResult]:
-    """Each unchanged cell's kept row (the others are not in it)."""
+def kept_rows(settings: Settings, cells: list[Evaluation], listing: Listing,
+              states: dict[Evaluation, dict | None] | None = None) -> dict[Evaluation, ModelResult]:
+    """Each unchanged cell's kept row (the others are not in it). STATES: each cell's
+    sweep.cell_state, when the caller has them already (each one plans the cell's commands)."""
     if not listing.sets:
         return {}  # checkpoint files named one by one: nothing listed, nothing known unchanged
     store = LocalStore.of(settings)
-    found = {cell: kept_row(store, settings, cell, listing) for cell in cells}
+    if states is None:
+        states = {cell: cell_state(settings, cell, listing) for cell in cells}
+    found = {cell: kept_row(store, settings, cell, states[cell]) for cell in cells}
     return {cell: row for cell, row in found.items() if row is not None}
 
 
-def kept_row(store: LocalStore, settings: Settings, cell: Evaluation, listing: Listing) -> ModelResult | None:
+def kept_row(store: LocalStore, settings: Settings, cell: Evaluation, state: dict | None) -> ModelResult | None:
+    """CELL's kept row when its record holds for STATE (its sweep.cell_state now)."""
     recorded = store.evaluated_cell(cell_key(settings, cell))
-    if recorded is None or not is_unchanged(recorded, cell_state(settings, cell, listing)):
+    if recorded is None or not is_unchanged(recorded, state):
         return None
     kept = store.kept_result(cell.dataset, cell.split, cell.label)
     # another run of this label since (a file evaluated alone, other options) has replaced its results

@@ -48,9 +48,9 @@ def watch(settings: Settings, scopes: list[Scope], wanted: list[Wanted], until_e
         say_skipped(listing, note, said)
         every = cells(settings.datapath, scopes, expanded(wanted, {found.pattern: found for found in listing.sets},
                                                           settings.datapath))
-        kept = {} if reevaluate else kept_rows(settings, every, listing)
-        reevaluate = False
         states = {cell: cell_state(settings, cell, listing) for cell in every}
+        kept = {} if reevaluate else kept_rows(settings, every, listing, states)
+        reevaluate = False
         todo = [cell for cell in every if cell not in kept and not (cell in failed and failed[cell][0] == states[cell])]
         ran = dict(zip(todo, run_cells(todo, listing))) if todo else {}
         for cell, row in ran.items():

@@ -316,21 +316,23 @@ def run_steps(run_dir, steps):
     state of None when the run ended meanwhile (cancelled: no further step starts).
 
     A step marked beside_next (evalkit's own per-query hits) starts and the next step starts at
-    once, beside it; it is waited for before the run ends, and the first step, by index, that
-    failed is the run's failed step."""
+    once, beside it; it is waited for once the next step ends (before any later step starts), and
+    the first step, by index, that failed is the run's failed step."""
     overlapping = []  # (index, thread) of the steps running beside the next one
     failed = None
     for index, step in enumerate(steps):
         if has_ended(run_dir):
             failed = "ended"
             break
-        if any(running.code not in (None, 0) for _, running in overlapping):
-            break  # a step beside the last one failed: the run fails, nothing more starts
         if step.get("beside_next") and index + 1 < len(steps):
             overlapping.append(start_step_beside(run_dir, index, step["command"]))
             continue
         if run_step(run_dir, index, step["command"]) != 0:
             failed = index
+            break
+        # a step beside this one overlaps it only: it ends before a later step starts, and if it
+        # failed the run fails and nothing more starts
+        if any(waited.join() != 0 for _, waited in overlapping):
             break
     codes = {index: waited.join() for index, waited in overlapping}
     failures = sorted([index for index, code in codes.items() if code != 0] +

@@ -79,10 +79,10 @@ def test_kept_results_stand_for_the_cell_only_while_they_are_that_runs_and_compl
     settings, store = dataclasses.replace(SETTINGS, results_dir=str(tmp_path)), LocalStore(tmp_path)
     remember(settings, CELL, listing(), evaluated(store, "r1"))
     evaluated(store, "r2")  # the same label evaluated since by another command (another --knn, ...)
-    assert kept_row(store, settings, CELL, listing()) is None
+    assert kept_row(store, settings, CELL, cell_state(settings, CELL, listing())) is None
     remember(settings, CELL, listing(), evaluated(store, "r3"))
     (store.result_dir("A", "valid", CELL.label) / "image_to_text_results.json").unlink()
-    assert kept_row(store, settings, CELL, listing()) is None
+    assert kept_row(store, settings, CELL, cell_state(settings, CELL, listing())) is None
 
 
 def test_a_damaged_record_of_cells_is_refused_and_kept_not_reset_to_one_cell(tmp_path):

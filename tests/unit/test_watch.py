@@ -46,7 +46,7 @@ class Bed:
     def __init__(self, monkeypatch, *looks, broken: tuple[str, ...] = ()):
         self.broken, self.evaluated, self.kept, self.shown, self.notes, self.sleeps = broken, [], {}, [], [], 0
         monkeypatch.setattr(watching, "settled_on_server", Server(*looks))
-        monkeypatch.setattr(watching, "kept_rows", lambda settings, cells, found: {
+        monkeypatch.setattr(watching, "kept_rows", lambda settings, cells, found, states: {
             cell: self.kept[cell] for cell in cells if cell in self.kept})
 
     def run_cells(self, cells, found):
