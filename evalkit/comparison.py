@@ -294,8 +294,9 @@ def footnote(comparison: Comparison, marker: str = "*") -> str | None:
                      + ("images" if comparison.is_classification else "queries"))
     if comparison.has_significance:
         notes.append(f"{marker}: differs from {comparison.baseline} with p < 0.05 on the same "
-                     + ("images " if comparison.is_classification else "queries ") + ("(exact McNemar test for top-1 and top-5)" if comparison.is_classification else
-                        "(exact McNemar test for R@k, paired bootstrap for MR)"))
+                     + ("images (exact McNemar test for top-1 and top-5, paired bootstrap within each class for MPCR)"
+                        if comparison.is_classification else
+                        "queries (exact McNemar test for R@k, paired bootstrap for MR)"))
     return "; ".join(notes) or None
 
 
