@@ -121,3 +121,20 @@ def test_without_the_label_file_nothing_else_is_checked(tmp_path):
 def test_the_doctor_names_the_template_set_upstream_will_use(name, said):
     check = templates_check(name)
     assert check["ok"] and check["found"].startswith(said)
+
+
+def test_check_and_provenance_take_the_server_options_from_one_declaration(monkeypatch):
+    """zeroshot.py check and provenance.py run side by side on the server (zeroshot imports it)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "evalkit" / "remote"))
+    import provenance
+    import zeroshot
+    common = ["--chinese-clip-dir", "/srv/Chinese-CLIP", "--cache", "/srv/.evalkit/hashes.json"]
+    checked = zeroshot.parse_args(["check", "--images", "d/test", "--label-file", "d/label_cn.txt",
+                                   "--checkpoint", "c.pt", *common, "--gpu", "1"])
+    traced = provenance.parse_args(["--checkpoint", "c.pt", "--images", "i", "--texts", "t", *common, "--cpu"])
+    assert (checked.chinese_clip_dir, checked.cache, checked.gpu, checked.cpu) == \
+        ("/srv/Chinese-CLIP", "/srv/.evalkit/hashes.json", "1", False)
+    assert (traced.chinese_clip_dir, traced.gpu, traced.cpu) == ("/srv/Chinese-CLIP", None, True)
+    with pytest.raises(SystemExit):  # --gpu and --cpu exclude each other in both
+        zeroshot.parse_args(["check", "--images", "d", "--label-file", "l", "--checkpoint", "c", *common,
+                             "--gpu", "0", "--cpu"])
