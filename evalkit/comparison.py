@@ -137,14 +137,15 @@ def _model_dict(row: Row, footnotes: list[str]) -> dict:
 
 # CLIP_benchmark's retrieval keys: image retrieval is text→image, text retrieval image→text; fractions.
 CLIP_BENCHMARK = {"image_retrieval_recall": "text_to_image", "text_retrieval_recall": "image_to_text"}
+CLIP_BENCHMARK_CLASSIFICATION = {"acc1": "top1", "acc5": "top5", "mean_per_class_recall": "mean_per_class_recall"}
 
 
 def clip_benchmark_metrics(recall: dict[str, dict[str, float]]) -> dict[str, float]:
     """recall in percent -> CLIP_benchmark's `metrics` (e.g. image_retrieval_recall@5: 0.836)."""
-    if CLASSIFICATION in recall:  # zeroshot_classification's: acc1, acc5, mean_per_class_recall
+    if CLASSIFICATION in recall:  # zeroshot_classification's: acc1, acc5, mean_per_class_recall (a published row: some)
         found = recall[CLASSIFICATION]
-        return {"acc1": round(found["top1"] / 100, 10), "acc5": round(found["top5"] / 100, 10),
-                "mean_per_class_recall": round(found["mean_per_class_recall"] / 100, 10)}
+        return {key: round(found[metric] / 100, 10) for key, metric in CLIP_BENCHMARK_CLASSIFICATION.items()
+                if metric in found}
     return {f"{key}@{k}": round(recall[direction][f"r{k}"] / 100, 10)
             for key, direction in CLIP_BENCHMARK.items() if direction in recall for k in (1, 5, 10)
             if f"r{k}" in recall[direction]}
@@ -166,14 +167,21 @@ def build_comparison(results: list[ModelResult], dataset: str, split: str, gener
 
 
 def with_references(comparison: Comparison, references: list) -> Comparison:
-    """COMPARISON with published rows (references.Reference) below its models; their deltas are
-    against the baseline, or without one against the first model that succeeded."""
-    from .references import reference_rows  # the data file is read only when references are asked for
-    if not references:
-        return comparison
+    """COMPARISON with published rows below its models: retrieval's (references.Reference) under a
+    retrieval table, classification's (zeroshot_references.find's rows) under a classification
+    table; their deltas are against the baseline, or without one against the first model that
+    succeeded."""
+    from .references import Reference, reference_rows  # the data files are read only when references are asked for
+    from .zeroshot_references import comparison_rows
+    retrieval = [reference for reference in references if isinstance(reference, Reference)]
+    classification = [reference for reference in references if not isinstance(reference, Reference)]
+    if not (classification if comparison.is_classification else retrieval):
+        return comparison  # a matrix's table shows the references of its own task
     anchor = next((row.result for row in comparison.rows if row.label == comparison.baseline), None) \
         or next((row.result for row in comparison.rows if row.result.ok), None)
-    rows = reference_rows(references, comparison.dataset, comparison.split, anchor.recall if anchor else None)
+    recall = anchor.recall if anchor else None
+    rows = comparison_rows(classification, comparison.dataset, recall) if comparison.is_classification else \
+        reference_rows(retrieval, comparison.dataset, comparison.split, recall)
     return replace(comparison, references=tuple(rows), reference_anchor=anchor.label if anchor else None)
 
 
@@ -294,8 +302,9 @@ def footnote(comparison: Comparison, marker: str = "*") -> str | None:
                      + ("images" if comparison.is_classification else "queries"))
     if comparison.has_significance:
         notes.append(f"{marker}: differs from {comparison.baseline} with p < 0.05 on the same "
-                     + ("images " if comparison.is_classification else "queries ") + ("(exact McNemar test for top-1 and top-5)" if comparison.is_classification else
-                        "(exact McNemar test for R@k, paired bootstrap for MR)"))
+                     + ("images (exact McNemar test for top-1 and top-5, paired bootstrap within each class for MPCR)"
+                        if comparison.is_classification else
+                        "queries (exact McNemar test for R@k, paired bootstrap for MR)"))
     return "; ".join(notes) or None
 
 

@@ -14,6 +14,7 @@ from .architecture import VISION_SHAPES, Architecture, flags_for, infer_architec
 from .config import Settings
 from .errors import (AuthenticationError, ConfigError, EvalkitError, HostKeyError, MissingInput,
                      PreflightFailed)
+from . import zeroshot
 from .evaluation import Evaluation
 from .plan import dataset_paths
 from .server import PROBE as PROBE_NAME, ServerCall, in_server_env, script_path, upstream_call
@@ -54,12 +55,21 @@ class ProbeRun:
 
 def doctor_command(settings: Settings, evaluation: Evaluation) -> str:
     """Activate, say so, then run the probe on everything the evaluation will touch."""
-    images, texts = dataset_paths(settings, evaluation.dataset, evaluation.split)
     args = ["--clip-dir", settings.chinese_clip_dir, "--device", settings.device,
-            "--images", images, "--texts", texts, "--output-root", settings.output_root]
+            *_dataset_args(settings, evaluation), "--output-root", settings.output_root]
     if evaluation.checkpoint:
         args += ["--checkpoint", evaluation.checkpoint]
     return in_server_env(settings, _probe_call(settings, args), announce=ACTIVATED_MARKER)
+
+
+def _dataset_args(settings: Settings, evaluation: Evaluation) -> list[str]:
+    """What the probe checks of the dataset: the LMDB and texts, or a classification dataset's
+    label file and class folders (with zeroshot.py's own preflight checks)."""
+    if zeroshot.is_classification(evaluation):
+        return ["--classification", evaluation.dataset, "--class-images", zeroshot.image_folder(settings, evaluation),
+                "--label-file", zeroshot.label_file(settings, evaluation)]
+    images, texts = dataset_paths(settings, evaluation.dataset, evaluation.split)
+    return ["--images", images, "--texts", texts]
 
 
 def preflight_call(settings: Settings, evaluation: Evaluation) -> ServerCall:
@@ -183,11 +193,23 @@ def gpu_check(torch: dict, settings: Settings) -> Optional[Check]:
 
 
 def dataset_checks(facts: dict, evaluation: Evaluation, settings: Settings) -> list[Check]:
+    if zeroshot.is_classification(evaluation):
+        return classification_checks(facts.get("classification", {}))
     images, texts = facts.get("images", {}), facts.get("texts", {})
     checks = [images_check(images, evaluation, settings.top_k), texts_check(texts, evaluation, settings.top_k)]
     if images.get("count") is not None and texts.get("lines") and texts.get("ids_checked"):
         checks.append(image_ids_check(texts))  # only when both sides could be read
     return checks
+
+
+def classification_checks(classification: dict) -> list[Check]:
+    """remote/zeroshot.py's preflight checks, each as the probe reported it (the sentences are
+    the preflight's own, so the doctor and the refusal before a run say the same)."""
+    found = classification.get("checks")
+    if not found:
+        return [Check("classification dataset", False, "the probe did not check the classification dataset",
+                      "run the doctor again (it uploads its probe and zeroshot.py); if it says the same, report it")]
+    return [Check(check["name"], check["ok"], check["found"], check["fix"]) for check in found]
 
 
 def images_check(images: dict, evaluation: Evaluation, top_k: int) -> Check:
@@ -289,12 +311,15 @@ def disk_check(facts: dict, evaluation: Evaluation) -> Check:
     if "error" in disk or "free" not in disk:
         return Check("disk", False, f"cannot measure the free space at {disk.get('existing')}: "
                      f"{disk.get('error')}", "check remote_output_dir (or --datapath)")
+    where = f"at {disk['path']}" + ("" if disk["existing"] == disk["path"] else
+                                    f" (on {disk['existing']}, which exists)")
+    if zeroshot.is_classification(evaluation):  # no features: each image's top-5 and hits, a few bytes
+        return Check("disk", disk["free"] > 0, f"{size(disk['free'])} free {where}; a classification writes "
+                     "no features, only its results", None if disk["free"] > 0 else "free space on the server (`df -h`)")
     count = (facts.get("images", {}).get("count") or 0) + (facts.get("texts", {}).get("lines") or 0)
     shapes = (facts.get("checkpoint") or {}).get("shapes")
     dim = (shapes and infer_architecture(shapes).embed_dim) or VISION_SHAPES[evaluation.vision_model].embed_dim
     need = feature_bytes(count, dim)
-    where = f"at {disk['path']}" + ("" if disk["existing"] == disk["path"] else
-                                    f" (on {disk['existing']}, which exists)")
     if disk["free"] < need:
         return Check("disk", False, f"only {size(disk['free'])} free {where}, but the features need "
                      f"about {size(need)}", "free space on the server (`df -h`), or set "

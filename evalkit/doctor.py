@@ -2,15 +2,16 @@
 diagnosis.py (which decides, without I/O, what they mean)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable
 
-from . import diagnosis, slurm_job
+from . import diagnosis, slurm_job, zeroshot
 from .config import Settings
 from .diagnosis import Check
 from .errors import DoctorFailed, EvalkitError
-from .evaluation import Evaluation
-from .server import PROBE, script_path, scripts_for
+from .evaluation import Evaluation, Scope
+from .server import PROBE, ZEROSHOT, script_path, scripts_for
 from .ssh import Connection, Target, resolve_target
 from .uploads import upload_scripts
 
@@ -62,8 +63,13 @@ def run_doctor(settings: Settings, evaluation: Evaluation,
         return checks
     with connection:
         add(*_connection_checks(target, None))
+        evaluation, layout = _with_task(settings, evaluation)
+        if layout is not None:
+            add(layout)
+            if not layout.ok:
+                return checks
         try:
-            upload_scripts(connection, settings, scripts_for(settings, extra=(PROBE,)))
+            upload_scripts(connection, settings, scripts_for(settings, extra=(PROBE, ZEROSHOT)))
         except OSError as exc:  # sftp: permission denied, no such directory, disk full
             add(diagnosis.upload_failure(script_path(settings, PROBE), str(exc) or type(exc).__name__))
             return checks
@@ -80,6 +86,21 @@ def run_doctor(settings: Settings, evaluation: Evaluation,
         add(*(slurm_job.compute_node_gpu_check(check, partition, seen_by_job, settings) if check.name == "GPU"
               else check for check in found), *slurm_checks)
     return checks
+
+
+def _with_task(settings: Settings, evaluation: Evaluation) -> tuple[Evaluation, Check | None]:
+    """EVALUATION with the task and split its dataset folder's layout says (as an evaluation
+    decides them: dataset_layout.look, zeroshot.scoped), and the line saying so: none for
+    retrieval, a ✗ when the folder has label_cn.txt but no split of class folders."""
+    from .dataset_layout import look  # its own connection, opened once the doctor's has passed
+    try:
+        layout = look(settings, [evaluation.dataset])[evaluation.dataset]
+        scope, note = zeroshot.scoped(Scope(evaluation.dataset, evaluation.split), layout)
+    except EvalkitError as error:
+        return evaluation, Check("task", False, error.message, error.hint)
+    if note is None:
+        return evaluation, None
+    return dataclasses.replace(evaluation, task=scope.task, split=scope.split), Check("task", True, note)
 
 
 def _slurm_checks(connection: Connection, settings: Settings,

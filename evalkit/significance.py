@@ -4,6 +4,8 @@ remote/query_hits.py writes beside upstream's results (query_hits.json).
 - R@1, R@5, R@10: the exact two-sided McNemar test, a binomial test on the queries where the
   two models disagree (exact integer arithmetic: no approximation at any size).
 - Mean recall (a query scores 0..3 hits of three): a paired bootstrap over the queries.
+- Zero-shot classification: top-1 and top-5 by McNemar, as R@k; mean per-class recall by a
+  paired bootstrap resampling the images within each class (stratified_bootstrap_p).
 - Two models are paired only when their queries are the same: the same reference file
   (SHA-256) and query count, direction by direction. Otherwise there is no test at all.
 
@@ -12,6 +14,8 @@ Standard library only: this runs on the laptop, which has no numpy.
 from __future__ import annotations
 
 import json
+import math
+import operator
 import random
 
 from .resampling import multinomial
@@ -142,18 +146,97 @@ def significance(mine: dict | None, theirs: dict | None, resamples: int = RESAMP
              for direction in DIRECTIONS
              if direction in mine and direction in theirs and are_paired(mine[direction], theirs[direction])}
     if CLASSIFICATION in mine and CLASSIFICATION in theirs and are_paired(mine[CLASSIFICATION], theirs[CLASSIFICATION]):
-        found[CLASSIFICATION] = classification_significance(mine[CLASSIFICATION], theirs[CLASSIFICATION])
+        found[CLASSIFICATION] = classification_significance(mine[CLASSIFICATION], theirs[CLASSIFICATION], resamples)
     return found or None
 
 
-def classification_significance(mine: dict, theirs: dict) -> dict[str, dict[str, float]]:
-    """top-1 and top-5 -> {"delta": points, "p_value": exact McNemar p} over the same images.
-    Mean per-class recall has its interval but no test: its images weigh by their class's size."""
+def classification_significance(mine: dict, theirs: dict, resamples: int = RESAMPLES) -> dict[str, dict[str, float]]:
+    """top-1 and top-5 -> {"delta": points, "p_value": exact McNemar p} over the same images;
+    mean per-class recall -> {"delta", "p_value": stratified paired bootstrap}, when the records
+    carry each image's class (remote/zeroshot.py writes "targets")."""
     found = {}
     for k in CLASSIFICATION_KS:
         delta, p = recall_difference(mine["hits"][k], theirs["hits"][k])
         found[k] = {"delta": round(delta, 10), "p_value": p}
+    per_class = class_differences(mine, theirs)
+    if per_class:
+        delta = sum((plus - minus) / (plus + minus + same) for plus, minus, same in per_class) * 100 / len(per_class)
+        found["mean_per_class_recall"] = {"delta": round(delta, 10),
+                                          "p_value": stratified_bootstrap_p(per_class, resamples)}
     return found
+
+
+def class_differences(mine: dict, theirs: dict) -> list[tuple[int, int, int]] | None:
+    """For each class with images: (images only MINE's top-1 gets right, only THEIRS', both or
+    neither); None when the records do not say each image's class."""
+    targets = mine.get("targets")
+    if not isinstance(targets, list) or len(targets) != mine["queries"] or targets != theirs.get("targets", targets):
+        return None
+    counts: dict = {}
+    for target, a, b in zip(targets, mine["hits"]["top1"], theirs["hits"]["top1"]):
+        plus, minus, same = counts.get(target, (0, 0, 0))
+        counts[target] = (plus + (a > b), minus + (a < b), same + (a == b))
+    return [counts[target] for target in sorted(counts)]
+
+
+def stratified_bootstrap_p(per_class: list[tuple[int, int, int]], resamples: int = RESAMPLES,
+                           seed: int = SEED) -> float:
+    """Two-sided paired bootstrap p-value of a difference in mean per-class recall, as
+    paired_bootstrap_p, with each resample drawn within each class: a class keeps its size, as
+    in the dataset, so every class keeps its weight (1 / classes) and its recall's denominator;
+    resampling over all the images would let classes grow, shrink or vanish, a noise the
+    metric itself does not have.
+
+    PER_CLASS: (only mine right, only theirs right, both alike) per class. What a class adds to
+    a resample is its drawn (only mine - only theirs), drawn at once from that difference's exact
+    distribution (one uniform per class and resample); classes without a disagreement add 0 to every resample and are not drawn. Sums
+    are integers over the classes' common multiple, so the comparison with the observed
+    difference is exact.
+    """
+    scale = math.lcm(*(sum(counts) for counts in per_class)) if per_class else 1
+    active = [counts for counts in per_class if counts[0] or counts[1]]
+    draws = {counts: _difference_distribution(*counts) for counts in set(active)}
+    observed = sum(scale // sum(counts) * (counts[0] - counts[1]) for counts in active)
+    rng = random.Random(seed)
+    totals = [0] * resamples
+    for counts in active:  # class by class, every resample at once: C loops, not a Python loop per draw
+        cumulative, values = draws[counts]
+        weighted = [scale // sum(counts) * value for value in values]
+        totals = list(map(operator.add, totals, rng.choices(weighted, cum_weights=cumulative, k=resamples)))
+    extreme = sum(abs(total - observed) >= abs(observed) for total in totals)
+    return (extreme + 1) / (resamples + 1)
+
+
+def _difference_distribution(plus: int, minus: int, same: int) -> tuple[list[float], list[int]]:
+    """(cumulative probabilities, values) of drawn(plus) - drawn(minus) when a class's
+    n = plus + minus + same images are resampled with replacement: the disagreements drawn are
+    D ~ Binomial(n, (plus + minus) / n) and, of them, those MINE gets right Binomial(D, plus /
+    (plus + minus)). Terms beyond 12 standard deviations (below 1e-30) are left out."""
+    n, disagree = plus + minus + same, plus + minus
+    pmf: dict[int, float] = {}
+    for d in _likely(n, disagree / n):
+        weight = _binomial_pmf(n, d, disagree / n)
+        for k in _likely(d, plus / disagree):
+            pmf[2 * k - d] = pmf.get(2 * k - d, 0.0) + weight * _binomial_pmf(d, k, plus / disagree)
+    values = sorted(pmf)
+    total, running, cumulative = sum(pmf.values()), 0.0, []
+    for value in values:
+        running += pmf[value]
+        cumulative.append(running / total)
+    cumulative[-1] = 1.0  # a uniform in [0, 1) always lands on a value
+    return cumulative, values
+
+
+def _likely(n: int, p: float) -> range:
+    spread = 12 * math.sqrt(n * p * (1 - p)) + 12
+    return range(max(0, math.floor(n * p - spread)), min(n, math.ceil(n * p + spread)) + 1)
+
+
+def _binomial_pmf(n: int, k: int, p: float) -> float:
+    if p <= 0.0 or p >= 1.0:
+        return float(k == (n if p >= 1.0 else 0))
+    return math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                    + k * math.log(p) + (n - k) * math.log1p(-p))
 
 
 def is_significant(p_value: float | None) -> bool:

@@ -12,21 +12,26 @@ from ..references import Reference, all_references, find, names, reference_rows
 from .guard import CONTEXT, debug_option, guarded
 
 
-def _to_references(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[Reference, ...]:
-    found = []
+def _to_references(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[Reference | dict, ...]:
+    """Each NAME as a published retrieval result (a Reference) or classification row (a dict)."""
+    from .. import zeroshot_references
+    found: dict[str, Reference | dict] = {}
     for name in value:
-        reference = find(name)
+        reference = find(name) or zeroshot_references.find(name)
         if reference is None:
-            raise click.BadParameter(f"no published result is named {name!r}; known: {', '.join(names())} "
-                                     "(python -m evalkit references lists them with their numbers)")
-        found.append(reference)
-    return tuple({reference.name: reference for reference in found}.values())  # each once
+            raise click.BadParameter(f"no published result is named {name!r}; known: {', '.join(names())}, and the "
+                                     "zero-shot classification rows, named as vit-b-16-cifar100-zeroshot-classification "
+                                     "(python -m evalkit references lists them with their numbers, "
+                                     "references --classification --json with their names)")
+        found[reference.name if isinstance(reference, Reference) else reference["name"]] = reference  # each once
+    return tuple(found.values())
 
 
 def reference_option(command: Callable) -> Callable:
     return click.option("--reference", "references", multiple=True, metavar="NAME", callback=_to_references,
-                        help="add Chinese-CLIP's published result NAME as a row with deltas; repeatable "
-                             "(python -m evalkit references lists the names)")(command)
+                        help="add Chinese-CLIP's published result NAME as a row with deltas, retrieval or zero-shot "
+                             "classification (e.g. vit-b-16-cifar100-zeroshot-classification) under the table of its "
+                             "task; repeatable (python -m evalkit references lists the names)")(command)
 
 
 @click.command(context_settings=CONTEXT)

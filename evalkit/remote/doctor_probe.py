@@ -3,7 +3,11 @@
 Usage (on the server, in the evaluation env; every argument is optional, a section runs only
 when its argument is given):
   python doctor_probe.py [--clip-dir DIR] [--device cuda|cpu] [--images LMDB_DIR --texts JSONL]
+         [--classification NAME --class-images DATASET/test --label-file DATASET/label_cn.txt]
          [--checkpoint PATH] [--output-root DIR]
+
+A classification dataset is checked by zeroshot.py's own preflight checks (beside this script),
+each one reported, and the template set upstream will use.
 
 It only reads. Standard library, plus torch and lmdb when the env has them: every failure,
 a missing module included, is reported as data, never as a traceback. evalkit decides on the
@@ -309,12 +313,26 @@ def disk_facts(root):
             "writable": os.access(existing, os.W_OK)}
 
 
+def classification_facts(dataset, images, label_file):
+    """zeroshot.py's preflight checks, every one (the preflight stops at the first), and the templates."""
+    import zeroshot  # beside this script on the server (evalkit uploads both)
+    try:
+        checks = list(zeroshot.dataset_checks(images, label_file))
+    except OSError as exc:  # a folder that cannot be listed: the answer, as data
+        checks = [{"name": "image folder", "ok": False, "found": describe_error(exc),
+                   "fix": "fix its permissions on the server"}]
+    return {"checks": checks + [zeroshot.templates_check(dataset)]}
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("--clip-dir")
     parser.add_argument("--device", choices=("cuda", "cpu"))
     parser.add_argument("--images")
     parser.add_argument("--texts")
+    parser.add_argument("--classification", help="the dataset's folder name: it picks the templates")
+    parser.add_argument("--class-images")
+    parser.add_argument("--label-file")
     parser.add_argument("--checkpoint")
     parser.add_argument("--output-root")
     return parser.parse_args(argv)
@@ -330,6 +348,8 @@ def main(argv):
     if args.images and args.texts:
         facts["images"], txn = image_facts(args.images)
         facts["texts"] = text_facts(args.texts, txn)
+    if args.classification:
+        facts["classification"] = classification_facts(args.classification, args.class_images, args.label_file)
     if args.checkpoint:
         facts["checkpoint"] = checkpoint_facts(args.checkpoint)
     if args.output_root:

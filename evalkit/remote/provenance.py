@@ -236,16 +236,22 @@ def server_facts(chinese_clip_dir, gpu):
     }
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--images", required=True)
-    parser.add_argument("--texts", required=True)
+def add_server_arguments(parser):
+    """The options every provenance line needs: Chinese-CLIP's folder, the hash cache, the device
+    (--gpu N or --cpu). zeroshot.py check declares them with this too."""
     parser.add_argument("--chinese-clip-dir", required=True)
     parser.add_argument("--cache", required=True)
     device = parser.add_mutually_exclusive_group(required=True)
     device.add_argument("--gpu")
     device.add_argument("--cpu", action="store_true")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--images", required=True)
+    parser.add_argument("--texts", required=True)
+    add_server_arguments(parser)
     return parser.parse_args(argv)
 
 

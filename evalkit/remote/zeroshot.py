@@ -72,40 +72,107 @@ def refusal(images: str, label_file: str, checkpoint: str):
     """(sentence, fix) for the first thing upstream would get wrong or fail on; None when none."""
     if not os.path.isfile(checkpoint):
         return (f"the checkpoint {checkpoint} does not exist", "check --model-path (relative paths are under DATAPATH)")
+    failed = next((check for check in dataset_checks(images, label_file) if not check["ok"]), None)
+    return None if failed is None else (failed["found"], failed["fix"])
+
+
+def dataset_checks(images: str, label_file: str):
+    """Each of the dataset's checks, in the order upstream would trip over them, as
+    {"name", "ok", "found", "fix"} (found: what was seen; on a failure the sentence). Lazy: the
+    preflight stops at the first failure, the doctor (doctor_probe.py) takes them all. After a
+    missing or unreadable label file or image folder nothing else can be checked."""
+    labels = yield from _files_checks(images, label_file)
+    if labels is None:
+        return
+    folders = class_folders(images)
+    yield _blank_line_check(labels, label_file)
+    yield _count_check(labels, folders, images, label_file)
+    yield _numbering_check(folders, images)
+    yield _empty_folders_check(folders, images, label_file)
+    yield _images_check(folders, images)
+
+
+def _check(name: str, found: str, fix=None) -> dict:
+    return {"name": name, "ok": fix is None, "found": found, "fix": fix}
+
+
+def _files_checks(images: str, label_file: str):
+    """The label file (UTF-8) and the image folder, or a ✗ for the first missing; returns the labels."""
     if not os.path.isfile(label_file):
-        return (f"{label_file} does not exist", "write label_cn.txt: the Chinese name of class k on line k")
+        yield _check("label file", f"{label_file} does not exist",
+                     "write label_cn.txt: the Chinese name of class k on line k")
+        return None
     if not os.path.isdir(images):
-        return (f"{images} does not exist", f"put the images in {images}/<class id>/, one folder per class")
+        yield _check("image folder", f"{images} does not exist",
+                     f"put the images in {images}/<class id>/, one folder per class")
+        return None
     try:
         labels = read_labels(label_file)
     except UnicodeDecodeError:
-        return (f"{label_file} is not UTF-8 text", "save it as UTF-8, one class name per line")
+        yield _check("label file", f"{label_file} is not UTF-8 text", "save it as UTF-8, one class name per line")
+        return None
+    yield _check("label file", f"{label_file}: {len(labels)} lines of UTF-8 text")
+    return labels
+
+
+def _blank_line_check(labels: list, label_file: str) -> dict:
     blank = next((number for number, name in enumerate(labels, 1) if not name), None)
-    if blank is not None:
-        return (f"{label_file} line {blank} is blank, which upstream reads as a class with an empty name",
-                "remove the blank line: class k is line k, one line per class folder")
-    folders = class_folders(images)
-    if len(labels) != len(folders):
-        return (f"{label_file} has {len(labels)} class names but {images} has {len(folders)} class folders",
-                "write one line per class folder, line k naming the k-th folder in sorted order")
+    if blank is None:
+        return _check("blank lines", f"no blank line in {os.path.basename(label_file)}")
+    return _check("blank lines", f"{label_file} line {blank} is blank, which upstream reads as a class with an empty name",
+                  "remove the blank line: class k is line k, one line per class folder")
+
+
+def _count_check(labels: list, folders: list, images: str, label_file: str) -> dict:
+    if len(labels) == len(folders):
+        return _check("class names", f"{len(labels)} class names for {len(folders)} class folders")
+    return _check("class names", f"{label_file} has {len(labels)} class names but {images} has {len(folders)} class folders",
+                  "write one line per class folder, line k naming the k-th folder in sorted order")
+
+
+def _numbering_check(folders: list, images: str) -> dict:
     numbered = [name for name in folders if name.isdigit()]
-    if len(numbered) == len(folders) and [int(n) for n in folders] != sorted(int(n) for n in folders):
-        return (f"the class folders of {images} are numbers that do not sort in numeric order ({', '.join(folders[:4])} …), "
-                "so ImageFolder would give classes the wrong names",
-                "zero-pad the folder names to 3 digits (000, 001, …) as upstream's datasets are")
+    if len(numbered) != len(folders):
+        return _check("folder order", "the class folders are names, not numbers: class k is the k-th in sorted order")
+    if [int(n) for n in folders] == sorted(int(n) for n in folders):
+        return _check("folder order", "the numbered class folders sort in numeric order (zero-padded)")
+    return _check("folder order", f"the class folders of {images} are numbers that do not sort in numeric order "
+                  f"({', '.join(folders[:4])} …), so ImageFolder would give classes the wrong names",
+                  "zero-pad the folder names to 3 digits (000, 001, …) as upstream's datasets are")
+
+
+def _empty_folders_check(folders: list, images: str, label_file: str) -> dict:
+    empty = next((name for name in folders if not images_of(os.path.join(images, name))), None)
+    if empty is None:
+        return _check("empty class folders", "every class folder has images")
+    return _check("empty class folders", f"the class folder {os.path.join(images, empty)} has no image ImageFolder reads "
+                  f"({', '.join(IMAGE_EXTENSIONS[:3])} …), so torchvision would stop on it",
+                  f"add its images, or remove the folder and its line in {os.path.basename(label_file)}")
+
+
+def _images_check(folders: list, images: str) -> dict:
+    count = 0
     for name in folders:
         folder = os.path.join(images, name)
-        found = images_of(folder)
-        if not found:
-            return (f"the class folder {folder} has no image ImageFolder reads ({', '.join(IMAGE_EXTENSIONS[:3])} …), "
-                    "so torchvision would stop on it",
-                    f"add its images, or remove the folder and its line in {os.path.basename(label_file)}")
-        for image in found:
+        for image in images_of(folder):
+            count += 1
             problem = unreadable(os.path.join(folder, image))
             if problem:
-                return (f"{os.path.join(folder, image)} cannot be read as an image ({problem})",
-                        "replace the file or remove it")
-    return None
+                return _check("images", f"{os.path.join(folder, image)} cannot be read as an image ({problem})",
+                              "replace the file or remove it")
+    return _check("images", f"all {count} images can be read")
+
+
+def templates_check(dataset: str) -> dict:
+    """Which template set upstream will use for DATASET (chosen by its folder name), and how many."""
+    chosen = template_set(dataset)
+    try:
+        from cn_clip.eval import cvinw_zeroshot_templates as templates_module
+        count = f"{len(getattr(templates_module, chosen))} templates"
+    except Exception as exc:  # noqa: BLE001 - cn_clip's import pulls torch and more: say why, check goes on
+        count = f"not counted: {type(exc).__name__}"
+    why = "its folder name picks them" if chosen != GENERIC_TEMPLATES else "the generic set: no set is named for it"
+    return _check("templates", f"{dataset}: {chosen} ({count}); {why}")
 
 
 def unreadable(path: str):
@@ -319,11 +386,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         sub.add_argument("--images", required=True, help="the split's ImageFolder, DATASET/test")
         sub.add_argument("--label-file", required=True, help="DATASET/label_cn.txt")
         sub.add_argument("--checkpoint", required=True)
-    checking.add_argument("--chinese-clip-dir", required=True)
-    checking.add_argument("--cache", required=True)
-    device = checking.add_mutually_exclusive_group(required=True)
-    device.add_argument("--gpu")
-    device.add_argument("--cpu", action="store_true")
+    import provenance  # beside this script on the server (evalkit uploads both)
+    provenance.add_server_arguments(checking)
     evaluating.add_argument("--dataset", required=True, help="the dataset's folder name: it picks the templates")
     evaluating.add_argument("--vision-model", required=True)
     evaluating.add_argument("--text-model", required=True)

@@ -108,3 +108,39 @@ def test_references_list_the_published_zero_shot_classification_with_each_metric
     assert entries["vit-h-14-kitti-zeroshot-classification"]["warnings"] == \
         ["KITTI: users could not reproduce this number (Chinese-CLIP issue #77)"]
     assert entries["vit-l-14-336-pc-zeroshot-classification"]["value"] == 62.9
+
+
+def write_classification_summary(results: Path, dataset: str, label: str, top1: float) -> None:
+    folder = results / dataset / "test" / label
+    folder.mkdir(parents=True)
+    numbers = {"top1": top1, "top5": 90.0, "mean_per_class_recall": top1 - 1, "num_images": 10000,
+               "num_classes": 100, "templates": "openai"}
+    (folder / "summary.json").write_text(json.dumps({
+        "label": label, "checkpoint": f"/c/{label}.pt", "task": "zeroshot_classification", "split": "test",
+        "recall": {"zeroshot_classification": numbers}, "warnings": [], "timestamp": "2026-11-27T00:00:00+00:00"}))
+
+
+def test_a_classification_comparison_shows_the_published_top1_asked_for_marked_as_published(tmp_path):
+    root = tmp_path / "results"
+    write_classification_summary(root, "cifar-100", "baseline", 60.0)
+    write_classification_summary(root, "cifar-100", "student", 62.5)
+    shown = invoke("results", "--results-dir", str(root), "--format", "markdown",
+                   "--reference", "vit-b-16-cifar100-zeroshot-classification",
+                   "--reference", "vit-b-16-fgvc-zeroshot-classification",
+                   "--reference", "vit-b-16-flickr30k-cn-finetune")
+    assert shown.exit_code == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "| *published: vit-b-16-cifar100-zeroshot-classification* | 64.40 (+4.40) | – | – |" in lines
+    assert "| *published: vit-b-16-fgvc-zeroshot-classification* | – | – | 12.80 (-46.20) |" in lines
+    assert "flickr30k" not in shown.stdout  # a retrieval reference has no place in a classification table
+    notes = "\n".join(lines)
+    assert ("warning: published: vit-b-16-fgvc-zeroshot-classification: FGVC: published with another metric than "
+            "top-1: not comparable with evalkit's top-1") in notes
+    assert ("vit-b-16-fgvc-zeroshot-classification was measured on FGVC (upstream's folder "
+            "fgvc-aircraft-2013b-variants102), not cifar-100") in notes
+    document = json.loads(invoke("results", "--results-dir", str(root), "--format", "json", "--reference",
+                                 "vit-b-16-cifar100-zeroshot-classification").stdout)
+    published = document[0]["references"] if isinstance(document, list) else document["references"]
+    assert [(row["label"], row["metrics"], row["warnings"]) for row in published] == [
+        ("published: vit-b-16-cifar100-zeroshot-classification", {"acc1": 0.644}, [])]
+    assert "ci95" not in published[0] and "significance" not in published[0]

@@ -252,3 +252,54 @@ def test_every_upstream_model_is_recognised_from_its_real_state_dict(server_pyth
     for pair, shapes in json.loads(done.stdout).items():
         architecture = infer_architecture(shapes)
         assert f"{architecture.vision}|{architecture.text}" == pair
+
+
+# --- a zero-shot classification dataset ---------------------------------------------------------
+
+CLASSIFICATION_CHECKS = ["label file", "blank lines", "class names", "folder order",
+                         "empty class folders", "images", "templates"]
+
+
+@pytest.fixture
+def classification_datapath(testbed, server_python, tmp_path) -> Path:
+    """A 12-class dataset in upstream's layout (label_cn.txt, test/000 … test/011) of its own,
+    named country211 so that upstream picks a template set by name; the config points at it."""
+    from evalkit.testbed.builders import build_classification_dataset
+    root = tmp_path / "数据 classification"
+    build_classification_dataset(server_python, root, "country211", classes=12)
+    testbed.write_config(datapath=str(root))
+    return root / "datasets" / "country211"
+
+
+def test_a_good_classification_dataset_passes_each_of_its_checks(testbed, classification_datapath):
+    run = doctor(testbed, "--dataset-name", "country211")
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = checks(run)
+    # the task is looked at over SFTP as soon as the login works, the dataset's checks come in the images' place
+    assert list(lines) == (EVERY_CHECK[:4] + ["task"] + EVERY_CHECK[4:9] + CLASSIFICATION_CHECKS
+                           + ["checkpoint", "architecture", "disk"])
+    assert all(mark == "✓" for mark, _ in lines.values()), run.stdout
+    assert lines["task"][1] == ("country211: zero-shot image classification (label_cn.txt + test/ class folders), "
+                                "split test (there is no valid/ folder)")
+    assert lines["class names"][1] == "12 class names for 12 class folders"
+    assert lines["images"][1] == "all 36 images can be read"
+    assert lines["templates"][1].startswith("country211: country211_templates (4 templates)")
+
+
+def test_a_broken_classification_dataset_gets_a_cross_and_a_fix_for_each_problem(testbed, classification_datapath):
+    labels = classification_datapath / "label_cn.txt"
+    labels.write_text("\n".join(labels.read_text(encoding="utf-8").splitlines()[:11]) + "\n\n", encoding="utf-8")
+    for image in (classification_datapath / "test" / "007").iterdir():
+        image.unlink()
+    run = doctor(testbed, "--dataset-name", "country211")
+    assert run.returncode == DoctorFailed.exit_code, run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    lines = checks(run)
+    failed = [name for name, (mark, _) in lines.items() if mark == "✗"]
+    assert failed == ["blank lines", "empty class folders"], run.stdout
+    assert lines["blank lines"][1] == f"{labels} line 12 is blank, which upstream reads as a class with an empty name"
+    assert lines["empty class folders"][1].startswith(
+        f"the class folder {classification_datapath}/test/007 has no image ImageFolder reads")
+    for name in failed:
+        assert run.stdout.split(f"✗ {name}: ", 1)[1].splitlines()[1].startswith("  fix: "), run.stdout
+    assert run.stderr.startswith(f"error: 2 of {len(lines)} checks failed: blank lines, empty class folders")

@@ -146,7 +146,8 @@ def test_two_checkpoints_compared_with_intervals_and_mcnemar_p_values(testbed, c
         low, high = row["ci95"]["zeroshot_classification"]["top1"]
         assert low <= row["recall"]["zeroshot_classification"]["top1"] <= high
     tests = rows["student"]["significance"]["zeroshot_classification"]
-    assert set(tests) == {"top1", "top5"} and all(0 < test["p_value"] <= 1 for test in tests.values())
+    assert set(tests) == {"top1", "top5", "mean_per_class_recall"}
+    assert all(0 < test["p_value"] <= 1 for test in tests.values())
     assert tests["top1"]["delta"] == pytest.approx(rows["student"]["delta"]["zeroshot_classification"]["top1"])
     markdown = (testbed.results_dir / NAME / "test" / "comparison.md").read_text(encoding="utf-8")
     assert markdown.splitlines()[0] == f"Zero-shot classification (%) on {NAME} test; (±x.xx) against baseline"
@@ -163,3 +164,54 @@ def test_a_matrix_of_a_retrieval_and_a_classification_dataset_runs_in_one_comman
     assert set(classified["models"][0]["recall"]) == {"zeroshot_classification"}
     assert (testbed.results_dir / NAME / "test" / LABEL / "zeroshot_classification_results.json").is_file()
     assert (testbed.results_dir / "Flickr30k-CN" / "valid" / LABEL / "text_to_image_results.json").is_file()
+
+
+def test_a_sweep_and_a_watch_of_a_training_folder_on_a_classification_dataset(testbed, classification, tmp_path):
+    """epoch1.pt … epoch4.pt and epoch_latest.pt as Chinese-CLIP's training writes them. A sweep of
+    epoch[1-3].pt: a row per epoch, the best its highest top-1 (ties: the lower epoch), `results
+    --best` the same row. A watch of the folder up to epoch 4 then evaluates only epoch4.pt (its
+    alias epoch_latest.pt never), shows the four epochs' table, and ends by itself."""
+    import subprocess
+    import sys
+    from .conftest import REPO
+    from .test_training_folders import WRITE_TRAINING_FOLDER
+    folder = tmp_path / "training runs" / "experiments" / "team_distill" / "checkpoints"
+    folder.mkdir(parents=True)
+    subprocess.run([str(testbed.server_python), "-c", WRITE_TRAINING_FOLDER, str(testbed.checkpoint), str(folder),
+                    "4"], check=True, capture_output=True, timeout=600)
+
+    swept = folder / "epoch[1-3].pt"
+    run = testbed.evaluate("--dataset-name", NAME, "--model-path", str(swept), *MODEL_ARGS, "--json", timeout=1800)
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert f"{swept}: 3 checkpoints" in " ".join(run.stderr.split()), run.stderr  # a long path wraps
+    document = json.loads(run.stdout)
+    assert (document["dataset"], document["split"]) == (NAME, "test")
+    rows = document["models"]
+    assert [(r["label"], r["epoch"], r["step"], r["status"]) for r in rows] == [
+        (f"team_distill@epoch{n}", n, n * 100, "ok") for n in (1, 2, 3)]
+    assert all(set(r["recall"]) == {"zeroshot_classification"} for r in rows)
+    assert [r["epoch"] for r in rows if r["best"]] == [highest_top1(rows)]
+
+    results = subprocess.run([sys.executable, "-m", "evalkit", "results", "--config", str(testbed.config), "--best",
+                              "--dataset-name", NAME, "--split", "test", "--format", "json"],
+                             capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert results.returncode == 0, results.stderr
+    [kept] = [found for found in json.loads(results.stdout) if found["dataset"] == NAME]
+    assert [(r["label"], r["recall"]) for r in kept["models"]] == \
+        [(r["label"], r["recall"]) for r in rows if r["best"]]
+
+    logs = sorted((testbed.results_dir / "logs").iterdir())
+    testbed.write_config(watch_settle=1, watch_interval=1)
+    watched = testbed.evaluate("--dataset-name", NAME, "--model-path", str(folder), *MODEL_ARGS, "--watch",
+                               "--until-epoch", "4", timeout=600)
+    assert watched.returncode == 0, watched.stderr + watched.stdout
+    assert len(sorted((testbed.results_dir / "logs").iterdir())) == len(logs) + 1  # epoch4.pt only
+    assert "failed" not in watched.stderr and "Zero-shot classification (%)" in watched.stdout
+    comparison = json.loads((testbed.results_dir / NAME / "test" / "comparison.json").read_text())
+    assert [(r["label"], r["epoch"]) for r in comparison["models"]] == [(f"team_distill@epoch{n}", n) for n in (1, 2, 3, 4)]
+    assert [r["epoch"] for r in comparison["models"] if r["best"]] == [highest_top1(comparison["models"])]
+
+
+def highest_top1(rows: list[dict]) -> int:
+    """The epoch of the highest top-1; of a tie, the lower epoch."""
+    return min((r for r in rows), key=lambda r: (-r["recall"]["zeroshot_classification"]["top1"], r["epoch"]))["epoch"]

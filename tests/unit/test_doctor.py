@@ -296,3 +296,34 @@ def test_hostile_values_reach_the_probe_as_text_and_never_run(tmp_path, hostile)
     assert run.facts["texts"]["path"] == f"{root}/data/datasets/{hostile}/valid_texts.jsonl"
     assert run.facts["checkpoint"] == {"path": str(root / "ckpt.pt"), "exists": False, "readable": False}
     assert not list(tmp_path.rglob("pwned"))
+
+
+# --- a zero-shot classification dataset ----------------------------------------------------------
+
+CLASSIFYING = Request("cifar-100", "test", "/srv/ckpt.pt", vision_model="RN50", text_model="RBT3-chinese",
+                      task="zeroshot_classification")
+
+
+def test_a_classification_dataset_is_probed_through_its_label_file_and_class_folders():
+    command = doctor.doctor_command(SETTINGS, CLASSIFYING)
+    assert ("--classification cifar-100 --class-images /srv/data/datasets/cifar-100/test "
+            "--label-file /srv/data/datasets/cifar-100/label_cn.txt") in command
+    assert "--texts" not in command
+
+
+def test_each_classification_check_the_probe_made_is_a_line_of_its_own():
+    facts = {key: value for key, value in healthy_facts().items() if key not in ("images", "texts")}
+    facts["classification"] = {"checks": [
+        {"name": "blank lines", "ok": False, "found": "label_cn.txt line 3 is blank", "fix": "remove it"},
+        {"name": "templates", "ok": True, "found": "cifar-100: openai_templates (183 templates)", "fix": None}]}
+    checks = checks_for(facts, request=CLASSIFYING)
+    assert [check.name for check in checks] == ["activate", "python", "torch", "cn_clip", "GPU", "blank lines",
+                                                "templates", "checkpoint", "architecture", "disk"]
+    assert failed(checks) == {"blank lines": Check("blank lines", False, "label_cn.txt line 3 is blank", "remove it")}
+    assert checks[-1].found == ("50.0 GiB free at /srv/data/evalkit (on /srv/data, which exists); "
+                                "a classification writes no features, only its results")
+
+
+def test_a_probe_that_did_not_check_the_classification_dataset_fails_its_line():
+    facts = {key: value for key, value in healthy_facts().items() if key not in ("images", "texts")}
+    assert list(failed(checks_for(facts, request=CLASSIFYING))) == ["classification dataset"]

@@ -2,14 +2,17 @@
 binomial draws behind it, checked against scipy (a test-only dependency) and by hand."""
 from __future__ import annotations
 
+import itertools
 import json
 import random
+from fractions import Fraction
 
 import pytest
 from scipy import stats
 
 from evalkit.resampling import binomial, multinomial
-from evalkit.significance import (FORMAT, best_versus_runner_up, ci95_of, mcnemar_p, paired_bootstrap_p,
+from evalkit.significance import (FORMAT, best_versus_runner_up, ci95_of, classification_significance, is_significant,
+                                  mcnemar_p, paired_bootstrap_p,
                                   parse_query_hits, plus_minus, recall_difference, score_differences, significance)
 
 
@@ -158,3 +161,82 @@ def test_multinomial_keeps_the_total_and_leaves_empty_classes_empty():
     for _ in range(200):
         drawn = multinomial(rng, [10, 0, 3000, 2, 0])
         assert sum(drawn) == 3012 and drawn[1] == drawn[4] == 0
+
+
+# --- mean per-class recall: a paired bootstrap within each class ---------------------------------
+
+def classified(top1: str, targets: list[int], sha: str = "c" * 64) -> dict:
+    return {"queries": len(top1), "reference_sha256": sha, "hits": {"top1": top1, "top5": top1}, "targets": targets}
+
+
+def mean_per_class_recall(top1: str, targets: list[int]) -> float:
+    """By the definition, without evalkit: each class's share of right top-1s, averaged over classes."""
+    classes = sorted(set(targets))
+    return sum(sum(top1[i] == "1" for i, t in enumerate(targets) if t == c) / targets.count(c)
+               for c in classes) / len(classes)
+
+
+def exact_stratified_bootstrap_p(mine: str, theirs: str, targets: list[int]) -> Fraction:
+    """The ideal bootstrap by brute force: every resample with replacement of each class's images
+    (n^n equally likely sequences per class), with the difference in mean per-class recall
+    computed anew from the resampled images; the share at least as far from the observed as the
+    observed is from 0."""
+    classes = sorted(set(targets))
+    members = [[i for i, t in enumerate(targets) if t == c] for c in classes]
+
+    def difference(chosen: list[tuple[int, ...]]) -> Fraction:
+        return sum(Fraction(sum((mine[i] == "1") - (theirs[i] == "1") for i in picks), len(picks))
+                   for picks in chosen) / len(classes)
+
+    observed = difference([tuple(m) for m in members])
+    outcomes = [list(itertools.product(m, repeat=len(m))) for m in members]
+    total = extreme = 0
+    for chosen in itertools.product(*outcomes):
+        total += 1
+        extreme += abs(difference(list(chosen)) - observed) >= abs(observed)
+    return Fraction(extreme, total)
+
+
+# (mine's top-1 hits, theirs', each image's class): small enough to enumerate every resample
+SMALL_TABLES = [
+    ("1101" "110", "0100" "010", [0, 0, 0, 0, 1, 1, 1]),
+    ("11" "100" "1", "01" "001" "1", [0, 0, 1, 1, 1, 2]),
+    ("1111" "000", "0011" "100", [0, 0, 0, 0, 1, 1, 1]),
+    ("101" "01" "11", "100" "10" "01", [0, 0, 0, 1, 1, 2, 2]),
+]
+
+
+@pytest.mark.parametrize("mine, theirs, targets", SMALL_TABLES)
+def test_mpcr_delta_is_the_difference_of_the_mean_per_class_recalls(mine, theirs, targets):
+    found = classification_significance(classified(mine, targets), classified(theirs, targets), resamples=10)
+    expected = (mean_per_class_recall(mine, targets) - mean_per_class_recall(theirs, targets)) * 100
+    assert found["mean_per_class_recall"]["delta"] == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("mine, theirs, targets", SMALL_TABLES)
+def test_mpcr_p_value_is_the_exact_within_class_bootstrap_by_brute_force(mine, theirs, targets):
+    exact = float(exact_stratified_bootstrap_p(mine, theirs, targets))
+    found = classification_significance(classified(mine, targets), classified(theirs, targets), resamples=20_000)
+    # 20,000 resamples: the Monte Carlo estimate's standard error is at most 0.0036
+    assert found["mean_per_class_recall"]["p_value"] == pytest.approx(exact, abs=0.015)
+
+
+def test_mpcr_p_value_is_seeded_and_a_large_gap_is_significant():
+    targets = [c for c in range(20) for _ in range(10)]
+    mine, theirs = "1111111110" * 20, "1111100000" * 20
+    first = classification_significance(classified(mine, targets), classified(theirs, targets))
+    assert first == classification_significance(classified(mine, targets), classified(theirs, targets))
+    assert first["mean_per_class_recall"]["delta"] == pytest.approx(40.0)
+    assert is_significant(first["mean_per_class_recall"]["p_value"])
+
+
+def test_identical_classifications_give_mpcr_delta_zero_and_p_one():
+    targets = [0, 0, 1, 1, 2]
+    found = classification_significance(classified("10110", targets), classified("10110", targets))
+    assert found["mean_per_class_recall"] == {"delta": 0.0, "p_value": 1.0}
+
+
+def test_without_each_images_class_mpcr_has_no_test():
+    mine, theirs = classified("110", [0, 1, 1]), classified("011", [0, 1, 1])
+    del mine["targets"], theirs["targets"]
+    assert set(classification_significance(mine, theirs)) == {"top1", "top5"}

@@ -93,10 +93,12 @@ def test_a_preflight_that_did_not_answer_says_how_to_see_why():
     assert "No module named 'PIL'" in error.message and error.hint.endswith("CMD")
 
 
-def _hits(top1: str, top5: str, digest: str = "d") -> dict:
+def _hits(top1: str, top5: str, digest: str = "d", targets: list[int] | None = None) -> dict:
     document = {"format": "evalkit-query-hits/1", CLASSIFICATION: {
         "queries": len(top1), "reference_sha256": digest, "hits": {"top1": top1, "top5": top5},
         "ci95": {"top1": [10.0, 30.0], "top5": [40.0, 60.0], "mean_per_class_recall": [5.0, 35.0]}}}
+    if targets is not None:
+        document[CLASSIFICATION]["targets"] = targets
     return parse_query_hits(json.dumps(document).encode())
 
 
@@ -127,6 +129,17 @@ def test_a_comparison_of_classification_rows_has_its_own_columns_and_clip_benchm
     model = comparison.to_dict()["models"][1]
     assert model["metrics"] == {"acc1": 0.8, "acc5": 0.5, "mean_per_class_recall": 0.79}
     assert clip_benchmark_metrics({"text_to_image": {"r1": 50.0}})["image_retrieval_recall@1"] == 0.5
+
+
+def test_mpcr_gets_its_marker_from_the_paired_bootstrap_within_each_class():
+    targets = [image % 4 for image in range(20)]
+    baseline = _row("baseline", 20.0, _hits("0" * 20, "1" * 20, targets=targets))
+    student = _row("student", 80.0, _hits("1" * 16 + "0" * 4, "1" * 20, targets=targets))
+    comparison = build_comparison([baseline, student], "cifar-100", "test", "2025-01-01T00:00:00Z")
+    assert comparison.rows[1].significance[CLASSIFICATION]["mean_per_class_recall"]["delta"] == 80.0
+    markdown = to_markdown(comparison)
+    assert "| student | **80.00** ±10.0 (+60.00\\*) | **50.00** ±10.0 (+0.00) | **79.00** ±15.0 (+60.00\\*) |" in markdown
+    assert "paired bootstrap within each class for MPCR" in markdown
 
 
 def test_the_report_has_a_classification_table_and_chart_per_dataset():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from evalkit.remote.zeroshot import listing_digest, refusal, template_set
+from evalkit.remote.zeroshot import dataset_checks, listing_digest, refusal, template_set, templates_check
 
 
 def _jpeg() -> bytes:
@@ -84,3 +84,57 @@ def test_two_listings_pair_only_when_labels_and_images_are_the_same(tmp_path):
                                              ("country211", "country211_templates"), ("cifar-100", "openai_templates")])
 def test_templates_are_chosen_by_the_folder_name_as_upstream_chooses(name, templates):
     assert template_set(name) == templates
+
+
+def _checks(test: str, labels: str) -> dict:
+    return {check["name"]: check for check in dataset_checks(test, labels)}
+
+
+def test_the_doctor_gets_every_check_of_a_good_dataset_passed_with_what_it_saw(tmp_path):
+    test, labels, _ = _dataset(tmp_path)
+    assert {name: (check["ok"], check["found"]) for name, check in _checks(test, labels).items()} == {
+        "label file": (True, f"{labels}: 12 lines of UTF-8 text"),
+        "blank lines": (True, "no blank line in label_cn.txt"),
+        "class names": (True, "12 class names for 12 class folders"),
+        "folder order": (True, "the numbered class folders sort in numeric order (zero-padded)"),
+        "empty class folders": (True, "every class folder has images"),
+        "images": (True, "all 12 images can be read")}
+
+
+def test_the_doctor_gets_each_problem_where_the_preflight_stops_at_the_first(tmp_path):
+    test, labels, checkpoint = _dataset(tmp_path, labels=11, padded=False)
+    (Path(test) / "5" / "a.jpg").unlink()
+    failed = [name for name, check in _checks(test, labels).items() if not check["ok"]]
+    assert failed == ["class names", "folder order", "empty class folders"]
+    assert refusal(test, labels, checkpoint) == (_checks(test, labels)["class names"]["found"],
+                                                 _checks(test, labels)["class names"]["fix"])
+
+
+def test_without_the_label_file_nothing_else_is_checked(tmp_path):
+    test, labels, _ = _dataset(tmp_path)
+    Path(labels).unlink()
+    assert [(c["name"], c["found"]) for c in dataset_checks(test, labels)] == [("label file", f"{labels} does not exist")]
+
+
+@pytest.mark.parametrize("name, said", [("food-101", "food-101: food_templates ("),
+                                        ("cifar-100", "cifar-100: openai_templates (")])
+def test_the_doctor_names_the_template_set_upstream_will_use(name, said):
+    check = templates_check(name)
+    assert check["ok"] and check["found"].startswith(said)
+
+
+def test_check_and_provenance_take_the_server_options_from_one_declaration(monkeypatch):
+    """zeroshot.py check and provenance.py run side by side on the server (zeroshot imports it)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "evalkit" / "remote"))
+    import provenance
+    import zeroshot
+    common = ["--chinese-clip-dir", "/srv/Chinese-CLIP", "--cache", "/srv/.evalkit/hashes.json"]
+    checked = zeroshot.parse_args(["check", "--images", "d/test", "--label-file", "d/label_cn.txt",
+                                   "--checkpoint", "c.pt", *common, "--gpu", "1"])
+    traced = provenance.parse_args(["--checkpoint", "c.pt", "--images", "i", "--texts", "t", *common, "--cpu"])
+    assert (checked.chinese_clip_dir, checked.cache, checked.gpu, checked.cpu) == \
+        ("/srv/Chinese-CLIP", "/srv/.evalkit/hashes.json", "1", False)
+    assert (traced.chinese_clip_dir, traced.gpu, traced.cpu) == ("/srv/Chinese-CLIP", None, True)
+    with pytest.raises(SystemExit):  # --gpu and --cpu exclude each other in both
+        zeroshot.parse_args(["check", "--images", "d", "--label-file", "l", "--checkpoint", "c", *common,
+                             "--gpu", "0", "--cpu"])
