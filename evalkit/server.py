@@ -39,6 +39,8 @@ SERVER_SCRIPTS = {
     BOOTSTRAP: "sent inline, never uploaded: brings the other scripts up to date, then runs one",
     CHECKPOINT_LISTER: "sent inline, never uploaded: the checkpoint files a sweep's directory or glob names",
 }
+# what the driver runs of evalkit's own: a Slurm job checks their SHA-256 before it starts it
+DRIVER_SCRIPTS = (JOB_RUNNER,)
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,15 @@ so the run's files in its server directory stay the truth for every executor.
 """
 from __future__ import annotations
 
+import json
+import posixpath
 import re
 import shlex
 from dataclasses import dataclass
 
 from .config import Settings, SlurmSettings
 from .diagnosis import Check
-from .server import JOB_RUNNER, in_server_env, script_call
+from .server import JOB_RUNNER, ServerCall, in_server_env, scripts_dir
 
 SIGNAL_SECONDS = 120  # before the time limit Slurm tells the job's batch shell (--signal=B:TERM@120)
 SQUEUE_FORMAT = "%i|%T|%r"
@@ -93,10 +95,16 @@ def job_script(settings: Settings, name: str, run_dir: str, drive: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def batch_script(settings: Settings, run_id: str, label: str, run_dir: str) -> str:
-    """The batch script of run RUN_ID (what --dry-run prints): its driver, in the server env."""
-    drive = in_server_env(settings, script_call(settings, JOB_RUNNER, ["drive", "--run-dir", run_dir]))
-    return job_script(settings, job_name(run_id, label), run_dir, drive)
+def batch_script(settings: Settings, run_id: str, label: str, run_dir: str, bootstrap: str,
+                 expected: dict[str, str]) -> str:
+    """The batch script of run RUN_ID (what --dry-run prints): its driver, in the server env, run
+    by BOOTSTRAP (remote/bootstrap.py's source, inline) only if evalkit's scripts folder is still
+    safe to run from and holds the scripts EXPECTED ({name: SHA-256}, those submitted) when the
+    job starts, hours later maybe; else the refusal is the run's status.json."""
+    checked = ServerCall(settings.python, "-c", (bootstrap, "--expect", json.dumps(expected, sort_keys=True),
+                                                 "--refusal-to", posixpath.join(run_dir, "status.json"),
+                                                 scripts_dir(settings), JOB_RUNNER, "drive", "--run-dir", run_dir))
+    return job_script(settings, job_name(run_id, label), run_dir, in_server_env(settings, checked))
 
 
 def sbatch_argv(run_dir: str) -> list[str]:

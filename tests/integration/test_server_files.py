@@ -36,7 +36,8 @@ WRITE
 """
 WRITERS = {
     "job.py": ('module["write_atomically"](target, "written")', "written"),
-    "bootstrap.py": ('module["write_atomically"](target, b"written")', "written"),
+    "bootstrap.py": ('module["write_atomically"](os.open(os.path.dirname(target), os.O_RDONLY | os.O_DIRECTORY), '
+                     'os.path.basename(target), b"written")', "written"),
     "fast_knn.py": ('import numpy; module["write_predictions"](target, "text_id", [1], "image_ids", [7], '
                     'numpy.array([[0]]))', '{"text_id": 1, "image_ids": [7]}\n'),
     "query_hits.py": ('module["write_atomically"](target, "written")', "written"),

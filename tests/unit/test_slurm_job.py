@@ -3,6 +3,7 @@ what each ending means, and the backoff between squeue calls."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ from evalkit.errors import ConfigError
 from evalkit.plan import build_plan
 from evalkit.evaluation import Evaluation
 from evalkit.run_record import RunRecord, new_record
-from evalkit.server import upstream_call
+from evalkit.server import scripts_dir, upstream_call
 
 RUN_DIR = "/data/evalkit/.evalkit/runs/20260101-000000-abc123"
 
@@ -97,7 +98,7 @@ def test_under_slurm_the_steps_never_choose_the_gpu():
      ["#SBATCH --mem=64G", "#SBATCH --constraint=a100"], ["#SBATCH #SBATCH"]),
 ])
 def test_the_job_script_carries_slurms_options(slurm, present, absent):
-    script = slurm_job.batch_script(settings(**slurm), "r1", "team", RUN_DIR)
+    script = batch_script(settings(**slurm))
     for line in present:
         assert line in script.splitlines()
     for text in absent:
@@ -111,9 +112,24 @@ def test_the_job_script_carries_slurms_options(slurm, present, absent):
     assert all(i < first_command for i, line in enumerate(lines) if line.startswith("#SBATCH"))
 
 
+EXPECTED = {"job.py": "a" * 64}
+
+
+def batch_script(chosen) -> str:
+    return slurm_job.batch_script(chosen, "r1", "team", RUN_DIR, "BOOTSTRAP SOURCE", EXPECTED)
+
+
+def test_the_job_starts_its_driver_only_through_the_check_of_the_scripts_folder_as_submitted():
+    [drive] = [line for line in batch_script(settings()).splitlines() if "job.py drive" in line]
+    argv = shlex.split(drive.rstrip(" &").split(" && ")[-1])
+    assert argv[argv.index("-c"):] == ["-c", "BOOTSTRAP SOURCE", "--expect", json.dumps(EXPECTED),
+                                       "--refusal-to", f"{RUN_DIR}/status.json", scripts_dir(settings()), "job.py", "drive",
+                                       "--run-dir", RUN_DIR]
+
+
 def test_setup_lines_come_before_activate_and_the_driver_runs_in_the_run_folder():
     chosen = dataclasses.replace(settings(setup=("module load cuda",)), activate="source /env/bin/activate")
-    lines = slurm_job.batch_script(chosen, "r1", "team", RUN_DIR).splitlines()
+    lines = batch_script(chosen).splitlines()
     setup = lines.index("module load cuda")
     [drive] = [line for line in lines if "job.py drive" in line]
     assert setup < lines.index(drive) and drive.startswith("source /env/bin/activate && ")
