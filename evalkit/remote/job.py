@@ -46,21 +46,23 @@ import threading
 import time
 import traceback
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # atomic.py beside it, however it was started
+import atomic  # noqa: E402  (evalkit uploads both)
+from atomic import NEW_FILE  # noqa: E402
+
 MARKER = "EVALKIT-JOB "
 RUN_ID_VARIABLE = "EVALKIT_RUN_ID"
-NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # a symlink at the name: ELOOP
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 FULL_DISK_TEXTS = ("No space left on device", "Disk quota exceeded")  # as a step's traceback says them
 RESERVE, RESERVE_BYTES = ".reserve", 1 << 16  # room kept for the run's own last files on a full disk
 
 
-def write_new(path, data):
-    """DATA (text) into a new file at PATH (O_EXCL: never one planted there), closed (its buffer
-    written) on return. On a full disk the run's reserve beside it is given up, once, for it."""
+def write_new(path, data, mode=0o600):
+    """DATA (text) into a new file at PATH (atomic.write_new). On a full disk the run's reserve
+    beside it is given up, once, for it."""
     for last in (False, True):
         try:
-            with open(os.open(path, NEW_FILE | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
-                handle.write(data)
+            atomic.write_new(path, data, mode)
             return
         except OSError as exc:
             remove(path)
@@ -87,19 +89,8 @@ def keep_reserve(run_dir):
 
 
 def write_atomically(path, data):
-    """DATA (text) to PATH: a new temporary file beside it (O_EXCL: never one planted there), then
-    renamed over PATH, which replaces whatever is at PATH, a symlink too, and follows nothing."""
-    temporary = f"{path}.tmp-{secrets.token_hex(8)}"
-    try:
-        # closed before the rename: a reader polling PATH sees no file or all of it
-        write_new(temporary, data)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass  # never created: the open itself failed
-        raise
+    """DATA (text) to PATH (atomic.write_atomically), the run's reserve given up for it on a full disk."""
+    atomic.write_atomically(path, data, write=write_new)
 
 
 def make_dirs(path, mode):

@@ -286,7 +286,9 @@ def test_the_doctor_checks_the_login_nodes_slurm(slurm_testbed):
     run = doctor(bed, "--probe-job")
     assert run.returncode == 0, run.stdout + run.stderr
     lines = checks(run)
-    assert list(lines) == [*EVERY_CHECK, "Slurm commands", "Slurm answers", "Slurm partition", "Slurm probe job"]
+    assert list(lines) == [*EVERY_CHECK, "Slurm commands", "Slurm answers", "Slurm partition", "Slurm probe job",
+                           "Slurm lock across nodes"]
+    assert lines["Slurm lock across nodes"][0] == "✓" and "could not take the lock" in lines["Slurm lock across nodes"][1]
     assert lines["Slurm partition"] == ("✓", "partition gpu: 1 nodes, GPUs per node: gpu:2")
     assert lines["Slurm probe job"][0] == "✓" and str(bed.checkpoint) in lines["Slurm probe job"][1]
     bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS, "gpus_per_job": 3})

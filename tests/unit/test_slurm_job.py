@@ -286,20 +286,71 @@ def test_the_doctors_slurm_lines(found, ping, partitions, slurm, failing, says):
 def test_the_probe_job_asks_for_what_the_evaluations_jobs_ask():
     command = slurm_job.probe_job_command(settings(partition="a100", account="lab", gpus_per_job=2),
                                           ["/data", "/with space"])
-    assert shlex.split(command) == ["srun", "--immediate=120", "--time=5", "--job-name=evalkit-doctor",
-                                    "--partition=a100", "--gres=gpu:2", "--account=lab",
-                                    "bash", "-c", slurm_job.PROBE_SCRIPT, "evalkit-probe", "/data", "/with space"]
+    srun = shlex.join(["srun", "--immediate=120", "--time=5", "--job-name=evalkit-doctor", "--partition=a100",
+                       "--gres=gpu:2", "--account=lab", "bash", "-c", slurm_job.PROBE_SCRIPT, "evalkit-probe"])
+    assert f'{srun} "$lock" /data \'/with space\'' in command
 
 
-def test_the_probe_jobs_script_stats_each_path_then_says_which_gpus_it_got(tmp_path):
+# srun as the probe job meets it: its options dropped, the job's command run here; UNSHARED: the
+# compute node sees another filesystem, where the login node's lock file is not
+FAKE_SRUN = """#!/bin/bash
+while [[ $1 == --* ]]; do shift; done
+[ -n "$UNSHARED" ] && mv -- "$5" "$5.elsewhere"
+"$@"; code=$?
+[ -n "$UNSHARED" ] && mv -- "$5.elsewhere" "$5"
+exit $code
+"""
+
+
+def _probe(tmp_path, unshared: bool) -> subprocess.CompletedProcess:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text(FAKE_SRUN)
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    (tmp_path / ".evalkit").mkdir()
     (tmp_path / "with space").mkdir()
-    argv = shlex.split(slurm_job.probe_job_command(settings(), [str(tmp_path), str(tmp_path / "with space")]))
-    script = argv[argv.index("bash"):]
-    seen = subprocess.run(script, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "1"})
-    assert seen.returncode == 0 and seen.stdout.splitlines()[:3] == [str(tmp_path), str(tmp_path / "with space"),
-                                                                     "CUDA_VISIBLE_DEVICES=1"]
-    missing = subprocess.run([*script[:-2], str(tmp_path / "nosuch")], capture_output=True, text=True)
-    assert missing.returncode != 0 and "CUDA_VISIBLE_DEVICES" not in missing.stdout
+    chosen = dataclasses.replace(settings(), remote_output_dir=str(tmp_path))
+    command = slurm_job.probe_job_command(chosen, [str(tmp_path), str(tmp_path / "with space")])
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                          env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "1",
+                               **({"UNSHARED": "1"} if unshared else {})})
+
+
+def test_the_probe_jobs_script_stats_each_path_tries_the_lock_then_says_which_gpus_it_got(tmp_path):
+    seen = _probe(tmp_path, unshared=False)
+    lines = seen.stdout.splitlines()
+    assert seen.returncode == 0 and lines[:3] == [str(tmp_path), str(tmp_path / "with space"), "LOCK=held"]
+    assert "CUDA_VISIBLE_DEVICES=1" in lines
+    check = slurm_job.lock_check(seen.stdout)
+    assert check.ok and check.name == "Slurm lock across nodes", check
+    assert list((tmp_path / ".evalkit").iterdir()) == []  # the probe's lock files are gone
+
+
+def test_a_lock_a_compute_node_does_not_see_fails_the_doctors_lock_line(tmp_path):
+    seen = _probe(tmp_path, unshared=True)
+    assert seen.returncode == 0 and "LOCK=made again" in seen.stdout.splitlines()
+    check = slurm_job.lock_check(seen.stdout)
+    assert not check.ok and "two runs of one checkpoint could both start" in check.found and check.fix
+
+
+@pytest.mark.parametrize("node, ok, says", [
+    (1000, True, "within 1 s"),
+    (1003, True, "within 1 s"),  # while the job ran: the login node's clock read before and after it
+    (1003 + slurm_job.CLOCK_TOLERANCE, True, f"within {slurm_job.CLOCK_TOLERANCE} s"),
+    (1004 + slurm_job.CLOCK_TOLERANCE, False, f"{slurm_job.CLOCK_TOLERANCE + 1} s off"),
+    (1000 - 60, False, "60 s off"),
+])
+def test_the_doctors_lock_line_judges_the_compute_nodes_clock(node, ok, says):
+    check = slurm_job.lock_check(f"LOCK=held\nCLOCK={node}\nLOGIN_CLOCK=1000 1003\n")
+    assert check.ok is ok and says in check.found, check
+
+
+def test_no_lock_line_when_the_probe_job_did_not_get_that_far():
+    assert slurm_job.lock_check("") is None
+
+
+def test_the_clock_tolerance_is_well_within_the_locks_lease():
+    from evalkit.remote import job
+    assert slurm_job.CLOCK_TOLERANCE * 4 <= job.LEASE_SECONDS
 
 
 LOGIN_GPU = Check("GPU", False, "torch sees no CUDA GPU with CUDA_VISIBLE_DEVICES=0", "pick a free GPU")
