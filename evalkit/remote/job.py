@@ -219,7 +219,7 @@ def lease_decision(holder, here, now, alive_here):
     return "stale", f"its heartbeat from {holder.get('host')} stopped {round(now - beat)} s ago"
 
 
-def here():
+def this_machine():
     return {"host": host_name(), "boot_id": boot_id()}
 
 
@@ -228,7 +228,7 @@ def holds(holder, opened):
     file's fstat, whose age judges a record that is being written or was damaged."""
     if holder is None:
         return time.time() - opened.st_mtime < WRITING_GRACE
-    return lease_decision(holder, here(), time.time(), is_alive)[0] == "alive"
+    return lease_decision(holder, this_machine(), time.time(), is_alive)[0] == "alive"
 
 
 class Lease:
@@ -378,7 +378,7 @@ def holds_takeover(holder):
     beat = holder.get("heartbeat")
     if not isinstance(beat, (int, float)) or time.time() - beat > LEASE_SECONDS:
         return False
-    return lease_decision(holder, here(), time.time(), is_alive)[0] == "alive"
+    return lease_decision(holder, this_machine(), time.time(), is_alive)[0] == "alive"
 
 
 def release_lock(lease, path):
