@@ -21,7 +21,9 @@ or a symlink) is refused before anything is written or run, with the answer {"re
 opened once (O_DIRECTORY, O_NOFOLLOW) and checked by fstat on that descriptor; everything after
 goes through the descriptor (dir_fd=; the script runs as /proc/self/fd/N/SCRIPT, N inherited by
 the driver it execs), never through FOLDER's name again: whoever can write FOLDER's parent may
-swap the folder after the check, and swaps nothing evalkit reads or runs.
+swap the folder after the check, and swaps nothing evalkit reads or runs. The script runs by a
+/proc/self/fd path rather than from bytes read here because what it starts needs a path too: the
+driver job.py execs by its own path, the helpers it runs, and atomic.py it imports beside it.
 
 It runs before any of evalkit's scripts is known to be on the server, so it shares no code with
 them (job.py speaks the same JSON lines).
