@@ -120,6 +120,8 @@ def _slurm_checks(connection: Connection, settings: Settings,
                                               timeout=slurm_job.PROBE_WAIT + 120)
     said = stdout.decode("utf-8", "replace")
     checks.append(slurm_job.probe_job_check(code, said, stderr.decode("utf-8", "replace"), paths))
+    lock = slurm_job.lock_check(said) if code == 0 else None
+    checks += [lock] if lock else []
     return checks, said if code == 0 else None
 
 

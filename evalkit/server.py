@@ -26,9 +26,11 @@ PROBE = "doctor_probe.py"
 BOOTSTRAP = "bootstrap.py"
 PROVENANCE = "provenance.py"
 CHECKPOINT_LISTER = "list_checkpoints.py"
+ATOMIC = "atomic.py"
 SERVER_SCRIPTS = {
     INSPECTOR: "reads what the server's dataset and output directory hold (read-only)",
-    JOB_RUNNER: "starts, drives, reports on and cancels a run's steps, detached from SSH",
+    JOB_RUNNER: "starts, drives, reports on and cancels a run's steps, detached from SSH (imports atomic.py)",
+    ATOMIC: "writes a file so that nothing planted in its folder redirects it (job.py and query_hits.py import it)",
     CPU_LAUNCHER: "--device cpu: runs the unmodified upstream scripts with torch.cuda made no-ops",
     FAST_KNN: "--knn fast: exact batched KNN writing upstream's prediction files",
     IMAGE_TO_IMAGE: "--image-to-image: image→image recall and mAP@10 from the image features (beside fast_knn.py)",
@@ -39,6 +41,8 @@ SERVER_SCRIPTS = {
     BOOTSTRAP: "sent inline, never uploaded: brings the other scripts up to date, then runs one",
     CHECKPOINT_LISTER: "sent inline, never uploaded: the checkpoint files a sweep's directory or glob names",
 }
+# what the driver runs of evalkit's own: a Slurm job checks their SHA-256 before it starts it
+DRIVER_SCRIPTS = (JOB_RUNNER, ATOMIC)
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,10 @@ def run_dir(settings: Settings, run_id: str) -> str:
 
 
 def scripts_for(settings: Settings, extra: tuple[str, ...] = ()) -> list[str]:
-    """The server scripts a run needs: the inspector, the job runner, the per-query hits, the CPU
-    launcher (--device cpu), the fast KNN (--knn fast, and for --image-to-image, which imports it), EXTRA."""
-    names = [INSPECTOR, JOB_RUNNER, QUERY_HITS, *extra]
+    """The server scripts a run needs: the inspector, the job runner (and atomic.py, which it and the
+    per-query hits import), the per-query hits, the CPU launcher (--device cpu), the fast KNN
+    (--knn fast, and for --image-to-image, which imports it), EXTRA."""
+    names = [INSPECTOR, JOB_RUNNER, ATOMIC, QUERY_HITS, *extra]
     if settings.device == "cpu":
         names.append(CPU_LAUNCHER)
     if settings.knn == "fast" or settings.image_to_image:

@@ -6,13 +6,15 @@ so the run's files in its server directory stay the truth for every executor.
 """
 from __future__ import annotations
 
+import json
+import posixpath
 import re
 import shlex
 from dataclasses import dataclass
 
 from .config import Settings, SlurmSettings
 from .diagnosis import Check
-from .server import JOB_RUNNER, in_server_env, script_call
+from .server import JOB_RUNNER, ServerCall, in_server_env, scripts_dir
 
 SIGNAL_SECONDS = 120  # before the time limit Slurm tells the job's batch shell (--signal=B:TERM@120)
 SQUEUE_FORMAT = "%i|%T|%r"
@@ -93,10 +95,16 @@ def job_script(settings: Settings, name: str, run_dir: str, drive: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def batch_script(settings: Settings, run_id: str, label: str, run_dir: str) -> str:
-    """The batch script of run RUN_ID (what --dry-run prints): its driver, in the server env."""
-    drive = in_server_env(settings, script_call(settings, JOB_RUNNER, ["drive", "--run-dir", run_dir]))
-    return job_script(settings, job_name(run_id, label), run_dir, drive)
+def batch_script(settings: Settings, run_id: str, label: str, run_dir: str, bootstrap: str,
+                 expected: dict[str, str]) -> str:
+    """The batch script of run RUN_ID (what --dry-run prints): its driver, in the server env, run
+    by BOOTSTRAP (remote/bootstrap.py's source, inline) only if evalkit's scripts folder is still
+    safe to run from and holds the scripts EXPECTED ({name: SHA-256}, those submitted) when the
+    job starts, hours later maybe; else the refusal is the run's status.json."""
+    checked = ServerCall(settings.python, "-c", (bootstrap, "--expect", json.dumps(expected, sort_keys=True),
+                                                 "--refusal-to", posixpath.join(run_dir, "status.json"),
+                                                 scripts_dir(settings), JOB_RUNNER, "drive", "--run-dir", run_dir))
+    return job_script(settings, job_name(run_id, label), run_dir, in_server_env(settings, checked))
 
 
 def sbatch_argv(run_dir: str) -> list[str]:
@@ -211,22 +219,56 @@ def _partition_check(partitions: tuple[int, str], slurm: SlurmSettings) -> Check
 
 
 PROBE_WAIT = 120  # seconds srun waits for the probe job to start (--immediate)
-# the probe job's script: the paths ("$@") stat'ed, then the GPUs Slurm gave it, as the node sees them
-PROBE_SCRIPT = ('stat --format=%n "$@" || exit; echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}"; '
-                "nvidia-smi -L 2>/dev/null || true")
+# the probe job's script: the lock file the login node holds ($1) made again by link(), as a run's
+# driver takes its lock (it must fail: the filesystem keeps one lock across nodes), the paths
+# ("$@") stat'ed, the node's clock, then the GPUs Slurm gave it, as the node sees them
+PROBE_SCRIPT = ('lock=$1; shift; stat --format=%n "$@" || exit; : > "$lock.job-$$" && '
+                'if ln "$lock.job-$$" "$lock" 2>/dev/null; then echo "LOCK=made again"; else echo "LOCK=held"; fi; '
+                'rm -f -- "$lock.job-$$"; echo "CLOCK=$(date +%s)"; '
+                'echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}"; nvidia-smi -L 2>/dev/null || true')
+# how far a compute node's clock may be from the login node's: a lock's heartbeat is judged by
+# the clock of the node that reads it (a quarter of remote/job.py's LEASE_SECONDS)
+CLOCK_TOLERANCE = 15
 
 
 def probe_job_command(settings: Settings, paths: list[str]) -> str:
     """A tiny job (srun, as the evaluations' jobs ask: partition, GPUs, account, qos) that stats
-    PATHS on a compute node and lists the GPUs it got there; given up when Slurm cannot start it
-    within PROBE_WAIT seconds."""
+    PATHS on a compute node, tries to take a lock file the login node holds in evalkit's folder
+    (as a run's driver would) and lists the GPUs it got there; given up when Slurm cannot start
+    it within PROBE_WAIT seconds. The login node's clock before and after it is printed last."""
     slurm = settings.slurm
     options = [f"--partition={slurm.partition}"] if slurm.partition else []
     options += [f"--gres=gpu:{slurm.gpus_per_job}"] if slurm.gpus_per_job else []
     options += [f"--account={slurm.account}"] if slurm.account else []
     options += [f"--qos={slurm.qos}"] if slurm.qos else []
-    return shlex.join(["srun", f"--immediate={PROBE_WAIT}", "--time=5", "--job-name=evalkit-doctor", *options,
-                       "bash", "-c", PROBE_SCRIPT, "evalkit-probe", *paths])
+    srun = shlex.join(["srun", f"--immediate={PROBE_WAIT}", "--time=5", "--job-name=evalkit-doctor", *options,
+                       "bash", "-c", PROBE_SCRIPT, "evalkit-probe"])
+    lock = shlex.quote(posixpath.join(scripts_dir(settings), "doctor-lock-probe"))
+    return (f'lock={lock}-$$; (set -C; : > "$lock") || exit; before=$(date +%s); '
+            f'{srun} "$lock" {shlex.join(paths)}; code=$?; '
+            'echo "LOGIN_CLOCK=$before $(date +%s)"; rm -f -- "$lock"; exit $code')
+
+
+def lock_check(seen_by_job: str) -> Check | None:
+    """Whether a run's lock holds across this cluster's nodes, from what the probe job printed
+    (SEEN_BY_JOB: its stdout and the login node's clocks); None when it did not get that far."""
+    said = dict(line.split("=", 1) for line in seen_by_job.splitlines() if "=" in line)
+    if "LOCK" not in said or "CLOCK" not in said or "LOGIN_CLOCK" not in said:
+        return None
+    if said["LOCK"] != "held":
+        return Check("Slurm lock across nodes", False, "a job on a compute node made again the lock file the login "
+                     "node holds: this filesystem does not keep one file across nodes, so two runs of one checkpoint "
+                     "could both start", "put remote_output_dir on the filesystem all nodes share (NFS, Lustre), or "
+                     "evaluate each checkpoint from one evalkit at a time")
+    before, after = (int(value) for value in said["LOGIN_CLOCK"].split())
+    node = int(said["CLOCK"])
+    off = max(before - node, node - after, 0)
+    if off > CLOCK_TOLERANCE:
+        return Check("Slurm lock across nodes", False, f"a compute node's clock is {off} s off the login node's: "
+                     "a run's lock, judged by its heartbeat's age, could be taken over while it is held",
+                     "ask the cluster's admins to synchronise the nodes' clocks (NTP, chrony)")
+    return Check("Slurm lock across nodes", True, "a job on a compute node could not take the lock the login node "
+                 f"holds (link() keeps it across nodes); its clock is within {max(off, 1)} s of the login node's")
 
 
 def probe_job_check(code: int, stdout: str, stderr: str, paths: list[str]) -> Check:

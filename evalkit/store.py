@@ -231,11 +231,10 @@ class LocalStore:
                                    chosen_by=LAST_EXTRACT)
 
     def _current_checkpoints(self) -> dict:
-        try:
-            found = json.loads((self.runs_dir / CURRENT_CHECKPOINTS).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}  # none yet, or damaged: the step falls back and says so
-        return found if isinstance(found, dict) else {}
+        """The record; {} when there is none yet. A damaged one is refused, never replaced: the next
+        extract step would silently make it a record of one split."""
+        return _json_record(self.runs_dir / CURRENT_CHECKPOINTS, "the record of each split's current checkpoint",
+                            "a knn or recall step then needs --model-path until an extract step runs again")
 
 
     # --- sweeps and --watch: the cells evaluated, and what from ----------------------------------
@@ -271,19 +270,24 @@ class LocalStore:
     def _evaluated_cells(self) -> dict:
         """The record; {} when there is none yet. A damaged one is refused, never replaced: the
         next cell remembered would silently make it a record of one cell."""
-        path = self.runs_dir / EVALUATED_CELLS
-        try:
-            found = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise LocalWriteError(f"the record of the cells evaluated, {path}, is unreadable ({exc}): evalkit "
-                                  "will not replace it", f"restore it, or move it away (mv {path} {path}.damaged): "
-                                  "every cell is then evaluated again, its features reused") from exc
-        if not isinstance(found, dict):
-            raise LocalWriteError(f"the record of the cells evaluated, {path}, is not one of evalkit's: evalkit "
-                                  "will not replace it", f"move it away (mv {path} {path}.damaged)")
-        return found
+        return _json_record(self.runs_dir / EVALUATED_CELLS, "the record of the cells evaluated",
+                            "every cell is then evaluated again, its features reused")
+
+
+def _json_record(path: Path, what: str, without_it: str) -> dict:
+    """The JSON object in PATH, WHAT it records; {} when there is none yet. An unreadable one is
+    refused (LocalWriteError), never replaced; WITHOUT_IT: what moving it away costs."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise LocalWriteError(f"{what}, {path}, is unreadable ({exc}): evalkit will not replace it",
+                              f"restore it, or move it away (mv {path} {path}.damaged): {without_it}") from exc
+    if not isinstance(found, dict):
+        raise LocalWriteError(f"{what}, {path}, is not one of evalkit's: evalkit will not replace it",
+                              f"move it away (mv {path} {path}.damaged)")
+    return found
 
 
 def _current_key(settings: Settings, evaluation: Evaluation) -> str:

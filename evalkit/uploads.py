@@ -6,7 +6,7 @@ import hashlib
 from importlib import resources
 
 from .config import Settings
-from .server import script_path
+from .server import BOOTSTRAP, DRIVER_SCRIPTS, script_path
 from .ssh import Connection
 
 
@@ -16,6 +16,14 @@ def script_source(name: str) -> bytes:
 
 def script_digests(names: list[str]) -> dict[str, str]:
     return {name: hashlib.sha256(script_source(name)).hexdigest() for name in names}
+
+
+def slurm_batch_script(settings: Settings, run_id: str, label: str, run_dir: str) -> str:
+    """The batch script of a Slurm run: its driver started by the bootstrap, inline, once it has
+    checked the scripts folder and the SHA-256 of job.py (and what it imports) as submitted now."""
+    from .slurm_job import batch_script
+    return batch_script(settings, run_id, label, run_dir, script_source(BOOTSTRAP).decode("utf-8"),
+                        script_digests(list(DRIVER_SCRIPTS)))
 
 
 def upload_scripts(connection: Connection, settings: Settings, names: list[str]) -> None:

@@ -172,8 +172,8 @@ def by_dataset_split(evaluations: list[Evaluation], results: list[ModelResult]
 
 def dry_run_job_script(settings: Settings, label: str) -> str:
     from ..server import run_dir
-    from ..slurm_job import batch_script
-    return batch_script(settings, "RUN_ID", label, run_dir(settings, "RUN_ID"))
+    from ..uploads import slurm_batch_script
+    return slurm_batch_script(settings, "RUN_ID", label, run_dir(settings, "RUN_ID"))
 
 
 def run_one(out: Console, settings: Settings, evaluation: Evaluation, verbose: bool,

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 
 from .. import slurm_job
 from ..config import Settings, SlurmSettings
-from ..errors import RunLocked, SlurmJobEnded, SlurmJobLost, SlurmRefused
+from ..errors import RemoteStepFailed, RunLocked, SlurmJobEnded, SlurmJobLost, SlurmRefused
 from ..slurm_job import QueueEntry
 from ..starter import START_TIMEOUT
+from ..uploads import slurm_batch_script
 from .base import CancelResult, JobState, Launched, RemoteRun, RunGroup
 from .ssh import SshExecutor, run_spec
 
@@ -108,7 +109,7 @@ class SlurmExecutor(SshExecutor):
     def launch(self, run: RemoteRun) -> Launched:
         """Submit the job; return at once (Slurm decides when it starts: the lock is taken then)."""
         name = slurm_job.job_name(run.run_id, run.plan.label)
-        script = slurm_job.batch_script(self.settings, run.run_id, run.plan.label, run.directory)
+        script = slurm_batch_script(self.settings, run.run_id, run.plan.label, run.directory)
         submitted = self._starter().submit_run(run.directory, run_spec(run),
                                                {"script": script, "argv": slurm_job.sbatch_argv(run.directory),
                                                 "name": name},
@@ -135,7 +136,7 @@ class SlurmExecutor(SshExecutor):
         """As state(), at once: how Slurm ended the job, or that it is lost, is the answer."""
         try:
             return self._state(run, patient=False)
-        except (SlurmJobEnded, SlurmJobLost) as ended:
+        except (SlurmJobEnded, SlurmJobLost, RemoteStepFailed) as ended:  # the last: its start refused the folder
             return JobState(None, False, detail=ended.message)
 
     def _state(self, run: RemoteRun, patient: bool) -> JobState:
@@ -163,6 +164,9 @@ class SlurmExecutor(SshExecutor):
             raise RunLocked(f"run {holder.get('run_id')} is already evaluating this checkpoint "
                             f"({run.plan.output_dir}, since {holder.get('taken_at')})",
                             f"wait for it (python -m evalkit attach {holder.get('run_id')}), then evaluate again")
+        if status.get("state") == "unsafe":  # the job's start refused evalkit's scripts folder (remote/bootstrap.py)
+            raise RemoteStepFailed(status.get("error") or "the Slurm job refused evalkit's scripts folder",
+                                   status.get("fix"))
         return JobState.from_answer({"status": status, "driver_alive": False})
 
     def _after_the_queue(self, run: RemoteRun, job_id: str, entry: QueueEntry | None) -> JobState:

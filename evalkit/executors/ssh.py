@@ -7,7 +7,7 @@ import json
 from ..errors import RemoteStepFailed, RunLocked
 from ..plan import step_outputs
 from ..progress import last_marked_json
-from ..server import JOB_RUNNER, ServerCall, in_server_env, script_call
+from ..server import DRIVER_SCRIPTS, JOB_RUNNER, ServerCall, in_server_env, script_call
 from ..uploads import upload_scripts
 from ..starter import MARKER, START_TIMEOUT, Starter
 from .base import CallResult, CancelResult, Executor, JobState, Launched, RemoteRun
@@ -104,7 +104,7 @@ class SshExecutor(Executor):
 
     def _job_call(self, run: RemoteRun, action: str, timeout: float, grace: float = 10.0) -> dict:
         if not self.job_runner_sent:  # status, cancel or attach from another evalkit version's run
-            upload_scripts(self.connection, self.settings, [JOB_RUNNER])
+            upload_scripts(self.connection, self.settings, list(DRIVER_SCRIPTS))
             self.job_runner_sent = True
         call = script_call(self.settings, JOB_RUNNER, [action, "--run-dir", run.directory, "--grace", f"{grace:g}"])
         _, stdout, _ = self.connection.capture(in_server_env(self.settings, call), timeout=timeout)

@@ -10,9 +10,20 @@ script need be on the server yet. From stdin, one JSON line each:
 Then FOLDER/SCRIPT runs in this process with ARGS, reading the rest of stdin. An unchanged
 evalkit so costs no upload at all, and a new one only what changed.
 
-FOLDER is made 0o700, and one that others could write (group- or world-writable, or another
-user's) is refused before anything is written or run, with the answer {"refused": WHAT, "fix":
-HOW}: whoever can write there could run anything as this user through evalkit.
+  python -c "$(this file)" --expect '{NAME: SHA256}' --refusal-to FILE FOLDER SCRIPT ARGS...
+runs FOLDER/SCRIPT only if each NAME in FOLDER has that SHA-256 (a Slurm job, hours after its
+submission: the scripts it was submitted with), else writes the refusal to FILE (the run's
+status.json: state "unsafe") and exits 1. Nothing is read from stdin.
+
+FOLDER is made 0o700, and one that others could write (group- or world-writable, another user's,
+or a symlink) is refused before anything is written or run, with the answer {"refused": WHAT,
+"fix": HOW}: whoever can write there could run anything as this user through evalkit. FOLDER is
+opened once (O_DIRECTORY, O_NOFOLLOW) and checked by fstat on that descriptor; everything after
+goes through the descriptor (dir_fd=; the script runs as /proc/self/fd/N/SCRIPT, N inherited by
+the driver it execs), never through FOLDER's name again: whoever can write FOLDER's parent may
+swap the folder after the check, and swaps nothing evalkit reads or runs. The script runs by a
+/proc/self/fd path rather than from bytes read here because what it starts needs a path too: the
+driver job.py execs by its own path, the helpers it runs, and atomic.py it imports beside it.
 
 It runs before any of evalkit's scripts is known to be on the server, so it shares no code with
 them (job.py speaks the same JSON lines).
@@ -25,6 +36,7 @@ import runpy
 import secrets
 import shlex
 import sys
+import time
 
 MARKER = "EVALKIT-JOB "
 
@@ -39,28 +51,41 @@ def answer(result):
     sys.stdout.flush()
 
 
-def is_current(path, digest):
+def digest_of(folder_fd, name):
+    """The SHA-256 of NAME in the folder open at FOLDER_FD (None when it cannot be read)."""
     try:
-        with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest() == digest
+        with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd), "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
     except OSError:
-        return False
+        return None
 
 
-def write_atomically(path, data):
-    """DATA to PATH through a new file beside it: O_EXCL and O_NOFOLLOW, so nothing planted at its
-    name redirects the write; the rename replaces a symlink at PATH rather than follow it."""
-    temporary = f"{path}.tmp-{secrets.token_hex(8)}"
+def write_atomically(folder_fd, name, data):
+    """DATA to NAME in the folder open at FOLDER_FD through a new file beside it: O_EXCL and
+    O_NOFOLLOW, so nothing planted at its name redirects the write; the rename replaces a symlink
+    at NAME rather than follow it."""
+    temporary = f"{name}.tmp-{secrets.token_hex(8)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with open(os.open(temporary, flags, 0o600), "wb") as handle:
+    with open(os.open(temporary, flags, 0o600, dir_fd=folder_fd), "wb") as handle:
         handle.write(data)
-    os.replace(temporary, path)
+    os.replace(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
 
 
-def refusal(folder):
-    """Why evalkit must not run code from FOLDER ((what, fix)), or None: another user who can
-    write it, or owns it, could put anything there."""
-    info = os.stat(folder)
+def open_folder(folder):
+    """FOLDER opened once, as it is now (its descriptor), or (what, fix) when it is a symlink or
+    no folder: every later check and use goes through this descriptor."""
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        quoted = shlex.quote(folder)
+        return (f"evalkit will not run its scripts from {folder}: it is a symlink or not a folder ({exc.strerror})",
+                f"on the server, look at what it points to, then remove it (rm {quoted}); evalkit makes it anew")
+
+
+def refusal(folder, folder_fd):
+    """Why evalkit must not run code from FOLDER, open at FOLDER_FD ((what, fix)), or None:
+    another user who can write it, or owns it, could put anything there."""
+    info = os.fstat(folder_fd)
     me, quoted = user_name(os.getuid()), shlex.quote(folder)
     if info.st_uid != os.getuid():
         return (f"evalkit will not run its scripts from {folder}: it belongs to {user_name(info.st_uid)}, not to {me}",
@@ -91,28 +116,80 @@ def make_folder(path, mode=0o700):
         pass
 
 
+def checked_folder(folder):
+    """FOLDER's descriptor once it passed refusal(), else (what, fix)."""
+    opened = open_folder(folder)
+    if isinstance(opened, tuple):
+        return opened
+    refused = refusal(folder, opened)
+    if refused:
+        os.close(opened)
+        return refused
+    return opened
+
+
+def run_through(folder_fd, script, args, folder):
+    """SCRIPT of the folder open at FOLDER_FD, run in this process with ARGS by the descriptor's
+    path (/proc/self/fd/N/SCRIPT), which names that folder however FOLDER is swapped meanwhile;
+    N is left open across exec, for the driver job.py execs by its own path."""
+    os.set_inheritable(folder_fd, True)
+    through = f"/proc/self/fd/{folder_fd}"
+    sys.argv = [f"{through}/{script}", *args]
+    sys.path.insert(0, through)  # what it imports beside it (atomic.py), from the same folder
+    runpy.run_path(sys.argv[0], init_globals={"SCRIPTS_FOLDER": (folder, through)}, run_name="__main__")
+
+
 def main(folder, script, args):
     wanted = read_request()
     if wanted is None:
         return  # the client went away before it said anything
     make_folder(folder)  # then checked, whoever made it
-    refused = refusal(folder)
-    if refused:
-        answer({"refused": refused[0], "fix": refused[1]})
+    folder_fd = checked_folder(folder)
+    if isinstance(folder_fd, tuple):
+        answer({"refused": folder_fd[0], "fix": folder_fd[1]})
         sys.exit(1)
-    missing = sorted(name for name, digest in wanted["files"].items()
-                     if not is_current(os.path.join(folder, name), digest))
+    missing = sorted(name for name, digest in wanted["files"].items() if digest_of(folder_fd, name) != digest)
     answer({"missing": missing})
     if missing:
         sent = read_request()
         if sent is None:
             return
         for name in missing:
-            write_atomically(os.path.join(folder, name), sent["files"][name].encode("utf-8"))
+            write_atomically(folder_fd, name, sent["files"][name].encode("utf-8"))
         answer({"written": missing})
-    sys.argv = [os.path.join(folder, script), *args]
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    run_through(folder_fd, script, args, folder)
+
+
+def run_expected(expected, refusal_file, folder, script, args):
+    """A Slurm job's start: SCRIPT, if FOLDER passes refusal() and holds the scripts EXPECTED
+    ({NAME: SHA256}, as submitted); else the refusal in REFUSAL_FILE (status.json) and exit 1."""
+    folder_fd = checked_folder(folder)
+    if not isinstance(folder_fd, tuple):
+        changed = sorted(name for name, digest in expected.items() if digest_of(folder_fd, name) != digest)
+        if not changed:
+            run_through(folder_fd, script, args, folder)
+            return
+        folder_fd = (f"evalkit will not run {', '.join(changed)} in {folder}: changed since this Slurm job was "
+                     "submitted (another evalkit version uploaded its own, or someone edited it)",
+                     "evaluate again: evalkit uploads its scripts anew and submits a new job")
+    what, fix = folder_fd
+    print(f"error: {what}\nfix: {fix}", file=sys.stderr, flush=True)
+    write_refusal(refusal_file, what, fix)
+    sys.exit(1)
+
+
+def write_refusal(path, what, fix):
+    """The run's end, state "unsafe", unless one is there already (a cancel came first)."""
+    record = {"state": "unsafe", "error": what, "fix": fix, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "w") as out:
+            out.write(json.dumps(record))
+    except OSError:
+        pass  # its folder is not writable, or the run has ended already: the job's output says it
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3:])
+    if sys.argv[1] == "--expect":
+        run_expected(json.loads(sys.argv[2]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7:])
+    else:
+        main(sys.argv[1], sys.argv[2], sys.argv[3:])

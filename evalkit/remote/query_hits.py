@@ -22,10 +22,13 @@ import argparse
 import hashlib
 import json
 import os
-import secrets
+import sys
 from typing import Dict, List
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # atomic.py beside it, however it was started
+import atomic  # noqa: E402  (evalkit uploads both)
 
 FORMAT = "evalkit-query-hits/1"
 KS = (1, 5, 10)
@@ -91,23 +94,6 @@ def direction_record(direction: str, reference_path: str, predictions_path: str,
             "ci95": ci95(hits, seed, resamples)}
 
 
-def write_atomically(path: str, text: str) -> None:
-    """TEXT to PATH through a new file beside it (O_EXCL, O_NOFOLLOW: nothing planted at its name
-    redirects the write), renamed over PATH (a symlink there is replaced, not followed)."""
-    temporary = f"{path}.tmp-{secrets.token_hex(8)}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        with open(os.open(temporary, flags, 0o644), "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass  # never created: the open itself failed
-        raise
-
-
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(prog="query_hits", description=__doc__.splitlines()[0])
     parser.add_argument("--text-to-image", nargs=2, metavar=("TEXTS", "PREDICTIONS"))
@@ -120,7 +106,7 @@ def main(argv: List[str] = None) -> int:
         paths = getattr(args, direction)
         if paths:
             document[direction] = direction_record(direction, *paths, SEED + index, args.resamples)
-    write_atomically(args.output, json.dumps(document))
+    atomic.write_atomically(args.output, json.dumps(document), mode=0o644)
     summary = {direction: document[direction].get("queries", "error") for direction in FIELDS if direction in document}
     print(f"query_hits: {json.dumps(summary)} -> {args.output}", flush=True)
     return 0

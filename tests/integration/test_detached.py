@@ -140,20 +140,40 @@ def test_a_second_run_on_the_same_checkpoint_is_refused_naming_the_first(testbed
     assert attached.returncode == 0, attached.stderr
 
 
-def test_a_stale_lock_is_taken_over(testbed):
-    from evalkit.plan import checkpoint_output_dir
+def _lock_of_the_checkpoint(testbed) -> Path:
     from evalkit.config import Settings
+    from evalkit.plan import checkpoint_output_dir
 
     settings = Settings(datapath=str(testbed.datapath), remote_output_dir=str(testbed.server_outputs))
     out_dir = Path(checkpoint_output_dir(settings, SPEC.name, SPEC.split, str(testbed.checkpoint)))
-    out_dir.mkdir(parents=True)
-    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    (out_dir / ".evalkit-lock").write_text(json.dumps(  # a run whose driver died long ago
-        {"pid": 999999, "start_time": 1, "boot_id": boot_id, "run_id": "20200101-000000-dead00"}))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir / ".evalkit-lock"
+
+
+def _held_on_another_node(heartbeat_age: float) -> str:
+    # a driver on another node of a cluster: its pid is nothing in this node's /proc (pid 1 is alive here)
+    return json.dumps({"host": "gpu-node-17", "boot_id": "another-boot", "pid": 1, "start_time": 1,
+                       "run_id": "20200101-000000-there0", "taken_at": "2020-01-01T00:00:00+0000",
+                       "heartbeat": time.time() - heartbeat_age})
+
+
+def test_a_lock_held_on_another_node_with_a_fresh_heartbeat_is_not_taken_over(testbed):
+    lock = _lock_of_the_checkpoint(testbed)
+    lock.write_text(_held_on_another_node(heartbeat_age=5))
+    run = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint))
+    assert run.returncode == RunLocked.exit_code, run.stderr
+    assert "run 20200101-000000-there0 is already evaluating this checkpoint" in run.stderr
+    assert json.loads(lock.read_text())["run_id"] == "20200101-000000-there0"  # left as it was
+    lock.unlink()
+
+
+def test_a_stale_lock_is_taken_over(testbed):
+    lock = _lock_of_the_checkpoint(testbed)
+    lock.write_text(_held_on_another_node(heartbeat_age=3600))  # its node went down an hour ago
     run = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint))
     assert run.returncode == 0, run.stderr
     assert "took over a stale lock" in run.stdout
-    assert not (out_dir / ".evalkit-lock").exists()  # released at the end
+    assert not lock.exists()  # released at the end
 
 
 class _Counting:

@@ -36,10 +36,12 @@ WRITE
 """
 WRITERS = {
     "job.py": ('module["write_atomically"](target, "written")', "written"),
-    "bootstrap.py": ('module["write_atomically"](target, b"written")', "written"),
+    "bootstrap.py": ('module["write_atomically"](os.open(os.path.dirname(target), os.O_RDONLY | os.O_DIRECTORY), '
+                     'os.path.basename(target), b"written")', "written"),
     "fast_knn.py": ('import numpy; module["write_predictions"](target, "text_id", [1], "image_ids", [7], '
                     'numpy.array([[0]]))', '{"text_id": 1, "image_ids": [7]}\n'),
-    "query_hits.py": ('module["write_atomically"](target, "written")', "written"),
+    "query_hits.py": ('module["atomic"].write_atomically(target, "written")', "written"),
+    "atomic.py": ('module["write_atomically"](target, "written")', "written"),
     "provenance.py": ('cache = module["HashCache"](target); cache.changed = True; cache.save()', "{}"),
 }
 NEEDS_NUMPY = {"fast_knn.py", "query_hits.py"}
@@ -82,8 +84,9 @@ def test_the_scripts_folder_and_each_run_folder_are_the_users_alone(tmp_path):
     hello = "import sys; print('hello')\n"
     request = {"run_dir": str(run_dir), "run": {"run_id": "private", "steps": [
         {"name": "n", "title": "n", "command": "true"}]}}
-    lines = [json.dumps({"files": {"job.py": "0" * 64, "hello.py": "0" * 64}}),
-             json.dumps({"files": {"job.py": (REMOTE / "job.py").read_text(), "hello.py": hello}}),
+    lines = [json.dumps({"files": {"job.py": "0" * 64, "atomic.py": "0" * 64, "hello.py": "0" * 64}}),
+             json.dumps({"files": {"job.py": (REMOTE / "job.py").read_text(),
+                                   "atomic.py": (REMOTE / "atomic.py").read_text(), "hello.py": hello}}),
              json.dumps(request)]
     done = subprocess.run([sys.executable, "-c", (REMOTE / "bootstrap.py").read_text(), str(folder), "job.py", "start"],
                           input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=60)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from evalkit.comparison import METRICS
-from evalkit.errors import INTERRUPTED_EXIT_CODE, SlurmJobEnded, SlurmJobLost, SlurmRefused
+from evalkit.errors import INTERRUPTED_EXIT_CODE, RemoteStepFailed, SlurmJobEnded, SlurmJobLost, SlurmRefused
 
 from .conftest import DATASETS, ENTRY_SCRIPT, REPO, SLURM_TEST_SETTINGS, run_upstream_by_hand, start_interruptible
 
@@ -152,6 +152,33 @@ def test_a_detached_job_past_its_time_limit_is_reported_as_timeout_with_the_fix(
     assert "Traceback" not in attached.stderr
 
 
+def test_a_job_whose_job_py_was_changed_while_it_waited_refuses_to_start_and_says_so(slurm_testbed, slurm,
+                                                                                     tmp_path):
+    bed = slurm_testbed
+    go = tmp_path / "go"
+    # the job waits in its setup line until the test has changed job.py: hours in a busy queue
+    bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS,
+                                              "setup": [f"while [ ! -e '{go}' ]; do sleep 0.2; done"]})
+    started = bed.evaluate("--model-path", str(bed.checkpoint), "--detach")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split("started run ")[1].split()[0]
+    job_py = bed.server_outputs / ".evalkit" / "job.py"
+    job_py.write_text(job_py.read_text() + "\nopen('/tmp/evalkit-tampered', 'w')  # not evalkit's\n")
+    go.touch()
+
+    attached = _evalkit("attach", run_id, "--config", str(bed.config))
+    assert attached.returncode == RemoteStepFailed.exit_code, attached.stdout + attached.stderr
+    assert f"error: evalkit will not run job.py in {job_py.parent}: changed since this Slurm job was submitted" \
+        in attached.stderr
+    assert "fix: evaluate again" in attached.stderr and "Traceback" not in attached.stderr
+    status = _evalkit("status", run_id, "--config", str(bed.config))
+    assert "changed since this Slurm job was submitted" in status.stdout, status.stdout + status.stderr
+    assert not (bed.server_outputs / ".evalkit" / "runs" / run_id / "driver.json").exists()  # no driver ran
+    again = bed.evaluate("--model-path", str(bed.checkpoint), "--detach")  # the fix: evalkit uploads job.py anew
+    assert again.returncode == 0, again.stderr
+    _evalkit("cancel", again.stdout.split("started run ")[1].split()[0], "--config", str(bed.config))
+
+
 def _evalkit(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "evalkit", *args], capture_output=True, text=True, timeout=300,
                           cwd=REPO, env={**os.environ, "COLUMNS": "400"}, stdin=subprocess.DEVNULL)
@@ -259,7 +286,9 @@ def test_the_doctor_checks_the_login_nodes_slurm(slurm_testbed):
     run = doctor(bed, "--probe-job")
     assert run.returncode == 0, run.stdout + run.stderr
     lines = checks(run)
-    assert list(lines) == [*EVERY_CHECK, "Slurm commands", "Slurm answers", "Slurm partition", "Slurm probe job"]
+    assert list(lines) == [*EVERY_CHECK, "Slurm commands", "Slurm answers", "Slurm partition", "Slurm probe job",
+                           "Slurm lock across nodes"]
+    assert lines["Slurm lock across nodes"][0] == "✓" and "could not take the lock" in lines["Slurm lock across nodes"][1]
     assert lines["Slurm partition"] == ("✓", "partition gpu: 1 nodes, GPUs per node: gpu:2")
     assert lines["Slurm probe job"][0] == "✓" and str(bed.checkpoint) in lines["Slurm probe job"][1]
     bed.write_config(executor="slurm", slurm={**SLURM_TEST_SETTINGS, "gpus_per_job": 3})

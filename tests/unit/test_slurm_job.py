@@ -3,6 +3,7 @@ what each ending means, and the backoff between squeue calls."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ from evalkit.errors import ConfigError
 from evalkit.plan import build_plan
 from evalkit.evaluation import Evaluation
 from evalkit.run_record import RunRecord, new_record
-from evalkit.server import upstream_call
+from evalkit.server import scripts_dir, upstream_call
 
 RUN_DIR = "/data/evalkit/.evalkit/runs/20260101-000000-abc123"
 
@@ -97,7 +98,7 @@ def test_under_slurm_the_steps_never_choose_the_gpu():
      ["#SBATCH --mem=64G", "#SBATCH --constraint=a100"], ["#SBATCH #SBATCH"]),
 ])
 def test_the_job_script_carries_slurms_options(slurm, present, absent):
-    script = slurm_job.batch_script(settings(**slurm), "r1", "team", RUN_DIR)
+    script = batch_script(settings(**slurm))
     for line in present:
         assert line in script.splitlines()
     for text in absent:
@@ -111,9 +112,24 @@ def test_the_job_script_carries_slurms_options(slurm, present, absent):
     assert all(i < first_command for i, line in enumerate(lines) if line.startswith("#SBATCH"))
 
 
+EXPECTED = {"job.py": "a" * 64}
+
+
+def batch_script(chosen) -> str:
+    return slurm_job.batch_script(chosen, "r1", "team", RUN_DIR, "BOOTSTRAP SOURCE", EXPECTED)
+
+
+def test_the_job_starts_its_driver_only_through_the_check_of_the_scripts_folder_as_submitted():
+    [drive] = [line for line in batch_script(settings()).splitlines() if "job.py drive" in line]
+    argv = shlex.split(drive.rstrip(" &").split(" && ")[-1])
+    assert argv[argv.index("-c"):] == ["-c", "BOOTSTRAP SOURCE", "--expect", json.dumps(EXPECTED),
+                                       "--refusal-to", f"{RUN_DIR}/status.json", scripts_dir(settings()), "job.py", "drive",
+                                       "--run-dir", RUN_DIR]
+
+
 def test_setup_lines_come_before_activate_and_the_driver_runs_in_the_run_folder():
     chosen = dataclasses.replace(settings(setup=("module load cuda",)), activate="source /env/bin/activate")
-    lines = slurm_job.batch_script(chosen, "r1", "team", RUN_DIR).splitlines()
+    lines = batch_script(chosen).splitlines()
     setup = lines.index("module load cuda")
     [drive] = [line for line in lines if "job.py drive" in line]
     assert setup < lines.index(drive) and drive.startswith("source /env/bin/activate && ")
@@ -270,20 +286,71 @@ def test_the_doctors_slurm_lines(found, ping, partitions, slurm, failing, says):
 def test_the_probe_job_asks_for_what_the_evaluations_jobs_ask():
     command = slurm_job.probe_job_command(settings(partition="a100", account="lab", gpus_per_job=2),
                                           ["/data", "/with space"])
-    assert shlex.split(command) == ["srun", "--immediate=120", "--time=5", "--job-name=evalkit-doctor",
-                                    "--partition=a100", "--gres=gpu:2", "--account=lab",
-                                    "bash", "-c", slurm_job.PROBE_SCRIPT, "evalkit-probe", "/data", "/with space"]
+    srun = shlex.join(["srun", "--immediate=120", "--time=5", "--job-name=evalkit-doctor", "--partition=a100",
+                       "--gres=gpu:2", "--account=lab", "bash", "-c", slurm_job.PROBE_SCRIPT, "evalkit-probe"])
+    assert f'{srun} "$lock" /data \'/with space\'' in command
 
 
-def test_the_probe_jobs_script_stats_each_path_then_says_which_gpus_it_got(tmp_path):
+# srun as the probe job meets it: its options dropped, the job's command run here; UNSHARED: the
+# compute node sees another filesystem, where the login node's lock file is not
+FAKE_SRUN = """#!/bin/bash
+while [[ $1 == --* ]]; do shift; done
+[ -n "$UNSHARED" ] && mv -- "$5" "$5.elsewhere"
+"$@"; code=$?
+[ -n "$UNSHARED" ] && mv -- "$5.elsewhere" "$5"
+exit $code
+"""
+
+
+def _probe(tmp_path, unshared: bool) -> subprocess.CompletedProcess:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text(FAKE_SRUN)
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    (tmp_path / ".evalkit").mkdir()
     (tmp_path / "with space").mkdir()
-    argv = shlex.split(slurm_job.probe_job_command(settings(), [str(tmp_path), str(tmp_path / "with space")]))
-    script = argv[argv.index("bash"):]
-    seen = subprocess.run(script, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "1"})
-    assert seen.returncode == 0 and seen.stdout.splitlines()[:3] == [str(tmp_path), str(tmp_path / "with space"),
-                                                                     "CUDA_VISIBLE_DEVICES=1"]
-    missing = subprocess.run([*script[:-2], str(tmp_path / "nosuch")], capture_output=True, text=True)
-    assert missing.returncode != 0 and "CUDA_VISIBLE_DEVICES" not in missing.stdout
+    chosen = dataclasses.replace(settings(), remote_output_dir=str(tmp_path))
+    command = slurm_job.probe_job_command(chosen, [str(tmp_path), str(tmp_path / "with space")])
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                          env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "1",
+                               **({"UNSHARED": "1"} if unshared else {})})
+
+
+def test_the_probe_jobs_script_stats_each_path_tries_the_lock_then_says_which_gpus_it_got(tmp_path):
+    seen = _probe(tmp_path, unshared=False)
+    lines = seen.stdout.splitlines()
+    assert seen.returncode == 0 and lines[:3] == [str(tmp_path), str(tmp_path / "with space"), "LOCK=held"]
+    assert "CUDA_VISIBLE_DEVICES=1" in lines
+    check = slurm_job.lock_check(seen.stdout)
+    assert check.ok and check.name == "Slurm lock across nodes", check
+    assert list((tmp_path / ".evalkit").iterdir()) == []  # the probe's lock files are gone
+
+
+def test_a_lock_a_compute_node_does_not_see_fails_the_doctors_lock_line(tmp_path):
+    seen = _probe(tmp_path, unshared=True)
+    assert seen.returncode == 0 and "LOCK=made again" in seen.stdout.splitlines()
+    check = slurm_job.lock_check(seen.stdout)
+    assert not check.ok and "two runs of one checkpoint could both start" in check.found and check.fix
+
+
+@pytest.mark.parametrize("node, ok, says", [
+    (1000, True, "within 1 s"),
+    (1003, True, "within 1 s"),  # while the job ran: the login node's clock read before and after it
+    (1003 + slurm_job.CLOCK_TOLERANCE, True, f"within {slurm_job.CLOCK_TOLERANCE} s"),
+    (1004 + slurm_job.CLOCK_TOLERANCE, False, f"{slurm_job.CLOCK_TOLERANCE + 1} s off"),
+    (1000 - 60, False, "60 s off"),
+])
+def test_the_doctors_lock_line_judges_the_compute_nodes_clock(node, ok, says):
+    check = slurm_job.lock_check(f"LOCK=held\nCLOCK={node}\nLOGIN_CLOCK=1000 1003\n")
+    assert check.ok is ok and says in check.found, check
+
+
+def test_no_lock_line_when_the_probe_job_did_not_get_that_far():
+    assert slurm_job.lock_check("") is None
+
+
+def test_the_clock_tolerance_is_well_within_the_locks_lease():
+    from evalkit.remote import job
+    assert slurm_job.CLOCK_TOLERANCE * 4 <= job.LEASE_SECONDS
 
 
 LOGIN_GPU = Check("GPU", False, "torch sees no CUDA GPU with CUDA_VISIBLE_DEVICES=0", "pick a free GPU")

@@ -7,7 +7,10 @@ import json
 import os
 import stat
 
+import pytest
+
 from evalkit.config import Settings
+from evalkit.errors import LocalWriteError
 from evalkit.evaluation import LAST_EXTRACT, NAMED, Evaluation
 from evalkit.plan import build_plan
 from evalkit.run_record import new_record, new_run_id
@@ -42,12 +45,24 @@ def test_the_current_checkpoint_is_per_host_datapath_dataset_and_split(tmp_path)
         assert store.current_checkpoint(settings, evaluation) is None
 
 
-def test_a_damaged_current_file_means_no_current_checkpoint(tmp_path):
+@pytest.mark.parametrize("damaged, says", [
+    ("{not json", "is unreadable"),  # a disk that lost its end
+    ("[]", "is not one of evalkit's"),
+])
+def test_a_damaged_current_file_is_refused_and_kept_not_reset_to_one_split(tmp_path, damaged, says):
     store = LocalStore(tmp_path)
     store.runs_dir.mkdir()
-    (store.runs_dir / "current-checkpoints.json").write_text("{not json")
-    assert store.current_checkpoint(SETTINGS, UNNAMED) is None
-    store.make_current(SETTINGS, B)  # and the next extract step repairs it
+    record = store.runs_dir / "current-checkpoints.json"
+    record.write_text(damaged)
+    for touch in (lambda: store.current_checkpoint(SETTINGS, UNNAMED), lambda: store.make_current(SETTINGS, B)):
+        with pytest.raises(LocalWriteError) as raised:
+            touch()
+        assert raised.value.exit_code == 10
+        assert raised.value.message.startswith(f"the record of each split's current checkpoint, {record}, {says}")
+        assert f"mv {record} {record}.damaged" in raised.value.hint
+    assert record.read_text() == damaged
+    record.rename(f"{record}.damaged")  # the fix it gives
+    store.make_current(SETTINGS, B)
     assert store.current_checkpoint(SETTINGS, UNNAMED).checkpoint == B.checkpoint
 
 
