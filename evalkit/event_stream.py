@@ -20,6 +20,7 @@ from .ssh.server_disk import write_failure
 
 # the server beats every 3 s (job.py BEAT_EVERY): this long without a word, the link is taken for dead
 SILENT_AFTER = 20.0
+COLLECT = ""  # the collect's key among the unanswered requests (a write's is its path)
 ENDED_AGAIN = 3  # streams ended in a row with no event between: the server cannot follow the run
 
 
@@ -32,7 +33,8 @@ class EventStream:
         self.lines = Lines()
         self.heard_at = time.monotonic()
         self.ended_in_a_row = 0
-        self.unanswered: dict[str, bytes] = {}  # writes not yet answered, by path: sent again on a new channel
+        # requests not yet answered (writes by their path, and the collect): sent again on a new channel
+        self.unanswered: dict[str, bytes] = {}
 
     def next(self, timeout: float) -> list[Event]:
         """The events that came within TIMEOUT (often none), each new to the laptop; across a
@@ -48,14 +50,14 @@ class EventStream:
 
     def collect(self, paths: list[str], timeout: float) -> dict[str, tuple[int, bytes] | None]:
         """PATHS' (mtime, content) on the server, None for each it could not read: one ask."""
-        request, deadline = collect_request(paths), time.monotonic() + timeout
-        self.session.call(lambda connection: self._send(request))
+        self.unanswered[COLLECT] = collect_request(paths)
+        self.session.call(lambda connection: self._send(self.unanswered[COLLECT]))
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for event in self.next(0.5):
                 if isinstance(event, Bundle):
+                    del self.unanswered[COLLECT]
                     return event.files
-            if self.channel is None:  # a new channel (after a reconnect) has not had the ask
-                self.session.call(lambda connection: self._send(request))
         raise ConnectionLost(f"the server did not send run {self.run.run_id}'s results within {timeout:.0f} s",
                              f"python -m evalkit attach {self.run.run_id} tries again")
 

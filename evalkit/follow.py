@@ -86,7 +86,7 @@ class Follower:
             outcome.steps.append(self._follow_step(step))
             on_step_done(step)
         while self.status is None:
-            for event in self._events("after the last step"):
+            for event in self._events(None):
                 if isinstance(event, RunEnded):
                     self.status = event.status
 
@@ -111,7 +111,7 @@ class Follower:
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         printed, started_at, started = bytearray(), clock.timestamp(), None
         while True:
-            for event in self._events(f"during step {step.name!r}", started):
+            for event in self._events(step, started):
                 if isinstance(event, StepStarted):
                     self.reporter.step_started(step, index, len(steps))
                     self.log.write(f"\n### step {step.name}: {step.command}\n".encode())
@@ -152,9 +152,10 @@ class Follower:
         raise RemoteStepFailed(f"run {self.run.run_id} ended ({(self.status or {}).get('state')}) {when}",
                                f"see {self.run.path('driver.log')} on the server; start the evaluation again")
 
-    def _events(self, when: str, started: float | None = None) -> Iterator[Event]:
+    def _events(self, step: Step | None, started: float | None = None) -> Iterator[Event]:
         """The events that come within a moment; raises when the driver is gone (the heartbeat
-        says so, or the executor where the stream cannot tell) or the step ran too long."""
+        says so, or the executor where the stream cannot tell) or STEP, STARTED then, ran too long."""
+        when = f"during step {step.name!r}" if step is not None else "after the last step"
         if not self.pending:
             self.pending.extend(self.stream.next(0.5))
         while self.pending:  # what a step's end leaves here is the next step's
@@ -164,9 +165,8 @@ class Follower:
             yield event
         if not self.executor.liveness_on_stream:
             self.liveness.check(when)
-        if started is not None and time.monotonic() - started > self.step_timeout:
-            raise ConnectionLost(f"step {when.split(' ', 2)[-1]} ran longer than step_timeout "
-                                 f"({self.step_timeout:.0f} s)",
+        if step is not None and started is not None and time.monotonic() - started > self.step_timeout:
+            raise ConnectionLost(f"step {step.name!r} ran longer than step_timeout ({self.step_timeout:.0f} s)",
                                  f"raise step_timeout in the config file; cancel the run with "
                                  f"python -m evalkit cancel {self.run.run_id}")
 
