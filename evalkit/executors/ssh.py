@@ -87,8 +87,8 @@ class SshExecutor(Executor):
         if not driver or driver.get("boot_id") != boot_id or driver.get("start_time") is None:
             return False
         try:
-            stat = self.connection.read_bytes(f"/proc/{int(driver['pid'])}/stat")
-            return int(stat.rsplit(b")", 1)[1].split()[19]) == driver["start_time"]
+            fields = self.connection.read_bytes(f"/proc/{int(driver['pid'])}/stat").rsplit(b")", 1)[1].split()
+            return fields[0] != b"Z" and int(fields[19]) == driver["start_time"]  # a zombie has exited
         except (FileNotFoundError, IndexError, ValueError, KeyError, TypeError):
             return False
 

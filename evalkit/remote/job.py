@@ -162,11 +162,12 @@ def boot_id():
 
 
 def start_time(pid):
-    """The process's start time in clock ticks since boot: with the pid, its identity."""
+    """The process's start time in clock ticks since boot: with the pid, its identity. None when
+    it is gone, a zombie too (it exited; its parent, the starter still streaming, has not reaped it)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             fields = handle.read().rsplit(b")", 1)[1].split()
-        return int(fields[19])
+        return int(fields[19]) if fields[0] != b"Z" else None
     except (OSError, IndexError, ValueError):
         return None
 
@@ -480,7 +481,7 @@ def start(timeout):
     driver = fork_driver(run_dir, request["run"]["run_id"], bell, bell_end)
     os.close(bell_end)
     answer(wait_for_driver(run_dir, driver, bell, timeout))
-    stream_events(run_dir, Position(), bell)
+    stream_events(run_dir, Position(), bell, driver)
 
 
 def submit(run_dir, request):
@@ -797,14 +798,22 @@ def collected(path):
         return None
 
 
+def has_exited(child):
+    """Whether CHILD has exited (reaped now, if it had not been: no zombie stays behind)."""
+    try:
+        return os.waitpid(child, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return True  # reaped already (wait_for_driver)
+
+
 def send_event(found):
     sys.stdout.write(EVENT_MARKER + json.dumps(found) + "\n")
 
 
-def stream_events(run_dir, position, bell=None):
+def stream_events(run_dir, position, bell=None, driver=None):
     """The run's events on stdout from POSITION until the run has ended and stdin has too (or
     END_LINGER after the end); a heartbeat every BEAT_EVERY seconds meanwhile. BELL (start's
-    pipe from the driver) wakes it early."""
+    pipe from the driver) wakes it early; DRIVER, start's child, is reaped once it exits."""
     steps = len((read_json(os.path.join(run_dir, "run.json")) or {}).get("steps") or [])
     driver_file, requests, waiting = os.path.join(run_dir, "driver.json"), b"", [sys.stdin.fileno()]
     if bell is not None:
@@ -827,6 +836,8 @@ def stream_events(run_dir, position, bell=None):
             readable = select.select(waiting, [], [], EVENT_POLL)[0]
             if bell in readable and not os.read(bell, 4096):
                 waiting.remove(bell)  # the driver is gone: the files alone say what comes
+            if driver is not None and has_exited(driver):
+                driver = None
             if sys.stdin.fileno() in readable:
                 received = os.read(sys.stdin.fileno(), 1 << 20)
                 if not received:

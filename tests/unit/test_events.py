@@ -4,7 +4,9 @@ wherever the laptop resumes; lines cut anywhere; nothing from a cut line."""
 import base64
 import io
 import json
+import os
 import sys
+import time
 
 import pytest
 
@@ -157,3 +159,20 @@ def test_the_servers_answers_to_a_write_and_a_collect(tmp_path):
     (tmp_path / "a file").write_text("in the way")
     refused = job.serve(json.loads(write_request(str(blocked), b"{}")))
     assert refused["e"] == "wrote" and refused["error"] and refused["errno"]
+
+
+def test_the_heartbeat_takes_a_driver_that_exited_unreaped_for_gone():
+    # the starter, still streaming, is the driver's parent: a killed driver stays a zombie until reaped
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    try:
+        deadline, fields = time.monotonic() + 10, [b"R"]
+        while fields[0] != b"Z" and time.monotonic() < deadline:
+            with open(f"/proc/{child}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        assert fields[0] == b"Z"
+        record = {"pid": child, "start_time": int(fields[19]), "boot_id": job.boot_id()}
+        assert not job.is_alive(record)
+    finally:
+        assert job.has_exited(child) and job.has_exited(child)  # reaped once, and asking again is fine
