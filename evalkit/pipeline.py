@@ -109,7 +109,7 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter, det
         with connected(settings, shared, group) as (session, executor):
             store = LocalStore.of(settings)
             evaluation, facts, origin = _ready(session, executor, store, settings, evaluation, reporter)
-            record = _new_run(store, settings, evaluation, hold)
+            record = _new_run(store, settings, evaluation, hold, executor.group)
             _keep_provenance(session, store, record, origin)
             try:
                 with _in_custody(executor, store, record, reporter) as custody:
@@ -196,11 +196,15 @@ def _ready_to_classify(session: Session, executor: Executor, store: LocalStore, 
     return evaluation, None, _server_provenance(executor, settings, evaluation, ran)
 
 
-def _new_run(store: LocalStore, settings: Settings, evaluation: Evaluation, hold: LaneHold | None) -> RunRecord:
+def _new_run(store: LocalStore, settings: Settings, evaluation: Evaluation, hold: LaneHold | None,
+             group: RunGroup) -> RunRecord:
     """The run's record, saved before its launch (state "starting"), once its GPU is free."""
     plan = build_plan(settings, evaluation)
     if hold is not None and plan.last_gpu_step:
         hold.take()
+        if group.is_closed:  # the GPU came free because Ctrl-C ended the run before: nothing more starts
+            raise RemoteStepFailed(f"{plan.label} was not started: the command was interrupted",
+                                   "start the evaluation again")
     elif hold is not None:  # recall alone needs no GPU: it starts at once, the next one need not wait
         hold.give_back()
     run_id = new_run_id()

@@ -47,7 +47,26 @@ def test_a_dropped_connection_mid_extraction_costs_nothing(testbed, tmp_path):
     assert client.returncode == 0, err + out
     assert "connection lost" in out and "reconnected" in out
     assert _pulled(testbed) == run_upstream_by_hand(testbed, SPEC, tmp_path / "by-hand")
-    # Nothing ran twice, and every line the server wrote reached the local log exactly once.
+    _assert_every_line_once(testbed, run_dir)
+
+
+def test_an_event_stream_gone_silent_is_taken_for_a_dropped_link_and_resumed_where_it_left_off(testbed):
+    # the link is up but the server's end of the stream stops (no event, no heartbeat)
+    client = launch_one_shot(testbed)
+    run_dir = wait_for_extraction(testbed)
+    [starter] = starters_of(testbed)
+    os.kill(starter, signal.SIGSTOP)
+    try:
+        out, err = client.communicate(timeout=300)
+    finally:
+        os.kill(starter, signal.SIGCONT)
+    assert client.returncode == 0, err + out
+    assert "connection lost (no word from seetacloud-v800 for 2" in out and "reconnected" in out
+    _assert_every_line_once(testbed, run_dir)
+
+
+def _assert_every_line_once(testbed, run_dir: Path) -> None:
+    """Nothing ran twice, and every line the server wrote reached the local log exactly once."""
     steps = range(len(json.loads((run_dir / "run.json").read_text())["steps"]))
     assert sorted(p.name for p in run_dir.glob("step-*.exit")) == [f"step-{i}.exit" for i in steps]
     [log] = (testbed.results_dir / "logs").glob("*.log")
