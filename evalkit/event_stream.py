@@ -44,19 +44,16 @@ class EventStream:
     def write(self, path: str, data: bytes) -> None:
         """DATA to PATH on the server (written atomically there, its folders made): sent now,
         answered by a Wrote event that next() checks."""
-        request = write_request(path, data)
-        self.unanswered[path] = request
-        self.session.call(lambda connection: self._send(request))
+        self._ask(path, write_request(path, data))
 
     def collect(self, paths: list[str], timeout: float) -> dict[str, tuple[int, bytes] | None]:
         """PATHS' (mtime, content) on the server, None for each it could not read: one ask."""
-        self.unanswered[COLLECT] = collect_request(paths)
-        self.session.call(lambda connection: self._send(self.unanswered[COLLECT]))
+        self._ask(COLLECT, collect_request(paths))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for event in self.next(0.5):
                 if isinstance(event, Bundle):
-                    del self.unanswered[COLLECT]
+                    self.unanswered.pop(COLLECT, None)
                     return event.files
         raise ConnectionLost(f"the server did not send run {self.run.run_id}'s results within {timeout:.0f} s",
                              f"python -m evalkit attach {self.run.run_id} tries again")
@@ -67,8 +64,17 @@ class EventStream:
             self.channel.abandon()
             self.channel = None
 
-    def _send(self, request: bytes) -> None:
-        self._channel().send(request)
+    def _ask(self, key: str, request: bytes) -> None:
+        """REQUEST sent, and kept under KEY until answered: a new channel gets it again."""
+        def send(connection) -> None:
+            channel = self._channel()
+            try:
+                channel.send(request)
+            except ConnectionLost:
+                self._drop(channel)  # the next try opens a new one (after the session's reconnect)
+                raise
+        self.session.call(send)
+        self.unanswered[key] = request
 
     def _channel(self) -> PendingCommand:
         if self.channel is None:
@@ -89,18 +95,20 @@ class EventStream:
                 self._check_silence(channel)
                 return []
             self.heard_at = time.monotonic()
-            return self._events(self.lines.feed(chunk))
-        except (ConnectionLost, StreamBroken) as lost:
+            return self._events(channel, self.lines.feed(chunk))
+        except ConnectionLost:
             self._drop(channel)
-            if isinstance(lost, StreamBroken):
-                return []  # the next read opens a new stream from the position
             raise
 
-    def _events(self, lines: list[bytes]) -> list[Event]:
+    def _events(self, channel: PendingCommand, lines: list[bytes]) -> list[Event]:
         found = []
         for line in lines:
-            event = decode(line)
-            event = self.position.accept(event) if event is not None else None
+            try:
+                event = decode(line)
+                event = self.position.accept(event) if event is not None else None
+            except StreamBroken:
+                self._drop(channel)  # the next read opens a new stream from the position
+                return found
             if event is None:
                 continue
             self.ended_in_a_row = 0
