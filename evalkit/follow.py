@@ -1,5 +1,6 @@
-"""Following a run's steps on the server by reading the files its driver writes (step-N.started,
-.out, .err, .exit and status.json) from the offsets already reached.
+"""Following a run's steps on the server: the files its driver writes (step-N.started, .out,
+.err, .exit and status.json), pushed as events by remote/job.py as it reads them there
+(Follower, event_stream.py), or read over SFTP from the offsets already reached (`logs`).
 
 Nothing here re-runs a step: the server runs each step once, and the client only reads, so
 after a reconnect (session.py) no output line is lost or shown twice.
@@ -12,18 +13,19 @@ from typing import BinaryIO, Callable, Iterator
 
 from . import clock
 from .errors import ConnectionLost, DriverGone, RemoteStepFailed
+from .event_stream import EventStream
+from .events import Beat, Event, Output, RunEnded, StepEnded, StepStarted
 from .executors.base import Executor, JobState, RemoteRun
 from .outcome import Reporter, RunOutcome, StepResult
 from .plan import Step
-from .progress import Event, LogLine, ProgressUpdate, ProtocolFilter, StreamSplitter
+from .progress import Event as ProgressEvent, LogLine, ProgressUpdate, ProtocolFilter, StreamSplitter
 from .session import Session
+from .ssh import PendingCommand
 from .ssh.server_disk import FULL_DISK_TEXTS, filled_up
 
 READ_CHUNK = 1 << 20
 TAIL_LINES = 30
-# Polling is cheap (three SFTP stats) but not free: while output flows (tqdm redraws many times a
-# second) every FLOWING_POLL is enough, and the server's CPU stays with the step.
-FASTEST_POLL, FLOWING_POLL, SLOWEST_POLL = 0.05, 0.15, 0.25
+SLOWEST_POLL = 0.25  # `logs --follow`: between looks at the run's files over SFTP
 LIVENESS_EVERY = 10.0     # seconds between asking whether the driver still lives (a death is seen in ~10 s)
 STREAMS = {"stdout": "out", "stderr": "err"}
 
@@ -64,96 +66,117 @@ class StepFiles:
 
 
 class Follower:
-    """Follows a run's steps in order, showing their output as it comes."""
+    """Follows a run's steps in order through its event stream (event_stream.py), showing their
+    output as it comes; keeps each step's stdout for what is read from it (output_of)."""
 
     def __init__(self, session: Session, executor: Executor, run: RemoteRun, reporter: Reporter, log: BinaryIO,
-                 step_timeout: float, doorbell: Callable[[float], bool] | None = None) -> None:
+                 step_timeout: float, events: PendingCommand | None = None) -> None:
         self.session, self.executor, self.run = session, executor, run
         self.reporter, self.log, self.step_timeout = reporter, log, step_timeout
-        self.doorbell = doorbell  # rings when the run moves on (executors.base.Launched)
+        self.stream = EventStream(session, executor, run, events)  # EVENTS: the launch's channel, if any
         self.detail: str | None = None  # the scheduler's last word on the run (JobState.detail)
         self.liveness = _Liveness(run, self._state)
+        self.printed: dict[str, bytes] = {}  # the last ended step's stdout, by its name
+        self.status: dict | None = None      # status.json, once the run's end came
+        self.pending: collections.deque[Event] = collections.deque()  # received, not yet taken
 
     def follow(self, outcome: RunOutcome, on_step_done: Callable[[Step], None]) -> None:
+        """Each step to its end (RemoteStepFailed at the first that failed), then the run's."""
         for step in self.run.plan.steps:
             outcome.steps.append(self._follow_step(step))
             on_step_done(step)
+        while self.status is None:
+            for event in self._events(None):
+                if isinstance(event, RunEnded):
+                    self.status = event.status
 
-    def output_path(self, step: Step) -> str:
-        """The server file holding STEP's stdout."""
-        return self.run.path(f"{step_base(self.run, step)}.out")
+    def output_of(self, step: Step) -> bytes:
+        """What STEP, ended, printed on stdout."""
+        return self.printed[step.name]
+
+    def write(self, path: str, data: bytes) -> None:
+        """DATA to PATH on the server, beside the run (the manifest): no round trip waited for."""
+        self.stream.write(path, data)
+
+    def collect(self, paths: list[str]) -> dict[str, tuple[int, bytes] | None]:
+        """PATHS' (mtime, content) on the server, in one ask; the stream ends after it."""
+        try:
+            return self.stream.collect(paths, timeout=self.session.connection.connect_timeout * 4 + 60)
+        finally:
+            self.stream.close()
 
     def _follow_step(self, step: Step) -> StepResult:
-        files, steps = StepFiles(self.session, self.run, step), self.run.plan.steps
-        self._wait_for(lambda: True if files.has_started() else None, step)
-        self.reporter.step_started(step, steps.index(step), len(steps))
-        self.log.write(f"\n### step {step.name}: {step.command}\n".encode())
-        started_at, started = clock.timestamp(), time.monotonic()
+        index, steps = self.run.plan.steps.index(step), self.run.plan.steps
         splitters = {stream: StreamSplitter(stream) for stream in STREAMS}
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        printed, started_at, started = bytearray(), clock.timestamp(), None
+        while True:
+            for event in self._events(step, started):
+                if isinstance(event, StepStarted):
+                    self.reporter.step_started(step, index, len(steps))
+                    self.log.write(f"\n### step {step.name}: {step.command}\n".encode())
+                    started_at, started = clock.timestamp(), time.monotonic()
+                elif isinstance(event, Output):
+                    printed += event.data if event.stream == "stdout" else b""
+                    self._show(step, splitters[event.stream].feed(event.data), event.data, tail)
+                elif isinstance(event, StepEnded):
+                    for splitter in splitters.values():
+                        self._show(step, splitter.close(), b"", tail)
+                    self.printed = {step.name: bytes(printed)}
+                    seconds = event.seconds if event.seconds is not None else time.monotonic() - (started or 0)
+                    return self._ended(step, StepResult(step.name, step.title, step.command, event.code, seconds,
+                                                        started_at, clock.timestamp()), tail)
+                elif isinstance(event, RunEnded):
+                    self.status = event.status
+                    self._ended_before(step)
 
-        def drain() -> bool:
-            moved = False
-            for stream in STREAMS:
-                chunk = files.read_new(stream)
-                if chunk:
-                    self._show(step, splitters[stream].feed(chunk), chunk, tail)
-                    moved = True
-            return moved
-
-        exit_code, server_seconds = self._wait_for(files.outcome, step, while_waiting=drain, started=started)
-        while drain():
-            pass
-        for splitter in splitters.values():
-            self._show(step, splitter.close(), b"", tail)
-        seconds = server_seconds if server_seconds is not None else time.monotonic() - started
-        result = StepResult(step.name, step.title, step.command, exit_code, seconds, started_at, clock.timestamp())
-        self.log.write(f"### step {step.name} exited {exit_code} after {result.seconds:.1f} s\n".encode())
+    def _ended(self, step: Step, result: StepResult, tail: collections.deque) -> StepResult:
+        self.log.write(f"### step {step.name} exited {result.exit_code} after {result.seconds:.1f} s\n".encode())
         self.reporter.step_finished(step, result)
         full_disk = next((line for line in tail if any(text in line for text in FULL_DISK_TEXTS)), None)
-        if exit_code != 0 and full_disk is not None:
+        if result.exit_code != 0 and full_disk is not None:
             raise filled_up(self.session.capture, f"{step.name!r} ({step.title})", self.run.plan.output_dir,
                             full_disk, timeout=60)
-        if exit_code != 0:
+        if result.exit_code != 0:
             raise RemoteStepFailed(
-                f"step {step.name!r} ({step.title}) exited with status {exit_code}\n"
+                f"step {step.name!r} ({step.title}) exited with status {result.exit_code}\n"
                 f"command: {step.command}\nlast {len(tail)} lines of its output:\n"
                 + "\n".join(f"  {line}" for line in tail),
                 "read the output above; the full log is kept locally (see below)")
         return result
 
-    def _show(self, step: Step, events: Iterator[Event], chunk: bytes, tail: collections.deque) -> None:
+    def _ended_before(self, step: Step) -> None:
+        """The run ended before STEP did: say how (the executor knows a scheduler's refusal)."""
+        when = f"before step {step.name!r} ended"
+        check_alive(self._state(), self.run, when)
+        raise RemoteStepFailed(f"run {self.run.run_id} ended ({(self.status or {}).get('state')}) {when}",
+                               f"see {self.run.path('driver.log')} on the server; start the evaluation again")
+
+    def _events(self, step: Step | None, started: float | None = None) -> Iterator[Event]:
+        """The events that come within a moment; raises when the driver is gone (the heartbeat
+        says so, or the executor where the stream cannot tell) or STEP, STARTED then, ran too long."""
+        when = f"during step {step.name!r}" if step is not None else "after the last step"
+        if not self.pending:
+            self.pending.extend(self.stream.next(0.5))
+        while self.pending:  # what a step's end leaves here is the next step's
+            event = self.pending.popleft()
+            if isinstance(event, Beat) and not event.alive and self.executor.liveness_on_stream:
+                check_alive(JobState(None, False), self.run, when)
+            yield event
+        if not self.executor.liveness_on_stream:
+            self.liveness.check(when)
+        if step is not None and started is not None and time.monotonic() - started > self.step_timeout:
+            raise ConnectionLost(f"step {step.name!r} ran longer than step_timeout ({self.step_timeout:.0f} s)",
+                                 f"raise step_timeout in the config file; cancel the run with "
+                                 f"python -m evalkit cancel {self.run.run_id}")
+
+    def _show(self, step: Step, events: Iterator[ProgressEvent], chunk: bytes, tail: collections.deque) -> None:
         if chunk:
             self.log.write(chunk)
             self.log.flush()
         for event in events:
             remember(tail, event)
             self.reporter.step_event(step, event)
-
-    def _wait_for(self, found: Callable[[], object], step: Step, while_waiting: Callable[[], bool] = lambda: False,
-                  started: float | None = None):
-        """Poll FOUND until it returns something; fast while output flows, slower when idle."""
-        pause = FASTEST_POLL
-        while True:
-            if while_waiting():
-                pause = FLOWING_POLL
-            value = found()
-            if value is not None:
-                return value
-            # also while output flows: a killed driver's steps may go on printing, orphaned
-            self.liveness.check(f"during step {step.name!r}")
-            if started is not None and time.monotonic() - started > self.step_timeout:
-                raise ConnectionLost(f"step {step.name!r} ran longer than step_timeout ({self.step_timeout:.0f} s)",
-                                     f"raise step_timeout in the config file; cancel the run with "
-                                     f"python -m evalkit cancel {self.run.run_id}")
-            self._pause(pause)
-            pause = min(pause * 1.5, SLOWEST_POLL)
-
-    def _pause(self, seconds: float) -> None:
-        """SECONDS, or less when the doorbell rings; without one (attached later, after a
-        reconnect, or once the run has ended) the polls alone find each step's end."""
-        if self.doorbell is None or not self.doorbell(seconds):
-            time.sleep(seconds)
 
     def _state(self) -> JobState:
         state = self.session.call(lambda connection: self.executor.state(self.run))
@@ -176,7 +199,7 @@ def check_alive(state: JobState, run: RemoteRun, when: str) -> None:
                      "rebooted)", "start the evaluation again")
 
 
-def remember(tail: collections.deque, event: Event) -> None:
+def remember(tail: collections.deque, event: ProgressEvent) -> None:
     if isinstance(event, LogLine):
         tail.append(event.text)
     elif isinstance(event, ProgressUpdate):

@@ -5,7 +5,8 @@ Before anything runs, the server's files are inspected (remote/inspect_outputs.p
 server_outputs.py decides whether each stage may run: features are reused only when complete
 and made from the same checkpoint, and KNN and recall only ever read files of one recorded
 extraction. Before an extraction, the doctor's preflight checks the dataset and the checkpoint.
-The run itself is launched by an executor (executors/) and followed through its files (follow.py).
+The run itself is launched by an executor (executors/) and followed through the events the server
+pushes as its files change (follow.py, event_stream.py).
 """
 from __future__ import annotations
 
@@ -32,13 +33,13 @@ from .provenance import RUN_FILE as PROVENANCE_FILE, build_provenance, facts_pri
     provenance_call
 from .plan import PROVENANCE_STEP, Step, build_plan, inspect_call, inspect_command
 from .readiness import decide, locate
-from .run_outputs import OutputRecorder, fetch_results
+from .run_outputs import Collected, OutputRecorder, result_paths, take_results
 from .run_record import RunRecord, new_record, new_run_id
 from . import zeroshot
 from .server import PROBE, PROVENANCE, ZEROSHOT, run_dir, scripts_for
 from .server_outputs import ServerFacts
 from .session import Session
-from .ssh import Connection, resolve_target
+from .ssh import Connection, PendingCommand, resolve_target
 from .store import LocalStore
 from .summary import build_summary
 
@@ -108,7 +109,7 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter, det
         with connected(settings, shared, group) as (session, executor):
             store = LocalStore.of(settings)
             evaluation, facts, origin = _ready(session, executor, store, settings, evaluation, reporter)
-            record = _new_run(store, settings, evaluation, hold)
+            record = _new_run(store, settings, evaluation, hold, executor.group)
             _keep_provenance(session, store, record, origin)
             try:
                 with _in_custody(executor, store, record, reporter) as custody:
@@ -118,7 +119,7 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter, det
                         (on_detached or _nothing)(record)
                         return record
                     custody.following = True
-                    return _follow_to_end(session, executor, record, reporter, facts, launched.doorbell,
+                    return _follow_to_end(session, executor, record, reporter, facts, launched.events,
                                           gpu_done=hold.give_back if hold is not None else _nothing)
             except BaseException:  # custody said what became of the run; its GPU goes back only once it ended
                 _leave_gpu(executor, record, hold)
@@ -195,11 +196,15 @@ def _ready_to_classify(session: Session, executor: Executor, store: LocalStore, 
     return evaluation, None, _server_provenance(executor, settings, evaluation, ran)
 
 
-def _new_run(store: LocalStore, settings: Settings, evaluation: Evaluation, hold: LaneHold | None) -> RunRecord:
+def _new_run(store: LocalStore, settings: Settings, evaluation: Evaluation, hold: LaneHold | None,
+             group: RunGroup) -> RunRecord:
     """The run's record, saved before its launch (state "starting"), once its GPU is free."""
     plan = build_plan(settings, evaluation)
     if hold is not None and plan.last_gpu_step:
         hold.take()
+        if group.is_closed:  # the GPU came free because Ctrl-C ended the run before: nothing more starts
+            raise RemoteStepFailed(f"{plan.label} was not started: the command was interrupted",
+                                   "start the evaluation again")
     elif hold is not None:  # recall alone needs no GPU: it starts at once, the next one need not wait
         hold.give_back()
     run_id = new_run_id()
@@ -351,28 +356,32 @@ def _keep_provenance(session: Session, store: LocalStore, record: RunRecord, ori
 BESIDE = "printed_beside_the_steps"  # provenance.json's only key when the facts are in beside-NAME.out
 
 
-def _kept_provenance(session: Session, record: RunRecord) -> dict | None:
-    """The facts written before the launch or, where that file points there, those printed beside
-    the steps (beside-provenance.out)."""
+def _provenance_paths(record: RunRecord) -> list[str]:
+    """Where _kept_provenance finds the facts: brought back with the results (run_outputs.result_paths)."""
     run = _remote(record)
+    return [run.path(PROVENANCE_FILE), *(run.path(f"beside-{PROVENANCE_STEP}.{stream}") for stream in BESIDE_FILES)]
+
+
+BESIDE_FILES = ("exit", "out", "err")
+
+
+def _kept_provenance(collected: Collected, record: RunRecord) -> dict | None:
+    """The facts written before the launch or, where that file points there, those printed beside
+    the steps (beside-provenance.out), as COLLECTED from the server at the run's end."""
+    run = _remote(record)
+
+    def content(path: str) -> bytes:
+        return (collected.get(path) or (None, b""))[1]
     try:
-        kept = json.loads(session.read_bytes(run.path(PROVENANCE_FILE)))
-    except (FileNotFoundError, ValueError):
+        kept = json.loads(content(run.path(PROVENANCE_FILE)))
+    except ValueError:
         kept = None  # hashed beside the steps; or a run started by an evalkit that kept none
     if isinstance(kept, dict) and BESIDE not in kept:
         return kept
     if record.plan.beside_step(PROVENANCE_STEP) is None:
         return None
-    code, stdout, stderr = (_read_or_empty(session, run.path(f"beside-{PROVENANCE_STEP}.{stream}"))
-                            for stream in ("exit", "out", "err"))
+    code, stdout, stderr = (content(run.path(f"beside-{PROVENANCE_STEP}.{stream}")) for stream in BESIDE_FILES)
     return _provenance_found(code.decode("ascii", "replace").strip() or None, stdout, stderr)
-
-
-def _read_or_empty(session: Session, path: str) -> bytes:
-    try:
-        return session.read_bytes(path)
-    except FileNotFoundError:
-        return b""
 
 
 def attach(record: RunRecord, reporter: Reporter) -> Report:
@@ -416,9 +425,10 @@ def _remote(record: RunRecord) -> RemoteRun:
 
 
 def _follow_to_end(session: Session, executor: Executor, record: RunRecord, reporter: Reporter,
-                   facts: ServerFacts | None = None, doorbell=None, gpu_done: Callable[[], None] = _nothing
-                   ) -> Report:
-    """GPU_DONE: told once the run's last GPU step has ended."""
+                   facts: ServerFacts | None = None, events: PendingCommand | None = None,
+                   gpu_done: Callable[[], None] = _nothing) -> Report:
+    """EVENTS: the launch's channel, now the run's event stream (else the follower opens one).
+    GPU_DONE: told once the run's last GPU step has ended."""
     settings, evaluation, plan = record.settings, record.evaluation, record.plan
     store = LocalStore.of(settings)
     log_path = store.new_log_path(evaluation, plan.label)
@@ -427,8 +437,8 @@ def _follow_to_end(session: Session, executor: Executor, record: RunRecord, repo
     session.resilient(settings.reconnect_timeout, reporter.note,
                       f"re-attach later: python -m evalkit attach {record.run_id}")
     with store.open_log(log_path) as log:
-        follower = Follower(session, executor, _remote(record), reporter, log, settings.step_timeout, doorbell)
-        recorder = OutputRecorder(session, settings, evaluation, plan, follower, facts)
+        follower = Follower(session, executor, _remote(record), reporter, log, settings.step_timeout, events)
+        recorder = OutputRecorder(settings, evaluation, plan, follower, facts)
 
         def step_done(step: Step) -> None:
             recorder.step_done(step)
@@ -437,10 +447,11 @@ def _follow_to_end(session: Session, executor: Executor, record: RunRecord, repo
 
         follower.follow(outcome, step_done)
         executor.group.discard(record.run_id)  # followed to its end: Ctrl-C in another thread leaves it be
-        fetch_results(session, _remote(record), outcome)
+        collected = follower.collect(result_paths(_remote(record)) + _provenance_paths(record))  # the one ask
+        take_results(collected, _remote(record), outcome)
     if "recall" not in evaluation.stages:
         return Report(evaluation, outcome, recorder.facts, None, [], log_path)
-    origin = build_provenance(_kept_provenance(session, record), settings, evaluation, _evalkit_version())
+    origin = build_provenance(_kept_provenance(collected, record), settings, evaluation, _evalkit_version())
     summary = build_summary(outcome, evaluation, settings.host, log_path, origin, record.run_id)
     written = store.save_results(evaluation, plan.label, outcome.raw_results, summary, outcome.raw_query_hits)
     return Report(evaluation, outcome, recorder.facts, summary, written, log_path)

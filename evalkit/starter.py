@@ -7,7 +7,7 @@ run and the run itself. Its protocol, one JSON line each way (answers marked EVA
    other users could write;
 2. helpers: evalkit's checks (the inspection, the preflight), run at once in its env;
 3. run: the run's steps; it starts the driver and answers once the driver holds the lock,
-   then stays as the run's doorbell, printing a line each time the run moves on.
+   then stays as the run's event stream (remote/job.py stream_events; events.py reads it).
 """
 from __future__ import annotations
 
@@ -87,10 +87,6 @@ class Starter:
             raise RemoteStepFailed(f"could not submit the run on the server (status {exit_code})",
                                    "check the `activate` and `python` settings (python -m evalkit doctor)")
         return submitted
-
-    def wait_for_ring(self, seconds: float) -> bool:
-        """Wait up to SECONDS for the run to move on; False at once when the starter is gone."""
-        return self.command.wait_for_output(seconds)
 
     def abandon(self) -> None:
         """Not needed (any more): it sees EOF and ends; a started run goes on without it."""

@@ -3,7 +3,7 @@
 Everything else (the follower, the view, the plan, the pipeline) sees only this interface. The
 run's own files on the server are the truth for every executor: each step's output, exit
 status and the run's status.json are written by the same driver (remote/job.py drive), and
-followed by reading them (follow.py).
+followed through the events remote/job.py pushes as it reads them on the server (follow.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ..plan import Plan
 from ..server import ServerCall
 
 if TYPE_CHECKING:  # the view reads JobState: the SSH side stays out of `--help`'s start-up
-    from ..ssh import Connection
+    from ..ssh import Connection, PendingCommand
 
 CallResult = tuple[int, bytes, bytes]  # exit status, stdout, stderr
 
@@ -80,8 +80,9 @@ class CancelResult:
 @dataclass(frozen=True)
 class Launched:
     took_over_stale_lock: bool = False
-    # wait(seconds) -> True when the run moved on within them; None: polling alone finds each step's end
-    doorbell: Callable[[float], bool] | None = None
+    # the run's events from its first step on, on the channel that launched it (the starter's);
+    # None: the follower opens them (Executor.open_events)
+    events: "PendingCommand | None" = None
 
 
 class RunGroup:
@@ -128,6 +129,9 @@ class Executor(ABC):
     executors of one command share (a RunGroup of this executor's `group_class`)."""
 
     group_class: type[RunGroup] = RunGroup
+    # whether the event stream's heartbeat says if the run's driver lives (it runs where the
+    # stream's job.py runs); else the follower asks `state` every few seconds
+    liveness_on_stream = True
 
     def __init__(self, connection: "Connection", settings: Settings, group: RunGroup | None = None) -> None:
         self.connection, self.settings = connection, settings
@@ -143,6 +147,11 @@ class Executor(ABC):
     def launch(self, run: RemoteRun) -> Launched:
         """Start RUN's driver; return once it holds the checkpoint directory's lock. Raises
         RunLocked when another run holds it, RemoteStepFailed when the driver could not start."""
+
+    @abstractmethod
+    def open_events(self, run: RemoteRun, position: str) -> "PendingCommand":
+        """RUN's events (remote/job.py events) from POSITION (events.Position.as_argument) on,
+        on a channel of their own: to attach, and after a reconnect."""
 
     @abstractmethod
     def state(self, run: RemoteRun) -> JobState:

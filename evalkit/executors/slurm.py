@@ -101,6 +101,9 @@ class SlurmRunGroup(RunGroup):
 class SlurmExecutor(SshExecutor):
     group_class = SlurmRunGroup
     group: SlurmRunGroup
+    # the event stream's job.py runs on the login node, the driver on a compute node: Slurm says
+    # whether the job lives (state), the stream only what the run's files, shared, say
+    liveness_on_stream = False
 
     def __init__(self, connection: "Connection", settings: Settings, group: RunGroup | None = None) -> None:
         super().__init__(connection, settings, group)

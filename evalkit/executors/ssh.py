@@ -8,9 +8,11 @@ from ..errors import RemoteStepFailed, RunLocked
 from ..plan import step_outputs
 from ..progress import last_marked_json
 from ..server import DRIVER_SCRIPTS, JOB_RUNNER, ServerCall, in_server_env, script_call
+from ..config import Settings
+from ..ssh import Connection, PendingCommand
 from ..uploads import upload_scripts
 from ..starter import MARKER, START_TIMEOUT, Starter
-from .base import CallResult, CancelResult, Executor, JobState, Launched, RemoteRun
+from .base import CallResult, CancelResult, Executor, JobState, Launched, RemoteRun, RunGroup
 
 
 class SshExecutor(Executor):
@@ -21,6 +23,10 @@ class SshExecutor(Executor):
     # rebooted server
     _boot: tuple[int, str] | None = None
 
+    def __init__(self, connection: Connection, settings: Settings, group: RunGroup | None = None) -> None:
+        super().__init__(connection, settings, group)
+        self.streams: list[PendingCommand] = []  # the runs' event channels it opened (close ends them)
+
     def prepare(self, scripts: list[str]) -> None:
         self.starter = Starter.begin(self.connection, self.settings, scripts)
         self.job_runner_sent = JOB_RUNNER in scripts
@@ -29,8 +35,8 @@ class SshExecutor(Executor):
         return self._starter().run_scripts(calls, timeout)
 
     def launch(self, run: RemoteRun) -> Launched:
-        """The starter stays after the start, a line on its stdout each time the run moves on:
-        the doorbell, so the follower sees a step's end at once."""
+        """The starter stays after the start, pushing the run's events on its channel: the
+        follower sees each step's output and end as the server writes them."""
         plan = run.plan
         starter = self._starter()
         started = starter.start_run(run.directory, run_spec(run), START_TIMEOUT + self.settings.connect_timeout * 4)
@@ -51,7 +57,16 @@ class SshExecutor(Executor):
             raise RemoteStepFailed(f"the run's driver did not start within {START_TIMEOUT:.0f} s "
                                    f"(see {run.path('driver.log')} on the server)",
                                    "check the `python` setting (python -m evalkit doctor)")
-        return Launched(bool(started["driver"].get("took_over_stale_lock")), starter.wait_for_ring)
+        self.starter = None  # its channel is the run's events now: the follower reads it
+        self.streams.append(starter.command)
+        return Launched(bool(started["driver"].get("took_over_stale_lock")), starter.command)
+
+    def open_events(self, run: RemoteRun, position: str) -> PendingCommand:
+        self._send_job_runner()
+        call = script_call(self.settings, JOB_RUNNER, ["events", "--run-dir", run.directory, "--from", position])
+        stream = self.connection.start_command(in_server_env(self.settings, call))
+        self.streams.append(stream)
+        return stream
 
     def state(self, run: RemoteRun) -> JobState:
         """From the run's files and /proc over SFTP (a few reads, no login shell: cheap enough to
@@ -72,8 +87,8 @@ class SshExecutor(Executor):
         if not driver or driver.get("boot_id") != boot_id or driver.get("start_time") is None:
             return False
         try:
-            stat = self.connection.read_bytes(f"/proc/{int(driver['pid'])}/stat")
-            return int(stat.rsplit(b")", 1)[1].split()[19]) == driver["start_time"]
+            fields = self.connection.read_bytes(f"/proc/{int(driver['pid'])}/stat").rsplit(b")", 1)[1].split()
+            return fields[0] != b"Z" and int(fields[19]) == driver["start_time"]  # a zombie has exited
         except (FileNotFoundError, IndexError, ValueError, KeyError, TypeError):
             return False
 
@@ -94,18 +109,24 @@ class SshExecutor(Executor):
         return CancelResult.from_answer(self._job_call(run, "cancel", timeout=grace + 60, grace=grace))
 
     def close(self) -> None:
+        """The starter (not needed after all) and every event stream end: they see EOF on stdin."""
         if self.starter is not None:
             self.starter.abandon()
+        for stream in self.streams:
+            stream.abandon()
 
     def _starter(self) -> Starter:
         if self.starter is None:
             raise RuntimeError("SshExecutor.prepare() must come first")
         return self.starter
 
-    def _job_call(self, run: RemoteRun, action: str, timeout: float, grace: float = 10.0) -> dict:
+    def _send_job_runner(self) -> None:
         if not self.job_runner_sent:  # status, cancel or attach from another evalkit version's run
             upload_scripts(self.connection, self.settings, list(DRIVER_SCRIPTS))
             self.job_runner_sent = True
+
+    def _job_call(self, run: RemoteRun, action: str, timeout: float, grace: float = 10.0) -> dict:
+        self._send_job_runner()
         call = script_call(self.settings, JOB_RUNNER, [action, "--run-dir", run.directory, "--grace", f"{grace:g}"])
         _, stdout, _ = self.connection.capture(in_server_env(self.settings, call), timeout=timeout)
         found = last_marked_json(stdout, MARKER)

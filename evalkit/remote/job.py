@@ -8,14 +8,18 @@ Usage (on the server; standard library only):
                                       run DIR/run.json's steps in order (what start forks)
   python job.py cancel --run-dir DIR [--grace SECONDS]
   python job.py state  --run-dir DIR    print the run's state as one EVALKIT-JOB line
+  python job.py events --run-dir DIR [--from STEP,OUT,ERR]
+                                      the run's events from that position on (see stream_events):
+                                      what a client attaching or reconnecting follows
 
 The driver makes itself a session and process-group leader, so a dropped connection, a closed
 laptop or a dead sshd never reaches it. It is exec'd with EVALKIT_RUN_ID in its environment, which
 its steps inherit, so that cancel finds every process of this run in /proc (and only those, even
 when a recorded pid has been reused), and it records its identity (driver.json) before it waits
 for anything. Each step's stdout and stderr go to files of their own (step-N.out / step-N.err);
-its exit code is written atomically to step-N.exit. The client follows these files by byte
-offset, over SFTP, and can come back at any time.
+its exit code is written atomically to step-N.exit. The client follows these files through the
+event stream (stream_events: the starter's channel, or `events` after a reconnect), by byte
+offset, and can come back at any time.
 
 The run's final state (status.json) is written once, by whoever comes first: the driver at the
 run's end (succeeded, failed, refused, crashed) or cancel (cancelled), which claims it before it
@@ -31,6 +35,7 @@ temporary file (O_EXCL, O_NOFOLLOW) renamed over its name, each stream opened O_
 run's folder is made 0o700: its commands and output are the user's alone.
 """
 import argparse
+import base64
 import errno
 import json
 import os
@@ -88,9 +93,9 @@ def keep_reserve(run_dir):
         pass  # full already, or kept since an earlier start: the run goes on without
 
 
-def write_atomically(path, data):
+def write_atomically(path, data, mode=0o600):
     """DATA (text) to PATH (atomic.write_atomically), the run's reserve given up for it on a full disk."""
-    atomic.write_atomically(path, data, write=write_new)
+    atomic.write_atomically(path, data, mode, write=write_new)
 
 
 def make_dirs(path, mode):
@@ -148,11 +153,12 @@ def boot_id():
 
 
 def start_time(pid):
-    """The process's start time in clock ticks since boot: with the pid, its identity."""
+    """The process's start time in clock ticks since boot: with the pid, its identity. None when
+    it is gone, a zombie too (it exited; its parent, the starter still streaming, has not reaped it)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             fields = handle.read().rsplit(b")", 1)[1].split()
-        return int(fields[19])
+        return int(fields[19]) if fields[0] != b"Z" else None
     except (OSError, IndexError, ValueError):
         return None
 
@@ -591,8 +597,8 @@ def start(timeout):
         to a scheduler (see submit); answer what the submitting command said, and the job's id;
     {"run_dir", "run"}  write run.json, start the driver in the background, and answer
         {"status", "driver"} once it holds the lock (driver.json) or has finished already
-        (status.json: refused, crashed); then a {"ring": true} line each time the run moves on
-        (relay_bells), until it ends or stdin does.
+        (status.json: refused, crashed); then the run's events (stream_events), from its first
+        step, until it ends and stdin does.
 
     An empty stdin (EOF) means no run after all."""
     request = read_request()
@@ -616,7 +622,7 @@ def start(timeout):
     driver = fork_driver(run_dir, request["run"]["run_id"], bell, bell_end)
     os.close(bell_end)
     answer(wait_for_driver(run_dir, driver, bell, timeout))
-    relay_bells(bell)
+    stream_events(run_dir, Position(), bell, driver)
 
 
 def submit(run_dir, request):
@@ -816,9 +822,9 @@ def finish(run_dir, state, **details):
 
 # --- the bell -----------------------------------------------------------------------------------
 # The driver writes a byte to a pipe from its starter each time a file the client waits for
-# appears (driver.json, step-N.started, step-N.exit, status.json); the starter passes each one on
-# to the client, which looks at once instead of at its next poll. The files stay the truth: a
-# bell nobody hears (the client detached, the starter gone) changes nothing.
+# appears (driver.json, step-N.started, step-N.exit, status.json); the starter's event stream
+# looks at once instead of at its next poll. The files stay the truth: a bell nobody hears (the
+# client detached, the starter gone) changes nothing.
 
 BELL = None
 
@@ -835,20 +841,165 @@ def ring():
         BELL = None  # the starter is gone: nobody to tell
 
 
-def relay_bells(bell):
-    """Until the run ends (every write end of BELL closed) or the client goes (EOF or a closed
-    channel), one line on stdout for each ring."""
-    while True:
-        readable, _, _ = select.select([bell, sys.stdin], [], [])
-        if sys.stdin in readable and not os.read(sys.stdin.fileno(), 4096):
-            return
-        if bell in readable:
-            if not os.read(bell, 4096):
+# --- events ---------------------------------------------------------------------------------------
+# What the client follows: the run's files, read here (free: no network between) and pushed as
+# one EVALKIT-EVENT JSON line per event on stdout, in order:
+#   {"e": "started", "step": N}
+#   {"e": "output", "step": N, "stream": "stdout"|"stderr", "at": OFFSET, "b64": BYTES}
+#   {"e": "ended", "step": N, "code": EXIT, "seconds": S}
+#   {"e": "end", "status": status.json}                       the run ended (once)
+#   {"e": "beat", "alive": BOOL}                              every BEAT_EVERY s: the driver lives
+#   {"e": "wrote", "path": P[, "error": TEXT, "errno": N]}   a write the client asked for
+#   {"e": "bundle", "files": {P: {"mtime", "b64"} | null}}    the files the client asked for
+# Steps are followed in order from a Position (the step, and the bytes of each stream already
+# had), so a client that reconnects (`job.py events`) misses nothing and gets nothing twice.
+# stdin takes one JSON line per request: {"write": {"path", "data", "mode"}} (the run's manifest),
+# {"collect": [PATH, ...]} (the results, at the end); its EOF ends the stream.
+
+EVENT_MARKER = "EVALKIT-EVENT "
+EVENT_POLL = 0.05    # seconds between looks at the run's files
+BEAT_EVERY = 3.0     # the client takes silence for a dead link after a few of these
+OUTPUT_CHUNK = 1 << 16
+END_LINGER = 300.0   # after the run's end, how long stdin's requests (collect) are waited for
+STREAM_FILES = (("stdout", "out"), ("stderr", "err"))
+
+
+class Position:
+    """Where a client is in the run: the step it follows, whether its start was seen, and the
+    bytes of each of its streams it has."""
+
+    def __init__(self, step=0, stdout=0, stderr=0):
+        self.step, self.started, self.ended = step, False, False
+        self.offsets = {"stdout": stdout, "stderr": stderr}
+
+
+def read_text(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, ValueError):
+        return None
+
+
+def new_output(path, offset):
+    """The bytes of PATH from OFFSET (b"" when there is none yet)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+    except OSError:
+        return b""
+
+
+def scan(run_dir, position, steps):
+    """The events since POSITION (which moves past them): each started step's new output, its
+    end once step-N.exit says it, and the run's end once status.json is there."""
+    found = []
+    while not position.ended:
+        base = os.path.join(run_dir, f"step-{position.step}")
+        status = read_json(os.path.join(run_dir, "status.json")) if has_ended(run_dir) else None
+        if position.step >= steps or (not position.started and not os.path.exists(f"{base}.started")):
+            if status is not None:  # the run ended with no further step started
+                found.append({"e": "end", "status": status})
+                position.ended = True
+            break
+        if not position.started:
+            position.started = True
+            found.append({"e": "started", "step": position.step})
+        exited = read_text(f"{base}.exit")  # before the output: then all of it is read below
+        for stream, suffix in STREAM_FILES:
+            chunk = new_output(f"{base}.{suffix}", position.offsets[stream])
+            for start in range(0, len(chunk), OUTPUT_CHUNK):
+                piece = chunk[start:start + OUTPUT_CHUNK]
+                found.append({"e": "output", "step": position.step, "stream": stream,
+                              "at": position.offsets[stream], "b64": base64.b64encode(piece).decode("ascii")})
+                position.offsets[stream] += len(piece)
+        fields = (exited or "").split()
+        if not fields:
+            if status is not None:  # stopped mid-step (cancelled, killed): no exit code will come
+                found.append({"e": "end", "status": status})
+                position.ended = True
+            break
+        found.append({"e": "ended", "step": position.step, "code": int(fields[0]),
+                      "seconds": float(fields[1]) if len(fields) > 1 else None})
+        position.step, position.started = position.step + 1, False
+        position.offsets = {"stdout": 0, "stderr": 0}
+    return found
+
+
+def serve(request):
+    """The event answering one request line from the client (see the events section)."""
+    if "write" in request:
+        wanted = request["write"]
+        try:
+            make_dirs(os.path.dirname(wanted["path"]), 0o755)
+            write_atomically(wanted["path"], wanted["data"], wanted.get("mode", 0o644))
+        except OSError as exc:
+            return {"e": "wrote", "path": wanted["path"], "error": exc.strerror or str(exc), "errno": exc.errno}
+        return {"e": "wrote", "path": wanted["path"]}
+    return {"e": "bundle", "files": {path: collected(path) for path in request.get("collect", [])}}
+
+
+def collected(path):
+    """{"mtime" (whole seconds, as SFTP says it), "b64"} of PATH, or None when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return {"mtime": int(os.fstat(handle.fileno()).st_mtime),
+                    "b64": base64.b64encode(handle.read()).decode("ascii")}
+    except OSError:
+        return None
+
+
+def has_exited(child):
+    """Whether CHILD has exited (reaped now, if it had not been: no zombie stays behind)."""
+    try:
+        return os.waitpid(child, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return True  # reaped already (wait_for_driver)
+
+
+def send_event(found):
+    sys.stdout.write(EVENT_MARKER + json.dumps(found) + "\n")
+
+
+def stream_events(run_dir, position, bell=None, driver=None):
+    """The run's events on stdout from POSITION until the run has ended and stdin has too (or
+    END_LINGER after the end); a heartbeat every BEAT_EVERY seconds meanwhile. BELL (start's
+    pipe from the driver) wakes it early; DRIVER, start's child, is reaped once it exits."""
+    steps = len((read_json(os.path.join(run_dir, "run.json")) or {}).get("steps") or [])
+    driver_file, requests, waiting = os.path.join(run_dir, "driver.json"), b"", [sys.stdin.fileno()]
+    if bell is not None:
+        waiting.append(bell)
+    last_beat, ended_at = 0.0, None
+    try:
+        while True:
+            for found in scan(run_dir, position, steps):
+                send_event(found)
+            if position.ended and ended_at is None:
+                ended_at = time.monotonic()
+            if time.monotonic() - last_beat > BEAT_EVERY and not position.ended:
+                alive = is_alive(read_json(driver_file))
+                if alive or not has_ended(run_dir):  # else the next scan tells how it ended
+                    send_event({"e": "beat", "alive": alive})
+                last_beat = time.monotonic()
+            sys.stdout.flush()
+            if ended_at is not None and time.monotonic() - ended_at > END_LINGER:
                 return
-            try:
-                answer({"ring": True})
-            except OSError:
-                return
+            readable = select.select(waiting, [], [], EVENT_POLL)[0]
+            if bell in readable and not os.read(bell, 4096):
+                waiting.remove(bell)  # the driver is gone: the files alone say what comes
+            if driver is not None and has_exited(driver):
+                driver = None
+            if sys.stdin.fileno() in readable:
+                received = os.read(sys.stdin.fileno(), 1 << 20)
+                if not received:
+                    return  # the client is gone, or done
+                *lines, requests = (requests + received).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        send_event(serve(json.loads(line)))
+    except BrokenPipeError:
+        return  # the client is gone
 
 
 # --- cancel -------------------------------------------------------------------------------------
@@ -909,17 +1060,22 @@ def state(run_dir):
 
 def main(argv):
     parser = argparse.ArgumentParser()
-    parser.add_argument("action", choices=("start", "drive", "cancel", "state"))
+    parser.add_argument("action", choices=("start", "drive", "cancel", "state", "events"))
     parser.add_argument("--run-dir", help="every action but start (which reads it from stdin)")
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=60.0, help="start: how long to wait for the driver")
     parser.add_argument("--bell-fd", type=int, help="drive: the starter's bell (see ring)")
+    parser.add_argument("--from", dest="position", default="0,0,0",
+                        help="events: STEP,STDOUT BYTES,STDERR BYTES the client has already")
     args = parser.parse_args(argv)
     if args.action == "start":
         start(args.timeout)
         return
     if args.action == "drive":
         drive_or_report(args.run_dir, args.bell_fd)
+        return
+    if args.action == "events":
+        stream_events(args.run_dir, Position(*(int(part) for part in args.position.split(","))))
         return
     actions = {"cancel": lambda: cancel(args.run_dir, args.grace), "state": lambda: state(args.run_dir)}
     answer(actions[args.action]())

@@ -71,18 +71,34 @@ class PendingCommand:
         finally:
             self.channel.close()
 
-    def wait_for_output(self, timeout: float) -> bool:
-        """Wait up to TIMEOUT for the command to print something (read and dropped: a ring).
-        False, at once, when it has ended or the link is gone: the caller must wait otherwise."""
+    def send(self, line: bytes) -> None:
+        """LINE on the command's stdin, which stays open (a request on a stream of events)."""
+        self._send(line, eof=False)
+
+    def read_output(self, timeout: float) -> bytes | None:
+        """What the command printed on stdout since the last read, waiting up to TIMEOUT for
+        some (b"" when none came); None once it has ended and all of it was read. Its stderr is
+        kept (the last _CHUNK bytes) in unread["stderr"], for the message of a stream that ended."""
+        unread = bytes(self.unread["stdout"])
+        if unread:
+            self.unread["stdout"] = bytearray()
+            return unread
         channel = self.channel
-        if channel.closed or channel.eof_received or not channel.get_transport().is_active():
-            return False
-        select.select([channel], [], [], timeout)
-        while channel.recv_ready():
-            channel.recv(_CHUNK)
+        if not channel.recv_ready() and not channel.eof_received and not channel.closed:
+            if not channel.get_transport().is_active():
+                raise ConnectionLost(f"the connection to {self.alias} dropped",
+                                     "check the network; the run goes on on the server")
+            select.select([channel], [], [], timeout)
         while channel.recv_stderr_ready():
-            channel.recv_stderr(_CHUNK)
-        return True
+            self.unread["stderr"] = (self.unread["stderr"] + channel.recv_stderr(_CHUNK))[-_CHUNK:]
+        if channel.recv_ready():
+            return channel.recv(_CHUNK)
+        if channel.eof_received or channel.closed:
+            return None
+        if not channel.get_transport().is_active():
+            raise ConnectionLost(f"the connection to {self.alias} dropped",
+                                 "check the network; the run goes on on the server")
+        return b""
 
     def abandon(self) -> None:
         """Not needed after all: the command sees an empty stdin (EOF) and ends."""

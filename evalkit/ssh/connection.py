@@ -24,6 +24,24 @@ DEAD_PEER_SECONDS = 30  # an SFTP request unanswered this long means the peer is
 _LINK_ERRORS = (paramiko.SSHException, EOFError, socket.timeout, ConnectionError)
 
 
+class RequestCounter:
+    """What a connection asked of the server: SFTP requests (each one a round trip that something
+    waits for) and channels opened (each command, each SFTP client). Tests and benchmarks read it
+    (snapshot) to hold evalkit to the round trips its work needs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = {"sftp_requests": 0, "channels": 0}
+
+    def add(self, what: str) -> None:
+        with self._lock:
+            self._counts[what] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 class Connection:
     """One SSH connection: opened lazily, closed by the context manager. Threads may share it
     (a sweep's GPU queue): each gets its own SFTP client over the one transport, and a reconnect
@@ -37,6 +55,7 @@ class Connection:
         self._generation = 0            # how many times it was opened: a reconnect makes the next
         self._sftp_clients: list[paramiko.SFTPClient] = []
         self._own = threading.local()   # this thread's (generation, SFTP client)
+        self.requests = RequestCounter()
 
     def __enter__(self) -> "Connection":
         return self
@@ -140,6 +159,7 @@ class Connection:
     def _exec(self, command: str) -> paramiko.Channel:
         channel = None
         try:
+            self.requests.add("channels")
             channel = self.client.get_transport().open_session(timeout=self.connect_timeout)
             channel.exec_command(command)
             return channel
@@ -165,6 +185,7 @@ class Connection:
 
     def _open_sftp(self, client: paramiko.SSHClient) -> paramiko.SFTPClient:
         try:
+            self.requests.add("channels")
             sftp = client.open_sftp()
         except _LINK_ERRORS as exc:
             transport = client.get_transport()
@@ -177,6 +198,7 @@ class Connection:
             raise self._lost(exc) from exc
         # a silent peer fails each request after this long (keepalives alone never would)
         sftp.get_channel().settimeout(DEAD_PEER_SECONDS)
+        _count_requests(sftp, self.requests)
         return sftp
 
     def size_of(self, path: str) -> int | None:
@@ -278,6 +300,17 @@ class Connection:
     def _lost(self, exc: BaseException) -> ConnectionLost:
         return ConnectionLost(f"the connection to {self.target.alias} dropped: {exc or type(exc).__name__}",
                               "check the network; the run goes on on the server")
+
+
+def _count_requests(sftp: paramiko.SFTPClient, counter: RequestCounter) -> None:
+    """Every request SFTP sends (a stat, an open, each read or write, a close) passes through
+    _async_request, its files' too: counted there."""
+    send = sftp._async_request
+
+    def counted(*args, **kwargs):
+        counter.add("sftp_requests")
+        return send(*args, **kwargs)
+    sftp._async_request = counted
 
 
 def _translate_connect_error(exc: BaseException, hop: Target,

@@ -47,7 +47,26 @@ def test_a_dropped_connection_mid_extraction_costs_nothing(testbed, tmp_path):
     assert client.returncode == 0, err + out
     assert "connection lost" in out and "reconnected" in out
     assert _pulled(testbed) == run_upstream_by_hand(testbed, SPEC, tmp_path / "by-hand")
-    # Nothing ran twice, and every line the server wrote reached the local log exactly once.
+    _assert_every_line_once(testbed, run_dir)
+
+
+def test_an_event_stream_gone_silent_is_taken_for_a_dropped_link_and_resumed_where_it_left_off(testbed):
+    # the link is up but the server's end of the stream stops (no event, no heartbeat)
+    client = launch_one_shot(testbed)
+    run_dir = wait_for_extraction(testbed)
+    [starter] = starters_of(testbed)
+    os.kill(starter, signal.SIGSTOP)
+    try:
+        out, err = client.communicate(timeout=300)
+    finally:
+        os.kill(starter, signal.SIGCONT)
+    assert client.returncode == 0, err + out
+    assert "connection lost (no word from seetacloud-v800 for 2" in out and "reconnected" in out
+    _assert_every_line_once(testbed, run_dir)
+
+
+def _assert_every_line_once(testbed, run_dir: Path) -> None:
+    """Nothing ran twice, and every line the server wrote reached the local log exactly once."""
     steps = range(len(json.loads((run_dir / "run.json").read_text())["steps"]))
     assert sorted(p.name for p in run_dir.glob("step-*.exit")) == [f"step-{i}.exit" for i in steps]
     [log] = (testbed.results_dir / "logs").glob("*.log")
@@ -220,7 +239,7 @@ def test_ten_megabytes_on_both_streams_of_a_detached_step_arrive_whole(testbed, 
         reporter = _Counting()
         with (tmp_path / "log").open("wb") as log:
             Follower(Session(connection), executor, remote, reporter, log, step_timeout=600,
-                     doorbell=launched.doorbell).follow(RunOutcome(plan), lambda s: None)
+                     events=launched.events).follow(RunOutcome(plan), lambda s: None)
         executor.close()
     assert reporter.lines == {"stdout": 100000, "stderr": 100000}
     assert (tmp_path / "log").stat().st_size >= 20_000_000
@@ -268,23 +287,38 @@ def test_the_starter_runs_evalkits_checks_in_its_env_and_without_a_run_ends_quie
     assert not list(tmp_path.rglob("pwned")) and not list(tmp_path.rglob("run.json"))
 
 
-def test_the_starter_rings_as_the_run_moves_on_and_ends_with_it_though_its_stdin_stays_open(tmp_path):
-    # the client's doorbell: it looks at the run's files when a line comes, not at its next poll
+def test_the_starter_streams_the_runs_events_then_answers_its_collect_and_ends_with_its_stdin(tmp_path):
+    # after the launch the starter's channel is the run's event stream: the client reads each
+    # step's start, output and end as the server writes them, and asks for the results on it
     run_dir = tmp_path / "run"
-    steps = [{"name": name, "title": name, "command": "true"} for name in ("first", "second")]
+    steps = [{"name": "first", "title": "first", "command": "echo one"},
+             {"name": "second", "title": "second", "command": "echo two >&2"}]
     starter = subprocess.Popen([sys.executable, str(REPO / "evalkit" / "remote" / "job.py"), "start"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    starter.stdin.write(json.dumps({"run_dir": str(run_dir), "run": {"run_id": "bell", "steps": steps}}) + "\n")
+    starter.stdin.write(json.dumps({"run_dir": str(run_dir), "run": {"run_id": "events", "steps": steps}}) + "\n")
     starter.stdin.flush()
     try:
-        answer, *rings = starter.stdout.read().splitlines()  # to its end: stdin is still open
-        assert starter.wait(timeout=60) == 0
+        answer, seen = starter.stdout.readline(), []
+        while not seen or seen[-1]["e"] != "end":
+            line = starter.stdout.readline()
+            assert line.startswith("EVALKIT-EVENT "), line
+            if json.loads(line.removeprefix("EVALKIT-EVENT "))["e"] != "beat":
+                seen.append(json.loads(line.removeprefix("EVALKIT-EVENT ")))
+        starter.stdin.write(json.dumps({"collect": [str(run_dir / "step-0.out"), str(run_dir / "nothing")]}) + "\n")
+        starter.stdin.flush()
+        bundle = json.loads(starter.stdout.readline().removeprefix("EVALKIT-EVENT "))
+        starter.stdin.close()  # what closing the channel does
+        assert starter.wait(timeout=10) == 0
     finally:
         starter.kill()
-        starter.stdin.close()
     assert json.loads(answer.removeprefix("EVALKIT-JOB "))["driver"]["pid"] > 0
-    assert rings and set(rings) == {'EVALKIT-JOB {"ring": true}'}
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "succeeded"
+    assert [(e["e"], e.get("step"), e.get("stream"), e.get("b64"), e.get("code")) for e in seen] == [
+        ("started", 0, None, None, None), ("output", 0, "stdout", "b25lCg==", None), ("ended", 0, None, None, 0),
+        ("started", 1, None, None, None), ("output", 1, "stderr", "dHdvCg==", None), ("ended", 1, None, None, 0),
+        ("end", None, None, None, None)]
+    assert seen[-1]["status"]["state"] == "succeeded"
+    assert bundle["e"] == "bundle" and bundle["files"][str(run_dir / "nothing")] is None
+    assert bundle["files"][str(run_dir / "step-0.out")]["b64"] == "b25lCg=="
 
 
 def test_a_detached_client_leaves_the_starter_to_end_and_the_driver_to_go_on(tmp_path):
