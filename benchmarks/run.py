@@ -100,12 +100,13 @@ class Bed:
         return build_plan(self.settings, Evaluation(DATASET, "valid", str(checkpoint or self.checkpoint), "RN50",
                                                     "RBT3-chinese"))
 
-    def by_hand(self) -> float:
+    def by_hand(self, ssh_config: Path | None = None) -> float:
         """The upstream commands evalkit runs, chained in one ssh call as a user would type them
-        (not evalkit's own: its checks and the per-query hits)."""
+        (not evalkit's own: its checks and the per-query hits). SSH_CONFIG: another way to the
+        server (benchmarks/latency.py's far one)."""
         chain = " && ".join(step.command for step in self.plan().steps
                             if step.name not in (*CHECK_STEPS, QUERY_HITS_STEP))
-        return timed(["ssh", "-F", str(self.ssh_config), ALIAS, chain])
+        return timed(["ssh", "-F", str(ssh_config or self.ssh_config), ALIAS, chain])
 
 
 def outside_the_steps(plan, started: float, seconds: float) -> dict:

@@ -24,7 +24,7 @@ from .doctor import preflight
 from .errors import ConnectionLost, EvalkitError, RemoteStepFailed, RunLocked, SlurmRefused
 from .evaluation import CLASSIFICATION, Evaluation
 from .executors import executor_class
-from .executors.base import CancelResult, Executor, JobState, Launched, RemoteRun, RunGroup
+from .executors.base import CancelResult, Executor, Launched, RemoteRun, RunGroup
 from .follow import Follower, read_logs
 from .gpu_lane import LaneHold
 from .outcome import Reporter, RunOutcome
@@ -386,12 +386,6 @@ def attach(record: RunRecord, reporter: Reporter) -> Report:
 def cancel(record: RunRecord, grace: float = 10.0) -> CancelResult:
     with connected(record.settings) as (_, executor):
         return executor.cancel(_remote(record), grace)
-
-
-def state(record: RunRecord) -> JobState:
-    """What the run's files and the server say now (`status`)."""
-    with connected(record.settings) as (_, executor):
-        return executor.look(_remote(record))
 
 
 def cancel_group(settings: Settings, group: RunGroup, grace: float = 10.0) -> dict[str, CancelResult]:

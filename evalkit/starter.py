@@ -16,12 +16,14 @@ from typing import Any
 
 from .config import Settings
 from .errors import RemoteStepFailed
+from .progress import last_marked_json
 from .server import BOOTSTRAP, JOB_RUNNER, ServerCall, in_server_env, scripts_dir
 from .ssh import Connection, PendingCommand
 from .uploads import script_digests, script_source
 
 MARKER = b"EVALKIT-JOB "
 START_TIMEOUT = 60.0
+START_ARGS = ("start", "--timeout", f"{START_TIMEOUT:g}")
 TAIL_LINES = 30
 CallResult = tuple[int, bytes, bytes]  # exit status, stdout, stderr
 
@@ -31,10 +33,12 @@ class Starter:
         self.command, self.settings = command, settings
 
     @classmethod
-    def begin(cls, connection: Connection, settings: Settings, scripts: list[str]) -> "Starter":
+    def begin(cls, connection: Connection, settings: Settings, scripts: list[str],
+              job_args: tuple[str, ...] = START_ARGS) -> "Starter":
         """Start it and make SCRIPTS (job.py among them) current on the server; a failing
-        `activate` is reported here."""
-        starter = cls(connection.start_command(start_command(settings)), settings)
+        `activate` is reported here. JOB_ARGS: what job.py does then (another action than start:
+        `status`'s one ask, read with finish())."""
+        starter = cls(connection.start_command(start_command(settings, job_args)), settings)
         answered = starter.ask({"files": script_digests(scripts)}, START_TIMEOUT)
         if answered is not None and answered.get("refused"):  # evalkit's folder is unsafe to run from
             starter.command.finish(b"", START_TIMEOUT)
@@ -51,6 +55,11 @@ class Starter:
                 f"check the `activate` ({settings.activate}) and `python` ({settings.python}) settings: "
                 "the env must start in a login shell (python -m evalkit doctor)")
         return starter
+
+    def finish(self, timeout: float) -> dict | None:
+        """Its last answer once it ended (job.py's action other than start); None without one."""
+        _, stdout, _ = self.command.finish(b"", timeout)
+        return last_marked_json(stdout, MARKER)
 
     def ask(self, message: dict, timeout: float) -> dict | None:
         """Send MESSAGE; its answer, or None when the starter ended instead."""
@@ -97,10 +106,10 @@ class Starter:
         self.command.abandon()
 
 
-def start_command(settings: Settings) -> str:
+def start_command(settings: Settings, job_args: tuple[str, ...] = START_ARGS) -> str:
     """job.py start through the bootstrap, given inline: that first makes evalkit's scripts on
     the server current from stdin, then job.py reads the run, starts its driver in the
     background, every stream redirected so the run does not depend on the SSH session."""
     inline = ServerCall(settings.python, "-c", (script_source(BOOTSTRAP).decode("utf-8"), scripts_dir(settings),
-                                                JOB_RUNNER, "start", "--timeout", f"{START_TIMEOUT:g}"))
+                                                JOB_RUNNER, *job_args))
     return in_server_env(settings, inline)

@@ -153,6 +153,11 @@ class Executor(ABC):
         say now, without waiting for anything to settle."""
         return self.state(run)
 
+    def look_all(self, runs: list[RemoteRun]) -> dict[str, JobState]:
+        """look() for each of RUNS (all of one host's, for `status`), by run id; an executor answers
+        them in one ask to the server where it can. An EvalkitError: none could be asked."""
+        return {run.run_id: self.look(run) for run in runs}
+
     @abstractmethod
     def cancel(self, run: RemoteRun, grace: float) -> CancelResult:
         """Stop every process of RUN: SIGTERM, GRACE seconds, SIGKILL; say what remained."""

@@ -62,6 +62,19 @@ class SshExecutor(Executor):
             return JobState.from_answer(self._job_call(run, "state", timeout=60))
         return JobState.from_answer({"status": status, "driver_alive": alive})
 
+    def look_all(self, runs: list[RemoteRun]) -> dict[str, JobState]:
+        return {run.run_id: JobState.from_answer(answer) for run, answer in zip(runs, self.states_of(runs))}
+
+    def states_of(self, runs: list[RemoteRun]) -> list[dict]:
+        """job.py states for RUNS, in one exec (through the bootstrap, which makes job.py current
+        on the way): each run's status, driver, whether it lives, and its Slurm job."""
+        starter = Starter.begin(self.connection, self.settings, [JOB_RUNNER],
+                                ("states", "--run-dirs", *(run.directory for run in runs)))
+        found = starter.finish(START_TIMEOUT)
+        if found is None or not isinstance(found.get("states"), dict):
+            raise RemoteStepFailed("job.py states printed nothing", "check the `python` setting (python -m evalkit doctor)")
+        return [found["states"].get(run.directory) or {} for run in runs]
+
     def _is_alive(self, driver: dict | None) -> bool | None:
         """Is the process driver.json describes still running: same boot, pid and start time, as
         remote/job.py is_alive decides. None when the server's /proc cannot be read."""

@@ -8,6 +8,7 @@ Usage (on the server; standard library only):
                                       run DIR/run.json's steps in order (what start forks)
   python job.py cancel --run-dir DIR [--grace SECONDS]
   python job.py state  --run-dir DIR    print the run's state as one EVALKIT-JOB line
+  python job.py states --run-dirs DIR...  the same for each run, and its Slurm job, in one line
 
 The driver makes itself a session and process-group leader, so a dropped connection, a closed
 laptop or a dead sshd never reaches it. It is exec'd with EVALKIT_RUN_ID in its environment, which
@@ -755,10 +756,18 @@ def state(run_dir):
     return {"status": status, "driver": driver, "driver_alive": is_alive(driver)}
 
 
+def states(run_dirs):
+    """Each run's state, and its Slurm job (slurm.json) where it was submitted: `status` asks for
+    all of a host's runs at once."""
+    return {"states": {run_dir: {**state(run_dir), "slurm": read_json(os.path.join(run_dir, "slurm.json"))}
+                       for run_dir in run_dirs}}
+
+
 def main(argv):
     parser = argparse.ArgumentParser()
-    parser.add_argument("action", choices=("start", "drive", "cancel", "state"))
-    parser.add_argument("--run-dir", help="every action but start (which reads it from stdin)")
+    parser.add_argument("action", choices=("start", "drive", "cancel", "state", "states"))
+    parser.add_argument("--run-dir", help="every action but start (which reads it from stdin) and states")
+    parser.add_argument("--run-dirs", nargs="*", default=[], help="states: the runs to answer for")
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=60.0, help="start: how long to wait for the driver")
     parser.add_argument("--bell-fd", type=int, help="drive: the starter's bell (see ring)")
@@ -769,7 +778,8 @@ def main(argv):
     if args.action == "drive":
         drive_or_report(args.run_dir, args.bell_fd)
         return
-    actions = {"cancel": lambda: cancel(args.run_dir, args.grace), "state": lambda: state(args.run_dir)}
+    actions = {"cancel": lambda: cancel(args.run_dir, args.grace), "state": lambda: state(args.run_dir),
+               "states": lambda: states(args.run_dirs)}
     answer(actions[args.action]())
 
 
