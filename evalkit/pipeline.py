@@ -9,9 +9,11 @@ The run itself is launched by an executor (executors/) and followed through its 
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import importlib.metadata
 import json
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,15 +61,46 @@ def connected(settings: Settings, shared: Connection | None = None,
     """Connected (host key and auth checked) before any local file is created. SHARED: a
     connection that serves several evaluations one after another (a sweep), opened here when
     it is not yet, and left open for the next. GROUP: what the executors of one command share
-    (new_group)."""
+    (new_group). Without SHARED, the connection a look before the evaluations opened (looking),
+    else a new one; closed at the end."""
     if shared is not None:
         with _executor_on(shared.open(), settings, group) as pair:
             yield pair
         return
-    target = resolve_target(settings.host, settings.ssh_config_path)
-    with Connection(target, settings.connect_timeout).open() as connection:
+    with sweep_connection(settings).open() as connection:
         with _executor_on(connection, settings, group) as pair:
             yield pair
+
+
+# host -> the connection a look before the evaluations opened, until an evaluation takes it
+_KEPT: dict[tuple, Connection] = {}
+_KEPT_LOCK = threading.Lock()
+
+
+@contextmanager
+def looking(settings: Settings) -> Iterator[Session]:
+    """A look at the server before any evaluation (a dataset's layout, a sweep's checkpoints) on
+    the command's first connection to it, kept open for the first evaluation (connected,
+    sweep_connection), which closes it: one connection and one authentication per command."""
+    key = _host_of(settings)
+    with _KEPT_LOCK:
+        if key not in _KEPT:
+            _KEPT[key] = Connection(resolve_target(settings.host, settings.ssh_config_path), settings.connect_timeout)
+        connection = _KEPT[key]
+    yield Session(connection.open())
+
+
+def _host_of(settings: Settings) -> tuple:
+    return settings.host, settings.ssh_config_path, settings.connect_timeout
+
+
+@atexit.register
+def _close_kept() -> None:
+    """A look's connection no evaluation took (the command failed between)."""
+    with _KEPT_LOCK:
+        for connection in _KEPT.values():
+            connection.close()
+        _KEPT.clear()
 
 
 def new_group(settings: Settings) -> RunGroup:
@@ -88,8 +121,10 @@ def _executor_on(connection: Connection, settings: Settings,
 
 def sweep_connection(settings: Settings) -> Connection:
     """One connection for the evaluations of a sweep (threads may share it): opened by the first
-    (connected()), closed by the caller after the last."""
-    return Connection(resolve_target(settings.host, settings.ssh_config_path), settings.connect_timeout)
+    (connected()), closed by the caller after the last. The one a look opened, if any (looking)."""
+    with _KEPT_LOCK:
+        kept = _KEPT.pop(_host_of(settings), None)
+    return kept or Connection(resolve_target(settings.host, settings.ssh_config_path), settings.connect_timeout)
 
 
 def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter, detach: bool = False,

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 SPEC = DATASETS[0]
 STATUS_TURNS = 15  # 9 measured: connect and authenticate, then one exec of job.py states; 141 for 8 runs before
+START_TURNS = 40
 
 
 @pytest.fixture
@@ -74,3 +75,20 @@ def test_status_of_many_runs_costs_one_connection_and_as_many_turns_as_of_few(te
     assert (of_few.connections, of_many.connections) == (1, 1)
     assert of_many.round_trips <= STATUS_TURNS and abs(of_many.round_trips - of_few.round_trips) <= 2, \
         (of_few, of_many)
+
+
+def test_a_new_checkpoints_start_up_costs_one_connection_and_few_turns(testbed, proxy):
+    """From the command's start to its run's launch (--detach ends there): the dataset's layout,
+    the scripts' check, the inspection and preflight and the launch, on one connection."""
+    before = proxy.counts()
+    started = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint),
+                               "--detach")
+    time.sleep(0.2)
+    start_up = proxy.counts() - before
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split("started run ")[1].split()[0]
+    stopped = subprocess.run([sys.executable, "-m", "evalkit", "cancel", run_id, "--grace", "1", "--config",
+                              str(testbed.config)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    print(start_up)
+    assert start_up.connections == 1 and start_up.round_trips <= START_TURNS, start_up
