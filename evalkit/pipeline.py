@@ -34,6 +34,7 @@ from .provenance import RUN_FILE as PROVENANCE_FILE, build_provenance, facts_pri
     provenance_call
 from .plan import PROVENANCE_STEP, Step, build_plan, inspect_call, inspect_command
 from .readiness import decide, locate
+from .run_logs import logs_text
 from .run_outputs import OutputRecorder, fetch_results
 from .run_record import RunRecord, new_record, new_run_id
 from . import zeroshot
@@ -437,6 +438,10 @@ def logs(record: RunRecord, follow: bool) -> Iterator[str]:
     """Each step's output as text, step by step; with FOLLOW until the run ends."""
     run = _remote(record)
     with connected(record.settings) as (session, executor):
+        answered = None if follow else executor.step_logs(run)
+        if answered is not None:
+            yield from logs_text(run.plan.steps, answered)
+            return
         yield from read_logs(session, run, follow, state=lambda: executor.state(run))
 
 

@@ -158,6 +158,11 @@ class Executor(ABC):
         them in one ask to the server where it can. An EvalkitError: none could be asked."""
         return {run.run_id: self.look(run) for run in runs}
 
+    def step_logs(self, run: RemoteRun) -> list[dict] | None:
+        """Each started step's files ({"out", "err", "exit"}: text, or None), in one ask (`logs`);
+        None where the executor cannot: then they are read one by one (follow.read_logs)."""
+        return None
+
     @abstractmethod
     def cancel(self, run: RemoteRun, grace: float) -> CancelResult:
         """Stop every process of RUN: SIGTERM, GRACE seconds, SIGKILL; say what remained."""

@@ -92,3 +92,23 @@ def test_a_new_checkpoints_start_up_costs_one_connection_and_few_turns(testbed, 
     assert stopped.returncode == 0, stopped.stderr
     print(start_up)
     assert start_up.connections == 1 and start_up.round_trips <= START_TURNS, start_up
+
+
+def test_logs_of_a_finished_run_say_what_the_follower_says_in_one_ask(testbed, proxy):
+    evaluated = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint))
+    assert evaluated.returncode == 0, evaluated.stderr
+    [record] = LocalStore.of(build_settings(testbed.config, {})).newest_records(5)
+    run_id = record.run_id
+    before = proxy.counts()
+    at_once = _evalkit_run(testbed, "logs", run_id)
+    time.sleep(0.2)
+    cost = proxy.counts() - before
+    followed = _evalkit_run(testbed, "logs", "-f", run_id)  # step by step, file by file
+    assert at_once.returncode == followed.returncode == 0, at_once.stderr + followed.stderr
+    assert "### step recall_i2t exited 0" in at_once.stdout and at_once.stdout == followed.stdout
+    assert cost.connections == 1 and cost.round_trips <= STATUS_TURNS, cost
+
+
+def _evalkit_run(bed, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evalkit", *args, "--config", str(bed.config)], capture_output=True,
+                          text=True, cwd=REPO, timeout=120, env={**os.environ, "COLUMNS": "250"})
