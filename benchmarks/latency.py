@@ -19,7 +19,6 @@ counted at each RTT. Prints a table; writes JSON (default benchmarks/results/lat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from run import ALIAS, ROOT, Bed, byte_compile_evalkit, timed  # benchmarks/run.py, beside this file: the bed, by hand
+from run import ALIAS, ROOT, Bed, byte_compile_evalkit, report, timed  # benchmarks/run.py, beside this file: the bed, by hand
 
 from evalkit.testbed.delay_proxy import Counts, DelayProxy  # noqa: E402
 from evalkit.testbed.server_env import ensure_server_venv  # noqa: E402
@@ -166,10 +165,7 @@ def main() -> None:
                     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                              text=True).stdout.strip(),
                     "results": {str(rtt): found for rtt, found in results.items()}}
-    print(table(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"results written to {args.output}")
+    report(table(results), document, args.output)
 
 
 if __name__ == "__main__":

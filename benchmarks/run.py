@@ -254,10 +254,15 @@ def main() -> None:
             results.update(slurm.measure(Bed, work, python, args.slurm_runs))
         if not args.skip_knn and not only and not args.overhead_only:
             results["knn"] = knn(python, args.knn_runs, work)
-    print(table(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results written to {args.output}")
+    report(table(results), results, args.output)
+
+
+def report(text: str, document: dict, output: Path) -> None:
+    """TEXT (the table) printed, DOCUMENT (every run's numbers) written to OUTPUT as JSON."""
+    print(text)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"results written to {output}")
 
 
 if __name__ == "__main__":
