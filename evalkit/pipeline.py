@@ -328,12 +328,12 @@ def _current_unless_named(store: LocalStore, settings: Settings, evaluation: Eva
 
 def _first_checks(settings: Settings, evaluation: Evaluation, executor: Executor) -> dict:
     """The inspection of the checkpoint's files (their existence and sizes) and, when it may be
-    extracted, the preflight, both at once. Without a checkpoint the latest extraction is looked
-    for first (locate). The checkpoint's SHA-256 is no check: it is hashed beside the steps."""
-    if not evaluation.checkpoint:
-        return {}
+    extracted, the preflight, both at once. Without a checkpoint the inspection looks for the
+    latest extraction (locate). Either way the starter's first message: evalkit's scripts are
+    made current with it, before locate may run the inspection again outside the starter. The
+    checkpoint's SHA-256 is no check: it is hashed beside the steps."""
     calls = {"inspect": inspect_call(settings, evaluation)}
-    if evaluation.runs_extraction:  # the checks count only if the features cannot be reused
+    if evaluation.checkpoint and evaluation.runs_extraction:  # the checks count only if the features cannot be reused
         calls["preflight"] = preflight_call(settings, evaluation)
     ran = executor.run_scripts(calls, timeout=settings.step_timeout)
     # the inspection's command names it in a failure message
