@@ -100,12 +100,13 @@ class Bed:
         return build_plan(self.settings, Evaluation(DATASET, "valid", str(checkpoint or self.checkpoint), "RN50",
                                                     "RBT3-chinese"))
 
-    def by_hand(self) -> float:
+    def by_hand(self, ssh_config: Path | None = None) -> float:
         """The upstream commands evalkit runs, chained in one ssh call as a user would type them
-        (not evalkit's own: its checks and the per-query hits)."""
+        (not evalkit's own: its checks and the per-query hits). SSH_CONFIG: another way to the
+        server (benchmarks/latency.py's far one)."""
         chain = " && ".join(step.command for step in self.plan().steps
                             if step.name not in (*CHECK_STEPS, QUERY_HITS_STEP))
-        return timed(["ssh", "-F", str(self.ssh_config), ALIAS, chain])
+        return timed(["ssh", "-F", str(ssh_config or self.ssh_config), ALIAS, chain])
 
 
 def outside_the_steps(plan, started: float, seconds: float) -> dict:
@@ -253,10 +254,15 @@ def main() -> None:
             results.update(slurm.measure(Bed, work, python, args.slurm_runs))
         if not args.skip_knn and not only and not args.overhead_only:
             results["knn"] = knn(python, args.knn_runs, work)
-    print(table(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results written to {args.output}")
+    report(table(results), results, args.output)
+
+
+def report(text: str, document: dict, output: Path) -> None:
+    """TEXT (the table) printed, DOCUMENT (every run's numbers) written to OUTPUT as JSON."""
+    print(text)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"results written to {output}")
 
 
 if __name__ == "__main__":

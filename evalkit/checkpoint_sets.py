@@ -68,8 +68,8 @@ def listing_command(settings: Settings, patterns: list[str], files: list[str]) -
 
 
 def ask_server(settings: Settings, patterns: list[str], files: list[str]) -> dict:
-    from .pipeline import connected  # the SSH side loads only when a sweep needs it
-    with connected(settings) as (session, _):
+    from .pipeline import looking  # the SSH side loads only when a sweep needs it
+    with looking(settings) as session:  # the evaluations' connection, opened here
         exit_code, stdout, stderr = session.capture(listing_command(settings, patterns, files),
                                                     timeout=settings.step_timeout)
     answer = last_marked_json(stdout, MARKER)

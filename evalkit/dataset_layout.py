@@ -1,6 +1,7 @@
 """What each dataset folder on the server is laid out for, looked at once per command before any
 cell is made (zeroshot.scoped decides, pure): label_cn.txt beside class folders is zero-shot
-classification, anything else retrieval. A few SFTP stats over one connection."""
+classification, anything else retrieval. A few SFTP stats over the connection the evaluations
+then use (pipeline.looking)."""
 from __future__ import annotations
 
 from .config import Settings
@@ -10,8 +11,8 @@ from .zeroshot import Layout, looked_at
 
 def look(settings: Settings, datasets: list[str]) -> dict[str, Layout]:
     """Dataset name -> its Layout, for each of DATASETS."""
-    from .pipeline import connected  # the SSH side loads only when a command runs
-    with connected(settings) as (session, _):
+    from .pipeline import looking  # the SSH side loads only when a command runs
+    with looking(settings) as session:  # the evaluations' connection, opened here
         found = {}
         for dataset in dict.fromkeys(datasets):
             paths = looked_at(settings, dataset)

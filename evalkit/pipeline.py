@@ -10,9 +10,11 @@ pushes as its files change (follow.py, event_stream.py).
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import importlib.metadata
 import json
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from .doctor import preflight
 from .errors import ConnectionLost, EvalkitError, RemoteStepFailed, RunLocked, SlurmRefused
 from .evaluation import CLASSIFICATION, Evaluation
 from .executors import executor_class
-from .executors.base import CancelResult, Executor, JobState, Launched, RemoteRun, RunGroup
+from .executors.base import CancelResult, Executor, Launched, RemoteRun, RunGroup
 from .follow import Follower, read_logs
 from .gpu_lane import LaneHold
 from .outcome import Reporter, RunOutcome
@@ -33,6 +35,7 @@ from .provenance import RUN_FILE as PROVENANCE_FILE, build_provenance, facts_pri
     provenance_call
 from .plan import PROVENANCE_STEP, Step, build_plan, inspect_call, inspect_command
 from .readiness import decide, locate
+from .run_logs import logs_text
 from .run_outputs import Collected, OutputRecorder, result_paths, take_results
 from .run_record import RunRecord, new_record, new_run_id
 from . import zeroshot
@@ -60,15 +63,46 @@ def connected(settings: Settings, shared: Connection | None = None,
     """Connected (host key and auth checked) before any local file is created. SHARED: a
     connection that serves several evaluations one after another (a sweep), opened here when
     it is not yet, and left open for the next. GROUP: what the executors of one command share
-    (new_group)."""
+    (new_group). Without SHARED, the connection a look before the evaluations opened (looking),
+    else a new one; closed at the end."""
     if shared is not None:
         with _executor_on(shared.open(), settings, group) as pair:
             yield pair
         return
-    target = resolve_target(settings.host, settings.ssh_config_path)
-    with Connection(target, settings.connect_timeout).open() as connection:
+    with sweep_connection(settings).open() as connection:
         with _executor_on(connection, settings, group) as pair:
             yield pair
+
+
+# host -> the connection a look before the evaluations opened, until an evaluation takes it
+_KEPT: dict[tuple, Connection] = {}
+_KEPT_LOCK = threading.Lock()
+
+
+@contextmanager
+def looking(settings: Settings) -> Iterator[Session]:
+    """A look at the server before any evaluation (a dataset's layout, a sweep's checkpoints) on
+    the command's first connection to it, kept open for the first evaluation (connected,
+    sweep_connection), which closes it: one connection and one authentication per command."""
+    key = _host_of(settings)
+    with _KEPT_LOCK:
+        if key not in _KEPT:
+            _KEPT[key] = Connection(resolve_target(settings.host, settings.ssh_config_path), settings.connect_timeout)
+        connection = _KEPT[key]
+    yield Session(connection.open())
+
+
+def _host_of(settings: Settings) -> tuple:
+    return settings.host, settings.ssh_config_path, settings.connect_timeout
+
+
+@atexit.register
+def _close_kept() -> None:
+    """A look's connection no evaluation took (the command failed between)."""
+    with _KEPT_LOCK:
+        for connection in _KEPT.values():
+            connection.close()
+        _KEPT.clear()
 
 
 def new_group(settings: Settings) -> RunGroup:
@@ -89,8 +123,10 @@ def _executor_on(connection: Connection, settings: Settings,
 
 def sweep_connection(settings: Settings) -> Connection:
     """One connection for the evaluations of a sweep (threads may share it): opened by the first
-    (connected()), closed by the caller after the last."""
-    return Connection(resolve_target(settings.host, settings.ssh_config_path), settings.connect_timeout)
+    (connected()), closed by the caller after the last. The one a look opened, if any (looking)."""
+    with _KEPT_LOCK:
+        kept = _KEPT.pop(_host_of(settings), None)
+    return kept or Connection(resolve_target(settings.host, settings.ssh_config_path), settings.connect_timeout)
 
 
 def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter, detach: bool = False,
@@ -297,12 +333,12 @@ def _current_unless_named(store: LocalStore, settings: Settings, evaluation: Eva
 
 def _first_checks(settings: Settings, evaluation: Evaluation, executor: Executor) -> dict:
     """The inspection of the checkpoint's files (their existence and sizes) and, when it may be
-    extracted, the preflight, both at once. Without a checkpoint the latest extraction is looked
-    for first (locate). The checkpoint's SHA-256 is no check: it is hashed beside the steps."""
-    if not evaluation.checkpoint:
-        return {}
+    extracted, the preflight, both at once. Without a checkpoint the inspection looks for the
+    latest extraction (locate). Either way the starter's first message: evalkit's scripts are
+    made current with it, before locate may run the inspection again outside the starter. The
+    checkpoint's SHA-256 is no check: it is hashed beside the steps."""
     calls = {"inspect": inspect_call(settings, evaluation)}
-    if evaluation.runs_extraction:  # the checks count only if the features cannot be reused
+    if evaluation.checkpoint and evaluation.runs_extraction:  # the checks count only if the features cannot be reused
         calls["preflight"] = preflight_call(settings, evaluation)
     ran = executor.run_scripts(calls, timeout=settings.step_timeout)
     # the inspection's command names it in a failure message
@@ -397,12 +433,6 @@ def cancel(record: RunRecord, grace: float = 10.0) -> CancelResult:
         return executor.cancel(_remote(record), grace)
 
 
-def state(record: RunRecord) -> JobState:
-    """What the run's files and the server say now (`status`)."""
-    with connected(record.settings) as (_, executor):
-        return executor.look(_remote(record))
-
-
 def cancel_group(settings: Settings, group: RunGroup, grace: float = 10.0) -> dict[str, CancelResult]:
     """Ctrl-C in a command of several evaluations: no run joins GROUP any more, and every run
     still going is cancelled at once, over a connection of its own; by run id."""
@@ -417,6 +447,10 @@ def logs(record: RunRecord, follow: bool) -> Iterator[str]:
     """Each step's output as text, step by step; with FOLLOW until the run ends."""
     run = _remote(record)
     with connected(record.settings) as (session, executor):
+        answered = None if follow else executor.step_logs(run)
+        if answered is not None:
+            yield from logs_text(run.plan.steps, answered)
+            return
         yield from read_logs(session, run, follow, state=lambda: executor.state(run))
 
 

@@ -4,7 +4,7 @@ run and the run itself. Its protocol, one JSON line each way (answers marked EVA
 
 1. files: the SHA-256 of each server script; it answers which are missing or differ, then
    takes their sources (an unchanged evalkit uploads nothing), or refuses a scripts folder that
-   other users could write;
+   other users could write. Sent with the first message of 2 or 3, in one round trip;
 2. helpers: evalkit's checks (the inspection, the preflight), run at once in its env;
 3. run: the run's steps; it starts the driver and answers once the driver holds the lock,
    then stays as the run's event stream (remote/job.py stream_events; events.py reads it).
@@ -16,46 +16,65 @@ from typing import Any
 
 from .config import Settings
 from .errors import RemoteStepFailed
+from .progress import last_marked_json
 from .server import BOOTSTRAP, JOB_RUNNER, ServerCall, in_server_env, scripts_dir
 from .ssh import Connection, PendingCommand
 from .uploads import script_digests, script_source
 
 MARKER = b"EVALKIT-JOB "
 START_TIMEOUT = 60.0
+START_ARGS = ("start", "--timeout", f"{START_TIMEOUT:g}")
 TAIL_LINES = 30
 CallResult = tuple[int, bytes, bytes]  # exit status, stdout, stderr
 
 
 class Starter:
-    def __init__(self, command: PendingCommand, settings: Settings) -> None:
+    def __init__(self, command: PendingCommand, settings: Settings, scripts: list[str]) -> None:
         self.command, self.settings = command, settings
+        self._unchecked: list[str] | None = scripts  # until they travel with the first message
 
     @classmethod
-    def begin(cls, connection: Connection, settings: Settings, scripts: list[str]) -> "Starter":
-        """Start it and make SCRIPTS (job.py among them) current on the server; a failing
-        `activate` is reported here."""
-        starter = cls(connection.start_command(start_command(settings)), settings)
-        answered = starter.ask({"files": script_digests(scripts)}, START_TIMEOUT)
+    def begin(cls, connection: Connection, settings: Settings, scripts: list[str],
+              job_args: tuple[str, ...] = START_ARGS) -> "Starter":
+        """Start it; SCRIPTS (job.py among them) are made current on the server with the first
+        message (ask, finish), in the same round trip: a failing `activate`, or an unsafe
+        scripts folder, is reported there. JOB_ARGS: what job.py does then (another action than
+        start: `status`'s one ask, read with finish())."""
+        return cls(connection.start_command(start_command(settings, job_args)), settings, scripts)
+
+    def _make_current(self, then: bytes) -> None:
+        """The scripts' digests, THEN (the first message, which the bootstrap keeps for job.py
+        while it writes the scripts that differ); their sources when some are missing."""
+        scripts, self._unchecked = self._unchecked or [], None
+        answered = self.command.ask(_line({"files": script_digests(scripts)}) + then, MARKER, START_TIMEOUT)
         if answered is not None and answered.get("refused"):  # evalkit's folder is unsafe to run from
-            starter.command.finish(b"", START_TIMEOUT)
+            self.command.finish(b"", START_TIMEOUT)
             raise RemoteStepFailed(answered["refused"], answered.get("fix"))
         if answered is not None and answered.get("missing"):
             sources = {name: script_source(name).decode("utf-8") for name in answered["missing"]}
-            answered = starter.ask({"files": sources}, START_TIMEOUT)
+            answered = self.command.ask(_line({"files": sources}), MARKER, START_TIMEOUT)
         if answered is None:
-            exit_code, stdout, stderr = starter.command.finish(b"", START_TIMEOUT)
+            exit_code, stdout, stderr = self.command.finish(b"", START_TIMEOUT)
             tail = (stderr or stdout).decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
             raise RemoteStepFailed(
                 f"starting evalkit on the server failed with status {exit_code}\nits output:\n"
                 + "\n".join(f"  {line}" for line in tail),
-                f"check the `activate` ({settings.activate}) and `python` ({settings.python}) settings: "
+                f"check the `activate` ({self.settings.activate}) and `python` ({self.settings.python}) settings: "
                 "the env must start in a login shell (python -m evalkit doctor)")
-        return starter
+
+    def finish(self, timeout: float) -> dict | None:
+        """Its last answer once it ended (job.py's action other than start); None without one."""
+        if self._unchecked is not None:
+            self._make_current(b"")
+        _, stdout, _ = self.command.finish(b"", timeout)
+        return last_marked_json(stdout, MARKER)
 
     def ask(self, message: dict, timeout: float) -> dict | None:
         """Send MESSAGE; its answer, or None when the starter ended instead."""
-        line = json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n"
-        return self.command.ask(line, MARKER, timeout)
+        if self._unchecked is not None:
+            self._make_current(then=_line(message))
+            return self.command.ask(b"", MARKER, timeout)
+        return self.command.ask(_line(message), MARKER, timeout)
 
     def run_scripts(self, calls: dict[str, ServerCall], timeout: float) -> dict[str, CallResult]:
         """CALLS, all at once, in its activated env. When the starter ended instead of
@@ -93,10 +112,14 @@ class Starter:
         self.command.abandon()
 
 
-def start_command(settings: Settings) -> str:
+def _line(message: dict) -> bytes:
+    return json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def start_command(settings: Settings, job_args: tuple[str, ...] = START_ARGS) -> str:
     """job.py start through the bootstrap, given inline: that first makes evalkit's scripts on
     the server current from stdin, then job.py reads the run, starts its driver in the
     background, every stream redirected so the run does not depend on the SSH session."""
     inline = ServerCall(settings.python, "-c", (script_source(BOOTSTRAP).decode("utf-8"), scripts_dir(settings),
-                                                JOB_RUNNER, "start", "--timeout", f"{START_TIMEOUT:g}"))
+                                                JOB_RUNNER, *job_args))
     return in_server_env(settings, inline)

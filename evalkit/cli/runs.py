@@ -7,9 +7,6 @@ import click
 
 from .. import view
 from ..config import build_settings
-from ..errors import EvalkitError
-from ..executors.base import JobState
-from ..run_record import RunRecord
 from ..store import LocalStore
 from .guard import CONTEXT, guarded
 from .options import records_options
@@ -78,15 +75,9 @@ def status(run_id: str | None, last: int, config: Path | None, results_dir: str 
     if not records:
         view.show_note(out, f"no runs recorded in {store.runs_dir}")
         return
-    view.show_runs(out, [(record, _safe_state(record)) for record in records])
-
-
-def _safe_state(record: RunRecord) -> JobState:
-    from .. import pipeline
-    try:
-        return pipeline.state(record)
-    except EvalkitError as error:  # one unreachable server must not hide the other runs
-        return JobState(None, False, unknown=error.message)
+    from ..run_states import states  # the SSH side loads only when a command runs
+    found = states(records)
+    view.show_runs(out, [(record, found[record.run_id]) for record in records])
 
 
 @click.command(context_settings=CONTEXT)

@@ -162,6 +162,16 @@ class Executor(ABC):
         say now, without waiting for anything to settle."""
         return self.state(run)
 
+    def look_all(self, runs: list[RemoteRun]) -> dict[str, JobState]:
+        """look() for each of RUNS (all of one host's, for `status`), by run id; an executor answers
+        them in one ask to the server where it can. An EvalkitError: none could be asked."""
+        return {run.run_id: self.look(run) for run in runs}
+
+    def step_logs(self, run: RemoteRun) -> list[dict] | None:
+        """Each started step's files ({"out", "err", "exit"}: text, or None), in one ask (`logs`);
+        None where the executor cannot: then they are read one by one (follow.read_logs)."""
+        return None
+
     @abstractmethod
     def cancel(self, run: RemoteRun, grace: float) -> CancelResult:
         """Stop every process of RUN: SIGTERM, GRACE seconds, SIGKILL; say what remained."""

@@ -133,17 +133,37 @@ class SlurmExecutor(SshExecutor):
         alive while Slurm lists the job as pending or running. A job Slurm ended raises
         SlurmJobEnded; one gone from the queue, and from accounting, SlurmJobLost; both only after
         slurm.lost_after seconds (the shared filesystem may show the run's last files late)."""
-        return self._state(run, patient=True)
+        return self._state(run, patient=True, status=self._read_json(run.path("status.json")))
 
     def look(self, run: RemoteRun) -> JobState:
         """As state(), at once: how Slurm ended the job, or that it is lost, is the answer."""
+        return self._looked(run, self._read_json(run.path("status.json")))
+
+    def look_all(self, runs: list[RemoteRun]) -> dict[str, JobState]:
+        """Every run's files in one ask (job.py states), then one squeue for the jobs of those
+        that have not ended."""
+        answers = self.states_of(runs)
+        for run, answer in zip(runs, answers):
+            job_id = str((answer.get("slurm") or {}).get("job_id", ""))
+            if job_id.isdigit() and self.group.job_of(run.run_id) is None:
+                self.group.watch(run.run_id, job_id)
+        return {run.run_id: self._answered(run, answer.get("status")) for run, answer in zip(runs, answers)}
+
+    def _answered(self, run: RemoteRun, status: dict | None) -> JobState:
         try:
-            return self._state(run, patient=False)
+            return self._looked(run, status)
+        except RunLocked as refused:  # one run's word, not the others'
+            return JobState(None, False, unknown=refused.message)
+
+    def _looked(self, run: RemoteRun, status: dict | None) -> JobState:
+        try:
+            return self._state(run, patient=False, status=status)
         except (SlurmJobEnded, SlurmJobLost, RemoteStepFailed) as ended:  # the last: its start refused the folder
             return JobState(None, False, detail=ended.message)
 
-    def _state(self, run: RemoteRun, patient: bool) -> JobState:
-        final = self._final_state(run)
+    def _state(self, run: RemoteRun, patient: bool, status: dict | None) -> JobState:
+        """STATUS: the run's status.json as just read (None: not written yet)."""
+        final = self._final_state(run, status)
         if final is not None:
             return final
         job_id = self._job_id(run)
@@ -158,8 +178,7 @@ class SlurmExecutor(SshExecutor):
             return JobState(None, True)  # its status.json may not have reached this side of the filesystem yet
         return self._after_the_queue(run, job_id, entry)
 
-    def _final_state(self, run: RemoteRun) -> JobState | None:
-        status = self._read_json(run.path("status.json"))
+    def _final_state(self, run: RemoteRun, status: dict | None) -> JobState | None:
         if not status:
             return None
         if status.get("state") == "refused":

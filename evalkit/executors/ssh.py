@@ -77,6 +77,27 @@ class SshExecutor(Executor):
             return JobState.from_answer(self._job_call(run, "state", timeout=60))
         return JobState.from_answer({"status": status, "driver_alive": alive})
 
+    def look_all(self, runs: list[RemoteRun]) -> dict[str, JobState]:
+        return {run.run_id: JobState.from_answer(answer) for run, answer in zip(runs, self.states_of(runs))}
+
+    def states_of(self, runs: list[RemoteRun]) -> list[dict]:
+        """Each run's status, driver, whether it lives, and its Slurm job: one ask for all of RUNS."""
+        found = self.job_answer(("states", "--run-dirs", *(run.directory for run in runs)), "states")
+        return [found["states"].get(run.directory) or {} for run in runs]
+
+    def step_logs(self, run: RemoteRun) -> list[dict]:
+        return self.job_answer(("logs", "--run-dir", run.directory, "--steps", str(len(run.plan.steps))),
+                               "steps")["steps"]
+
+    def job_answer(self, job_args: tuple[str, ...], key: str) -> dict:
+        """job.py JOB_ARGS in one exec, through the bootstrap (which makes job.py current on the
+        way: no upload over SFTP first); its answer, which holds KEY."""
+        found = Starter.begin(self.connection, self.settings, [JOB_RUNNER], job_args).finish(START_TIMEOUT)
+        if found is None or key not in found:
+            raise RemoteStepFailed(f"job.py {job_args[0]} printed nothing",
+                                   "check the `python` setting (python -m evalkit doctor)")
+        return found
+
     def _is_alive(self, driver: dict | None) -> bool | None:
         """Is the process driver.json describes still running: same boot, pid and start time, as
         remote/job.py is_alive decides. None when the server's /proc cannot be read."""

@@ -5,7 +5,8 @@ script need be on the server yet. From stdin, one JSON line each:
 
   {"files": {NAME: SHA256}}   answer {"missing": [NAME...]}: those absent from FOLDER or different;
   {"files": {NAME: TEXT}}     (only when some were missing) write them, each atomically, and
-                              answer {"written": [NAME...]}.
+                              answer {"written": [NAME...]}. A line the client sent before it
+                              knew what was missing (SCRIPT's first message) is kept for SCRIPT.
 
 Then FOLDER/SCRIPT runs in this process with ARGS, reading the rest of stdin. An unchanged
 evalkit so costs no upload at all, and a new one only what changed.
@@ -139,6 +140,19 @@ def run_through(folder_fd, script, args, folder):
     runpy.run_path(sys.argv[0], init_globals={"SCRIPTS_FOLDER": (folder, through)}, run_name="__main__")
 
 
+class Replaying:
+    """stdin, with LINES read before their reader ran given back to it first."""
+
+    def __init__(self, lines, stream):
+        self.lines, self.stream = lines, stream
+
+    def readline(self):
+        return self.lines.pop(0) if self.lines else self.stream.readline()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def main(folder, script, args):
     wanted = read_request()
     if wanted is None:
@@ -151,12 +165,16 @@ def main(folder, script, args):
     missing = sorted(name for name, digest in wanted["files"].items() if digest_of(folder_fd, name) != digest)
     answer({"missing": missing})
     if missing:
-        sent = read_request()
+        held, sent = [], read_request()
+        while sent is not None and "files" not in sent:  # SCRIPT's first message, sent with the digests
+            held.append(sent)
+            sent = read_request()
         if sent is None:
             return
         for name in missing:
             write_atomically(folder_fd, name, sent["files"][name].encode("utf-8"))
         answer({"written": missing})
+        sys.stdin = Replaying([json.dumps(message) + "\n" for message in held], sys.stdin)
     run_through(folder_fd, script, args, folder)
 
 

@@ -11,6 +11,8 @@ Usage (on the server; standard library only):
   python job.py events --run-dir DIR [--from STEP,OUT,ERR]
                                       the run's events from that position on (see stream_events):
                                       what a client attaching or reconnecting follows
+  python job.py states --run-dirs DIR...  the same for each run, and its Slurm job, in one line
+  python job.py logs   --run-dir DIR --steps N  the output of each step that started, in one line
 
 The driver makes itself a session and process-group leader, so a dropped connection, a closed
 laptop or a dead sshd never reaches it. It is exec'd with EVALKIT_RUN_ID in its environment, which
@@ -1058,10 +1060,39 @@ def state(run_dir):
     return {"status": status, "driver": driver, "driver_alive": is_alive(driver)}
 
 
+def states(run_dirs):
+    """Each run's state, and its Slurm job (slurm.json) where it was submitted: `status` asks for
+    all of a host's runs at once."""
+    return {"states": {run_dir: {**state(run_dir), "slurm": read_json(os.path.join(run_dir, "slurm.json"))}
+                       for run_dir in run_dirs}}
+
+
+def logs(run_dir, steps):
+    """The output of each of the first STEPS steps that started, in order: stdout and stderr as
+    text (undecodable bytes kept as surrogates), and its .exit file's text while it has one."""
+    found = []
+    for index in range(steps):
+        base = os.path.join(run_dir, f"step-{index}")
+        if not os.path.exists(base + ".started"):
+            break
+        found.append({name: read_text(f"{base}.{name}") for name in ("out", "err", "exit")})
+    return {"steps": found}
+
+
+def read_text(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", "surrogateescape")
+    except OSError:
+        return None
+
+
 def main(argv):
     parser = argparse.ArgumentParser()
-    parser.add_argument("action", choices=("start", "drive", "cancel", "state", "events"))
-    parser.add_argument("--run-dir", help="every action but start (which reads it from stdin)")
+    parser.add_argument("action", choices=("start", "drive", "cancel", "state", "states", "logs", "events"))
+    parser.add_argument("--run-dir", help="every action but start (which reads it from stdin) and states")
+    parser.add_argument("--run-dirs", nargs="*", default=[], help="states: the runs to answer for")
+    parser.add_argument("--steps", type=int, default=0, help="logs: how many steps the run has")
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=60.0, help="start: how long to wait for the driver")
     parser.add_argument("--bell-fd", type=int, help="drive: the starter's bell (see ring)")
@@ -1077,7 +1108,8 @@ def main(argv):
     if args.action == "events":
         stream_events(args.run_dir, Position(*(int(part) for part in args.position.split(","))))
         return
-    actions = {"cancel": lambda: cancel(args.run_dir, args.grace), "state": lambda: state(args.run_dir)}
+    actions = {"cancel": lambda: cancel(args.run_dir, args.grace), "state": lambda: state(args.run_dir),
+               "states": lambda: states(args.run_dirs), "logs": lambda: logs(args.run_dir, args.steps)}
     answer(actions[args.action]())
 
 

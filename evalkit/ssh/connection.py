@@ -271,18 +271,31 @@ class Connection:
 
     def mkdirs(self, path: str, mode: int = 0o755) -> None:
         """`mkdir -p PATH` over SFTP, each folder it makes MODE (less the server's umask); a
-        directory another run makes meanwhile is fine."""
-        parts = [p for p in path.split("/") if p]
-        current = "/" if path.startswith("/") else ""
-        for part in parts:
-            current = posixpath.join(current, part)
-            try:
-                self.sftp.stat(current)
-            except OSError:
-                try:
-                    self.sftp.mkdir(current, mode)
-                except OSError:
-                    self.sftp.stat(current)  # made meanwhile by a concurrent run: fine
+        directory another run makes meanwhile is fine. From PATH up, as far as folders are
+        missing: a folder that exists costs one request, a new one in an existing folder two (each
+        a round trip to a far server), whatever the depth of PATH."""
+        if self._is_there(path):
+            return
+        try:
+            self.sftp.mkdir(path, mode)
+            return
+        except OSError:
+            parent = posixpath.dirname(path.rstrip("/"))
+            if self._is_there(path) or parent in ("", "/", path) or self._is_there(parent):
+                self.sftp.stat(path)  # made meanwhile by a concurrent run: fine; else the refusal
+                return
+        self.mkdirs(parent, mode)
+        try:
+            self.sftp.mkdir(path, mode)
+        except OSError:
+            self.sftp.stat(path)  # made meanwhile by a concurrent run: fine
+
+    def _is_there(self, path: str) -> bool:
+        try:
+            self.sftp.stat(path)
+            return True
+        except OSError:
+            return False
 
     def _is_link_down(self, exc: BaseException) -> bool:
         """Is EXC the link going (a dead socket, a closed transport, a silent peer), rather than

@@ -214,28 +214,30 @@ class LoopbackSshd:
         pub = self.host_key.with_name(self.host_key.name + ".pub").read_text().split()
         return f"{pub[0]} {pub[1]}"
 
-    def known_hosts_line(self) -> str:
+    def known_hosts_line(self, port: Optional[int] = None) -> str:
         """A known_hosts entry; non-22 ports need the ``[host]:port`` form."""
-        return f"[{self.host}]:{self.port} {self.host_key_line()}"
+        return f"[{self.host}]:{port or self.port} {self.host_key_line()}"
 
-    def write_client_files(self, ssh_dir: Path, alias: str = "seetacloud-v800") -> tuple[Path, Path]:
+    def write_client_files(self, ssh_dir: Path, alias: str = "seetacloud-v800",
+                           port: Optional[int] = None) -> tuple[Path, Path]:
         """Write an OpenSSH client ``config`` and ``known_hosts`` into ``ssh_dir``.
 
         The config pins this server's host key (StrictHostKeyChecking yes), so
         a successful login proves the alias, user key and host key all match.
-        Returns ``(config_path, known_hosts_path)``.
+        ``port``: where clients connect instead of the server's own (a delay
+        proxy in front of it). Returns ``(config_path, known_hosts_path)``.
         """
         ssh_dir = Path(ssh_dir).resolve()
         ssh_dir.mkdir(parents=True, exist_ok=True)
         ssh_dir.chmod(0o700)
         known_hosts = ssh_dir / "known_hosts"
-        known_hosts.write_text(self.known_hosts_line() + "\n")
+        known_hosts.write_text(self.known_hosts_line(port) + "\n")
         known_hosts.chmod(0o600)
         config = ssh_dir / "config"
         config.write_text(
             f"Host {alias}\n"
             f"    HostName {self.host}\n"
-            f"    Port {self.port}\n"
+            f"    Port {port or self.port}\n"
             f"    User {self.user}\n"
             f'    IdentityFile "{self.user_key}"\n'
             "    IdentitiesOnly yes\n"
