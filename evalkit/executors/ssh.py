@@ -92,7 +92,7 @@ class SshExecutor(Executor):
     def job_answer(self, job_args: tuple[str, ...], key: str) -> dict:
         """job.py JOB_ARGS in one exec, through the bootstrap (which makes job.py current on the
         way: no upload over SFTP first); its answer, which holds KEY."""
-        found = Starter.begin(self.connection, self.settings, [JOB_RUNNER], job_args).finish(START_TIMEOUT)
+        found = Starter.begin(self.connection, self.settings, list(DRIVER_SCRIPTS), job_args).finish(START_TIMEOUT)
         if found is None or key not in found:
             raise RemoteStepFailed(f"job.py {job_args[0]} printed nothing",
                                    "check the `python` setting (python -m evalkit doctor)")

@@ -165,6 +165,11 @@ def test_a_job_whose_job_py_was_changed_while_it_waited_refuses_to_start_and_say
     job_py = bed.server_outputs / ".evalkit" / "job.py"
     job_py.write_text(job_py.read_text() + "\nopen('/tmp/evalkit-tampered', 'w')  # not evalkit's\n")
     go.touch()
+    # the job's word first: an attach (or status) before it would make job.py evalkit's own again
+    ended = bed.server_outputs / ".evalkit" / "runs" / run_id / "status.json"
+    deadline = time.monotonic() + 120
+    while not ended.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
     attached = _evalkit("attach", run_id, "--config", str(bed.config))
     assert attached.returncode == RemoteStepFailed.exit_code, attached.stdout + attached.stderr
