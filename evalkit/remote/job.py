@@ -875,14 +875,6 @@ class Position:
         self.offsets = {"stdout": stdout, "stderr": stderr}
 
 
-def read_text(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except (OSError, ValueError):
-        return None
-
-
 def new_output(path, offset):
     """The bytes of PATH from OFFSET (b"" when there is none yet)."""
     try:
@@ -1080,6 +1072,7 @@ def logs(run_dir, steps):
 
 
 def read_text(path):
+    """PATH's text (undecodable bytes kept as surrogates), or None when it cannot be read."""
     try:
         with open(path, "rb") as handle:
             return handle.read().decode("utf-8", "surrogateescape")
