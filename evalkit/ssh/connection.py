@@ -228,7 +228,7 @@ class Connection:
         try:
             with self.sftp.open(path, "rb") as remote:
                 remote.seek(offset)
-                return remote.read(limit)
+                return self._read_to_end_or_lost(remote, limit)
         except (*_LINK_ERRORS, OSError) as exc:
             if self._is_link_down(exc):
                 raise self._lost(exc) from exc
@@ -238,11 +238,21 @@ class Connection:
         """All of PATH; FileNotFoundError when it cannot be read, ConnectionLost when the link is dead."""
         try:
             with self.sftp.open(path, "rb") as remote:
-                return remote.read()
+                return self._read_to_end_or_lost(remote, None)
         except (*_LINK_ERRORS, OSError) as exc:
             if self._is_link_down(exc):
                 raise self._lost(exc) from exc
             raise FileNotFoundError(path) from exc
+
+    def _read_to_end_or_lost(self, remote: paramiko.SFTPFile, limit: int | None) -> bytes:
+        """REMOTE's bytes up to LIMIT (None: all). paramiko reads a channel that closed under a
+        read request as the file's end, so a dropped link would pass for a short file: a read
+        whose channel is gone when it returns is the link lost (the caller reads again)."""
+        data = remote.read(limit)
+        channel = remote.sftp.get_channel()
+        if channel.closed or channel.eof_sent or channel.eof_received:
+            raise EOFError("the SFTP channel closed during the read")
+        return data
 
     def write_bytes(self, path: str, data: bytes, folder_mode: int = 0o755) -> None:
         """Write atomically: a new temporary file beside PATH (exclusive create, so a symlink

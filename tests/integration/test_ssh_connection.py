@@ -1,8 +1,10 @@
 """The SSH layer against the real sshd: jump hosts, large output, exit statuses, transfers, one\nconnection shared by threads."""
 from __future__ import annotations
 
+import os
 import threading
 
+import paramiko
 import pytest
 
 from evalkit.session import Session
@@ -104,6 +106,38 @@ def test_threads_share_one_connection_and_reconnect_it_once_when_it_drops(testbe
         assert not errors, errors
         assert dropped.is_set()
         assert connection.generation == 2  # reconnected once, for every thread
+
+
+def test_a_read_whose_channel_closes_midway_is_a_lost_link_never_a_short_file(testbed, tmp_path, monkeypatch):
+    # paramiko takes a channel that closed under a read request for the file's end: the read
+    # returned the first 32 KB as if they were the whole file (seen in CI as a failed comparison
+    # after a drop); it must be a lost link, read again in full once reconnected
+    from evalkit.errors import ConnectionLost
+
+    path = tmp_path / "特征 features.json"
+    path.write_bytes(os.urandom(200_000))
+    read_chunk, closed = paramiko.SFTPFile._read, []
+
+    def read_then_lose_the_channel_once(remote, size):
+        data = read_chunk(remote, size)
+        if not closed:
+            closed.append(True)
+            remote.sftp.get_channel().shutdown_write()  # what a drop leaves: the next request cannot be sent
+        return data
+
+    monkeypatch.setattr(paramiko.SFTPFile, "_read", read_then_lose_the_channel_once)
+    target = resolve_target("seetacloud-v800", testbed.ssh_dir / "config")
+    with Connection(target) as connection, pytest.raises(ConnectionLost):
+        connection.read_bytes(str(path))
+    closed.clear()
+    with Connection(target) as connection, pytest.raises(ConnectionLost):
+        connection.read_range(str(path), 1000, 100_000)
+    closed.clear()
+    with Connection(target) as connection:
+        session = Session(connection)
+        session.resilient(60, lambda text: None, "give up")
+        assert session.read_bytes(str(path)) == path.read_bytes()
+        assert connection.generation == 2  # lost once, read whole on the next connection
 
 
 def test_a_session_waits_out_a_server_restart_longer_than_one_reconnect(testbed, tmp_path):
