@@ -12,6 +12,7 @@ from .diagnosis import Check
 from .errors import DoctorFailed, EvalkitError
 from .evaluation import Evaluation, Scope
 from .server import PROBE, ZEROSHOT, script_path, scripts_for
+from .session import Session
 from .ssh import Connection, Target, resolve_target
 from .uploads import upload_scripts
 
@@ -63,7 +64,7 @@ def run_doctor(settings: Settings, evaluation: Evaluation,
         return checks
     with connection:
         add(*_connection_checks(target, None))
-        evaluation, layout = _with_task(settings, evaluation)
+        evaluation, layout = _with_task(settings, evaluation, Session(connection))
         if layout is not None:
             add(layout)
             if not layout.ok:
@@ -88,13 +89,13 @@ def run_doctor(settings: Settings, evaluation: Evaluation,
     return checks
 
 
-def _with_task(settings: Settings, evaluation: Evaluation) -> tuple[Evaluation, Check | None]:
+def _with_task(settings: Settings, evaluation: Evaluation, session: Session) -> tuple[Evaluation, Check | None]:
     """EVALUATION with the task and split its dataset folder's layout says (as an evaluation
     decides them: dataset_layout.look, zeroshot.scoped), and the line saying so: none for
     retrieval, a ✗ when the folder has label_cn.txt but no split of class folders."""
-    from .dataset_layout import look  # its own connection, opened once the doctor's has passed
+    from .dataset_layout import look
     try:
-        layout = look(settings, [evaluation.dataset])[evaluation.dataset]
+        layout = look(settings, [evaluation.dataset], session)[evaluation.dataset]
         scope, note = zeroshot.scoped(Scope(evaluation.dataset, evaluation.split), layout)
     except EvalkitError as error:
         return evaluation, Check("task", False, error.message, error.hint)

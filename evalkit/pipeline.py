@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from .config import Settings
 from .diagnosis import preflight_call
 from .doctor import preflight
-from .errors import ConnectionLost, EvalkitError, RemoteStepFailed, RunLocked, SlurmRefused
+from .errors import ConnectionLost, EvalkitError, RemoteStepFailed, RunLocked, ServerFileError, SlurmRefused
 from .evaluation import CLASSIFICATION, Evaluation
 from .executors import executor_class
 from .executors.base import CancelResult, Executor, Launched, RemoteRun, RunGroup
@@ -146,10 +146,9 @@ def evaluate(settings: Settings, evaluation: Evaluation, reporter: Reporter, det
             store = LocalStore.of(settings)
             evaluation, facts, origin = _ready(session, executor, store, settings, evaluation, reporter)
             record = _new_run(store, settings, evaluation, hold, executor.group)
-            _keep_provenance(session, store, record, origin)
             try:
                 with _in_custody(executor, store, record, reporter) as custody:
-                    launched = _launch(executor, store, record)
+                    launched = _launch(executor, store, record, _provenance_file(record, origin))
                     record = _started(store, record, launched, reporter)
                     if detach:
                         (on_detached or _nothing)(record)
@@ -213,7 +212,7 @@ def _ready(session: Session, executor: Executor, store: LocalStore, settings: Se
         store.check_label_is_free(evaluation)
     if evaluation.runs_extraction:
         preflight(settings, evaluation, checks["preflight"])
-    session.check_transfer()  # a run that could not be followed must not start
+    _check_it_can_be_followed(session, executor)
     return evaluation, facts, None  # the provenance is gathered beside the steps (Plan.beside)
 
 
@@ -228,8 +227,15 @@ def _ready_to_classify(session: Session, executor: Executor, store: LocalStore, 
     refusal = zeroshot.refusal(*ran, zeroshot.check_command(settings, evaluation))
     if refusal is not None:
         raise refusal
-    session.check_transfer()
+    _check_it_can_be_followed(session, executor)
     return evaluation, None, _server_provenance(executor, settings, evaluation, ran)
+
+
+def _check_it_can_be_followed(session: Session, executor: Executor) -> None:
+    """A run that could not be followed must not start: an executor that reads the run's files
+    over SFTP is refused a server without it (TransferUnavailable) before the run, not after."""
+    if executor.follows_over_sftp:
+        session.check_transfer()
 
 
 def _new_run(store: LocalStore, settings: Settings, evaluation: Evaluation, hold: LaneHold | None,
@@ -249,10 +255,10 @@ def _new_run(store: LocalStore, settings: Settings, evaluation: Evaluation, hold
     return record
 
 
-def _launch(executor: Executor, store: LocalStore, record: RunRecord) -> Launched:
+def _launch(executor: Executor, store: LocalStore, record: RunRecord, files: dict[str, str]) -> Launched:
     try:
-        return executor.launch(_remote(record))
-    except (RunLocked, SlurmRefused):
+        return executor.launch(_remote(record), files)
+    except (RunLocked, SlurmRefused, ServerFileError):
         if executor.group.take(record.run_id):  # refused by the server: it never ran, nothing to cancel
             store.forget_record(record.run_id)
         raise
@@ -372,21 +378,14 @@ def _evalkit_version() -> str:
         return "unknown (not installed)"
 
 
-def _keep_provenance(session: Session, store: LocalStore, record: RunRecord, origin: dict | None) -> None:
-    """Beside the run's files on the server, so that `attach` (from any laptop) records it too;
-    written before the launch (the run's folder made as job.py makes it): a full disk refuses
-    the run before it starts, and no Ctrl-C meanwhile leaves anything running. When the facts are
-    gathered beside the steps (Plan.beside), what is written says where they will be."""
+def _provenance_file(record: RunRecord, origin: dict | None) -> dict[str, str]:
+    """The provenance, kept beside the run's files on the server so that `attach` (from any
+    laptop) records it too: written by the launch, before the driver starts (a full disk refuses
+    the run, nothing started). When the facts are gathered beside the steps (Plan.beside), what
+    is written says where they will be."""
     if origin is None and record.plan.beside_step(PROVENANCE_STEP) is not None:
         origin = {BESIDE: PROVENANCE_STEP}
-    if origin is None:
-        return
-    try:
-        session.write_bytes(_remote(record).path(PROVENANCE_FILE), json.dumps(origin, ensure_ascii=False).encode(),
-                            folder_mode=0o700)
-    except BaseException:
-        store.forget_record(record.run_id)  # never started
-        raise
+    return {} if origin is None else {PROVENANCE_FILE: json.dumps(origin, ensure_ascii=False)}
 
 
 BESIDE = "printed_beside_the_steps"  # provenance.json's only key when the facts are in beside-NAME.out

@@ -62,10 +62,15 @@ class Starter:
                 f"check the `activate` ({self.settings.activate}) and `python` ({self.settings.python}) settings: "
                 "the env must start in a login shell (python -m evalkit doctor)")
 
-    def finish(self, timeout: float) -> dict | None:
-        """Its last answer once it ended (job.py's action other than start); None without one."""
+    def make_current(self) -> None:
+        """Make the scripts current now (the first message carries nothing else): for an action
+        that streams (job.py events), whose output is read as it comes."""
         if self._unchecked is not None:
             self._make_current(b"")
+
+    def finish(self, timeout: float) -> dict | None:
+        """Its last answer once it ended (job.py's action other than start); None without one."""
+        self.make_current()
         _, stdout, _ = self.command.finish(b"", timeout)
         return last_marked_json(stdout, MARKER)
 
@@ -87,20 +92,22 @@ class Starter:
                        result["stderr"].encode("utf-8", "surrogateescape"))
                 for name, result in answered["helpers"].items()}
 
-    def start_run(self, run_dir: str, spec: dict[str, Any], timeout: float) -> dict:
-        """Write run.json, start the driver in the background; its answer once the driver holds
-        the lock (or could not)."""
-        started = self.ask({"run_dir": run_dir, "run": spec}, timeout)
+    def start_run(self, run_dir: str, spec: dict[str, Any], files: dict[str, str], timeout: float) -> dict:
+        """Write FILES ({name: text}, the provenance) and run.json, start the driver in the
+        background; its answer once the driver holds the lock (or could not), or which file
+        could not be written ({"not_written": {"path", "error"}}: nothing started)."""
+        started = self.ask({"run_dir": run_dir, "run": spec, "beside_run": files}, timeout)
         if started is None:
             exit_code, _, _ = self.command.finish(b"", timeout)
             raise RemoteStepFailed(f"could not start the run on the server (status {exit_code})",
                                    "check the `activate` and `python` settings (python -m evalkit doctor)")
         return started
 
-    def submit_run(self, run_dir: str, spec: dict[str, Any], submit: dict[str, Any], timeout: float) -> dict:
-        """Write run.json and hand the driver to a scheduler: SUBMIT's script, run by its argv (sbatch);
-        {"exit_code", "stdout", "stderr"} of that command."""
-        submitted = self.ask({"run_dir": run_dir, "run": spec, "submit": submit}, timeout)
+    def submit_run(self, run_dir: str, spec: dict[str, Any], files: dict[str, str], submit: dict[str, Any],
+                   timeout: float) -> dict:
+        """Write FILES and run.json (as start_run) and hand the driver to a scheduler: SUBMIT's
+        script, run by its argv (sbatch); {"exit_code", "stdout", "stderr"} of that command."""
+        submitted = self.ask({"run_dir": run_dir, "run": spec, "beside_run": files, "submit": submit}, timeout)
         if submitted is None:
             exit_code, _, _ = self.command.finish(b"", timeout)
             raise RemoteStepFailed(f"could not submit the run on the server (status {exit_code})",

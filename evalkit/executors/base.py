@@ -132,6 +132,8 @@ class Executor(ABC):
     # whether the event stream's heartbeat says if the run's driver lives (it runs where the
     # stream's job.py runs); else the follower asks `state` every few seconds
     liveness_on_stream = True
+    # whether following a run reads its files over SFTP (else the event stream and job.py say all)
+    follows_over_sftp = False
 
     def __init__(self, connection: "Connection", settings: Settings, group: RunGroup | None = None) -> None:
         self.connection, self.settings = connection, settings
@@ -144,9 +146,11 @@ class Executor(ABC):
     def run_scripts(self, calls: dict[str, ServerCall], timeout: float) -> dict[str, CallResult]: ...
 
     @abstractmethod
-    def launch(self, run: RemoteRun) -> Launched:
-        """Start RUN's driver; return once it holds the checkpoint directory's lock. Raises
-        RunLocked when another run holds it, RemoteStepFailed when the driver could not start."""
+    def launch(self, run: RemoteRun, files: dict[str, str] | None = None) -> Launched:
+        """Write FILES ({name: text}) in RUN's folder, then start RUN's driver; return once it holds
+        the checkpoint directory's lock. Raises RunLocked when another run holds it,
+        ServerFileError when a file could not be written (nothing started), RemoteStepFailed
+        when the driver could not start."""
 
     @abstractmethod
     def open_events(self, run: RemoteRun, position: str) -> "PendingCommand":

@@ -104,19 +104,21 @@ class SlurmExecutor(SshExecutor):
     # the event stream's job.py runs on the login node, the driver on a compute node: Slurm says
     # whether the job lives (state), the stream only what the run's files, shared, say
     liveness_on_stream = False
+    follows_over_sftp = True  # state() reads the run's status.json and slurm.json
 
     def __init__(self, connection: "Connection", settings: Settings, group: RunGroup | None = None) -> None:
         super().__init__(connection, settings, group)
         self.missing_since: dict[str, float] = {}  # run id -> when squeue first did not list its job
 
-    def launch(self, run: RemoteRun) -> Launched:
+    def launch(self, run: RemoteRun, files: dict[str, str] | None = None) -> Launched:
         """Submit the job; return at once (Slurm decides when it starts: the lock is taken then)."""
         name = slurm_job.job_name(run.run_id, run.plan.label)
         script = slurm_batch_script(self.settings, run.run_id, run.plan.label, run.directory)
-        submitted = self._starter().submit_run(run.directory, run_spec(run),
+        submitted = self._starter().submit_run(run.directory, run_spec(run), files or {},
                                                {"script": script, "argv": slurm_job.sbatch_argv(run.directory),
                                                 "name": name},
                                                START_TIMEOUT + self.settings.connect_timeout * 4)
+        self.check_written(submitted)
         # the server found the id: in sbatch's output among a site's notices, else in the queue by
         # the job's name; no job of it in the queue is the one proof that nothing runs
         job_id = submitted.get("job_id")

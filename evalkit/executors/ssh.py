@@ -1,23 +1,22 @@
 """The `ssh` executor: the run's driver as a detached process on the server, started by the
-run's starter (starter.py) and asked about and cancelled through remote/job.py."""
+run's starter (starter.py) and asked about and cancelled through remote/job.py, always through
+the bootstrap (which makes job.py current on the way): nothing of a run needs SFTP."""
 from __future__ import annotations
 
 import json
 
-from ..errors import RemoteStepFailed, RunLocked
+from ..errors import RemoteStepFailed, RunLocked, TransferUnavailable
 from ..plan import step_outputs
-from ..progress import last_marked_json
-from ..server import DRIVER_SCRIPTS, JOB_RUNNER, ServerCall, in_server_env, script_call
+from ..server import DRIVER_SCRIPTS, ServerCall
 from ..config import Settings
 from ..ssh import Connection, PendingCommand
-from ..uploads import upload_scripts
-from ..starter import MARKER, START_TIMEOUT, Starter
+from ..ssh.server_disk import write_failure
+from ..starter import START_TIMEOUT, Starter
 from .base import CallResult, CancelResult, Executor, JobState, Launched, RemoteRun, RunGroup
 
 
 class SshExecutor(Executor):
     starter: Starter | None = None
-    job_runner_sent = False  # by the starter, or over SFTP before the first job.py call without one
     # (the connection's generation it was read in, the server's boot id): asked every few seconds
     # while a run is followed, it cannot change within one SSH session; a reconnect may meet a
     # rebooted server
@@ -29,17 +28,18 @@ class SshExecutor(Executor):
 
     def prepare(self, scripts: list[str]) -> None:
         self.starter = Starter.begin(self.connection, self.settings, scripts)
-        self.job_runner_sent = JOB_RUNNER in scripts
 
     def run_scripts(self, calls: dict[str, ServerCall], timeout: float) -> dict[str, CallResult]:
         return self._starter().run_scripts(calls, timeout)
 
-    def launch(self, run: RemoteRun) -> Launched:
+    def launch(self, run: RemoteRun, files: dict[str, str] | None = None) -> Launched:
         """The starter stays after the start, pushing the run's events on its channel: the
         follower sees each step's output and end as the server writes them."""
         plan = run.plan
         starter = self._starter()
-        started = starter.start_run(run.directory, run_spec(run), START_TIMEOUT + self.settings.connect_timeout * 4)
+        started = starter.start_run(run.directory, run_spec(run), files or {},
+                                    START_TIMEOUT + self.settings.connect_timeout * 4)
+        self.check_written(started)
         status = started.get("status") or {}
         if status.get("state") == "crashed":
             raise RemoteStepFailed(f"the run's driver failed on the server: {status.get('error')}",
@@ -61,20 +61,30 @@ class SshExecutor(Executor):
         self.streams.append(starter.command)
         return Launched(bool(started["driver"].get("took_over_stale_lock")), starter.command)
 
+    def check_written(self, answer: dict) -> None:
+        """ServerFileError when the starter could not write the run's files (nothing started)."""
+        failed = answer.get("not_written")
+        if failed:
+            raise write_failure(self.connection.capture, failed["path"], failed["error"], self.settings.connect_timeout)
+
     def open_events(self, run: RemoteRun, position: str) -> PendingCommand:
-        self._send_job_runner()
-        call = script_call(self.settings, JOB_RUNNER, ["events", "--run-dir", run.directory, "--from", position])
-        stream = self.connection.start_command(in_server_env(self.settings, call))
-        self.streams.append(stream)
-        return stream
+        """job.py events through the bootstrap (job.py made current on the way, no SFTP)."""
+        starter = Starter.begin(self.connection, self.settings, list(DRIVER_SCRIPTS),
+                                ("events", "--run-dir", run.directory, "--from", position))
+        starter.make_current()
+        self.streams.append(starter.command)
+        return starter.command
 
     def state(self, run: RemoteRun) -> JobState:
         """From the run's files and /proc over SFTP (a few reads, no login shell: cheap enough to
-        ask every few seconds); through job.py where /proc cannot be read."""
-        status, driver = self._read_json(run.path("status.json")), self._read_json(run.path("driver.json"))
-        alive = self._is_alive(driver)
+        ask every few seconds); through job.py where /proc, or SFTP, is not there."""
+        try:
+            status, driver = self._read_json(run.path("status.json")), self._read_json(run.path("driver.json"))
+            alive = self._is_alive(driver)
+        except TransferUnavailable:
+            alive = None
         if alive is None:
-            return JobState.from_answer(self._job_call(run, "state", timeout=60))
+            return JobState.from_answer(self.states_of([run])[0])
         return JobState.from_answer({"status": status, "driver_alive": alive})
 
     def look_all(self, runs: list[RemoteRun]) -> dict[str, JobState]:
@@ -89,10 +99,10 @@ class SshExecutor(Executor):
         return self.job_answer(("logs", "--run-dir", run.directory, "--steps", str(len(run.plan.steps))),
                                "steps")["steps"]
 
-    def job_answer(self, job_args: tuple[str, ...], key: str) -> dict:
+    def job_answer(self, job_args: tuple[str, ...], key: str, timeout: float = START_TIMEOUT) -> dict:
         """job.py JOB_ARGS in one exec, through the bootstrap (which makes job.py current on the
         way: no upload over SFTP first); its answer, which holds KEY."""
-        found = Starter.begin(self.connection, self.settings, list(DRIVER_SCRIPTS), job_args).finish(START_TIMEOUT)
+        found = Starter.begin(self.connection, self.settings, list(DRIVER_SCRIPTS), job_args).finish(timeout)
         if found is None or key not in found:
             raise RemoteStepFailed(f"job.py {job_args[0]} printed nothing",
                                    "check the `python` setting (python -m evalkit doctor)")
@@ -127,7 +137,8 @@ class SshExecutor(Executor):
         return found if isinstance(found, dict) else None
 
     def cancel(self, run: RemoteRun, grace: float = 10.0) -> CancelResult:
-        return CancelResult.from_answer(self._job_call(run, "cancel", timeout=grace + 60, grace=grace))
+        return CancelResult.from_answer(self.job_answer(("cancel", "--run-dir", run.directory, "--grace", f"{grace:g}"),
+                                                        "remaining", timeout=grace + START_TIMEOUT))
 
     def close(self) -> None:
         """The starter (not needed after all) and every event stream end: they see EOF on stdin."""
@@ -140,21 +151,6 @@ class SshExecutor(Executor):
         if self.starter is None:
             raise RuntimeError("SshExecutor.prepare() must come first")
         return self.starter
-
-    def _send_job_runner(self) -> None:
-        if not self.job_runner_sent:  # status, cancel or attach from another evalkit version's run
-            upload_scripts(self.connection, self.settings, list(DRIVER_SCRIPTS))
-            self.job_runner_sent = True
-
-    def _job_call(self, run: RemoteRun, action: str, timeout: float, grace: float = 10.0) -> dict:
-        self._send_job_runner()
-        call = script_call(self.settings, JOB_RUNNER, [action, "--run-dir", run.directory, "--grace", f"{grace:g}"])
-        _, stdout, _ = self.connection.capture(in_server_env(self.settings, call), timeout=timeout)
-        found = last_marked_json(stdout, MARKER)
-        if found is None:
-            raise RemoteStepFailed(f"job.py {action} printed nothing for run {run.run_id}",
-                                   "check the `python` setting (python -m evalkit doctor)")
-        return found
 
 
 def run_spec(run: RemoteRun) -> dict:

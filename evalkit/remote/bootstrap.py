@@ -166,7 +166,8 @@ def main(folder, script, args):
     answer({"missing": missing})
     if missing:
         held, sent = [], read_request()
-        while sent is not None and "files" not in sent:  # SCRIPT's first message, sent with the digests
+        # SCRIPT's first message, sent with the digests (no message of job.py's has a "files" key)
+        while sent is not None and "files" not in sent:
             held.append(sent)
             sent = read_request()
         if sent is None:

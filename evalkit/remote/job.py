@@ -601,6 +601,9 @@ def start(timeout):
         {"status", "driver"} once it holds the lock (driver.json) or has finished already
         (status.json: refused, crashed); then the run's events (stream_events), from its first
         step, until it ends and stdin does.
+    Either run request may hold "beside_run": {NAME: TEXT} written beside run.json first (the
+    provenance); a file that cannot be written (a full disk) is answered {"not_written": {"path",
+    "error"}}, and nothing is started, nor left in the run's folder.
 
     An empty stdin (EOF) means no run after all."""
     request = read_request()
@@ -610,9 +613,11 @@ def start(timeout):
     if request is None:
         return
     run_dir = request["run_dir"]
-    make_dirs(run_dir, 0o700)  # the run's commands and output: the user's alone
-    keep_reserve(run_dir)
-    write_atomically(os.path.join(run_dir, "run.json"), json.dumps(request["run"], ensure_ascii=False))
+    not_written = write_run_files(run_dir, {**request.get("beside_run", {}),
+                                            "run.json": json.dumps(request["run"], ensure_ascii=False)})
+    if not_written is not None:
+        answer({"not_written": not_written})
+        return
     if "submit" in request:  # a scheduler starts the driver (executors/slurm.py)
         answer(submit(run_dir, request["submit"]))
         return
@@ -625,6 +630,25 @@ def start(timeout):
     os.close(bell_end)
     answer(wait_for_driver(run_dir, driver, bell, timeout))
     stream_events(run_dir, Position(), bell, driver)
+
+
+def write_run_files(run_dir, files):
+    """The run's folder (the user's alone: the run's commands and output), its reserve and FILES
+    ({NAME: TEXT}, run.json last); None once written, else {"path", "error"} of the first that
+    could not be, with every file of them removed again."""
+    written, path = [], run_dir
+    try:
+        make_dirs(run_dir, 0o700)
+        keep_reserve(run_dir)
+        for name, text in files.items():
+            path = os.path.join(run_dir, os.path.basename(name))  # a name, never a path elsewhere
+            write_atomically(path, text)
+            written.append(path)
+    except OSError as exc:
+        for path_written in [*written, os.path.join(run_dir, RESERVE)]:
+            remove(path_written)
+        return {"path": path, "error": exc.strerror or str(exc)}
+    return None
 
 
 def submit(run_dir, request):

@@ -191,8 +191,8 @@ class Connection:
             transport = client.get_transport()
             if transport is not None and transport.is_active():  # the link is fine: SFTP was refused
                 raise TransferUnavailable(
-                    f"{self.target.alias} ({self.target.address}) has no SFTP subsystem: evalkit reads "
-                    "and writes a run's files over SFTP",
+                    f"{self.target.alias} ({self.target.address}) has no SFTP subsystem: this needs it "
+                    "(`logs --follow`, the doctor's upload and Slurm runs read or write files over SFTP)",
                     "enable it on the server (OpenSSH: `Subsystem sftp /usr/lib/openssh/sftp-server` in "
                     "sshd_config; dropbear: install its sftp-server), then run again") from exc
             raise self._lost(exc) from exc

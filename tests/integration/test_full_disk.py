@@ -38,14 +38,17 @@ def _nothing_half_written(bed) -> None:
         assert processes_of(run_dir.name) == []
 
 
-def test_a_full_disk_during_the_provenance_write_ends_the_run_naming_the_disk(testbed, small_disk):
-    client = launch_one_shot(testbed, env=filled_at("evalkit.pipeline:_keep_provenance", small_disk))
+def test_a_full_disk_at_the_launch_refuses_the_run_naming_the_disk(testbed, small_disk):
+    # the launch writes the provenance and run.json before it starts the driver
+    client = launch_one_shot(testbed, env=filled_at("evalkit.executors.ssh:SshExecutor.launch", small_disk))
     out, err = client.communicate(timeout=300)
     assert client.returncode == ServerFileError.exit_code, err + out
-    assert f"the server's disk at {small_disk} is full (" in " ".join(err.split()), err
-    assert "provenance.json could not be written" in " ".join(err.split())
+    said = " ".join(err.split())
+    assert f"the server's disk at {small_disk} is full (" in said, err
+    assert "provenance.json could not be written" in said or "run.json could not be written" in said, err
     assert "connection lost" not in out + err and "reconnect" not in out + err
-    [run_dir] = run_dirs(testbed)  # written before the launch: nothing was started
+    assert "cancel" not in out + err  # nothing was started
+    [run_dir] = run_dirs(testbed)
     assert list(run_dir.iterdir()) == []  # no temporary file either
     assert not list(LocalStore(testbed.results_dir).runs_dir.glob("2*.json"))  # nor its record
     _nothing_half_written(testbed)

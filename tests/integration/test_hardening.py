@@ -62,12 +62,29 @@ def sshd_without_sftp(testbed, tmp_path):
         yield server
 
 
-def test_a_server_without_sftp_is_refused_before_any_run_starts(testbed, sshd_without_sftp):
-    run = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint))
-    _assert_clean_failure(run, TransferUnavailable.exit_code, "has no SFTP subsystem", "Subsystem sftp")
-    assert "reconnect" not in run.stdout + run.stderr
-    assert run_dirs(testbed) == []  # nothing was started that could not be followed
-    assert not (testbed.results_dir / "runs").exists() or not list((testbed.results_dir / "runs").glob("2*.json"))
+def test_a_server_without_sftp_serves_a_run_its_attach_status_logs_and_cancel(testbed, sshd_without_sftp):
+    # a run is followed on its event stream, and everything else asks job.py through the
+    # bootstrap on exec channels: no part of a run needs SFTP
+    run_id = _detached(testbed, "--skip-image-to-text")
+    config = ("--config", str(testbed.config))
+    listed = _evalkit("status", *config)
+    assert listed.returncode == 0 and run_id in listed.stdout, listed.stderr
+    attached = _evalkit("attach", run_id, *config, timeout=300)
+    assert attached.returncode == 0, attached.stderr
+    assert (testbed.results_dir / SPEC.name / SPEC.split / TEAM / "text_to_image_results.json").exists()
+    logged = _evalkit("logs", run_id, *config)
+    assert logged.returncode == 0 and "### step extract" in logged.stdout, logged.stderr
+    cancelled = _evalkit("cancel", run_id, *config, "--grace", "1")
+    assert "Traceback" not in cancelled.stderr and "SFTP" not in cancelled.stdout + cancelled.stderr, cancelled.stderr
+    assert processes_of(run_id) == []
+
+
+def test_logs_follow_without_sftp_says_what_is_missing(testbed, sshd_without_sftp):
+    # `logs --follow` reads the run's files as they grow, over SFTP
+    run_id = _detached(testbed, "--skip-image-to-text")
+    followed = _evalkit("logs", run_id, "--follow", "--config", str(testbed.config), timeout=300)
+    _assert_clean_failure(followed, TransferUnavailable.exit_code, "has no SFTP subsystem", "Subsystem sftp")
+    _clean_up(testbed, run_id)
 
 
 def test_debians_own_sftp_server_program_serves_a_whole_run(testbed, tmp_path):
