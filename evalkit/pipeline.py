@@ -43,6 +43,7 @@ from .server import PROBE, PROVENANCE, ZEROSHOT, run_dir, scripts_for
 from .server_outputs import ServerFacts
 from .session import Session
 from .ssh import Connection, PendingCommand, resolve_target
+from .starter import Starter
 from .store import LocalStore
 from .summary import build_summary
 
@@ -86,10 +87,14 @@ def looking(settings: Settings) -> Iterator[Session]:
     sweep_connection), which closes it: one connection and one authentication per command."""
     key = _host_of(settings)
     with _KEPT_LOCK:
-        if key not in _KEPT:
+        first = key not in _KEPT
+        if first:
             _KEPT[key] = Connection(resolve_target(settings.host, settings.ssh_config_path), settings.connect_timeout)
         connection = _KEPT[key]
-    yield Session(connection.open())
+    connection.open()
+    if first:  # its evaluation's starter, begun while the look goes on (starter.py begin_early)
+        Starter.begin_early(connection, settings)
+    yield Session(connection)
 
 
 def _host_of(settings: Settings) -> tuple:

@@ -12,10 +12,11 @@ run and the run itself. Its protocol, one JSON line each way (answers marked EVA
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 from .config import Settings
-from .errors import RemoteStepFailed
+from .errors import EvalkitError, RemoteStepFailed
 from .progress import last_marked_json
 from .server import BOOTSTRAP, JOB_RUNNER, ServerCall, in_server_env, scripts_dir
 from .ssh import Connection, PendingCommand
@@ -39,8 +40,19 @@ class Starter:
         """Start it; SCRIPTS (job.py among them) are made current on the server with the first
         message (ask, finish), in the same round trip: a failing `activate`, or an unsafe
         scripts folder, is reported there. JOB_ARGS: what job.py does then (another action than
-        start: `status`'s one ask, read with finish())."""
-        return cls(connection.start_command(start_command(settings, job_args)), settings, scripts)
+        start: `status`'s one ask, read with finish()). The command begun early (begin_early) on
+        CONNECTION, if any, is taken rather than a new one."""
+        command = start_command(settings, job_args)
+        early = _Early.take(connection, command)
+        return cls(early or connection.start_command(command), settings, scripts)
+
+    @staticmethod
+    def begin_early(connection: Connection, settings: Settings) -> None:
+        """Begin a run's starter in the background now, before the run's scripts are known: the
+        server's login shell, the env's activation (`conda activate`: up to a second) and python
+        start while the laptop looks at the dataset and decides; the first begin() of a run on
+        CONNECTION takes it. Unused, it ends with the connection."""
+        _Early.begin(connection, start_command(settings))
 
     def _make_current(self, then: bytes) -> None:
         """The scripts' digests, THEN (the first message, which the bootstrap keeps for job.py
@@ -117,6 +129,49 @@ class Starter:
     def abandon(self) -> None:
         """Not needed (any more): it sees EOF and ends; a started run goes on without it."""
         self.command.abandon()
+
+
+class _Early:
+    """A starter's command begun in a thread of its own (opening its channel and its exec each
+    wait for the server), by (connection, command); taken once."""
+
+    _begun: dict[tuple[int, str], "_Early"] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection  # held: while it waits, no other connection can take its id
+        self.generation = connection.generation
+        self.command: PendingCommand | None = None
+        self.thread: threading.Thread | None = None
+
+    @classmethod
+    def begin(cls, connection: Connection, command: str) -> None:
+        early = cls(connection)
+        early.thread = threading.Thread(target=early._start, args=(connection, command), daemon=True)
+        with cls._lock:
+            if cls._begun.setdefault((id(connection), command), early) is not early:
+                return  # one is begun already
+        early.thread.start()
+
+    def _start(self, connection: Connection, command: str) -> None:
+        try:
+            self.command = connection.start_command(command)
+        except EvalkitError:
+            pass  # the link failed: taking it begins the starter anew, which says why if it fails again
+
+    @classmethod
+    def take(cls, connection: Connection, command: str) -> PendingCommand | None:
+        """The command begun early on CONNECTION, once started; None when there is none, or the
+        connection has been opened anew since (a reconnect)."""
+        with cls._lock:
+            early = cls._begun.pop((id(connection), command), None)
+        if early is None or early.thread is None:
+            return None
+        early.thread.join()  # bounded: opening a channel waits connect_timeout at most
+        if early.command is not None and early.generation != connection.generation:
+            early.command.abandon()
+            return None
+        return early.command
 
 
 def _line(message: dict) -> bytes:
