@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from evalkit.progress import is_protocol_line
-
 from .conftest import DATASETS, REPO
-from .server_runs import launch_one_shot
+from .server_runs import assert_every_step_whole, launch_one_shot, logs_argv, step_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -59,38 +55,14 @@ def test_logs_follow_of_a_running_run_reads_its_event_stream_to_the_end_with_no_
     assert json.loads((run_dir / "status.json").read_text())["state"] == "succeeded"
     # the steps' start, output and end came as events on one exec channel, as a followed run's do
     assert json.loads(counts.read_text())["at_exit"]["sftp_requests"] == 0
-    steps = json.loads((run_dir / "run.json").read_text())["steps"]
-    headings = [line for line in followed.stdout.splitlines() if line.startswith("### step ")]
-    assert headings == [line for step in steps for line in (f"### step {step['name']}: {step['title']}",
-                                                           f"### step {step['name']} exited 0")]
-    # each step's stdout and stderr as they came, interleaved: each stream whole and in its order
-    for index, shown in enumerate(_step_outputs(followed.stdout)):
-        streams = [_without_marked_lines(run_dir / f"step-{index}.{suffix}") for suffix in ("out", "err")]
-        assert len(shown) == sum(map(len, streams)), steps[index]["name"]
-        assert all(_is_in_order_within(stream, shown) for stream in streams), steps[index]["name"]
+    assert_every_step_whole(followed.stdout, run_dir)
     at_once = _logs(testbed, run_id)  # read once the run had ended: stdout then stderr of each step
     assert at_once.returncode == 0, at_once.stderr
-    assert list(map(sorted, _step_outputs(at_once.stdout))) == list(map(sorted, _step_outputs(followed.stdout)))
+    assert list(map(sorted, step_outputs(at_once.stdout))) == list(map(sorted, step_outputs(followed.stdout)))
 
 
 def _logs(bed, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`logs ARGS`, its output as printed: a tqdm bar's \r kept (text mode would make it \n)."""
-    done = subprocess.run([sys.executable, "-m", "evalkit", "logs", *args, "--config", str(bed.config)],
-                          capture_output=True, cwd=REPO, timeout=300, env={**os.environ, "COLUMNS": "200", **(env or {})})
+    done = subprocess.run(logs_argv(bed, *args), capture_output=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
     return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
 
-
-def _step_outputs(logs: str) -> list[str]:
-    """What `logs` showed of each step, between its heading and its exit line."""
-    return [part.split("\n", 1)[1] for part in re.split(r"### step \S+ exited -?\d+\n", logs) if part]
-
-
-def _without_marked_lines(path: Path) -> str:
-    lines = re.split(r"(?<=\n)", path.read_bytes().decode("utf-8", "replace"))
-    return "".join(line for line in lines if not is_protocol_line(line))
-
-
-def _is_in_order_within(part: str, whole: str) -> bool:
-    """Whether PART's characters are in WHOLE in their order (others between them)."""
-    rest = iter(whole)
-    return all(character in rest for character in part)
