@@ -110,7 +110,9 @@ def followed_logs(session: Session, executor: Executor, run: RemoteRun) -> Itera
         while not said.is_done:
             for event in stream.next(0.5):
                 liveness.heard(event, said.when())
-                yield said.text_of(event)
+                text = said.text_of(event)
+                if text:
+                    yield text
                 if said.is_done:
                     return
             liveness.check(said.when())
