@@ -89,8 +89,7 @@ class EventsText:
         if isinstance(event, RunEnded):
             self.is_done = True
             if self.running is not None:  # no exit code will come: say why, as `attach` would
-                check_alive(JobState.from_answer({"status": event.status}), self.run,
-                            f"during step {self.running.step.name!r}")
+                check_alive(JobState.from_answer({"status": event.status}), self.run, self.when())
         return ""
 
     def when(self) -> str:
