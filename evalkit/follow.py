@@ -1,6 +1,7 @@
 """Following a run's steps on the server: the files its driver writes (step-N.started, .out,
 .err, .exit and status.json), pushed as events by remote/job.py as it reads them there
-(Follower, event_stream.py), or read over SFTP from the offsets already reached (`logs`).
+(event_stream.py). The Follower shows them as a run's progress; `logs --follow` as text
+(run_logs.py); both know whether the driver lives the same way (Liveness).
 
 Nothing here re-runs a step: the server runs each step once, and the client only reads, so
 after a reconnect (session.py) no output line is lost or shown twice.
@@ -14,55 +15,17 @@ from typing import BinaryIO, Callable, Iterator
 from . import clock
 from .errors import ConnectionLost, DriverGone, RemoteStepFailed
 from .event_stream import EventStream
-from .events import Beat, Event, Output, RunEnded, StepEnded, StepStarted
+from .events import STREAMS, Beat, Event, Output, RunEnded, StepEnded, StepStarted
 from .executors.base import Executor, JobState, RemoteRun
 from .outcome import Reporter, RunOutcome, StepResult
 from .plan import Step
-from .progress import Event as ProgressEvent, LogLine, ProgressUpdate, ProtocolFilter, StreamSplitter
+from .progress import Event as ProgressEvent, LogLine, ProgressUpdate, StreamSplitter
 from .session import Session
 from .ssh import PendingCommand
 from .ssh.server_disk import FULL_DISK_TEXTS, filled_up
 
-READ_CHUNK = 1 << 20
 TAIL_LINES = 30
-SLOWEST_POLL = 0.25  # `logs --follow`: between looks at the run's files over SFTP
 LIVENESS_EVERY = 10.0     # seconds between asking whether the driver still lives (a death is seen in ~10 s)
-STREAMS = {"stdout": "out", "stderr": "err"}
-
-
-def step_base(run: RemoteRun, step: Step) -> str:
-    """The name its files share in the run directory: step-N (.started, .out, .err, .exit)."""
-    return f"step-{run.plan.steps.index(step)}"
-
-
-class StepFiles:
-    """One step's files in the run directory, and how far each output file has been read."""
-
-    def __init__(self, session: Session, run: RemoteRun, step: Step) -> None:
-        self.session = session
-        self.base = run.path(step_base(run, step))
-        self.offsets = {stream: 0 for stream in STREAMS}
-
-    def has_started(self) -> bool:
-        return self.session.size_of(f"{self.base}.started") is not None
-
-    def outcome(self) -> tuple[int, float | None] | None:
-        """(exit code, seconds the step ran on the server), or None while it runs."""
-        path = f"{self.base}.exit"
-        if self.session.size_of(path) is None:
-            return None
-        fields = self.session.read_bytes(path).decode().split()
-        return int(fields[0]), float(fields[1]) if len(fields) > 1 else None
-
-    def read_new(self, stream: str) -> bytes:
-        """What STREAM's file gained since the last read (at most READ_CHUNK bytes)."""
-        path, offset = f"{self.base}.{STREAMS[stream]}", self.offsets[stream]
-        size = self.session.size_of(path)
-        if size is None or size <= offset:
-            return b""
-        chunk = self.session.read_range(path, offset, min(READ_CHUNK, size - offset))
-        self.offsets[stream] += len(chunk)
-        return chunk
 
 
 class Follower:
@@ -75,7 +38,7 @@ class Follower:
         self.reporter, self.log, self.step_timeout = reporter, log, step_timeout
         self.stream = EventStream(session, executor, run, events)  # EVENTS: the launch's channel, if any
         self.detail: str | None = None  # the scheduler's last word on the run (JobState.detail)
-        self.liveness = _Liveness(run, self._state)
+        self.liveness = Liveness(executor, run, self._state)
         self.printed: dict[str, bytes] = {}  # the last ended step's stdout, by its name
         self.status: dict | None = None      # status.json, once the run's end came
         self.pending: collections.deque[Event] = collections.deque()  # received, not yet taken
@@ -160,11 +123,9 @@ class Follower:
             self.pending.extend(self.stream.next(0.5))
         while self.pending:  # what a step's end leaves here is the next step's
             event = self.pending.popleft()
-            if isinstance(event, Beat) and not event.alive and self.executor.liveness_on_stream:
-                check_alive(JobState(None, False), self.run, when)
+            self.liveness.heard(event, when)
             yield event
-        if not self.executor.liveness_on_stream:
-            self.liveness.check(when)
+        self.liveness.check(when)
         if step is not None and started is not None and time.monotonic() - started > self.step_timeout:
             raise ConnectionLost(f"step {step.name!r} ran longer than step_timeout ({self.step_timeout:.0f} s)",
                                  f"raise step_timeout in the config file; cancel the run with "
@@ -207,45 +168,23 @@ def remember(tail: collections.deque, event: ProgressEvent) -> None:
         tail.append(f"{event.description + ': ' if event.description else ''}{event.n:g}{total}")
 
 
-def read_logs(session: Session, run: RemoteRun, follow: bool,
-              state: Callable[[], JobState] | None = None) -> Iterator[str]:
-    """Each step's stdout then stderr as text; with FOLLOW, waits for steps still to come,
-    asking STATE every LIVENESS_EVERY seconds whether the run's driver still lives."""
-    alive = _Liveness(run, state)
-    for step in run.plan.steps:
-        files = StepFiles(session, run, step)
-        while not files.has_started():
-            if not follow or session.size_of(run.path("status.json")) is not None:
-                return
-            alive.check(f"before step {step.name!r}")
-            time.sleep(SLOWEST_POLL)
-        yield f"### step {step.name}: {step.title}\n"
-        # evalkit's marked lines are for the laptop: a person (or a file) gets upstream's output
-        filters = {stream: ProtocolFilter() for stream in STREAMS}
-        while True:
-            finished = files.outcome()  # before reading: then nothing is missed
-            for stream in STREAMS:
-                while chunk := files.read_new(stream):
-                    yield filters[stream].feed(chunk.decode("utf-8", "replace"))
-            if finished is not None:
-                yield "".join(f.close() for f in filters.values())
-                yield f"### step {step.name} exited {finished[0]}\n"
-                break
-            if not follow:
-                return
-            alive.check(f"during step {step.name!r}")
-            time.sleep(SLOWEST_POLL)
-        if finished[0] != 0:
-            return
 
 
-class _Liveness:
-    """Asks whether the driver lives at most every LIVENESS_EVERY seconds of waiting."""
+class Liveness:
+    """Whether the run's driver lives, as the executor can tell: the event stream's heartbeat
+    says so where job.py runs beside the driver (liveness_on_stream); elsewhere (a Slurm job on
+    a compute node) STATE is asked at most every LIVENESS_EVERY seconds of following."""
 
-    def __init__(self, run: RemoteRun, state: Callable[[], JobState] | None) -> None:
-        self.run, self.state, self.last = run, state, time.monotonic()
+    def __init__(self, executor: Executor, run: RemoteRun, state: Callable[[], JobState]) -> None:
+        self.is_on_stream, self.run, self.state = executor.liveness_on_stream, run, state
+        self.last = time.monotonic()
+
+    def heard(self, event: Event, when: str) -> None:
+        """DriverGone when EVENT is a heartbeat saying the driver is gone (the run not ended)."""
+        if isinstance(event, Beat) and not event.alive and self.is_on_stream:
+            check_alive(JobState(None, False), self.run, when)
 
     def check(self, when: str) -> None:
-        if self.state is not None and time.monotonic() - self.last > LIVENESS_EVERY:
+        if not self.is_on_stream and time.monotonic() - self.last > LIVENESS_EVERY:
             check_alive(self.state(), self.run, when)
             self.last = time.monotonic()

@@ -28,14 +28,14 @@ from .errors import ConnectionLost, EvalkitError, RemoteStepFailed, RunLocked, S
 from .evaluation import CLASSIFICATION, Evaluation
 from .executors import executor_class
 from .executors.base import CancelResult, Executor, Launched, RemoteRun, RunGroup
-from .follow import Follower, read_logs
+from .follow import Follower
 from .gpu_lane import LaneHold
 from .outcome import Reporter, RunOutcome
 from .provenance import RUN_FILE as PROVENANCE_FILE, build_provenance, facts_printed as provenance_facts, \
     provenance_call
 from .plan import PROVENANCE_STEP, Step, build_plan, inspect_call, inspect_command
 from .readiness import decide, locate
-from .run_logs import logs_text
+from .run_logs import followed_logs, logs_text
 from .run_outputs import Collected, OutputRecorder, result_paths, take_results
 from .run_record import RunRecord, new_record, new_run_id
 from . import zeroshot
@@ -447,15 +447,18 @@ def cancel_group(settings: Settings, group: RunGroup, grace: float = 10.0) -> di
         return executor.cancel_all(runs, grace)
 
 
-def logs(record: RunRecord, follow: bool) -> Iterator[str]:
-    """Each step's output as text, step by step; with FOLLOW until the run ends."""
+def logs(record: RunRecord, follow: bool, note: Callable[[str], None] = _nothing) -> Iterator[str]:
+    """Each step's output as text, step by step: what the server has, in one ask; with FOLLOW
+    as the run's event stream brings it, until the run ends, reconnecting (telling NOTE) as a
+    followed run does."""
     run = _remote(record)
     with connected(record.settings) as (session, executor):
-        answered = None if follow else executor.step_logs(run)
-        if answered is not None:
-            yield from logs_text(run.plan.steps, answered)
+        if not follow:
+            yield from logs_text(run.plan.steps, executor.step_logs(run))
             return
-        yield from read_logs(session, run, follow, state=lambda: executor.state(run))
+        session.resilient(record.settings.reconnect_timeout, note,
+                          f"follow it again: python -m evalkit logs -f {record.run_id}")
+        yield from followed_logs(session, executor, run)
 
 
 def _remote(record: RunRecord) -> RemoteRun:

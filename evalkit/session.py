@@ -59,8 +59,8 @@ class Session:
                     continue  # refused or unreachable while the server or its sshd restarts
 
     def check_transfer(self) -> None:
-        """A run is followed by reading its files over SFTP: a server without it is refused
-        before the run starts (TransferUnavailable), not after."""
+        """A run whose executor asks about it over SFTP (Slurm's state): a server without it is
+        refused before the run starts (TransferUnavailable), not after."""
         self.connection.sftp
 
     # the connection's operations, each surviving a dropped link

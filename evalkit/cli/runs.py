@@ -93,6 +93,7 @@ def logs(run_id: str, follow: bool, config: Path | None, results_dir: str | None
       python -m evalkit logs -f 20261205-071502-3fa1c2
     """
     record = _store(config, results_dir).load_record(run_id)
+    _, err = view.make_consoles()  # stdout is the log's text alone: a reconnect is said on stderr
     from .. import pipeline
-    for chunk in pipeline.logs(record, follow):
+    for chunk in pipeline.logs(record, follow, note=lambda text: view.show_note(err, text)):
         click.echo(chunk, nl=False)

@@ -3,7 +3,8 @@
 Everything else (the follower, the view, the plan, the pipeline) sees only this interface. The
 run's own files on the server are the truth for every executor: each step's output, exit
 status and the run's status.json are written by the same driver (remote/job.py drive), and
-followed through the events remote/job.py pushes as it reads them on the server (follow.py).
+followed through the events remote/job.py pushes as it reads them on the server (follow.py,
+run_logs.py).
 """
 from __future__ import annotations
 
@@ -171,10 +172,9 @@ class Executor(ABC):
         them in one ask to the server where it can. An EvalkitError: none could be asked."""
         return {run.run_id: self.look(run) for run in runs}
 
-    def step_logs(self, run: RemoteRun) -> list[dict] | None:
-        """Each started step's files ({"out", "err", "exit"}: text, or None), in one ask (`logs`);
-        None where the executor cannot: then they are read one by one (follow.read_logs)."""
-        return None
+    @abstractmethod
+    def step_logs(self, run: RemoteRun) -> list[dict]:
+        """Each started step's files ({"out", "err", "exit"}: text, or None), in one ask (`logs`)."""
 
     @abstractmethod
     def cancel(self, run: RemoteRun, grace: float) -> CancelResult:

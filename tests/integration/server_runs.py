@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
+
+from evalkit.progress import is_protocol_line
 
 from .conftest import ENTRY_SCRIPT, start_interruptible
 
@@ -99,3 +102,38 @@ def ctrl_c_once(process: subprocess.Popen, ready: Callable[[], T]) -> tuple[T, s
         if process.poll() is None:
             process.kill()
     return found, stdout, stderr
+
+
+def logs_argv(bed, *args: str) -> list[str]:
+    """`logs ARGS`: run it with bytes out (text mode would turn a tqdm bar's \r into \n)."""
+    return [sys.executable, "-m", "evalkit", "logs", *args, "--config", str(bed.config)]
+
+
+def assert_every_step_whole(logs: str, run_dir: Path) -> None:
+    """LOGS (`logs -f`'s output) shows every step of the run in RUN_DIR, each ended with 0, and
+    between its heading and its exit line its stdout and stderr as they came, interleaved: each
+    stream whole (evalkit's marked lines left out) and in its order."""
+    steps = json.loads((run_dir / "run.json").read_text())["steps"]
+    headings = [line for line in logs.splitlines() if line.startswith("### step ")]
+    assert headings == [line for step in steps for line in (f"### step {step['name']}: {step['title']}",
+                                                           f"### step {step['name']} exited 0")]
+    for index, shown in enumerate(step_outputs(logs)):
+        streams = [_without_marked_lines(run_dir / f"step-{index}.{suffix}") for suffix in ("out", "err")]
+        assert len(shown) == sum(map(len, streams)), steps[index]["name"]
+        assert all(_is_in_order_within(stream, shown) for stream in streams), steps[index]["name"]
+
+
+def step_outputs(logs: str) -> list[str]:
+    """What `logs` showed of each step, between its heading and its exit line."""
+    return [part.split("\n", 1)[1] for part in re.split(r"### step \S+ exited -?\d+\n", logs) if part]
+
+
+def _without_marked_lines(path: Path) -> str:
+    lines = re.split(r"(?<=\n)", path.read_bytes().decode("utf-8", "replace"))
+    return "".join(line for line in lines if not is_protocol_line(line))
+
+
+def _is_in_order_within(part: str, whole: str) -> bool:
+    """Whether PART's characters are in WHOLE in their order (others between them)."""
+    rest = iter(whole)
+    return all(character in rest for character in part)

@@ -20,8 +20,8 @@ from evalkit.plan import Step
 from evalkit.ssh import Connection, resolve_target
 
 from .conftest import DATASETS, ENTRY_SCRIPT, REPO, run_upstream_by_hand, start_interruptible
-from .server_runs import assert_no_starter_left, launch_one_shot, processes_of, run_dirs, starters_of, \
-    wait_for_extraction
+from .server_runs import assert_every_step_whole, assert_no_starter_left, launch_one_shot, logs_argv, \
+    processes_of, run_dirs, starters_of, wait_for_extraction
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +63,22 @@ def test_an_event_stream_gone_silent_is_taken_for_a_dropped_link_and_resumed_whe
     assert client.returncode == 0, err + out
     assert "connection lost (no word from seetacloud-v800 for 2" in out and "reconnected" in out
     _assert_every_line_once(testbed, run_dir)
+
+
+def test_logs_follow_across_a_dropped_connection_shows_every_line_once(testbed):
+    started = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint),
+                               "--detach")
+    assert started.returncode == 0, started.stderr
+    followed = subprocess.Popen(logs_argv(testbed, "-f", started.stdout.split("started run ")[1].split()[0]),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+                                env={**os.environ, "COLUMNS": "200"})
+    run_dir = wait_for_extraction(testbed)
+    killed = testbed.sshd.kill_sessions()
+    assert killed, "no sshd session process to kill"
+    out, err = followed.communicate(timeout=300)
+    assert followed.returncode == 0, err.decode()
+    assert b"connection lost" in err and b"reconnected" in err, err.decode()  # on stderr: stdout is the logs
+    assert_every_step_whole(out.decode(), run_dir)
 
 
 def _assert_every_line_once(testbed, run_dir: Path) -> None:

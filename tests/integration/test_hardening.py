@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.errors import ConfigError, DriverGone, LocalWriteError, OutputsNotReady, TransferUnavailable
+from evalkit.errors import ConfigError, DriverGone, LocalWriteError, OutputsNotReady
 from evalkit.testbed.sshd import LoopbackSshd
 
 from .conftest import DATASETS, REPO
@@ -79,12 +79,20 @@ def test_a_server_without_sftp_serves_a_run_its_attach_status_logs_and_cancel(te
     assert processes_of(run_id) == []
 
 
-def test_logs_follow_without_sftp_says_what_is_missing(testbed, sshd_without_sftp):
-    # `logs --follow` reads the run's files as they grow, over SFTP
+def test_logs_follow_works_without_sftp(testbed, sshd_without_sftp):
+    # `logs --follow` reads the run's event stream, on an exec channel, as a followed run does
     run_id = _detached(testbed, "--skip-image-to-text")
     followed = _evalkit("logs", run_id, "--follow", "--config", str(testbed.config), timeout=300)
-    _assert_clean_failure(followed, TransferUnavailable.exit_code, "has no SFTP subsystem", "Subsystem sftp")
-    _clean_up(testbed, run_id)
+    assert followed.returncode == 0, followed.stderr
+    assert "Traceback" not in followed.stderr and "SFTP" not in followed.stderr, followed.stderr
+    assert "### step extract" in followed.stdout and followed.stdout.endswith(" exited 0\n"), followed.stdout
+    at_once = _evalkit("logs", run_id, "--config", str(testbed.config))  # every step, now the run has ended
+    assert at_once.returncode == 0 and _headings(at_once.stdout) == _headings(followed.stdout), at_once.stderr
+
+
+def _headings(logs: str) -> list[str]:
+    """Each step's start and end lines in `logs`' output (between them, its stdout and stderr)."""
+    return [line for line in logs.splitlines() if line.startswith("### step ")]
 
 
 def test_debians_own_sftp_server_program_serves_a_whole_run(testbed, tmp_path):

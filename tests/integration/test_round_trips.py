@@ -1,15 +1,18 @@
 """A followed run costs the round trips its decisions need, not one per look at a file: counted on
 the real test bed by each Connection's RequestCounter (count_requests/sitecustomize.py), so that a
-change that adds a request per poll, per step or per result file fails here."""
+change that adds a request per poll, per step or per result file fails here; `logs --follow` of a
+running run too."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from .conftest import DATASETS
-from .server_runs import launch_one_shot
+from .conftest import DATASETS, REPO
+from .server_runs import assert_every_step_whole, launch_one_shot, logs_argv, step_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -39,3 +42,30 @@ def test_a_one_shot_run_asks_two_channels_before_its_launch_and_nothing_after_bu
     assert after == {"sftp_requests": 0, "channels": 0}, found
     local = testbed.results_dir / SPEC.name / SPEC.split
     assert list(local.rglob("summary.json")), out
+
+
+def test_logs_follow_of_a_running_run_reads_its_event_stream_to_the_end_with_no_sftp_request(testbed, tmp_path):
+    started = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint),
+                               "--detach")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split("started run ")[1].split()[0]
+    run_dir = testbed.server_outputs / ".evalkit" / "runs" / run_id
+    assert not (run_dir / "status.json").exists(), "the run should still be running when it is followed"
+    counts = tmp_path / "counts.json"
+    followed = _logs(testbed, "-f", run_id, env={"PYTHONPATH": str(Path(__file__).parent / "count_requests"),
+                                                  "EVALKIT_TEST_COUNTS": str(counts)})
+    assert followed.returncode == 0, followed.stderr  # it ended by itself, with the run
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "succeeded"
+    # the steps' start, output and end came as events on one exec channel, as a followed run's do
+    assert json.loads(counts.read_text())["at_exit"]["sftp_requests"] == 0
+    assert_every_step_whole(followed.stdout, run_dir)
+    at_once = _logs(testbed, run_id)  # read once the run had ended: stdout then stderr of each step
+    assert at_once.returncode == 0, at_once.stderr
+    assert list(map(sorted, step_outputs(at_once.stdout))) == list(map(sorted, step_outputs(followed.stdout)))
+
+
+def _logs(bed, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(logs_argv(bed, *args), capture_output=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
+

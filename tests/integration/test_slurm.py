@@ -150,6 +150,10 @@ def test_a_detached_job_past_its_time_limit_is_reported_as_timeout_with_the_fix(
     assert attached.returncode == SlurmJobEnded.exit_code, attached.stdout + attached.stderr
     assert f"Slurm job {job_id} ended TIMEOUT" in attached.stderr and "raise slurm.time" in attached.stderr
     assert "Traceback" not in attached.stderr
+    # `logs -f` reads the run's events on the login node, where no driver ever ran: Slurm says how it ended
+    followed = _evalkit("logs", "-f", run_id, "--config", str(bed.config))
+    assert followed.returncode == SlurmJobEnded.exit_code, followed.stdout + followed.stderr
+    assert f"Slurm job {job_id} ended TIMEOUT" in followed.stderr and "Traceback" not in followed.stderr
 
 
 def test_a_job_whose_job_py_was_changed_while_it_waited_refuses_to_start_and_says_so(slurm_testbed, slurm,
