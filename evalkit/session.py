@@ -67,12 +67,6 @@ class Session:
     def size_of(self, path: str) -> int | None:
         return self.call(lambda connection: connection.size_of(path))
 
-    def mtime_of(self, path: str) -> int | None:
-        return self.call(lambda connection: connection.mtime_of(path))
-
-    def read_range(self, path: str, offset: int, limit: int) -> bytes:
-        return self.call(lambda connection: connection.read_range(path, offset, limit))
-
     def read_bytes(self, path: str) -> bytes:
         return self.call(lambda connection: connection.read_bytes(path))
 

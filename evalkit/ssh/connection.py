@@ -206,11 +206,6 @@ class Connection:
         found = self._stat(path)
         return found.st_size if found is not None else None
 
-    def mtime_of(self, path: str) -> int | None:
-        """The file's modification time on the server's clock (whole seconds), or None."""
-        found = self._stat(path)
-        return found.st_mtime if found is not None else None
-
     def _stat(self, path: str) -> paramiko.SFTPAttributes | None:
         try:
             return self.sftp.stat(path)
@@ -223,32 +218,21 @@ class Connection:
         except _LINK_ERRORS as exc:
             raise self._lost(exc) from exc
 
-    def read_range(self, path: str, offset: int, limit: int) -> bytes:
-        """Up to LIMIT bytes of PATH from OFFSET (following a growing log by byte offset)."""
-        try:
-            with self.sftp.open(path, "rb") as remote:
-                remote.seek(offset)
-                return self._read_to_end_or_lost(remote, limit)
-        except (*_LINK_ERRORS, OSError) as exc:
-            if self._is_link_down(exc):
-                raise self._lost(exc) from exc
-            raise
-
     def read_bytes(self, path: str) -> bytes:
         """All of PATH; FileNotFoundError when it cannot be read, ConnectionLost when the link is dead."""
         try:
             with self.sftp.open(path, "rb") as remote:
-                return self._read_to_end_or_lost(remote, None)
+                return self._read_to_end_or_lost(remote)
         except (*_LINK_ERRORS, OSError) as exc:
             if self._is_link_down(exc):
                 raise self._lost(exc) from exc
             raise FileNotFoundError(path) from exc
 
-    def _read_to_end_or_lost(self, remote: paramiko.SFTPFile, limit: int | None) -> bytes:
-        """REMOTE's bytes up to LIMIT (None: all). paramiko reads a channel that closed under a
+    def _read_to_end_or_lost(self, remote: paramiko.SFTPFile) -> bytes:
+        """All of REMOTE's bytes. paramiko reads a channel that closed under a
         read request as the file's end, so a dropped link would pass for a short file: a read
         whose channel is gone when it returns is the link lost (the caller reads again)."""
-        data = remote.read(limit)
+        data = remote.read()
         channel = remote.sftp.get_channel()
         if channel.closed or channel.eof_sent or channel.eof_received:
             raise EOFError("the SFTP channel closed during the read")

@@ -81,7 +81,7 @@ def test_a_request_the_server_refuses_is_not_a_dropped_link(testbed, tmp_path):
         with pytest.raises(ServerFileError) as refused:
             session.write_bytes(str(in_the_way), b"{}")
         with pytest.raises(OSError) as unreadable:
-            session.read_range(str(in_the_way), 0, 10)
+            session.read_bytes(str(in_the_way))
         assert connection.generation == generation and notes == []  # never reconnected
         assert session.read_bytes(str(testbed.config)) == testbed.config.read_bytes()  # the link is fine
     assert f"could not write {in_the_way} on the server" in refused.value.message

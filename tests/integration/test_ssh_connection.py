@@ -130,9 +130,6 @@ def test_a_read_whose_channel_closes_midway_is_a_lost_link_never_a_short_file(te
     with Connection(target) as connection, pytest.raises(ConnectionLost):
         connection.read_bytes(str(path))
     closed.clear()
-    with Connection(target) as connection, pytest.raises(ConnectionLost):
-        connection.read_range(str(path), 1000, 100_000)
-    closed.clear()
     with Connection(target) as connection:
         session = Session(connection)
         session.resilient(60, lambda text: None, "give up")
