@@ -1,7 +1,8 @@
-"""The run's event stream, as the laptop reads it: remote/job.py (stream_events) pushes one
-`EVALKIT-EVENT {json}` line per event while it follows the run's files on the server; this turns
-those lines back into events, drops what the laptop already has (after a reconnect the server
-starts again from the laptop's Position), and builds the laptop's requests on the same channel.
+"""The run's event stream, as the laptop reads it: remote/run_events.py (stream_events, run by
+job.py) pushes one `EVALKIT-EVENT {json}` line per event while it follows the run's files on the
+server; this turns those lines back into events, drops what the laptop already has (after a
+reconnect the server starts again from the laptop's Position), and builds the laptop's requests on
+the same channel.
 
 Pure: no I/O, no clock.
 """
@@ -44,7 +45,7 @@ class RunEnded:
 
 @dataclass(frozen=True)
 class Beat:
-    alive: bool  # whether the run's driver lives (job.py is_alive)
+    alive: bool  # whether the run's driver lives (remote/run_processes.py is_alive)
 
 
 @dataclass(frozen=True)

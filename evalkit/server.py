@@ -27,10 +27,19 @@ BOOTSTRAP = "bootstrap.py"
 PROVENANCE = "provenance.py"
 CHECKPOINT_LISTER = "list_checkpoints.py"
 ATOMIC = "atomic.py"
+# job.py's concerns, each a module beside it that it imports (evalkit/remote/job.py's docstring)
+RUN_START, RUN_EVENTS, RUN_LOCK = "run_start.py", "run_events.py", "run_lock.py"
+RUN_FILES, RUN_PROCESSES = "run_files.py", "run_processes.py"
 SERVER_SCRIPTS = {
     INSPECTOR: "reads what the server's dataset and output directory hold (read-only)",
-    JOB_RUNNER: "starts, drives, reports on and cancels a run's steps, detached from SSH (imports atomic.py)",
-    ATOMIC: "writes a file so that nothing planted in its folder redirects it (job.py and query_hits.py import it)",
+    JOB_RUNNER: "starts, drives, reports on and cancels a run's steps, detached from SSH (imports the run_*.py)",
+    RUN_START: "job.py start: the checks' helpers, the run's files, the driver forked or submitted",
+    RUN_EVENTS: "a run's event stream, read from its files on the server (job.py start and events)",
+    RUN_LOCK: "the checkpoint's lock: a lease with a heartbeat, a stale one taken over (job.py drive)",
+    RUN_FILES: "a run's files: written so nothing planted redirects them, its end claimed once (imports atomic.py)",
+    RUN_PROCESSES: "a process's identity, and the processes of one run (job.py's driver, cancel and events)",
+    ATOMIC: "writes a file so that nothing planted in its folder redirects it (run_files.py and query_hits.py "
+            "import it)",
     CPU_LAUNCHER: "--device cpu: runs the unmodified upstream scripts with torch.cuda made no-ops",
     FAST_KNN: "--knn fast: exact batched KNN writing upstream's prediction files",
     IMAGE_TO_IMAGE: "--image-to-image: image→image recall and mAP@10 from the image features (beside fast_knn.py)",
@@ -41,8 +50,9 @@ SERVER_SCRIPTS = {
     BOOTSTRAP: "sent inline, never uploaded: brings the other scripts up to date, then runs one",
     CHECKPOINT_LISTER: "sent inline, never uploaded: the checkpoint files a sweep's directory or glob names",
 }
-# what the driver runs of evalkit's own: a Slurm job checks their SHA-256 before it starts it
-DRIVER_SCRIPTS = (JOB_RUNNER, ATOMIC)
+# what the driver runs of evalkit's own (job.py and what it imports): a Slurm job checks their
+# SHA-256 before it starts it
+DRIVER_SCRIPTS = (JOB_RUNNER, RUN_START, RUN_EVENTS, RUN_LOCK, RUN_FILES, RUN_PROCESSES, ATOMIC)
 
 
 @dataclass(frozen=True)
@@ -114,10 +124,11 @@ def run_dir(settings: Settings, run_id: str) -> str:
 
 
 def scripts_for(settings: Settings, extra: tuple[str, ...] = ()) -> list[str]:
-    """The server scripts a run needs: the inspector, the job runner (and atomic.py, which it and the
-    per-query hits import), the per-query hits, the CPU launcher (--device cpu), the fast KNN
-    (--knn fast, and for --image-to-image, which imports it), EXTRA."""
-    names = [INSPECTOR, JOB_RUNNER, ATOMIC, QUERY_HITS, *extra]
+    """The server scripts a run needs: the inspector, the job runner and the modules it imports
+    (DRIVER_SCRIPTS; atomic.py, which the per-query hits import too), the per-query hits, the CPU
+    launcher (--device cpu), the fast KNN (--knn fast, and for --image-to-image, which imports it),
+    EXTRA."""
+    names = [INSPECTOR, *DRIVER_SCRIPTS, QUERY_HITS, *extra]
     if settings.device == "cpu":
         names.append(CPU_LAUNCHER)
     if settings.knn == "fast" or settings.image_to_image:

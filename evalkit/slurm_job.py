@@ -227,7 +227,7 @@ PROBE_SCRIPT = ('lock=$1; shift; stat --format=%n "$@" || exit; : > "$lock.job-$
                 'rm -f -- "$lock.job-$$"; echo "CLOCK=$(date +%s)"; '
                 'echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}"; nvidia-smi -L 2>/dev/null || true')
 # how far a compute node's clock may be from the login node's: a lock's heartbeat is judged by
-# the clock of the node that reads it (a quarter of remote/job.py's LEASE_SECONDS)
+# the clock of the node that reads it (a quarter of remote/run_lock.py's LEASE_SECONDS)
 CLOCK_TOLERANCE = 15
 
 

@@ -7,7 +7,7 @@ run and the run itself. Its protocol, one JSON line each way (answers marked EVA
    other users could write. Sent with the first message of 2 or 3, in one round trip;
 2. helpers: evalkit's checks (the inspection, the preflight), run at once in its env;
 3. run: the run's steps; it starts the driver and answers once the driver holds the lock,
-   then stays as the run's event stream (remote/job.py stream_events; events.py reads it).
+   then stays as the run's event stream (remote/run_events.py stream_events; events.py reads it).
 """
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ class SshExecutor(Executor):
 
     def _is_alive(self, driver: dict | None) -> bool | None:
         """Is the process driver.json describes still running: same boot, pid and start time, as
-        remote/job.py is_alive decides. None when the server's /proc cannot be read."""
+        remote/run_processes.py is_alive decides. None when the server's /proc cannot be read."""
         try:
             boot_id = self._boot_id()
         except FileNotFoundError:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from evalkit.errors import RemoteStepFailed
+from evalkit.server import DRIVER_SCRIPTS
 from evalkit.ssh import Connection, resolve_target
 
 from .conftest import REPO
@@ -35,7 +36,7 @@ for name in planted:
 WRITE
 """
 WRITERS = {
-    "job.py": ('module["write_atomically"](target, "written")', "written"),
+    "run_files.py": ('module["write_atomically"](target, "written")', "written"),  # job.py's writer
     "bootstrap.py": ('module["write_atomically"](os.open(os.path.dirname(target), os.O_RDONLY | os.O_DIRECTORY), '
                      'os.path.basename(target), b"written")', "written"),
     "fast_knn.py": ('import numpy; module["write_predictions"](target, "text_id", [1], "image_ids", [7], '
@@ -84,9 +85,8 @@ def test_the_scripts_folder_and_each_run_folder_are_the_users_alone(tmp_path):
     hello = "import sys; print('hello')\n"
     request = {"run_dir": str(run_dir), "run": {"run_id": "private", "steps": [
         {"name": "n", "title": "n", "command": "true"}]}}
-    lines = [json.dumps({"files": {"job.py": "0" * 64, "atomic.py": "0" * 64, "hello.py": "0" * 64}}),
-             json.dumps({"files": {"job.py": (REMOTE / "job.py").read_text(),
-                                   "atomic.py": (REMOTE / "atomic.py").read_text(), "hello.py": hello}}),
+    sources = {**{name: (REMOTE / name).read_text() for name in DRIVER_SCRIPTS}, "hello.py": hello}
+    lines = [json.dumps({"files": {name: "0" * 64 for name in sources}}), json.dumps({"files": sources}),
              json.dumps(request)]
     done = subprocess.run([sys.executable, "-c", (REMOTE / "bootstrap.py").read_text(), str(folder), "job.py", "start"],
                           input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=60)

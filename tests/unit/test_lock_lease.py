@@ -1,15 +1,18 @@
-"""The checkpoint's lock is a lease (remote/job.py): who still holds it, decided from its record.
+"""The checkpoint's lock is a lease (remote/run_lock.py): who still holds it, decided from its record.
 A holder on this machine is judged by this machine's /proc; one on another machine (or from
 before this machine's reboot) only by its heartbeat, never by a local pid that means nothing."""
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
-from evalkit.remote import job
+from evalkit.remote import run_lock
 
 HERE = {"host": "node-a", "boot_id": "boot-a"}
 NOW = 1_000_000.0
-FRESH, STALE = NOW - 10, NOW - job.LEASE_SECONDS - 1
+FRESH, STALE = NOW - 10, NOW - run_lock.LEASE_SECONDS - 1
 
 
 def record(host="node-a", boot_id="boot-a", heartbeat=FRESH, **more):
@@ -44,42 +47,42 @@ def test_who_still_holds_the_lock(holder, alive_here, decided):
         asked.append(seen)
         return alive_here
 
-    verdict, reason = job.lease_decision(holder, HERE, NOW, local_process_alive)
+    verdict, reason = run_lock.lease_decision(holder, HERE, NOW, local_process_alive)
     assert verdict == decided, reason
     same_machine = holder["boot_id"] == HERE["boot_id"] and holder.get("host", "node-a") == HERE["host"]
     assert bool(asked) == same_machine  # another machine's holder is never looked for in this /proc
 
 
 def test_the_heartbeat_is_refreshed_well_within_the_lease():
-    assert job.HEARTBEAT_SECONDS * 6 <= job.LEASE_SECONDS
+    assert run_lock.HEARTBEAT_SECONDS * 6 <= run_lock.LEASE_SECONDS
 
 
 def test_a_lease_held_here_beats_and_is_given_back(tmp_path, monkeypatch):
-    monkeypatch.setattr(job, "HEARTBEAT_SECONDS", 0.01)
+    monkeypatch.setattr(run_lock, "HEARTBEAT_SECONDS", 0.01)
     lock = tmp_path / ".evalkit-lock"
-    lease, holder, took_over = job.acquire_lock(str(lock), "run-1")
+    lease, holder, took_over = run_lock.acquire_lock(str(lock), "run-1")
     assert holder is None and took_over is False
-    first = job.read_lock(str(lock))[0]["heartbeat"]
-    deadline = job.time.monotonic() + 5
-    while job.read_lock(str(lock))[0]["heartbeat"] == first and job.time.monotonic() < deadline:
-        job.time.sleep(0.01)
-    assert job.read_lock(str(lock))[0]["heartbeat"] > first
-    assert job.read_lock(str(lock))[0]["host"] == job.host_name()
-    second, holder, _ = job.acquire_lock(str(lock), "run-2")
+    first = run_lock.read_lock(str(lock))[0]["heartbeat"]
+    deadline = time.monotonic() + 5
+    while run_lock.read_lock(str(lock))[0]["heartbeat"] == first and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert run_lock.read_lock(str(lock))[0]["heartbeat"] > first
+    assert run_lock.read_lock(str(lock))[0]["host"] == run_lock.host_name()
+    second, holder, _ = run_lock.acquire_lock(str(lock), "run-2")
     assert second is None and holder["run_id"] == "run-1"
-    job.release_lock(lease, str(lock))
+    run_lock.release_lock(lease, str(lock))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_another_hosts_lease_is_kept_while_fresh_and_taken_over_once_stale(tmp_path):
     lock = tmp_path / ".evalkit-lock"
-    lock.write_text(job.json.dumps(record(host="node-b", boot_id="boot-b", heartbeat=job.time.time(), run_id="there")))
-    lease, holder, _ = job.acquire_lock(str(lock), "here")
+    lock.write_text(json.dumps(record(host="node-b", boot_id="boot-b", heartbeat=time.time(), run_id="there")))
+    lease, holder, _ = run_lock.acquire_lock(str(lock), "here")
     assert lease is None and holder["run_id"] == "there"
-    lock.write_text(job.json.dumps(record(host="node-b", boot_id="boot-b", heartbeat=job.time.time() - 3600,
-                                          run_id="there")))
-    lease, holder, took_over = job.acquire_lock(str(lock), "here")
+    lock.write_text(json.dumps(record(host="node-b", boot_id="boot-b", heartbeat=time.time() - 3600,
+                                      run_id="there")))
+    lease, holder, took_over = run_lock.acquire_lock(str(lock), "here")
     assert holder is None and took_over is True
-    assert job.read_lock(str(lock))[0]["run_id"] == "here"
-    job.release_lock(lease, str(lock))
+    assert run_lock.read_lock(str(lock))[0]["run_id"] == "here"
+    run_lock.release_lock(lease, str(lock))
     assert list(tmp_path.iterdir()) == []

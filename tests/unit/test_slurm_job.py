@@ -174,8 +174,8 @@ def test_the_batch_shell_outlives_slurms_warning_and_exits_with_the_drivers_stat
     ("46\n47\n", None),  # which one is ours? the queue is asked, by the job's name
 ])
 def test_sbatch_parsable_output_among_notices(stdout, job_id):
-    from evalkit.remote import job
-    assert job.submitted_job_id(stdout) == job_id
+    from evalkit.remote import run_start
+    assert run_start.submitted_job_id(stdout) == job_id
 
 
 def test_sbatch_writes_the_jobs_output_into_the_run_folder():
@@ -349,8 +349,8 @@ def test_no_lock_line_when_the_probe_job_did_not_get_that_far():
 
 
 def test_the_clock_tolerance_is_well_within_the_locks_lease():
-    from evalkit.remote import job
-    assert slurm_job.CLOCK_TOLERANCE * 4 <= job.LEASE_SECONDS
+    from evalkit.remote import run_lock
+    assert slurm_job.CLOCK_TOLERANCE * 4 <= run_lock.LEASE_SECONDS
 
 
 LOGIN_GPU = Check("GPU", False, "torch sees no CUDA GPU with CUDA_VISIBLE_DEVICES=0", "pick a free GPU")
