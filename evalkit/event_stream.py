@@ -1,5 +1,5 @@
 """A run's events as the laptop receives them: one channel on the existing connection over which
-remote/job.py pushes each step's start, output and end, the run's end and a heartbeat (events.py
+remote/job.py (run_events.py) pushes each step's start, output and end, the run's end and a heartbeat (events.py
 reads its lines). It is the starter's channel after the launch, or `job.py events` from the
 laptop's Position, opened after a reconnect or to attach: nothing is lost or shown twice.
 
@@ -18,7 +18,7 @@ from .session import Session
 from .ssh import PendingCommand
 from .ssh.server_disk import write_failure
 
-# the server beats every 3 s (job.py BEAT_EVERY): this long without a word, the link is taken for dead
+# the server beats every 3 s (remote/run_events.py BEAT_EVERY): this long without a word, the link is taken for dead
 SILENT_AFTER = 20.0
 COLLECT = ""  # the collect's key among the unanswered requests (a write's is its path)
 ENDED_AGAIN = 3  # streams ended in a row with no event between: the server cannot follow the run

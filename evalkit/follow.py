@@ -1,5 +1,5 @@
 """Following a run's steps on the server: the files its driver writes (step-N.started, .out,
-.err, .exit and status.json), pushed as events by remote/job.py as it reads them there
+.err, .exit and status.json), pushed as events by remote/job.py (run_events.py) as it reads them there
 (event_stream.py). The Follower shows them as a run's progress; `logs --follow` as text
 (run_logs.py); both know whether the driver lives the same way (Liveness).
 
