@@ -1,7 +1,9 @@
 """What each dataset folder on the server is laid out for, looked at once per command before any
 cell is made (zeroshot.scoped decides, pure): label_cn.txt beside class folders is zero-shot
-classification, anything else retrieval. One `find` on the connection the evaluations then use
-(pipeline.looking): one round trip on an exec channel, where SFTP's start alone takes three."""
+classification, anything else retrieval. Asked of the first run's starter, begun on the
+connection the evaluations then use (pipeline.looking, starter.py look_early): one round trip,
+with the scripts' check, and no shell of its own (a login shell runs ~/.bashrc: conda's hook
+alone can take a second). Elsewhere (the doctor) one `find` on an exec channel."""
 from __future__ import annotations
 
 import shlex
@@ -20,12 +22,17 @@ LOOK_TIMEOUT = 60.0
 def look(settings: Settings, datasets: list[str], session: "Session | None" = None) -> dict[str, Layout]:
     """Dataset name -> its Layout, for each of DATASETS; on SESSION, else on the connection the
     command's evaluations will take."""
+    wanted = {dataset: looked_at(settings, dataset) for dataset in dict.fromkeys(datasets)}
+    paths = [path for paths in wanted.values() for path in paths.values()]
     if session is None:
         from .pipeline import looking  # the SSH side loads only when a command runs
-        with looking(settings) as kept:  # the evaluations' connection, opened here
-            return look(settings, datasets, kept)
-    wanted = {dataset: looked_at(settings, dataset) for dataset in dict.fromkeys(datasets)}
-    there = existing(session, [path for paths in wanted.values() for path in paths.values()])
+        from .starter import Starter
+        with looking(settings) as kept:  # the evaluations' connection, opened here, and their starter begun
+            there = Starter.look_early(kept.connection, settings, paths)
+            if there is None:
+                there = existing(kept, paths)
+    else:
+        there = existing(session, paths)
     found = {}
     for dataset, paths in wanted.items():
         has_labels = paths["labels"] in there

@@ -18,7 +18,8 @@ from typing import Any
 from .config import Settings
 from .errors import EvalkitError, RemoteStepFailed
 from .progress import last_marked_json
-from .server import BOOTSTRAP, JOB_RUNNER, ServerCall, in_server_env, scripts_dir
+from .server import BOOTSTRAP, JOB_RUNNER, PROBE, PROVENANCE, ZEROSHOT, ServerCall, in_server_env, scripts_dir, \
+    scripts_for
 from .ssh import Connection, PendingCommand
 from .uploads import script_digests, script_source
 
@@ -26,6 +27,7 @@ MARKER = b"EVALKIT-JOB "
 START_TIMEOUT = 60.0
 START_ARGS = ("start", "--timeout", f"{START_TIMEOUT:g}")
 TAIL_LINES = 30
+ANY_TASK = (PROBE, ZEROSHOT, PROVENANCE)  # the extra scripts of a retrieval or a classification run
 CallResult = tuple[int, bytes, bytes]  # exit status, stdout, stderr
 
 
@@ -33,6 +35,11 @@ class Starter:
     def __init__(self, command: PendingCommand, settings: Settings, scripts: list[str]) -> None:
         self.command, self.settings = command, settings
         self._unchecked: list[str] | None = scripts  # until they travel with the first message
+        self._checked: set[str] = set()
+
+    def covers(self, scripts: list[str]) -> bool:
+        """Whether SCRIPTS are among those it makes (or made) current."""
+        return set(scripts) <= set(self._unchecked or self._checked)
 
     @classmethod
     def begin(cls, connection: Connection, settings: Settings, scripts: list[str],
@@ -40,24 +47,37 @@ class Starter:
         """Start it; SCRIPTS (job.py among them) are made current on the server with the first
         message (ask, finish), in the same round trip: a failing `activate`, or an unsafe
         scripts folder, is reported there. JOB_ARGS: what job.py does then (another action than
-        start: `status`'s one ask, read with finish()). The command begun early (begin_early) on
+        start: `status`'s one ask, read with finish()). The one begun early (begin_early) on
         CONNECTION, if any, is taken rather than a new one."""
         command = start_command(settings, job_args)
         early = _Early.take(connection, command)
-        return cls(early or connection.start_command(command), settings, scripts)
+        taken = early.starter_for(scripts) if early is not None else None
+        return taken or cls(connection.start_command(command), settings, scripts)
 
     @staticmethod
     def begin_early(connection: Connection, settings: Settings) -> None:
-        """Begin a run's starter in the background now, before the run's scripts are known: the
-        server's login shell, the env's activation (`conda activate`: up to a second) and python
-        start while the laptop looks at the dataset and decides; the first begin() of a run on
-        CONNECTION takes it. Unused, it ends with the connection."""
-        _Early.begin(connection, start_command(settings))
+        """Begin a run's starter in the background now, before the run is known: the server's
+        login shell, the env's activation (`conda activate`: up to a second) and python start
+        while the laptop looks at the dataset (look_early) and decides; the first begin() of a
+        run on CONNECTION takes it. Unused, it ends with the connection."""
+        _Early.begin(connection, settings)
+
+    @staticmethod
+    def look_early(connection: Connection, settings: Settings, paths: list[str]) -> set[str] | None:
+        """Those of PATHS that exist on the server, asked of the starter begun early (one round
+        trip, with the scripts' check; no shell of its own); None without one."""
+        early = _Early.find(connection, start_command(settings))
+        starter = early.looking_starter() if early is not None else None
+        if starter is None:
+            return None
+        answered = starter.ask({"look": paths}, START_TIMEOUT)
+        return set(answered["there"]) if answered is not None and "there" in answered else None
 
     def _make_current(self, then: bytes) -> None:
         """The scripts' digests, THEN (the first message, which the bootstrap keeps for job.py
         while it writes the scripts that differ); their sources when some are missing."""
         scripts, self._unchecked = self._unchecked or [], None
+        self._checked = set(scripts)
         answered = self.command.ask(_line({"files": script_digests(scripts)}) + then, MARKER, START_TIMEOUT)
         if answered is not None and answered.get("refused"):  # evalkit's folder is unsafe to run from
             self.command.finish(b"", START_TIMEOUT)
@@ -133,45 +153,67 @@ class Starter:
 
 class _Early:
     """A starter's command begun in a thread of its own (opening its channel and its exec each
-    wait for the server), by (connection, command); taken once."""
+    wait for the server), by (connection, command); taken once, by the run it starts."""
 
     _begun: dict[tuple[int, str], "_Early"] = {}
     _lock = threading.Lock()
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, settings: Settings) -> None:
         self.connection = connection  # held: while it waits, no other connection can take its id
         self.generation = connection.generation
+        self.settings = settings
         self.command: PendingCommand | None = None
-        self.thread: threading.Thread | None = None
+        self.starter: Starter | None = None  # once it looked (its scripts made current)
+        self.thread = threading.Thread(target=self._start, args=(start_command(settings),), daemon=True)
 
     @classmethod
-    def begin(cls, connection: Connection, command: str) -> None:
-        early = cls(connection)
-        early.thread = threading.Thread(target=early._start, args=(connection, command), daemon=True)
+    def begin(cls, connection: Connection, settings: Settings) -> None:
+        early = cls(connection, settings)
         with cls._lock:
-            if cls._begun.setdefault((id(connection), command), early) is not early:
+            if cls._begun.setdefault((id(connection), start_command(settings)), early) is not early:
                 return  # one is begun already
         early.thread.start()
 
-    def _start(self, connection: Connection, command: str) -> None:
+    def _start(self, command: str) -> None:
         try:
-            self.command = connection.start_command(command)
+            self.command = self.connection.start_command(command)
         except EvalkitError:
             pass  # the link failed: taking it begins the starter anew, which says why if it fails again
 
     @classmethod
-    def take(cls, connection: Connection, command: str) -> PendingCommand | None:
-        """The command begun early on CONNECTION, once started; None when there is none, or the
-        connection has been opened anew since (a reconnect)."""
+    def find(cls, connection: Connection, command: str) -> "_Early | None":
         with cls._lock:
-            early = cls._begun.pop((id(connection), command), None)
-        if early is None or early.thread is None:
+            return cls._begun.get((id(connection), command))
+
+    @classmethod
+    def take(cls, connection: Connection, command: str) -> "_Early | None":
+        with cls._lock:
+            return cls._begun.pop((id(connection), command), None)
+
+    def looking_starter(self) -> Starter | None:
+        """Its Starter, made to check every script a run of these settings may need (the run's
+        task is not known yet); None when its command could not start."""
+        if self.starter is None and self._started() is not None:
+            self.starter = Starter(self.command, self.settings, scripts_for(self.settings, extra=ANY_TASK))
+        return self.starter
+
+    def starter_for(self, scripts: list[str]) -> Starter | None:
+        """Its Starter for a run that needs SCRIPTS; None when its command could not start, or
+        its look made current scripts that do not cover SCRIPTS (a run's settings not the look's)."""
+        if self.starter is not None:
+            if self.starter.covers(scripts):
+                return self.starter
+            self.starter.abandon()
             return None
-        early.thread.join()  # bounded: opening a channel waits connect_timeout at most
-        if early.command is not None and early.generation != connection.generation:
-            early.command.abandon()
-            return None
-        return early.command
+        command = self._started()
+        return Starter(command, self.settings, scripts) if command is not None else None
+
+    def _started(self) -> PendingCommand | None:
+        self.thread.join()  # bounded: opening a channel waits connect_timeout at most
+        if self.command is not None and self.generation != self.connection.generation:
+            self.command.abandon()  # the connection was opened anew since (a reconnect)
+            self.command = None
+        return self.command
 
 
 def _line(message: dict) -> bytes:

@@ -29,6 +29,8 @@ def start(timeout, driver_script, checked_folder=None):
     activation serve evalkit's read-only checks too. DRIVER_SCRIPT: job.py's own path, which the
     driver is exec'd by; CHECKED_FOLDER: see through_checked_folder. From stdin, one JSON line each:
 
+    {"look": [PATH, ...]}  (optional, before the rest) answer {"there": [PATH, ...]}: those that exist
+        (the dataset folders' layout, looked at while the laptop decides the run);
     {"helpers": {NAME: {"script", "args", "env", "pythonpath"}}}  (optional) run these scripts at once,
         answer {"helpers": {NAME: {"exit_code", "stdout", "stderr"}}} on an EVALKIT-JOB line;
     {"run_dir", "run", "submit": {"script", "argv", "name"}}  write run.json and hand the driver
@@ -43,6 +45,9 @@ def start(timeout, driver_script, checked_folder=None):
 
     An empty stdin (EOF) means no run after all."""
     request = read_request()
+    while request is not None and "look" in request:
+        answer({"there": [path for path in request["look"] if os.path.exists(path)]})
+        request = read_request()
     if request is not None and "helpers" in request:
         answer({"helpers": run_helpers(request["helpers"], checked_folder)})
         request = read_request()

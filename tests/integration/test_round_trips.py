@@ -19,16 +19,16 @@ pytestmark = pytest.mark.integration
 SPEC = DATASETS[0]
 
 
-def test_a_one_shot_run_asks_two_channels_before_its_launch_and_nothing_after_but_its_results(testbed, tmp_path):
+def test_a_one_shot_run_asks_one_channel_before_its_launch_and_nothing_after_but_its_results(testbed, tmp_path):
     counts = tmp_path / "counts.json"
     client = launch_one_shot(testbed, env={"PYTHONPATH": str(Path(__file__).parent / "count_requests"),
                                            "EVALKIT_TEST_COUNTS": str(counts)})
     out, err = client.communicate(timeout=600)
     assert client.returncode == 0, err + out
     found = json.loads(counts.read_text())
-    # Up to the launch: two channels, no SFTP. The dataset's layout is one `find`; the starter,
-    # begun while that look went on, is the one that runs the checks and launches the run.
-    assert found["at_launch"] == {"sftp_requests": 0, "channels": 2}, found
+    # Up to the launch: one channel, no SFTP. The starter, begun as soon as the connection was up,
+    # looks at the dataset's layout, runs the checks and launches the run.
+    assert found["at_launch"] == {"sftp_requests": 0, "channels": 1}, found
     after = {key: found["at_exit"][key] - found["at_launch"][key] for key in found["at_exit"]}
     # From the launch on, everything rides on the starter's channel, opened before it:
     # - each step's start, output and end, and the run's end: pushed by the server (no request);

@@ -2,13 +2,25 @@
 once, for the same command on the same opening of the same connection; else a new one begins."""
 from __future__ import annotations
 
+import dataclasses
+import json
+
 from evalkit.config import Settings
+from evalkit.server import PROBE, PROVENANCE, scripts_for
 from evalkit.starter import START_ARGS, Starter, start_command
 
 
 class _Command:
+    """A starter's command on a server where the dataset folder /d holds label_cn.txt and test/."""
+
     def __init__(self, text: str) -> None:
-        self.text, self.abandoned = text, False
+        self.text, self.abandoned, self.sent = text, False, []
+
+    def ask(self, line: bytes, marker: bytes, timeout: float) -> dict:
+        self.sent.extend(json.loads(part) for part in line.decode().splitlines())
+        if len(self.sent) == 1 or "files" in self.sent[-1]:
+            return {"missing": []}
+        return {"there": [path for path in self.sent[-1]["look"] if path in ("/d/label_cn.txt", "/d/test")]}
 
     def abandon(self) -> None:
         self.abandoned = True
@@ -60,3 +72,28 @@ def test_begun_twice_early_it_is_one_command():
     Starter.begin_early(connection, SETTINGS)
     Starter.begin(connection, SETTINGS, [])
     assert len(connection.started) == 1
+
+
+def test_the_look_asks_the_early_starter_with_every_script_a_run_may_need_then_the_run_takes_it():
+    connection = _Connection()
+    Starter.begin_early(connection, SETTINGS)
+    assert Starter.look_early(connection, SETTINGS, ["/d/label_cn.txt", "/d/valid", "/d/test"]) == \
+        {"/d/label_cn.txt", "/d/test"}
+    [command] = connection.started
+    digests, look = command.sent  # one message: the scripts' digests, then the look
+    assert set(digests["files"]) >= set(scripts_for(SETTINGS, extra=(PROBE, PROVENANCE))) and look["look"]
+    run = Starter.begin(connection, SETTINGS, scripts_for(SETTINGS, extra=(PROBE, PROVENANCE)))
+    assert run.command is command and len(connection.started) == 1
+
+
+def test_a_run_needing_scripts_the_look_did_not_check_begins_its_own():
+    connection = _Connection()
+    Starter.begin_early(connection, SETTINGS)
+    Starter.look_early(connection, SETTINGS, ["/d/label_cn.txt"])
+    fast = dataclasses.replace(SETTINGS, knn="fast")  # a cell of other settings: fast_knn.py too
+    run = Starter.begin(connection, fast, scripts_for(fast))
+    assert connection.started[0].abandoned and run.command is connection.started[1]
+
+
+def test_without_an_early_starter_the_look_is_left_to_its_caller():
+    assert Starter.look_early(_Connection(), SETTINGS, ["/d/label_cn.txt"]) is None
