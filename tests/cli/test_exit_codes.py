@@ -104,3 +104,32 @@ def test_a_bug_under_an_unwritable_home_still_says_what_happened(tmp_path, monke
     assert result.exit_code == errors.UNEXPECTED_EXIT_CODE
     assert "unexpected error: IndexError" in result.output
     assert "rerun with --debug for the traceback" in result.output
+
+
+@pytest.mark.parametrize("ending, code, said", [
+    ("ctx.exit(0)", 0, ""),
+    ("ctx.exit(14)", 14, ""),
+    ("raise click.UsageError('no such option')", 2, "no such option"),
+    ("raise SystemExit('a message')", 1, "a message"),
+])
+def test_a_program_ends_with_its_status_its_exit_handlers_run_and_its_output_flushed(tmp_path, ending, code, said):
+    # the entry scripts end the process without the interpreter's teardown (cli._run_as_program):
+    # nothing of a normal exit may be lost on the way
+    program = tmp_path / "program.py"
+    program.write_text(
+        "import atexit, threading, time, click\n"
+        "from evalkit.cli import _run_as_program\n"
+        "atexit.register(lambda: print('exit handler ran', flush=True))\n"
+        "late = threading.Thread(target=lambda: (time.sleep(0.2), print('thread ended')))\n"
+        "@click.command()\n"
+        "@click.pass_context\n"
+        "def command(ctx):\n"
+        "    late.start()\n"
+        "    print('unflushed output', end='')\n"
+        f"    {ending}\n"
+        "_run_as_program(command, 'program')\n")
+    import subprocess
+    ran = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == code, ran.stderr
+    assert ran.stdout.startswith("unflushed output") and "thread ended" in ran.stdout
+    assert ran.stdout.rstrip().endswith("exit handler ran") and said in ran.stderr
