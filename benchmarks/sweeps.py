@@ -67,6 +67,20 @@ def sweep_vs_loop(bed, size: int = 6) -> dict:
             "rerun_ratio": rerun / alone, "rerun_output": shown[0]}
 
 
+# the real checkpoint's tensor names and shapes (what a sweep's listing reads of each file), each
+# tensor one number expanded to its shape: a few KiB per file
+SMALL_CHECKPOINTS = """
+import os, sys, torch
+source, folder, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+shapes = {name: tensor.shape for name, tensor in torch.load(source, map_location="cpu")["state_dict"].items()}
+for epoch in range(1, count + 1):
+    state_dict = {name: torch.full((1,), float(epoch)).expand(shape) if len(shape) else torch.tensor(float(epoch))
+                  for name, shape in shapes.items()}
+    torch.save({"epoch": epoch, "step": epoch * 10, "name": "reused", "state_dict": state_dict},
+               os.path.join(folder, f"epoch_{epoch}.pt"))
+"""
+
+
 def reused_sweep(bed, count: int) -> dict:
     """COUNT small distinct checkpoint files whose cells are all reused: each gets a copy of one
     real evaluation's server directory, its manifest rewritten for it (as if it had been extracted)."""
@@ -77,15 +91,19 @@ def reused_sweep(bed, count: int) -> dict:
     source = Path(checkpoint_output_dir(settings, "Flickr30k-CN", "valid", str(bed.checkpoint)))
     folder = bed.checkpoint.parents[2] / "reused" / "checkpoints"
     folder.mkdir(parents=True)
+    # small files in the training format (a sweep reads each one's epoch and step from it)
+    subprocess.run([str(bed.python), "-c", SMALL_CHECKPOINTS, str(bed.checkpoint), str(folder), str(count)],
+                   check=True)
     for epoch in range(1, count + 1):
         checkpoint = folder / f"epoch_{epoch}.pt"
-        checkpoint.write_bytes(epoch.to_bytes(4, "big") * 256)
         target = Path(checkpoint_output_dir(settings, "Flickr30k-CN", "valid", str(checkpoint)))
         shutil.copytree(source, target, copy_function=shutil.copy2)
         manifest = (target / "manifest.json").read_text().replace(str(source), str(target))
         manifest = json.loads(manifest.replace(str(bed.checkpoint), str(checkpoint)))
         info = checkpoint.stat()
-        manifest["checkpoint"] = {"path": str(checkpoint), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+        # what server_outputs.extraction_inputs compares (the inode too: a file replaced by another)
+        manifest["checkpoint"] = {"path": str(checkpoint), "size": info.st_size, "mtime_ns": info.st_mtime_ns,
+                                  "inode": info.st_ino}
         (target / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
     first_seconds, first_peak = _measured(bed, config, folder)
     again_seconds, again_peak = _measured(bed, config, folder)
