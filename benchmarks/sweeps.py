@@ -103,7 +103,7 @@ def reused_sweep(bed, count: int) -> dict:
         info = checkpoint.stat()
         # what server_outputs.extraction_inputs compares (the inode too: a file replaced by another)
         manifest["checkpoint"] = {"path": str(checkpoint), "size": info.st_size, "mtime_ns": info.st_mtime_ns,
-                                  "inode": info.st_ino}
+                                  "inode": f"{info.st_dev}:{info.st_ino}"}
         (target / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
     first_seconds, first_peak = _measured(bed, config, folder)
     again_seconds, again_peak = _measured(bed, config, folder)
