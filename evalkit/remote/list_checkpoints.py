@@ -17,8 +17,9 @@ from the file). The proof that two files hold one checkpoint is left to the lapt
 the evidence only where a cheaper look cannot tell them apart, so that no checkpoint is hashed in
 full without need: `sha256` for files of one size whose first, middle and last MiB are equal, and
 `state` (a digest of the pickled dict and the tensor records, which torch.save writes the same
-whatever the file is called) for files of one epoch and step. A hard link needs neither. Files
-that cannot be looked at are listed under `skipped` with why.
+whatever the file is called) for files of one epoch and step whose archives list those records
+alike (names, sizes and CRC-32s: read from the zip directory, not from the records). A hard link
+needs neither. Files that cannot be looked at are listed under `skipped` with why.
 """
 import collections
 import hashlib
@@ -186,6 +187,23 @@ def state_digest(path):
     return digest.hexdigest()
 
 
+def state_signature(path):
+    """SHA-256 of the state records' names (in the archive's folder), sizes and CRC-32s as the zip
+    directory lists them, no record read: saves whose signatures differ hold different states, so
+    only files of one signature are read in full by state_digest. (Records written without a
+    CRC-32 list 0: their signatures then differ only by size, and state_digest decides.)"""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            top = top_folder(archive.namelist())
+            if top is None:
+                return None
+            records = sorted(state_records(archive, top), key=lambda info: info.filename)
+    except NOT_A_ZIP:
+        return None
+    listed = "\n".join(f"{info.filename[len(top):]}\0{info.file_size}\0{info.CRC}" for info in records)
+    return hashlib.sha256(listed.encode("utf-8")).hexdigest()
+
+
 def state_records(archive, top):
     return [info for info in archive.infolist() if info.filename == top + "data.pkl"
             or (info.filename.startswith(top + "data/") and not info.filename.endswith("/"))]
@@ -262,7 +280,7 @@ def is_valid_fact(name, value):
         return (isinstance(value, list) and len(value) == 2
                 and all(part is None or type(part) is int for part in value))
     is_digest = isinstance(value, str) and HEX_DIGEST.fullmatch(value) is not None
-    return is_digest or (name == "state" and value is None)
+    return is_digest or (name in ("state", "signature") and value is None)
 
 
 def write_atomically(path, text):
@@ -333,8 +351,14 @@ def add_digests(files, facts, skipped):
 
 
 def add_states(files, facts, skipped):
-    """state only where files were saved at one epoch and step."""
-    for entry in alike(files, lambda entry: None if entry["epoch"] is None else (entry["epoch"], entry["step"])):
+    """state only where files saved at one epoch and step list their records alike: the same epoch
+    and step is common (experiments compared at one epoch, a rerun), and state_digest reads every
+    byte of a multi-GB file, where the signature reads the zip directory alone."""
+    same_save = alike(files, lambda entry: None if entry["epoch"] is None else (entry["epoch"], entry["step"]))
+    for entry in same_save:
+        entry["_signature"] = learn(entry, lambda entry: facts.get(entry, "signature", state_signature), skipped)
+    for entry in alike(same_save, lambda entry: entry.get("_signature") and
+                       (entry["epoch"], entry["step"], entry["_signature"])):
         entry["state"] = learn(entry, lambda entry: facts.get(entry, "state", state_digest), skipped)
 
 

@@ -73,7 +73,10 @@ def test_two_saves_of_one_state_prove_one_checkpoint_though_their_bytes_differ(t
     for look in ("first", "from the cache"):
         files = by_name(listed_without_torch(trained, cache=tmp_path / "facts.json"))
         assert files["epoch_latest.pt"]["state"] == files["epoch3.pt"]["state"], look
-        assert files["rerun_epoch3.pt"]["state"] not in (None, files["epoch3.pt"]["state"]), look
+        assert files["epoch3.pt"]["state"] is not None, look
+        # another state at the same epoch and step: its records' CRC-32s in the zip directory differ,
+        # so it is told apart without its weights being read
+        assert files["rerun_epoch3.pt"]["state"] is None, look
     assert all(entry["cached"] for entry in files.values())
 
 

@@ -215,5 +215,20 @@ def test_two_saves_of_one_state_share_a_state_digest_whatever_their_file_names(t
     torch_like_zip(tmp_path / "rerun_epoch3.pt", dict(saved, state_dict={"module.w": b"other"}))
     torch_like_zip(tmp_path / "epoch2.pt", dict(saved, epoch=2, step=20))
     files = by_name(run_lister(tmp_path)["sets"][0])
-    assert files["epoch3.pt"]["state"] == files["epoch_latest.pt"]["state"] != files["rerun_epoch3.pt"]["state"]
-    assert files["epoch3.pt"]["state"] is not None and files["epoch2.pt"]["state"] is None
+    assert files["epoch3.pt"]["state"] == files["epoch_latest.pt"]["state"] is not None
+    assert files["epoch2.pt"]["state"] is None  # another epoch: no proof needed
+    assert files["rerun_epoch3.pt"]["state"] is None  # its records' CRC-32s differ: another state, unread
+
+
+def test_experiments_saved_at_one_epoch_and_step_are_told_apart_without_reading_their_weights(tmp_path):
+    """TEAM, Large and Huge compared at epoch 5: one epoch and step, other weights. The zip
+    directory's CRC-32s tell them apart; no multi-GB file is read in full."""
+    for name, weights in (("team", b"t" * 64), ("large", b"l" * 64), ("huge", b"h" * 64)):
+        folder = tmp_path / name / "checkpoints"
+        folder.mkdir(parents=True)
+        torch_like_zip(folder / "epoch5.pt", {"epoch": 5, "step": 500, "name": name, "state_dict": {}})
+        with zipfile.ZipFile(folder / "epoch5.pt", "a") as archive:
+            archive.writestr("epoch5/data/1", weights)
+    listed = run_lister(tmp_path / "*" / "checkpoints" / "epoch5.pt")["sets"][0]["files"]
+    assert [entry["epoch"] for entry in listed] == [5, 5, 5]
+    assert [(entry["state"], entry["sha256"]) for entry in listed] == [(None, None)] * 3
