@@ -331,3 +331,15 @@ def test_without_an_identity_file_the_default_keys_are_offered(resolver, ssh_con
     target = resolve_target("plain", ssh_config)
     assert f"{Path.home()}/.ssh/id_ed25519" in target.identity_files
     assert f"{Path.home()}/.ssh/id_rsa" in target.identity_files
+
+
+def test_importing_ssh_leaves_importlib_metadata_unimported_and_paramiko_knows_its_version():
+    # importlib.metadata costs ~15 ms of every start; paramiko reads only its own version from it
+    script = ("import sys, importlib, evalkit.ssh; from evalkit.ssh._paramiko import paramiko; "
+              "print('importlib.metadata' in sys.modules, paramiko.__version__, paramiko.Transport._CLIENT_ID); "
+              "from importlib import metadata; print(metadata.version('paramiko'), type(metadata).__name__)")
+    imported = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=60)
+    import importlib.metadata
+    version = importlib.metadata.version("paramiko")
+    assert imported.stdout.split() == ["False", version, f"paramiko_{version}", version, "module"], imported.stderr
