@@ -46,7 +46,7 @@ class Step:
     stage: str
     command: str
     directions: tuple[str, ...] = ()  # the KNN directions whose predictions the step writes
-    beside_next: bool = False  # the next step starts at once and runs beside it (remote/job.py)
+    beside_rest: bool = False  # the steps after it start at once and run beside it (remote/job.py)
 
 
 @dataclass(frozen=True)
@@ -149,13 +149,20 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
-        steps = tuple(Step(**dict(step, directions=tuple(step["directions"]))) for step in data["steps"])
-        beside = tuple(Step(**dict(step, directions=tuple(step["directions"]))) for step in data.get("beside", ()))
+        steps = tuple(_step_of(step) for step in data["steps"])
+        beside = tuple(_step_of(step) for step in data.get("beside", ()))
         return cls(data["label"], data["checkpoint"], data["output_dir"], data["cpu_launcher"], steps,
                    dict(data["result_files"]), OutputFiles(**data["files"]), beside)
 
     def beside_step(self, name: str) -> Step | None:
         return next((step for step in self.beside if step.name == name), None)
+
+
+def _step_of(stored: dict) -> Step:
+    """A Step as a run record keeps it; a record of an evalkit before 2026-12-08 may say
+    beside_next (the per-query hits beside the last recall step), which only its driver read."""
+    fields = {name: value for name, value in stored.items() if name != "beside_next"}
+    return Step(**dict(fields, directions=tuple(stored["directions"])))
 
 
 def step_outputs(plan: Plan, step: Step) -> tuple[str, ...]:
@@ -205,6 +212,10 @@ def build_plan(settings: Settings, evaluation: Evaluation) -> Plan:
         steps.append(Step("verify", "check the features are complete", "extract",
                           inspect_command(settings, evaluation, require_complete=FEATURE_FILE_NAMES)))
     steps += builder.knn_steps()
+    if evaluation.directions:
+        # the first recall step, run beside the others: it reads the predictions and the texts
+        # only, so the run's end waits for upstream's recall, not for it
+        steps.append(builder.query_hits())
     results = {}
     if not evaluation.skip_text_to_image:
         steps.append(builder.evaluate_text_to_image())
@@ -212,9 +223,6 @@ def build_plan(settings: Settings, evaluation: Evaluation) -> Plan:
     if not evaluation.skip_image_to_text:
         steps += [builder.transform_annotation(), builder.evaluate_image_to_text()]
         results["image_to_text"] = files.i2t_result
-    if evaluation.directions:
-        # beside the last recall step: it reads only what that step reads, made before it
-        steps.insert(len(steps) - 1, builder.query_hits())
     if settings.image_to_image:
         results["image_to_image"] = files.i2i_result  # written by its KNN step, checked like predictions
     if evaluation.directions:
@@ -363,15 +371,16 @@ class _StepBuilder:
                     self.upstream("evaluation.py", [texts, self.files.t2i_predictions, self.files.t2i_result]))
 
     def query_hits(self) -> Step:
-        """Each query's hits and their 95% intervals, from the files upstream's recall just read."""
+        """Each query's hits and their 95% intervals, from the files upstream's recall reads (the
+        image→text annotation derived from the texts as upstream's transform derives it)."""
         _, texts = dataset_paths(self.settings, self.evaluation.dataset, self.evaluation.split)
         args = ["--output", self.files.query_hits]
         if not self.evaluation.skip_text_to_image:
             args += ["--text-to-image", texts, self.files.t2i_predictions]
         if not self.evaluation.skip_image_to_text:
-            args += ["--image-to-text", self.files.texts_tr, self.files.i2t_predictions]
+            args += ["--image-to-text-of", self.files.texts_copy, self.files.i2t_predictions]
         return Step(QUERY_HITS_STEP, "per-query hits + 95% intervals", "recall",
-                    in_server_env(self.settings, script_call(self.settings, QUERY_HITS, args)), beside_next=True)
+                    in_server_env(self.settings, script_call(self.settings, QUERY_HITS, args)), beside_rest=True)
 
     def provenance(self) -> Step:
         """What the numbers are made from (the checkpoint's SHA-256 among them), hashed while the

@@ -157,5 +157,5 @@ def run_spec(run: RemoteRun) -> dict:
     """run.json: what the driver runs (remote/job.py drive)."""
     return {"run_id": run.run_id, "lock": run.plan.lock,
             "steps": [{"name": s.name, "title": s.title, "command": s.command, "outputs": step_outputs(run.plan, s),
-                       "beside_next": s.beside_next} for s in run.plan.steps],
+                       "beside_rest": s.beside_rest} for s in run.plan.steps],
             "beside": [{"name": s.name, "command": s.command} for s in run.plan.beside]}

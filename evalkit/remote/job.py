@@ -111,24 +111,20 @@ def run_steps(run_dir, steps):
     """Each step in turn until one fails: ("succeeded" or "failed", details of the failure); a
     state of None when the run ended meanwhile (cancelled: no further step starts).
 
-    A step marked beside_next (evalkit's own per-query hits) starts and the next step starts at
-    once, beside it; it is waited for once the next step ends (before any later step starts), and
-    the first step, by index, that failed is the run's failed step."""
-    overlapping = []  # (index, thread) of the steps running beside the next one
+    A step marked beside_rest (evalkit's own per-query hits) starts, and the steps after it start
+    at once and run beside it; it is waited for once they have ended (or one failed), and the
+    first step, by index, that failed is the run's failed step."""
+    overlapping = []  # (index, thread) of the steps running beside the later ones
     failed = None
     for index, step in enumerate(steps):
         if has_ended(run_dir):
             failed = "ended"
             break
-        if step.get("beside_next") and index + 1 < len(steps):
+        if step.get("beside_rest") and index + 1 < len(steps):
             overlapping.append(start_step_beside(run_dir, index, step["command"]))
             continue
         if run_step(run_dir, index, step["command"]) != 0:
             failed = index
-            break
-        # a step beside this one overlaps it only: it ends before a later step starts, and if it
-        # failed the run fails and nothing more starts
-        if any(waited.join() != 0 for _, waited in overlapping):
             break
     codes = {index: waited.join() for index, waited in overlapping}
     failures = sorted([index for index, code in codes.items() if code != 0] +

@@ -1,8 +1,12 @@
 """Per-query hits and 95% bootstrap intervals, from the files upstream's recall read.
 
-Usage (on the server, after upstream's evaluation.py / evaluation_tr.py):
+Usage (on the server, once upstream's KNN scripts wrote the predictions):
     python query_hits.py [--text-to-image TEXTS.jsonl PREDICTIONS.jsonl]
-        [--image-to-text TEXTS.tr.jsonl TR_PREDICTIONS.jsonl] --output query_hits.json
+        [--image-to-text-of TEXTS.jsonl TR_PREDICTIONS.jsonl] --output query_hits.json
+--image-to-text-of derives the image→text annotation from the texts as upstream's
+transform_ir_annotation_to_tr.py does (its .tr.jsonl, byte for byte), so this runs beside
+upstream's recall steps rather than after the transform; --image-to-text TEXTS.tr.jsonl
+TR_PREDICTIONS.jsonl takes that file itself (the plans of evalkit before 2026-12-08).
 
 Hits are counted exactly as upstream's evaluation scripts count them: the queries are the
 reference file's ids in its order (a repeated id once, with its last line's answers), and a
@@ -23,7 +27,7 @@ import hashlib
 import json
 import os
 import sys
-from typing import Dict, List
+from typing import Dict, Iterable, List
 
 import numpy as np
 
@@ -41,11 +45,30 @@ FIELDS = {"text_to_image": (("text_id", "image_ids"), ("text_id", "image_ids")),
 
 def read_by_id(path: str, fields: tuple) -> Dict[int, List[int]]:
     """upstream's read_reference (and read_submission's dict): one JSON object per line, a
-    repeated id keeps its first place and its last line's list. One parse of the whole file:
-    a line that is blank or not JSON fails it, as it fails upstream's line-by-line parse."""
+    repeated id keeps its first place and its last line's list."""
     with open(path, encoding="utf-8") as lines:
-        objects = json.loads("[" + ",".join(line.strip() for line in lines) + "]")
+        return by_id(lines, fields)
+
+
+def by_id(lines: Iterable[str], fields: tuple) -> Dict[int, List[int]]:
+    """One parse of all LINES: a line that is blank or not JSON fails it, as it fails upstream's
+    line-by-line parse."""
+    objects = json.loads("[" + ",".join(line.strip() for line in lines) + "]")
     return {obj[fields[0]]: obj[fields[1]] for obj in objects}
+
+
+def image_to_text_annotation(texts_path: str) -> str:
+    """What upstream's transform_ir_annotation_to_tr.py writes from TEXTS_PATH: per image, in the
+    order images are first named, the ids of the texts naming it (a text named twice, twice),
+    one json.dumps line each."""
+    text_ids: Dict[int, List[int]] = {}
+    with open(texts_path, encoding="utf-8") as lines:
+        for line in lines:
+            text = json.loads(line.strip())
+            for image_id in text["image_ids"]:
+                text_ids.setdefault(image_id, []).append(text["text_id"])
+    return "".join("{}\n".format(json.dumps({"image_id": image_id, "text_ids": ids}))  # upstream's own format
+                   for image_id, ids in text_ids.items())
 
 
 def hit_strings(reference: Dict[int, List[int]], predictions: Dict[int, List[int]]) -> Dict[str, str]:
@@ -80,13 +103,23 @@ def ci95(hits: Dict[str, str], seed: int, resamples: int = RESAMPLES) -> Dict[st
             for key, value in values.items()}
 
 
+def reference_of(path: str, fields: tuple, derived: bool) -> tuple:
+    """(the reference by id, the SHA-256 of its file) from PATH, or (DERIVED) from the image→text
+    annotation of texts PATH: the file upstream's transform would write there, never written."""
+    if derived:
+        text = image_to_text_annotation(path)  # json.dumps lines: ASCII, split at "\n" only
+        return by_id(text.splitlines(), fields), hashlib.sha256(text.encode("utf-8")).hexdigest()
+    with open(path, "rb") as raw:
+        digest = hashlib.sha256(raw.read()).hexdigest()
+    return read_by_id(path, fields), digest
+
+
 def direction_record(direction: str, reference_path: str, predictions_path: str, seed: int,
-                     resamples: int = RESAMPLES) -> dict:
+                     resamples: int = RESAMPLES, derived: bool = False) -> dict:
+    """DERIVED: REFERENCE_PATH holds the texts, whose image→text annotation is the reference."""
     reference_fields, prediction_fields = FIELDS[direction]
     try:
-        with open(reference_path, "rb") as raw:
-            digest = hashlib.sha256(raw.read()).hexdigest()
-        reference = read_by_id(reference_path, reference_fields)
+        reference, digest = reference_of(reference_path, reference_fields, derived)
         hits = hit_strings(reference, read_by_id(predictions_path, prediction_fields))
     except (OSError, ValueError, KeyError, TypeError) as exc:  # upstream's own result says more
         return {"error": f"{type(exc).__name__}: {exc}"}
@@ -98,14 +131,16 @@ def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(prog="query_hits", description=__doc__.splitlines()[0])
     parser.add_argument("--text-to-image", nargs=2, metavar=("TEXTS", "PREDICTIONS"))
     parser.add_argument("--image-to-text", nargs=2, metavar=("TEXTS_TR", "TR_PREDICTIONS"))
+    parser.add_argument("--image-to-text-of", nargs=2, metavar=("TEXTS", "TR_PREDICTIONS"))
     parser.add_argument("--output", required=True)
     parser.add_argument("--resamples", type=int, default=RESAMPLES)
     args = parser.parse_args(argv)
     document = {"format": FORMAT, "bootstrap": {"resamples": args.resamples, "seed": SEED, "percentiles": [2.5, 97.5]}}
     for index, direction in enumerate(FIELDS):
-        paths = getattr(args, direction)
+        derived = direction == "image_to_text" and args.image_to_text_of is not None
+        paths = args.image_to_text_of if derived else getattr(args, direction)
         if paths:
-            document[direction] = direction_record(direction, *paths, SEED + index, args.resamples)
+            document[direction] = direction_record(direction, *paths, SEED + index, args.resamples, derived)
     atomic.write_atomically(args.output, json.dumps(document), mode=0o644)
     summary = {direction: document[direction].get("queries", "error") for direction in FIELDS if direction in document}
     print(f"query_hits: {json.dumps(summary)} -> {args.output}", flush=True)

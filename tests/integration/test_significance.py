@@ -76,6 +76,11 @@ def test_a_comparison_carries_intervals_and_paired_significance(testbed, second_
                            (texts, out / f"{spec.split}_predictions.jsonl"),
                            (out / f"{spec.split}_texts.tr.jsonl", out / f"{spec.split}_tr_predictions.jsonl"))
     assert {d: again[d]["ci95"] for d in ("text_to_image", "image_to_text")} == rows["baseline"]["ci95"]
+    # ... and the run's, which derived the image→text annotation itself (to run beside upstream's
+    # recall), has the hits and the reference digest of upstream's own transform output
+    ran = json.loads((folder / "baseline" / "query_hits.json").read_text(encoding="utf-8"))
+    assert {d: ran[d] for d in ("text_to_image", "image_to_text")} == {d: again[d] for d in ("text_to_image",
+                                                                                               "image_to_text")}
 
     # the same checkpoint again under another label (its features and predictions reused)
     twin = testbed.evaluate("--datapath", str(testbed.datapath), "--model-path", str(testbed.checkpoint),
@@ -107,3 +112,22 @@ def test_hits_average_to_upstreams_recall_on_the_other_data_set(testbed, tmp_pat
                               (tmp_path / f"{spec.split}_texts.tr.jsonl", tmp_path / "i2t.jsonl"))
     assert document["format"] == query_hits_script.FORMAT
     assert_hits_are_upstreams_recall(document, upstream)
+
+
+def test_the_image_to_text_annotation_derived_for_the_hits_is_upstreams_transform_byte_for_byte(
+        server_python, chinese_clip_dir, tmp_path):
+    """query_hits.py derives what transform_ir_annotation_to_tr.py writes, so that it can run
+    beside upstream's recall steps: a text naming several images, an image named by several
+    texts, a repeated text id, string ids and Chinese text with a line separator inside."""
+    texts = tmp_path / "valid_texts.jsonl"
+    texts.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in [
+        {"text_id": 5, "text": "两只狗\u2028在草地上", "image_ids": [30, 10]},
+        {"text_id": 2, "text": "a", "image_ids": [10]},
+        {"text_id": 5, "text": "again", "image_ids": [30]},
+        {"text_id": "t9", "text": "b", "image_ids": ["i7", 10]},
+    ]), encoding="utf-8")
+    subprocess.run([str(server_python), str(chinese_clip_dir / "cn_clip" / "eval" / "transform_ir_annotation_to_tr.py"),
+                    "--input", str(texts)], check=True, capture_output=True)
+    upstreams = (tmp_path / "valid_texts.tr.jsonl").read_text(encoding="utf-8")
+    assert query_hits_script.image_to_text_annotation(str(texts)) == upstreams
+    assert upstreams.count("\n") == 3  # images 30, 10, i7

@@ -16,8 +16,9 @@ from evalkit.evaluation import Evaluation, checkpoint_label, checkpoint_path
 from evalkit.plan import CHECK_STEPS, I2T_RESULT, QUERY_HITS_STEP, T2I_RESULT, build_plan, dataset_paths
 
 SEED_CHECKPOINT = "/root/autodl-tmp/datapath/experiments/exp/checkpoints/epoch_latest.pt"
-ALL_STEPS = ["prepare", "extract", "verify", "knn_t2i", "knn_i2t", "check_predictions", "recall_t2i", "transform",
-             "query_hits", "recall_i2t"]
+# evalkit's per-query hits first among the recall steps: they run beside upstream's three
+ALL_STEPS = ["prepare", "extract", "verify", "knn_t2i", "knn_i2t", "check_predictions", "query_hits", "recall_t2i",
+             "transform", "recall_i2t"]
 # upstream's scripts; query_hits.py is evalkit's own (tests/unit/test_query_hits.py)
 PYTHON_STEPS = [name for name in ALL_STEPS if name not in ("prepare", *CHECK_STEPS, QUERY_HITS_STEP)]
 
@@ -167,8 +168,8 @@ def test_steps_run_in_upstream_order():
     ({}, ALL_STEPS, {"text_to_image", "image_to_text"}),
     ({"skip_extraction": True}, [n for n in ALL_STEPS if n not in ("extract", "verify")],
      {"text_to_image", "image_to_text"}),
-    ({"skip_text_to_image": True}, ["prepare", "extract", "verify", "knn_i2t", "check_predictions", "transform",
-                                    "query_hits", "recall_i2t"], {"image_to_text"}),
+    ({"skip_text_to_image": True}, ["prepare", "extract", "verify", "knn_i2t", "check_predictions", "query_hits",
+                                    "transform", "recall_i2t"], {"image_to_text"}),
     ({"skip_image_to_text": True}, ["prepare", "extract", "verify", "knn_t2i", "check_predictions", "query_hits",
                                     "recall_t2i"], {"text_to_image"}),
     ({"skip_extraction": True, "skip_image_to_text": True}, ["prepare", "knn_t2i", "check_predictions",
@@ -178,8 +179,8 @@ def test_skip_flags_remove_their_steps_and_results(skips, names, results):
     plan = build_plan(Settings(), request(**skips))
     assert [step.name for step in plan.steps] == names
     assert set(plan.result_files) == results
-    # the per-query hits run beside the last recall step, not after it
-    assert [step.name for step in plan.steps if step.beside_next] == ["query_hits"]
+    # the per-query hits run beside upstream's recall steps, not after them
+    assert [step.name for step in plan.steps if step.beside_rest] == ["query_hits"]
 
 
 @pytest.mark.parametrize("stages, has_provenance", [(("extract", "knn", "recall"), True), (("recall",), True),

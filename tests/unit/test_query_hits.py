@@ -88,3 +88,22 @@ def test_a_known_large_difference_is_significant(tmp_path):
     found = significance(*documents)["text_to_image"]
     assert all(found[metric]["p_value"] < 0.001 for metric in ("r1", "r5", "r10", "mean_recall"))
     assert 5 < found["r1"]["delta"] < 15
+
+
+def test_image_to_text_hits_from_the_texts_equal_those_from_upstreams_transformed_file(tmp_path):
+    texts = write_jsonl(tmp_path / "texts.jsonl", [
+        {"text_id": 1, "text": "a", "image_ids": [20, 10]},
+        {"text_id": 2, "text": "b", "image_ids": [10]},
+    ])
+    # what transform_ir_annotation_to_tr.py writes from them: images in order of first mention
+    texts_tr = write_jsonl(tmp_path / "texts.tr.jsonl", [{"image_id": 20, "text_ids": [1]},
+                                                        {"image_id": 10, "text_ids": [1, 2]}])
+    predictions = write_jsonl(tmp_path / "tr_predictions.jsonl", [
+        {"image_id": 10, "text_ids": [2, *range(100, 109)]}, {"image_id": 20, "text_ids": list(range(100, 110))}])
+    documents = []
+    for flag, reference in (("--image-to-text", texts_tr), ("--image-to-text-of", texts)):
+        output = tmp_path / f"{flag}.json"
+        assert query_hits.main([flag, reference, predictions, "--output", str(output), "--resamples", "100"]) == 0
+        documents.append(json.loads(output.read_text(encoding="utf-8")))
+    assert documents[0] == documents[1]
+    assert documents[1]["image_to_text"]["hits"]["r1"] == "01"  # image 20 missed, image 10 hit
