@@ -62,9 +62,25 @@ def sweep_vs_loop(bed, size: int = 6) -> dict:
         sys.exit(f"the re-run did not keep the {size} finished cells:\n{shown[0][-3000:]}")
     alone = _evalkit(bed, bed.config("alone-f", remote_output_dir=str(bed.work / "out-alone"),
                                      results_dir=str(bed.work / "results-alone")), new)
+    step_seconds = {kind: _step_medians([bed.work / f"out-{kind}{index}" for index, name in
+                                         enumerate(("sweep", "loop", "loop", "sweep")) if name == kind])
+                    for kind in ("sweep", "loop")}
     return {"checkpoints": size, "sweep_seconds": sweep, "loop_seconds": loop, "ratio": sweep / loop,
-            "each_side_seconds": seconds, "rerun_with_new_epoch_seconds": rerun, "new_epoch_alone_seconds": alone,
-            "rerun_ratio": rerun / alone, "rerun_output": shown[0]}
+            "each_side_seconds": seconds, "step_seconds": step_seconds, "rerun_with_new_epoch_seconds": rerun,
+            "new_epoch_alone_seconds": alone, "rerun_ratio": rerun / alone, "rerun_output": shown[0]}
+
+
+def _step_medians(roots: list[Path]) -> dict[str, float]:
+    """Each step's median duration over the runs under ROOTS, as the driver timed it on the server
+    (step-N.exit's second line): where a side's time goes, steps against everything else."""
+    import statistics
+    durations: dict[str, list[float]] = {}
+    for run in (run for root in roots for run in (root / ".evalkit" / "runs").iterdir()):
+        names = [step["name"] for step in json.loads((run / "run.json").read_text())["steps"]]
+        for index, name in enumerate(names):
+            exited = (run / f"step-{index}.exit").read_text().split()
+            durations.setdefault(name, []).append(float(exited[1]))
+    return {name: round(statistics.median(values), 3) for name, values in durations.items()}
 
 
 # the real checkpoint's tensor names and shapes (what a sweep's listing reads of each file), each
@@ -135,6 +151,9 @@ def rows(results: dict) -> list[tuple[str, str, str, bool]]:
         found += [(f"S-e. sweep of {sweep['checkpoints']} / the same one-shot in a loop", f"{sweep['ratio']:.3f}",
                    "<= 0.95",
                    sweep["ratio"] <= TARGETS["sweep_vs_loop"]),
+                  *[(f"     median s of {name}: sweep / loop", f"{sweep['step_seconds']['sweep'][name]:.2f} / "
+                     f"{sweep['step_seconds']['loop'].get(name, float('nan')):.2f}", "-", True)
+                    for name in sweep.get("step_seconds", {}).get("sweep", {})],
                   ("S-f. finished sweep + 1 new epoch / that epoch alone", f"{sweep['rerun_ratio']:.3f}", "<= 1.2",
                    sweep["rerun_ratio"] <= TARGETS["new_epoch_rerun"])]
     if "reused_sweep" in results:
