@@ -158,19 +158,20 @@ class _Early:
     _begun: dict[tuple[int, str], "_Early"] = {}
     _lock = threading.Lock()
 
-    def __init__(self, connection: Connection, settings: Settings) -> None:
+    def __init__(self, connection: Connection, settings: Settings, command: str) -> None:
         self.connection = connection  # held: while it waits, no other connection can take its id
         self.generation = connection.generation
         self.settings = settings
         self.command: PendingCommand | None = None
         self.starter: Starter | None = None  # once it looked (its scripts made current)
-        self.thread = threading.Thread(target=self._start, args=(start_command(settings),), daemon=True)
+        self.thread = threading.Thread(target=self._start, args=(command,), daemon=True)
 
     @classmethod
     def begin(cls, connection: Connection, settings: Settings) -> None:
-        early = cls(connection, settings)
+        command = start_command(settings)
+        early = cls(connection, settings, command)
         with cls._lock:
-            if cls._begun.setdefault((id(connection), start_command(settings)), early) is not early:
+            if cls._begun.setdefault((id(connection), command), early) is not early:
                 return  # one is begun already
         early.thread.start()
 
