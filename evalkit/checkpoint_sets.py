@@ -27,13 +27,15 @@ def patterns_of(settings: Settings, wanted: list[Wanted]) -> list[str]:
                               if item.model_path and is_checkpoint_set(item.model_path)))
 
 
-def expand(settings: Settings, wanted: list[Wanted], scopes: list[Scope]) -> tuple[list[Wanted], Listing]:
+def expand(settings: Settings, wanted: list[Wanted], scopes: list[Scope],
+           will_evaluate: bool = True) -> tuple[list[Wanted], Listing]:
     """WANTED with every directory or glob replaced by its checkpoints, in epoch order, each
-    content once, and what the listing saw; no connection when there is no directory or glob."""
+    content once, and what the listing saw; no connection when there is no directory or glob.
+    WILL_EVALUATE: evaluations follow on the listing's connection (not a dry run)."""
     patterns = patterns_of(settings, wanted)
     if not patterns:
         return wanted, Listing()
-    answer = ask_server(settings, patterns, dataset_files(settings, scopes))
+    answer = ask_server(settings, patterns, dataset_files(settings, scopes), will_evaluate)
     sets = tuple(choose(found["pattern"], found["kind"], found["searched"],
                         [Listed.from_dict(entry) for entry in found["files"]], skipped_of(found))
                  for found in answer["sets"])
@@ -67,9 +69,9 @@ def listing_command(settings: Settings, patterns: list[str], files: list[str]) -
                                               (source, cache, json.dumps(files, ensure_ascii=False), *patterns)))
 
 
-def ask_server(settings: Settings, patterns: list[str], files: list[str]) -> dict:
+def ask_server(settings: Settings, patterns: list[str], files: list[str], will_evaluate: bool = True) -> dict:
     from .pipeline import looking  # the SSH side loads only when a sweep needs it
-    with looking(settings) as session:  # the evaluations' connection, opened here
+    with looking(settings, will_evaluate) as session:  # the evaluations' connection, opened here
         exit_code, stdout, stderr = session.capture(listing_command(settings, patterns, files),
                                                     timeout=settings.step_timeout)
     answer = last_marked_json(stdout, MARKER)

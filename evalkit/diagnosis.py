@@ -17,7 +17,7 @@ from .errors import (AuthenticationError, ConfigError, EvalkitError, HostKeyErro
 from . import zeroshot
 from .evaluation import Evaluation
 from .plan import dataset_paths
-from .server import PROBE as PROBE_NAME, ServerCall, in_server_env, script_path, upstream_call
+from .server import PROBE as PROBE_NAME, ServerCall, in_server_env, script_path, through_bootstrap, upstream_call
 from .progress import last_marked_json
 
 PROBE_MARKER = b"EVALKIT-DOCTOR "     # remote/doctor_probe.py prints its JSON after this
@@ -53,13 +53,15 @@ class ProbeRun:
 
 # --- the remote command ------------------------------------------------------------------------
 
-def doctor_command(settings: Settings, evaluation: Evaluation) -> str:
-    """Activate, say so, then run the probe on everything the evaluation will touch."""
+def doctor_command(settings: Settings, evaluation: Evaluation, bootstrap: str) -> str:
+    """Activate, say so, then run the probe on everything the evaluation will touch, through
+    BOOTSTRAP (remote/bootstrap.py's source), which first makes the server's scripts current
+    from stdin (server.through_bootstrap)."""
     args = ["--clip-dir", settings.chinese_clip_dir, "--device", settings.device,
             *_dataset_args(settings, evaluation), "--output-root", settings.output_root]
     if evaluation.checkpoint:
         args += ["--checkpoint", evaluation.checkpoint]
-    return in_server_env(settings, _probe_call(settings, args), announce=ACTIVATED_MARKER)
+    return in_server_env(settings, through_bootstrap(_probe_call(settings, args), bootstrap), announce=ACTIVATED_MARKER)
 
 
 def _dataset_args(settings: Settings, evaluation: Evaluation) -> list[str]:
@@ -119,10 +121,10 @@ def connection_checks(address: str, known_hosts_name: str, user: str,
     return passed[:failed_at] + [Check(passed[failed_at].name, False, error.message, error.hint)]
 
 
-def upload_failure(path: str, reason: str) -> Check:
-    return Check("server output location", False,
-                 f"evalkit cannot write its probe to {path} on the server: {reason}",
-                 "set remote_output_dir (or --datapath) to a directory you can write there")
+def scripts_folder_failure(why: str, fix: Optional[str]) -> Check:
+    """The server's scripts folder, refused by the bootstrap: unsafe (others could write it), or
+    not writable (its sentences are the bootstrap's own, as a run's refusal says them)."""
+    return Check("server output location", False, why, fix)
 
 
 # --- the probe's facts -------------------------------------------------------------------------
@@ -208,7 +210,8 @@ def classification_checks(classification: dict) -> list[Check]:
     found = classification.get("checks")
     if not found:
         return [Check("classification dataset", False, "the probe did not check the classification dataset",
-                      "run the doctor again (it uploads its probe and zeroshot.py); if it says the same, report it")]
+                      "run the doctor again (it brings its probe and zeroshot.py up to date); if it says the same, "
+                      "report it")]
     return [Check(check["name"], check["ok"], check["found"], check["fix"]) for check in found]
 
 

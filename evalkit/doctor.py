@@ -9,12 +9,13 @@ from typing import Callable
 from . import diagnosis, slurm_job, zeroshot
 from .config import Settings
 from .diagnosis import Check
-from .errors import DoctorFailed, EvalkitError
+from .errors import DoctorFailed, EvalkitError, RemoteStepFailed
 from .evaluation import Evaluation, Scope
-from .server import PROBE, ZEROSHOT, script_path, scripts_for
+from .server import PROBE, ZEROSHOT, scripts_for
 from .session import Session
 from .ssh import Connection, Target, resolve_target
-from .uploads import upload_scripts
+from .starter import Starter
+from .uploads import bootstrap_source
 
 PROBE_TIMEOUT_SECONDS = 900.0  # loading a multi-GB checkpoint without mmap takes minutes
 
@@ -70,13 +71,11 @@ def run_doctor(settings: Settings, evaluation: Evaluation,
             if not layout.ok:
                 return checks
         try:
-            upload_scripts(connection, settings, scripts_for(settings, extra=(PROBE, ZEROSHOT)))
-        except OSError as exc:  # sftp: permission denied, no such directory, disk full
-            add(diagnosis.upload_failure(script_path(settings, PROBE), str(exc) or type(exc).__name__))
+            probed = _probe(connection, settings, evaluation)
+        except RemoteStepFailed as refused:  # the scripts folder is unsafe, or cannot be written
+            add(diagnosis.scripts_folder_failure(refused.message, refused.hint))
             return checks
-        exit_code, stdout, stderr = connection.capture(diagnosis.doctor_command(settings, evaluation),
-                                                       timeout=min(settings.step_timeout, PROBE_TIMEOUT_SECONDS))
-        found = diagnosis.interpret(diagnosis.parse_probe(exit_code, stdout, stderr), settings, evaluation)
+        found = diagnosis.interpret(probed, settings, evaluation)
         if settings.executor != "slurm":
             add(*found)
             return checks
@@ -87,6 +86,17 @@ def run_doctor(settings: Settings, evaluation: Evaluation,
         add(*(slurm_job.compute_node_gpu_check(check, partition, seen_by_job, settings) if check.name == "GPU"
               else check for check in found), *slurm_checks)
     return checks
+
+
+def _probe(connection: Connection, settings: Settings, evaluation: Evaluation) -> diagnosis.ProbeRun:
+    """The probe, run by the bootstrap once it made the server's scripts current by their
+    digests (those a run needs too, as before any run: no SFTP, nothing sent when unchanged).
+    A bootstrap that answered ran in the activated env; one that did not leaves the activation
+    marker, or its absence, in what the command printed."""
+    command = connection.start_command(diagnosis.doctor_command(settings, evaluation, bootstrap_source()))
+    answered, (exit_code, stdout, stderr) = Starter(command, settings, scripts_for(settings, extra=(PROBE, ZEROSHOT))) \
+        .run_to_end(min(settings.step_timeout, PROBE_TIMEOUT_SECONDS))
+    return diagnosis.parse_probe(exit_code, stdout, stderr, activated=True if answered else None)
 
 
 def _with_task(settings: Settings, evaluation: Evaluation, session: Session) -> tuple[Evaluation, Check | None]:

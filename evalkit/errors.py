@@ -143,7 +143,7 @@ class DriverGone(EvalkitError):
 
 
 class TransferUnavailable(EvalkitError):
-    """The server's SSH has no SFTP subsystem, which `logs --follow`, the doctor and Slurm runs need."""
+    """The server's SSH has no SFTP subsystem, which Slurm runs need."""
 
     exit_code = 21
     title = "no SFTP on the server"

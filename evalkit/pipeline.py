@@ -81,10 +81,11 @@ _KEPT_LOCK = threading.Lock()
 
 
 @contextmanager
-def looking(settings: Settings) -> Iterator[Session]:
+def looking(settings: Settings, will_evaluate: bool = True) -> Iterator[Session]:
     """A look at the server before any evaluation (a dataset's layout, a sweep's checkpoints) on
     the command's first connection to it, kept open for the first evaluation (connected,
-    sweep_connection), which closes it: one connection and one authentication per command."""
+    sweep_connection), which closes it: one connection and one authentication per command.
+    WILL_EVALUATE: an evaluation follows (not a dry run), so its starter is begun now."""
     key = _host_of(settings)
     with _KEPT_LOCK:
         first = key not in _KEPT
@@ -92,7 +93,7 @@ def looking(settings: Settings) -> Iterator[Session]:
             _KEPT[key] = Connection(resolve_target(settings.host, settings.ssh_config_path), settings.connect_timeout)
         connection = _KEPT[key]
     connection.open()
-    if first:  # its evaluation's starter, begun while the look goes on (starter.py begin_early)
+    if first and will_evaluate:  # its evaluation's starter, begun while the look goes on (starter.py begin_early)
         Starter.begin_early(connection, settings)
     yield Session(connection)
 

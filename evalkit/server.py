@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import Settings
 from .executors import GPUS_FROM_SCHEDULER
@@ -90,6 +90,14 @@ def in_server_env(settings: Settings, call: ServerCall, announce: str | None = N
         parts.append("export " + " ".join(exports))
     parts.append(shlex.join(call.argv))
     return " && ".join(parts)
+
+
+def through_bootstrap(call: ServerCall, bootstrap: str) -> ServerCall:
+    """CALL, one of evalkit's scripts by its path in the scripts folder, run by BOOTSTRAP
+    (remote/bootstrap.py's source, given inline), which first makes the folder's scripts current
+    from stdin (their digests; the sources of those missing or changed): no upload beforehand."""
+    folder, name = posixpath.split(call.script)
+    return replace(call, script="-c", args=(bootstrap, folder, name, *call.args))
 
 
 def upstream_call(settings: Settings, script: str, args: list[str], launcher: str | None = None,

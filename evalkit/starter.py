@@ -18,10 +18,10 @@ from typing import Any
 from .config import Settings
 from .errors import EvalkitError, RemoteStepFailed
 from .progress import last_marked_json
-from .server import BOOTSTRAP, JOB_RUNNER, PROBE, PROVENANCE, ZEROSHOT, ServerCall, in_server_env, scripts_dir, \
-    scripts_for
+from .server import JOB_RUNNER, PROBE, PROVENANCE, ZEROSHOT, ServerCall, in_server_env, script_call, \
+    scripts_for, through_bootstrap
 from .ssh import Connection, PendingCommand
-from .uploads import script_digests, script_source
+from .uploads import bootstrap_source, script_digests, script_source
 
 MARKER = b"EVALKIT-JOB "
 START_TIMEOUT = 60.0
@@ -73,18 +73,24 @@ class Starter:
         answered = starter.ask({"look": paths}, START_TIMEOUT)
         return set(answered["there"]) if answered is not None and "there" in answered else None
 
-    def _make_current(self, then: bytes) -> None:
-        """The scripts' digests, THEN (the first message, which the bootstrap keeps for job.py
-        while it writes the scripts that differ); their sources when some are missing."""
+    def _exchange(self, then: bytes) -> dict | None:
+        """The scripts' digests, THEN (the first message, which the bootstrap keeps for its script
+        while it writes the scripts that differ); their sources when some are missing. The
+        bootstrap's last answer, or None when the command ended first (finish() says how)."""
         scripts, self._unchecked = self._unchecked or [], None
         self._checked = set(scripts)
         answered = self.command.ask(_line({"files": script_digests(scripts)}) + then, MARKER, START_TIMEOUT)
-        if answered is not None and answered.get("refused"):  # evalkit's folder is unsafe to run from
-            self.command.finish(b"", START_TIMEOUT)
-            raise RemoteStepFailed(answered["refused"], answered.get("fix"))
         if answered is not None and answered.get("missing"):
             sources = {name: script_source(name).decode("utf-8") for name in answered["missing"]}
             answered = self.command.ask(_line({"files": sources}), MARKER, START_TIMEOUT)
+        if answered is not None and answered.get("refused"):  # evalkit's folder is unsafe, or cannot be written
+            self.command.finish(b"", START_TIMEOUT)
+            raise RemoteStepFailed(answered["refused"], answered.get("fix"))
+        return answered
+
+    def _make_current(self, then: bytes) -> None:
+        """_exchange, and a failure to start said as one: the env, or python, did not start."""
+        answered = self._exchange(then)
         if answered is None:
             exit_code, stdout, stderr = self.command.finish(b"", START_TIMEOUT)
             tail = (stderr or stdout).decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
@@ -99,6 +105,14 @@ class Starter:
         that streams (job.py events), whose output is read as it comes."""
         if self._unchecked is not None:
             self._make_current(b"")
+
+    def run_to_end(self, timeout: float) -> tuple[bool, CallResult]:
+        """Its scripts made current, then its script run to its end (a script other than job.py,
+        whose output is its own: the doctor's probe). Whether the bootstrap answered (then the env
+        activated and python ran), and the script's exit status, stdout and stderr: all the
+        command printed, when the bootstrap never answered. RemoteStepFailed: a refused folder."""
+        answered = self._exchange(b"") if self._unchecked is not None else {}
+        return answered is not None, self.command.finish(b"", timeout)
 
     def finish(self, timeout: float) -> dict | None:
         """Its last answer once it ended (job.py's action other than start); None without one."""
@@ -158,19 +172,20 @@ class _Early:
     _begun: dict[tuple[int, str], "_Early"] = {}
     _lock = threading.Lock()
 
-    def __init__(self, connection: Connection, settings: Settings) -> None:
+    def __init__(self, connection: Connection, settings: Settings, command: str) -> None:
         self.connection = connection  # held: while it waits, no other connection can take its id
         self.generation = connection.generation
         self.settings = settings
         self.command: PendingCommand | None = None
         self.starter: Starter | None = None  # once it looked (its scripts made current)
-        self.thread = threading.Thread(target=self._start, args=(start_command(settings),), daemon=True)
+        self.thread = threading.Thread(target=self._start, args=(command,), daemon=True)
 
     @classmethod
     def begin(cls, connection: Connection, settings: Settings) -> None:
-        early = cls(connection, settings)
+        command = start_command(settings)
+        early = cls(connection, settings, command)
         with cls._lock:
-            if cls._begun.setdefault((id(connection), start_command(settings)), early) is not early:
+            if cls._begun.setdefault((id(connection), command), early) is not early:
                 return  # one is begun already
         early.thread.start()
 
@@ -224,6 +239,4 @@ def start_command(settings: Settings, job_args: tuple[str, ...] = START_ARGS) ->
     """job.py start through the bootstrap, given inline: that first makes evalkit's scripts on
     the server current from stdin, then job.py reads the run, starts its driver in the
     background, every stream redirected so the run does not depend on the SSH session."""
-    inline = ServerCall(settings.python, "-c", (script_source(BOOTSTRAP).decode("utf-8"), scripts_dir(settings),
-                                                JOB_RUNNER, *job_args))
-    return in_server_env(settings, inline)
+    return in_server_env(settings, through_bootstrap(script_call(settings, JOB_RUNNER, job_args), bootstrap_source()))

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.console import RenderableType
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, Task, TaskID, TextColumn,
                            TimeElapsedColumn)
+from rich.rule import Rule
 from rich.table import Column
 from rich.table import Table
 from rich.text import Text
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # pipeline brings paramiko: kept out of `--help`'s start-up
 
 RULE_ENDS = 4  # columns a rule keeps beside its title (rich cuts a longer title with …)
 PIPED_WIDTH = 1000  # `references > file`, `| grep`: a row on one line, whatever its names' length
+PIPED_RULE_WIDTH = 80  # a rule in a file or a pipe: its title and a short line, never PIPED_WIDTH of ─
 
 
 def make_consoles(to_stderr: bool = False) -> tuple[Console, Console]:
@@ -406,15 +408,25 @@ def show_model_header(console: Console, label: str, checkpoint: str) -> None:
     title), the checkpoint on a line of its own under it, and a label wider still above it."""
     whole = f"{label}  ({checkpoint})" if checkpoint else label
     if cell_len(whole) + RULE_ENDS <= console.width:
-        console.rule(Text(whole), align="left")
+        _rule(console, whole)
         return
     if cell_len(label) + RULE_ENDS <= console.width:
-        console.rule(Text(label), align="left")
+        _rule(console, label)
     else:
         show_line(console, label, "bold")
-        console.rule()
+        _rule(console)
     if checkpoint:
         show_line(console, f"  {checkpoint}", "dim")
+
+
+def _rule(console: Console, title: str = "") -> None:
+    """A rule across the terminal, TITLE at its left. In a file or a pipe the console is
+    PIPED_WIDTH wide so that rows stay whole; a rule there is only as wide as its title needs, or
+    PIPED_RULE_WIDTH, so a log holds no lines of a thousand box characters."""
+    width = console.width
+    if not console.is_terminal:
+        width = min(width, max(PIPED_RULE_WIDTH, cell_len(title) + RULE_ENDS))
+    console.print(Rule(Text(title), align="left"), width=width)
 
 
 def show_unchanged(console: Console, label: str, run_id: str | None) -> None:

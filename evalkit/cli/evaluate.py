@@ -254,7 +254,8 @@ def doctor(probe_job: bool, **flags: Any) -> None:
     """Check the server before evaluating: ssh, env, cn_clip, GPU, dataset, checkpoint, disk.
 
     Each check prints one line, ✓ or ✗ with what it found and, on ✗, the fix. It reads only
-    (it uploads its probe beside evalkit's other helpers) and runs no upstream script. Takes the
+    (its probe and evalkit's other helpers are brought up to date as a run's are, with no SFTP)
+    and runs no upstream script. Takes the
     evaluation's options; those about running (--force-extraction, --skip-*, --dry-run, ...) are
     ignored. Exits 0 only when every check passes.
 

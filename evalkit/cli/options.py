@@ -127,7 +127,7 @@ def parse(flags: dict[str, Any], stages: tuple[str, ...] = STAGES, read_layouts:
     a directory or glob listed on the server, on each dataset split), the run options, and what
     the listing saw (empty without a directory or glob). READ_LAYOUTS: see parse_request."""
     settings, scopes, wanted, options = parse_request(flags, stages, read_layouts)
-    wanted, listing = _expanded(settings, wanted, scopes)
+    wanted, listing = _expanded(settings, wanted, scopes, will_evaluate=not options.dry_run)
     return settings, cells(settings.datapath, scopes, wanted), options, listing
 
 
@@ -179,11 +179,12 @@ def with_tasks(settings: Settings, scopes: list[Scope]) -> list[Scope]:
     return found
 
 
-def _expanded(settings: Settings, wanted: list[Wanted], scopes: list[Scope]) -> tuple[list[Wanted], Listing]:
+def _expanded(settings: Settings, wanted: list[Wanted], scopes: list[Scope],
+              will_evaluate: bool) -> tuple[list[Wanted], Listing]:
     """Each checkpoints directory or glob as its files, listed on the server (one command);
-    the aliases left out are said on stderr."""
+    the aliases left out are said on stderr. WILL_EVALUATE: not a dry run."""
     from ..checkpoint_sets import expand  # the SSH side loads only for a sweep
-    wanted, listing = expand(settings, wanted, scopes)
+    wanted, listing = expand(settings, wanted, scopes, will_evaluate)
     err = view.make_consoles(to_stderr=True)[0]
     for found in listing.sets:
         view.show_checkpoint_set(err, found.searched, len(found.checkpoints), [describe_alias(a) for a in found.aliases],

@@ -21,6 +21,7 @@ class SshExecutor(Executor):
     # while a run is followed, it cannot change within one SSH session; a reconnect may meet a
     # rebooted server
     _boot: tuple[int, str] | None = None
+    _sftp_refused = False  # the server has no SFTP subsystem: state() asks job.py at once
 
     def __init__(self, connection: Connection, settings: Settings, group: RunGroup | None = None) -> None:
         super().__init__(connection, settings, group)
@@ -78,14 +79,23 @@ class SshExecutor(Executor):
     def state(self, run: RemoteRun) -> JobState:
         """From the run's files and /proc over SFTP (a few reads, no login shell: cheap enough to
         ask every few seconds); through job.py where /proc, or SFTP, is not there."""
+        answer = self._read_over_sftp(run)
+        if answer is None:
+            return JobState.from_answer(self.states_of([run])[0])
+        return JobState.from_answer(answer)
+
+    def _read_over_sftp(self, run: RemoteRun) -> dict | None:
+        """RUN's status and whether its driver lives, read over SFTP; None where they cannot be
+        read so: no /proc, or no SFTP (remembered: each try would cost a round trip)."""
+        if self._sftp_refused:
+            return None
         try:
             status, driver = self._read_json(run.path("status.json")), self._read_json(run.path("driver.json"))
             alive = self._is_alive(driver)
         except TransferUnavailable:
-            alive = None
-        if alive is None:
-            return JobState.from_answer(self.states_of([run])[0])
-        return JobState.from_answer({"status": status, "driver_alive": alive})
+            self._sftp_refused = True  # a server's sshd does not gain the subsystem while a command runs
+            return None
+        return None if alive is None else {"status": status, "driver_alive": alive}
 
     def look_all(self, runs: list[RemoteRun]) -> dict[str, JobState]:
         return {run.run_id: JobState.from_answer(answer) for run, answer in zip(runs, self.states_of(runs))}

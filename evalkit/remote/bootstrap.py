@@ -18,7 +18,8 @@ status.json: state "unsafe") and exits 1. Nothing is read from stdin.
 
 FOLDER is made 0o700, and one that others could write (group- or world-writable, another user's,
 or a symlink) is refused before anything is written or run, with the answer {"refused": WHAT,
-"fix": HOW}: whoever can write there could run anything as this user through evalkit. FOLDER is
+"fix": HOW}: whoever can write there could run anything as this user through evalkit. A FOLDER
+that cannot be made or written (permission, a full disk) is refused the same way. FOLDER is
 opened once (O_DIRECTORY, O_NOFOLLOW) and checked by fstat on that descriptor; everything after
 goes through the descriptor (dir_fd=; the script runs as /proc/self/fd/N/SCRIPT, N inherited by
 the driver it execs), never through FOLDER's name again: whoever can write FOLDER's parent may
@@ -153,15 +154,28 @@ class Replaying:
         return getattr(self.stream, name)
 
 
+def unwritable(folder, exc):
+    """(what, fix) when FOLDER cannot be made or written (permission, a full disk)."""
+    return (f"evalkit cannot write its scripts to {folder} on the server: {exc.strerror or exc}",
+            "set remote_output_dir (or --datapath) to a directory you can write there, or free space on its disk")
+
+
+def refuse(what_fix):
+    answer({"refused": what_fix[0], "fix": what_fix[1]})
+    sys.exit(1)
+
+
 def main(folder, script, args):
     wanted = read_request()
     if wanted is None:
         return  # the client went away before it said anything
-    make_folder(folder)  # then checked, whoever made it
+    try:
+        make_folder(folder)  # then checked, whoever made it
+    except OSError as exc:
+        refuse(unwritable(folder, exc))
     folder_fd = checked_folder(folder)
     if isinstance(folder_fd, tuple):
-        answer({"refused": folder_fd[0], "fix": folder_fd[1]})
-        sys.exit(1)
+        refuse(folder_fd)
     missing = sorted(name for name, digest in wanted["files"].items() if digest_of(folder_fd, name) != digest)
     answer({"missing": missing})
     if missing:
@@ -172,8 +186,11 @@ def main(folder, script, args):
             sent = read_request()
         if sent is None:
             return
-        for name in missing:
-            write_atomically(folder_fd, name, sent["files"][name].encode("utf-8"))
+        try:
+            for name in missing:
+                write_atomically(folder_fd, name, sent["files"][name].encode("utf-8"))
+        except OSError as exc:
+            refuse(unwritable(folder, exc))
         answer({"written": missing})
         sys.stdin = Replaying([json.dumps(message) + "\n" for message in held], sys.stdin)
     run_through(folder_fd, script, args, folder)

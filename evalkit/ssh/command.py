@@ -32,21 +32,24 @@ class PendingCommand:
 
     def ask(self, line: bytes, marker: bytes, timeout: float) -> dict | None:
         """Send LINE; return the JSON of the first stdout line after it that starts with MARKER,
-        or None when the command ended first (finish() then says how)."""
+        or None when the command ended first (finish() then says how, with all it printed)."""
         self._send(line, eof=False)
         deadline = time.monotonic() + timeout
+        skipped = bytearray()  # complete lines before the answer: env chatter, dropped once it comes
         while True:
             *lines, partial = bytes(self.unread["stdout"]).split(b"\n")
             for index, found in enumerate(lines):
                 if found.startswith(marker):
                     self.unread["stdout"] = bytearray(b"\n".join([*lines[index + 1:], partial]))
                     return last_marked_json(found, marker)  # None, like an end, if it is no object
-            self.unread["stdout"] = bytearray(partial)  # complete lines before the answer: env chatter
+            skipped += b"".join(found + b"\n" for found in lines)
+            self.unread["stdout"] = bytearray(partial)
             if self.channel.recv_ready():
                 self.unread["stdout"] += self.channel.recv(_CHUNK)
             elif self.channel.recv_stderr_ready():
                 self.unread["stderr"] += self.channel.recv_stderr(_CHUNK)
             elif self.channel.eof_received or self.channel.closed or self.channel.exit_status_ready():
+                self.unread["stdout"] = skipped + self.unread["stdout"]  # the doctor reads its env's marker there
                 return None
             elif time.monotonic() > deadline:
                 raise ConnectionLost(f"the server did not answer within {timeout:.0f} s",

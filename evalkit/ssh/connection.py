@@ -192,7 +192,7 @@ class Connection:
             if transport is not None and transport.is_active():  # the link is fine: SFTP was refused
                 raise TransferUnavailable(
                     f"{self.target.alias} ({self.target.address}) has no SFTP subsystem: this needs it "
-                    "(the doctor's upload and Slurm runs read or write files over SFTP)",
+                    "(Slurm runs read or write files over SFTP)",
                     "enable it on the server (OpenSSH: `Subsystem sftp /usr/lib/openssh/sftp-server` in "
                     "sshd_config; dropbear: install its sftp-server), then run again") from exc
             raise self._lost(exc) from exc

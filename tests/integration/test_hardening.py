@@ -90,6 +90,17 @@ def test_logs_follow_works_without_sftp(testbed, sshd_without_sftp):
     assert at_once.returncode == 0 and _headings(at_once.stdout) == _headings(followed.stdout), at_once.stderr
 
 
+def test_the_doctor_passes_every_check_on_a_server_without_sftp(testbed, sshd_without_sftp):
+    # its probe (and the scripts a run needs) made current by the bootstrap's digest exchange, on
+    # the probe's own exec channel, as every run does: no SFTP session
+    doctor = _evalkit("doctor", "--config", str(testbed.config), "--model-path", str(testbed.checkpoint), timeout=300)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "✗" not in doctor.stdout and "SFTP" not in doctor.stdout + doctor.stderr, doctor.stdout
+    assert "✓ python: " in doctor.stdout and "✓ checkpoint: " in doctor.stdout, doctor.stdout
+    scripts = testbed.server_outputs / ".evalkit"
+    assert {"doctor_probe.py", "zeroshot.py", "job.py"} <= {path.name for path in scripts.iterdir()}
+
+
 def _headings(logs: str) -> list[str]:
     """Each step's start and end lines in `logs`' output (between them, its stdout and stderr)."""
     return [line for line in logs.splitlines() if line.startswith("### step ")]

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import DATASETS, REPO
+from .conftest import DATASETS, ENTRY_SCRIPT, REPO
 from .server_runs import assert_every_step_whole, launch_one_shot, logs_argv, step_outputs
 
 pytestmark = pytest.mark.integration
@@ -62,6 +63,23 @@ def test_logs_follow_of_a_running_run_reads_its_event_stream_to_the_end_with_no_
     at_once = _logs(testbed, run_id)  # read once the run had ended: stdout then stderr of each step
     assert at_once.returncode == 0, at_once.stderr
     assert list(map(sorted, step_outputs(at_once.stdout))) == list(map(sorted, step_outputs(followed.stdout)))
+
+
+def test_a_dry_run_of_a_checkpoints_folder_lists_it_on_one_channel_and_begins_no_starter(testbed, tmp_path):
+    folder = tmp_path / "experiments" / "dry_exp" / "checkpoints"
+    folder.mkdir(parents=True)
+    os.link(testbed.checkpoint, folder / "epoch_1.pt")
+    counts = tmp_path / "counts.json"
+    dry = subprocess.run([sys.executable, str(ENTRY_SCRIPT), "--config", str(testbed.config), "--model-path",
+                          str(folder), "--dry-run"], capture_output=True, text=True, cwd=testbed.results_dir.parent,
+                         stdin=subprocess.DEVNULL, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent / "count_requests"),
+                              "EVALKIT_TEST_COUNTS": str(counts)})
+    assert dry.returncode == 0, dry.stderr
+    assert f"{folder}: 1 checkpoint" in dry.stderr and "extract_features.py" in dry.stdout
+    # The listing's one command, and nothing else: no run follows a dry run, so no run's starter
+    # (a login shell and a python on the server that nothing would take) is begun beside it.
+    assert json.loads(counts.read_text())["at_exit"] == {"sftp_requests": 0, "channels": 1}
 
 
 def _logs(bed, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -36,3 +36,15 @@ def test_the_first_message_sent_with_the_digests_reaches_the_script(tmp_path, is
     written = [] if is_current else [{"written": ["echo.py"]}]
     assert answers == [{"missing": [] if is_current else ["echo.py"]}, *written, MESSAGE]
     assert (folder / "echo.py").read_text() == ECHO
+
+
+def test_a_scripts_folder_that_cannot_be_made_is_refused_with_why_and_a_fix(tmp_path):
+    blocker = tmp_path / "outputs"
+    blocker.write_text("a file where the output folder should be")  # as root, a permission would not stop it
+    done = subprocess.run([sys.executable, "-c", BOOTSTRAP.read_text(), str(blocker / ".evalkit"), "echo.py"],
+                          input=json.dumps({"files": {"echo.py": "0" * 64}}) + "\n", capture_output=True, text=True,
+                          timeout=60)
+    [answer] = [json.loads(line.removeprefix("EVALKIT-JOB ")) for line in done.stdout.splitlines()]
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert answer["refused"].startswith(f"evalkit cannot write its scripts to {blocker / '.evalkit'} on the server: ")
+    assert answer["fix"].startswith("set remote_output_dir (or --datapath) to a directory you can write there")

@@ -23,6 +23,7 @@ from evalkit.diagnosis import Check, ProbeRun
 from evalkit.errors import AuthenticationError, ConfigError, ConnectError, HostKeyError, MissingInput
 from evalkit.evaluation import Evaluation as Request
 from evalkit.server import script_path as helper_path
+from evalkit.uploads import bootstrap_source, script_digests
 
 CONFIGS = Path(__file__).with_name("model_configs")
 PROBE = Path(__file__).resolve().parents[2] / "evalkit" / "remote" / "doctor_probe.py"
@@ -284,14 +285,15 @@ def test_hostile_values_reach_the_probe_as_text_and_never_run(tmp_path, hostile)
     root = tmp_path / hostile
     settings = Settings(datapath=str(root / "data"), chinese_clip_dir=str(root / "clip"), activate="true",
                         python=sys.executable, remote_output_dir=str(root / "out"), device="cpu")
-    probe = Path(helper_path(settings, doctor.PROBE_NAME))
-    probe.parent.mkdir(parents=True)
-    shutil.copy(PROBE, probe)
     request = Request(hostile, "valid", str(root / "ckpt.pt"))
-    command = doctor.doctor_command(settings, request)
-    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, timeout=60)
+    command = doctor.doctor_command(settings, request, bootstrap_source())
+    # as the doctor sends them: the probe's digest, then (it is missing) its source
+    exchange = [{"files": script_digests([doctor.PROBE_NAME])}, {"files": {doctor.PROBE_NAME: PROBE.read_text()}}]
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, timeout=60,
+                          input="".join(json.dumps(line) + "\n" for line in exchange).encode())
     run = doctor.parse_probe(done.returncode, done.stdout, done.stderr)
     assert run.activated and run.facts is not None, done.stderr
+    assert Path(helper_path(settings, doctor.PROBE_NAME)).read_bytes() == PROBE.read_bytes()  # made current
     assert run.facts["clip"]["dir"] == str(root / "clip")
     assert run.facts["texts"]["path"] == f"{root}/data/datasets/{hostile}/valid_texts.jsonl"
     assert run.facts["checkpoint"] == {"path": str(root / "ckpt.pt"), "exists": False, "readable": False}
@@ -305,7 +307,7 @@ CLASSIFYING = Request("cifar-100", "test", "/srv/ckpt.pt", vision_model="RN50", 
 
 
 def test_a_classification_dataset_is_probed_through_its_label_file_and_class_folders():
-    command = doctor.doctor_command(SETTINGS, CLASSIFYING)
+    command = doctor.doctor_command(SETTINGS, CLASSIFYING, bootstrap_source())
     assert ("--classification cifar-100 --class-images /srv/data/datasets/cifar-100/test "
             "--label-file /srv/data/datasets/cifar-100/label_cn.txt") in command
     assert "--texts" not in command

@@ -202,6 +202,22 @@ def test_a_models_header_keeps_its_label_and_checkpoint_whole():
     assert lines[0].startswith("[1/3] sweep_run@epoch_1 ─") and lines[1].strip() == checkpoint
 
 
+@pytest.mark.parametrize("checkpoint", ["/root/autodl-tmp/datapath/experiments/sweep_run/checkpoints/epoch_1.pt",
+                                        f"/root/autodl-tmp/datapath/experiments/{DISTILL}/checkpoints/epoch_1.pt", ""])
+def test_a_piped_models_header_is_one_whole_line_not_a_rule_as_wide_as_the_piped_console(checkpoint):
+    piped = Console(record=True, width=view.PIPED_WIDTH, force_terminal=False)  # `... > run.log`
+    view.show_model_header(piped, "[1/3] sweep_run@epoch_1", checkpoint)
+    [line] = screen(piped)
+    title = f"[1/3] sweep_run@epoch_1  ({checkpoint})" if checkpoint else "[1/3] sweep_run@epoch_1"
+    assert line.startswith(f"{title} ─") and cell_len(line) == max(80, cell_len(title) + view.RULE_ENDS)
+
+
+def test_a_models_header_on_a_terminal_still_rules_across_it():
+    out = terminal(120)
+    view.show_model_header(out, "[1/3] sweep_run@epoch_1", "/c/epoch_1.pt")
+    assert screen(out) == ["[1/3] sweep_run@epoch_1  (/c/epoch_1.pt) " + "─" * (120 - 41)]
+
+
 def test_a_long_note_wraps_at_words_on_a_terminal_and_is_one_line_when_piped():
     note = ("reusing the features extracted 2026-11-27T10:00:00+00:00 for this checkpoint (20 images, 80 texts, "
             "checkpoint unchanged); --force-extraction extracts again")
