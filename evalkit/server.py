@@ -38,13 +38,13 @@ SERVER_SCRIPTS = {
     RUN_LOCK: "the checkpoint's lock: a lease with a heartbeat, a stale one taken over (job.py drive)",
     RUN_FILES: "a run's files: written so nothing planted redirects them, its end claimed once (imports atomic.py)",
     RUN_PROCESSES: "a process's identity, and the processes of one run (job.py's driver, cancel and events)",
-    ATOMIC: "writes a file so that nothing planted in its folder redirects it (run_files.py and query_hits.py "
-            "import it)",
+    ATOMIC: "writes a file so that nothing planted in its folder redirects it (run_files.py, query_hits.py and "
+            "zeroshot.py import it)",
     CPU_LAUNCHER: "--device cpu: runs the unmodified upstream scripts with torch.cuda made no-ops",
     FAST_KNN: "--knn fast: exact batched KNN writing upstream's prediction files",
     IMAGE_TO_IMAGE: "--image-to-image: image→image recall and mAP@10 from the image features (beside fast_knn.py)",
     QUERY_HITS: "after recall: each query's hits and the 95% bootstrap intervals (query_hits.json)",
-    ZEROSHOT: "zero-shot classification with upstream's functions, and its preflight (imports provenance.py)",
+    ZEROSHOT: "zero-shot classification with upstream's functions, and its preflight (imports provenance.py, atomic.py)",
     PROBE: "the doctor's and the preflight's checks (env, GPU, dataset, checkpoint, disk)",
     PROVENANCE: "what a recall number was made from: checkpoint and dataset hashes (cached), the server's software",
     BOOTSTRAP: "sent inline, never uploaded: brings the other scripts up to date, then runs one",

@@ -1,6 +1,7 @@
 """Files written on the server so that nothing planted in their folder redirects them (standard
-library only). Uploaded beside job.py and query_hits.py, which import it; list_checkpoints.py is
-sent inline and bootstrap.py runs before any script is there, so each keeps its own writer.
+library only). Uploaded beside job.py, query_hits.py and zeroshot.py, which import it;
+list_checkpoints.py is sent inline and bootstrap.py runs before any script is there, so each keeps
+its own writer.
 
 A file is made whole under a new temporary name beside its own (O_EXCL: never a file planted
 there; O_NOFOLLOW: never through a symlink), then renamed over its name, which replaces whatever

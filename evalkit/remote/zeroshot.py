@@ -22,8 +22,9 @@ with numpy >= 2.4 its accuracy() (float() of a 1-element array, an error there) 
 by the same count through .item(). top-1 is run()'s; top-5 and mean per-class recall come
 from run()'s softmax outputs and ImageFolder's targets, as CLIP_benchmark computes them.
 
-Nothing large is written: the result JSON, each image's hits (query_hits.json's format,
-direction "zeroshot_classification") and, with --predictions, each image's top-5 classes.
+Nothing large is written, and all of it through atomic.py (uploaded beside it): the result JSON,
+each image's hits (query_hits.json's format, direction "zeroshot_classification") and, with
+--predictions, each image's top-5 classes.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ import json
 import os
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # atomic.py beside it, however it was started
+import atomic  # noqa: E402  (evalkit uploads both)
 
 FORMAT = "evalkit-query-hits/1"
 TASK = "zeroshot_classification"
@@ -334,10 +338,9 @@ def ci95(top1: str, top5: str, targets: list, resamples: int = RESAMPLES, seed: 
 
 
 def write_json(path: str, document: dict) -> None:
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as out:
-        json.dump(document, out, ensure_ascii=False)
-    os.replace(temporary, path)
+    """Through atomic.py, as query_hits.py writes beside it: the results folder may be writable by
+    others, and a symlink planted at a temporary name or at PATH must redirect no write."""
+    atomic.write_atomically(path, json.dumps(document, ensure_ascii=False), mode=0o644)
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -362,10 +365,10 @@ def evaluate(args: argparse.Namespace) -> int:
             TASK: {"queries": n, "reference_sha256": digest, "hits": {"top1": found["top1_hits"],
                                                                      "top5": found["top5_hits"]},
                    "targets": targets, "ci95": ci95(found["top1_hits"], found["top5_hits"], targets)}}
-    if args.predictions:
-        with open(args.predictions, "w", encoding="utf-8") as out:
-            for row, target in zip(found["top"].tolist(), targets):
-                out.write(json.dumps({"target": target, "top5": row}) + "\n")
+    if args.predictions:  # a line per image: small enough to be made whole before it is written
+        atomic.write_atomically(args.predictions, "".join(json.dumps({"target": target, "top5": row}) + "\n"
+                                                          for row, target in zip(found["top"].tolist(), targets)),
+                                mode=0o644)
     write_json(args.hits, hits)
     write_json(args.output, result)
     print(f"zeroshot: {n} images, {ran['num_classes']} classes, {result['templates']} templates "

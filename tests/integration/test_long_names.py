@@ -1,6 +1,7 @@
 """Names people choose, as long as a filesystem allows: an experiment folder of 80 Chinese
 characters (240 bytes in UTF-8) is evaluated to the end, its numbers upstream's own, every file
-evalkit names after it (the log, the server's output directory) within a file name's 255 bytes."""
+evalkit names after it (the log, the server's output directory) within a file name's 255 bytes;
+and one named after its hyperparameters in brackets, which rich would read as markup."""
 from __future__ import annotations
 
 import json
@@ -38,3 +39,16 @@ def test_an_experiment_of_80_chinese_characters_runs_to_the_end_with_upstreams_n
     for name in (log.name, output_dir.name):
         assert len(name.encode()) <= NAME_MAX and name.startswith((EXPERIMENT[:20], f"{SPEC.name}-{SPEC.split}-"))
     assert "### step" in log.read_text(encoding="utf-8")
+
+
+def test_an_experiment_named_with_brackets_is_evaluated_and_shown_as_typed(testbed, server_python):
+    # exp[lr=1e-4] in a rich table title was the style tag [lr=1e-4], shown as "exp"; [/] crashed
+    experiment = "exp[lr=1e-4]"
+    checkpoint = random_checkpoint(server_python, testbed.datapath / "experiments" / experiment / "checkpoints"
+                                   / "epoch_latest.pt", seed=0)
+    run = testbed.evaluate("--model-path", str(checkpoint), timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert f"Recall (%) — {experiment}" in run.stdout, run.stdout
+    folder = testbed.results_dir / SPEC.name / SPEC.split / experiment
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["label"] == experiment and (folder / "text_to_image_results.json").is_file()

@@ -44,6 +44,7 @@ WRITERS = {
     "query_hits.py": ('module["atomic"].write_atomically(target, "written")', "written"),
     "atomic.py": ('module["write_atomically"](target, "written")', "written"),
     "provenance.py": ('cache = module["HashCache"](target); cache.changed = True; cache.save()', "{}"),
+    "zeroshot.py": ('module["write_json"](target, {"top1": 50.0})', '{"top1": 50.0}'),  # results and hits
 }
 NEEDS_NUMPY = {"fast_knn.py", "query_hits.py"}
 

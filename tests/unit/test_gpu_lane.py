@@ -131,3 +131,45 @@ def _taken_or_refused(hold) -> str:
     except RemoteStepFailed as refused:
         return refused.message
     return hold.state
+
+
+class AnsweringServer:
+    """An executor whose state() is what the server answers about the run, or cannot answer."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+
+    def state(self, run):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize("answer, next_cell", [
+    ("completed", "held"),                  # the run ended: its GPU is free
+    ("failed", "held"),
+    ("still running", "refused"),           # its GPU steps go on without anyone following them
+    ("cannot be asked", "refused"),         # the connection was lost past reconnect_timeout
+])
+def test_following_that_stops_early_gives_the_gpu_back_only_once_the_run_is_seen_to_have_ended(answer, next_cell):
+    from evalkit.errors import ConnectionLost
+    from evalkit.evaluation import Evaluation
+    from evalkit.executors.base import JobState
+    from evalkit.pipeline import _leave_gpu
+    from evalkit.plan import build_plan
+    from evalkit.run_record import new_record
+    settings, evaluation = Settings(), Evaluation("Flickr30k-CN", "valid", "/d/experiments/a/checkpoints/epoch_1.pt")
+    record = new_record(settings, evaluation, build_plan(settings, evaluation), "r1", "/srv/.evalkit/runs/r1")
+    server = AnsweringServer({"completed": JobState("completed", False), "failed": JobState("failed", False, "extract"),
+                              "still running": JobState(None, True),
+                              "cannot be asked": ConnectionLost("the connection to the server was lost")}[answer])
+    lane = GpuLane(0)
+    first, second = lane.hold(), lane.hold()
+    first.take()
+    _leave_gpu(server, record, first)
+    outcome = _taken_or_refused(second)
+    if next_cell == "held":
+        assert outcome == "held"
+    else:
+        assert outcome.startswith("not started on GPU 0: run r1 may still be using it: evalkit stopped following it")
+        assert "python -m evalkit attach r1" in outcome
