@@ -59,7 +59,8 @@ class Starter:
         """Begin a run's starter in the background now, before the run is known: the server's
         login shell, the env's activation (`conda activate`: up to a second) and python start
         while the laptop looks at the dataset (look_early) and decides; the first begin() of a
-        run on CONNECTION takes it. Unused, it ends with the connection."""
+        run on CONNECTION takes it. Untaken (the command failed before its evaluation), it ends
+        when CONNECTION closes: its command is abandoned and it is forgotten."""
         _Early.begin(connection, settings)
 
     @staticmethod
@@ -178,6 +179,7 @@ class _Early:
         self.settings = settings
         self.command: PendingCommand | None = None
         self.starter: Starter | None = None  # once it looked (its scripts made current)
+        self.is_dropped = False  # its connection closed before a run took it
         self.thread = threading.Thread(target=self._start, args=(command,), daemon=True)
 
     @classmethod
@@ -187,13 +189,33 @@ class _Early:
         with cls._lock:
             if cls._begun.setdefault((id(connection), command), early) is not early:
                 return  # one is begun already
+        connection.when_closed(lambda: early._drop(command))
         early.thread.start()
 
     def _start(self, command: str) -> None:
         try:
-            self.command = self.connection.start_command(command)
+            started = self.connection.start_command(command)
         except EvalkitError:
-            pass  # the link failed: taking it begins the starter anew, which says why if it fails again
+            return  # the link failed: taking it begins the starter anew, which says why if it fails again
+        with self._lock:
+            if not self.is_dropped:
+                self.command = started
+                return
+        started.abandon()  # its connection closed while the command was starting
+
+    def _drop(self, command: str) -> None:
+        """Its connection is closing: untaken, it is forgotten and its command ended (the
+        bootstrap sees EOF and exits), so no login shell and python stay on the server, nor the
+        connection in _begun. Taken, it is the run's, and nothing is done. Never waits on the
+        starting thread: the connection's close may be what it waits for."""
+        with self._lock:
+            if self._begun.get((id(self.connection), command)) is not self:
+                return
+            del self._begun[(id(self.connection), command)]
+            self.is_dropped = True
+            started, self.command = self.command, None
+        if started is not None:
+            started.abandon()
 
     @classmethod
     def find(cls, connection: Connection, command: str) -> "_Early | None":

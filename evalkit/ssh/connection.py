@@ -7,6 +7,7 @@ import posixpath
 import secrets
 import socket
 import threading
+from typing import Callable
 
 from ..errors import AuthenticationError, ConnectError, ConnectionLost, HostKeyError, TransferUnavailable
 from ._paramiko import paramiko
@@ -55,6 +56,7 @@ class Connection:
         self._generation = 0            # how many times it was opened: a reconnect makes the next
         self._sftp_clients: list[paramiko.SFTPClient] = []
         self._own = threading.local()   # this thread's (generation, SFTP client)
+        self._closing: list[Callable[[], None]] = []  # when_closed's callbacks, each called once
         self.requests = RequestCounter()
 
     def __enter__(self) -> "Connection":
@@ -119,8 +121,17 @@ class Connection:
         client.get_transport().set_keepalive(KEEPALIVE_SECONDS)
         return client
 
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        """Call CALLBACK once, at the next close (or reconnect), before the connection goes: what
+        was begun on it for later (starter.py's early starter) ends rather than lingers."""
+        with self._lock:
+            self._closing.append(callback)
+
     def close(self) -> None:
         with self._lock:
+            callbacks, self._closing = self._closing, []
+            for callback in callbacks:
+                callback()
             for sftp in self._sftp_clients:
                 try:
                     sftp.close()

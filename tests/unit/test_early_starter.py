@@ -27,14 +27,23 @@ class _Command:
 
 
 class _Connection:
-    """What Starter asks of a Connection: its opening's number, and commands started on it."""
+    """What Starter asks of a Connection: its opening's number, commands started on it, and what
+    to call when it closes (as Connection.when_closed: once, at the next close)."""
 
     def __init__(self) -> None:
-        self.generation, self.started = 1, []
+        self.generation, self.started, self.closing = 1, [], []
 
     def start_command(self, command: str) -> _Command:
         self.started.append(_Command(command))
         return self.started[-1]
+
+    def when_closed(self, callback) -> None:
+        self.closing.append(callback)
+
+    def close(self) -> None:
+        callbacks, self.closing = self.closing, []
+        for callback in callbacks:
+            callback()
 
 
 SETTINGS = Settings(datapath="/data")
@@ -97,3 +106,34 @@ def test_a_run_needing_scripts_the_look_did_not_check_begins_its_own():
 
 def test_without_an_early_starter_the_look_is_left_to_its_caller():
     assert Starter.look_early(_Connection(), SETTINGS, ["/d/label_cn.txt"]) is None
+
+
+def _begun_early(connection: _Connection) -> _Command:
+    Starter.begin_early(connection, SETTINGS)
+    Starter.look_early(connection, SETTINGS, ["/d/test"])  # waits until its command has started
+    return connection.started[0]
+
+
+def test_a_command_that_fails_before_its_evaluation_ends_the_early_starter_with_the_connection():
+    connection = _Connection()
+    early = _begun_early(connection)
+    connection.close()  # the command failed after the look: no evaluation took the starter
+    assert early.abandoned  # EOF: the bootstrap, its login shell and python end on the server
+    assert Starter.begin(connection, SETTINGS, []).command is connection.started[1]  # forgotten
+
+
+def test_a_starter_a_run_took_is_the_runs_when_the_connection_closes():
+    connection = _Connection()
+    early = _begun_early(connection)
+    taken = Starter.begin(connection, SETTINGS, scripts_for(SETTINGS, extra=(PROBE, PROVENANCE)))
+    connection.close()
+    assert taken.command is early and not early.abandoned
+
+
+def test_a_connection_calls_what_waits_for_its_close_once_at_that_close():
+    from evalkit.ssh import Connection, Target
+    connection, called = Connection(Target("a", "a.example", 22, "u")), []
+    connection.when_closed(lambda: called.append("closed"))
+    connection.close()
+    connection.close()
+    assert called == ["closed"]
