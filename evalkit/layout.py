@@ -4,6 +4,8 @@ names, a table per direction or dataset split, each label above its values) inst
 label or a header with '…'."""
 from __future__ import annotations
 
+from typing import Callable
+
 from rich.cells import cell_len
 from rich.console import Console, JustifyMethod, RenderableType
 from rich.measure import Measurement
@@ -178,6 +180,21 @@ def show_references(console: Console, rows: list[dict]) -> None:
             show_labels_above(console, title, [f"{SHORT_DIRECTIONS[d]} R@1/5/10" for d in PUBLISHED_DIRECTIONS],
                               table_rows(group))
     show_line(console, "source: OFA-Sys/Chinese-CLIP Results.md; --reference NAME adds one to a table", "dim")
+
+
+def show_classification_reference_rows(console: Console, title: str, rows: list[dict],
+                                       metric: Callable[[dict], str]) -> None:
+    """Published classification ROWS a line each, its name first (`references | grep NAME`), by
+    dataset; a dataset not comparable with top-1 marked †; METRIC: a row's metric as shown. The
+    name says the model: without a column of its own, the table fits 80 columns."""
+    table = Table(title=Text(title))
+    for column in ("name", "dataset", "metric"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("%", justify="right", no_wrap=True)
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
+        for row in (row for row in rows if row["dataset"] == dataset):
+            table.add_row(row["name"], dataset + ("†" if row["warnings"] else ""), metric(row), f"{row['value']:.1f}")
+    console.print(table)
 
 
 def published(recall: dict, direction: str) -> str:

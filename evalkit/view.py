@@ -28,7 +28,7 @@ from .epochs import Trend
 from .errors import EvalkitError
 from .evaluation import NAMED, SERVER_LATEST
 from .executors.base import JobState
-from .layout import recall_table, show_comparison_table, show_line, show_table
+from .layout import recall_table, show_classification_reference_rows, show_comparison_table, show_line, show_table
 from .layout import show_references  # noqa: F401  (the CLI's, through view)
 from .outcome import StepResult
 from .plan import Plan, Step
@@ -467,11 +467,31 @@ def show_notes(console: Console, lines: list[str]) -> None:
 SHORT_METRICS = {"top-1 accuracy": "top-1", "mean per-class accuracy": "per-class", "11-point mAP": "11-pt mAP"}
 
 
+CLASSIFICATION_TITLE = "Chinese-CLIP's published zero-shot image classification (%)"
+
+
 def show_classification_references(console: Console, rows: list[dict], notes_below: list[str]) -> None:
-    """`references`: Chinese-CLIP's zero-shot classification results, a row per dataset (with the
-    metric it was published in), a column per model; a dataset not comparable with top-1 is marked †."""
+    """`references`: Chinese-CLIP's zero-shot classification results. In a terminal, a row per
+    dataset (with the metric it was published in), a column per model, and how the numbers are
+    named; piped or in a file, a line per number with its name (`| grep NAME` finds it). A dataset
+    not comparable with top-1 is marked †."""
+    if console.is_terminal:
+        _show_classification_grid(console, rows)
+        naming = ["names for --reference: <model>-<dataset>-zeroshot-classification, e.g. "
+                  "vit-b-16-cifar100-zeroshot-classification (piped: a line per name)"]
+    else:
+        show_classification_reference_rows(console, CLASSIFICATION_TITLE, rows,
+                                           lambda row: SHORT_METRICS.get(row["metric"], row["metric"]))
+        naming = []
+    for line in [*naming, *(f"† {note}" for note in notes_below),
+                 "source: OFA-Sys/Chinese-CLIP Results.md, “Zero-shot Image Classification” (CN-CLIP models); "
+                 "references --classification --json lists each number"]:
+        show_line(console, line, "dim")
+
+
+def _show_classification_grid(console: Console, rows: list[dict]) -> None:
     models = list(dict.fromkeys(row["model"] for row in rows))
-    table = Table(title="Chinese-CLIP's published zero-shot image classification (%)")
+    table = Table(title=CLASSIFICATION_TITLE)
     table.add_column("dataset", no_wrap=True)
     table.add_column("metric", no_wrap=True)
     for model in models:
@@ -482,10 +502,6 @@ def show_classification_references(console: Console, rows: list[dict], notes_bel
         table.add_row(dataset + ("†" if found[0]["warnings"] else ""), SHORT_METRICS.get(found[0]["metric"], found[0]["metric"]),
                       *[f"{values[m]:.1f}" if m in values else "–" for m in models])
     console.print(table)
-    for line in [*(f"† {note}" for note in notes_below),
-                 "source: OFA-Sys/Chinese-CLIP Results.md, “Zero-shot Image Classification” (CN-CLIP models); "
-                 "references --classification --json lists each number"]:
-        console.print(Text(line, style="dim"), soft_wrap=True)
 
 
 def show_check(console: Console, check: Check) -> None:

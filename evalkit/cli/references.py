@@ -21,8 +21,7 @@ def _to_references(ctx: click.Context, param: click.Parameter, value: tuple[str,
         if reference is None:
             raise click.BadParameter(f"no published result is named {name!r}; known: {', '.join(names())}, and the "
                                      "zero-shot classification rows, named as vit-b-16-cifar100-zeroshot-classification "
-                                     "(python -m evalkit references lists them with their numbers, "
-                                     "references --classification --json with their names)")
+                                     "(python -m evalkit references | grep NAME finds each with its number)")
         found[reference.name if isinstance(reference, Reference) else reference["name"]] = reference  # each once
     return tuple(found.values())
 
@@ -41,8 +40,9 @@ def reference_option(command: Callable) -> Callable:
 @debug_option
 @guarded
 def references(json_output: bool, classification: bool, debug: bool) -> None:
-    """List Chinese-CLIP's published results: retrieval, each usable as --reference NAME, and
-    zero-shot image classification, each with the metric it was published in.
+    """List Chinese-CLIP's published results, each usable as --reference NAME: retrieval, and
+    zero-shot image classification with the metric each was published in (piped: a line per
+    number, its name first, for grep).
 
     Copied from the Chinese-CLIP repository's result tables (Results.md): MUGE (valid),
     Flickr30K-CN and COCO-CN (test), zero-shot and fine-tuned; CIFAR-10 … ImageNet zero-shot

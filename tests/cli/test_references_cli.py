@@ -94,6 +94,36 @@ def test_piped_references_keep_every_name_whole_for_grep(monkeypatch):
     assert "Flickr30k-CN" in row
 
 
+@pytest.mark.parametrize("command", [("references", "--classification"), ("references",)])
+def test_piped_classification_references_show_each_name_on_its_numbers_line_for_grep(command):
+    # `python -m evalkit references --classification | grep vit-b-16-cifar100-zeroshot-classification`
+    import os
+    import subprocess
+    import sys
+    env = {name: value for name, value in os.environ.items() if name not in ("COLUMNS", "LINES")}
+    piped = subprocess.run([sys.executable, "-m", "evalkit", *command], capture_output=True, text=True,
+                           env=env, timeout=60, check=True)
+    [row] = [line for line in piped.stdout.splitlines() if "vit-b-16-cifar100-zeroshot-classification" in line]
+    assert "CIFAR100" in row and "64.4" in row
+    [voc] = [line for line in piped.stdout.splitlines() if "vit-l-14-336-voc-zeroshot-classification" in line]
+    assert "VOC†" in voc and "11-pt mAP" in voc and "84.9" in voc
+    assert sum("-zeroshot-classification" in line for line in piped.stdout.splitlines()) == 5 * 11
+
+
+def test_in_a_terminal_classification_references_are_a_grid_that_says_how_its_numbers_are_named():
+    from rich.console import Console
+
+    from evalkit import view
+    from evalkit.zeroshot_references import classification_rows, dataset_notes
+    terminal = Console(force_terminal=True, color_system=None, width=80, highlight=False, record=True)
+    view.show_classification_references(terminal, classification_rows(), dataset_notes())
+    lines = terminal.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert any(line.startswith("│ CIFAR100 ") and "64.4" in line for line in lines)
+    assert "names for --reference: <model>-<dataset>-zeroshot-classification, e.g." in lines
+    assert "  vit-b-16-cifar100-zeroshot-classification (piped: a line per name)" in lines
+
+
 def test_references_list_the_published_zero_shot_classification_with_each_metric():
     shown = invoke("references")
     assert shown.exit_code == 0, shown.stderr
