@@ -44,6 +44,13 @@ def test_one_shot_classifies_a_dataset_laid_out_for_it(testbed, classification):
     assert summary["provenance"]["upstream_scripts_sha256"]["zeroshot_evaluation.py"]
     assert set(summary["ci95"]["zeroshot_classification"]) == {"top1", "top5", "mean_per_class_recall"}
     assert "Zero-shot classification (%)" in run.stdout and "36 images, 12 classes" in run.stdout
+    # nothing large came back: each image's top-5 stays on the server; here, its hit bits and class
+    [top5] = [path for path in testbed.server_outputs.rglob("zeroshot_top5.jsonl") if NAME in path.parts]
+    assert len(top5.read_text().splitlines()) == 36
+    assert not [path.name for path in local.rglob("*") if "top5" in path.name or path.suffix == ".jsonl"]
+    kept = json.loads((local / "query_hits.json").read_text())["zeroshot_classification"]
+    assert [len(kept["hits"]["top1"]), len(kept["hits"]["top5"]), len(kept["targets"])] == [36, 36, 36]
+    assert set(kept["hits"]["top1"] + kept["hits"]["top5"]) <= {"0", "1"}
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,22 @@ def test_a_matrix_keeps_retrieval_and_classification_cells_and_valid_and_test_be
     assert len(notes) == 1
 
 
+def test_nothing_large_crosses_the_network_the_top5_file_stays_on_the_server():
+    # ImageNet: 50,000 images x 1,000 classes of probabilities; the server reduces them to each
+    # image's top-5 (kept there) and its hit bits, and the end of the run pulls only these paths
+    from evalkit.executors.base import RemoteRun
+    from evalkit.run_outputs import result_paths
+    from evalkit.zeroshot import PREDICTIONS_FILE
+    plan = build_plan(Settings(), Evaluation("imagenet", "test", CHECKPOINT, task=CLASSIFICATION))
+    argv = shlex.split(plan.steps[1].command.split(" && ")[-1])
+    top5 = argv[argv.index("--predictions") + 1]
+    assert top5 == f"{plan.files.out}/{PREDICTIONS_FILE}"
+    pulled = result_paths(RemoteRun("run-1", "/runs/run-1", plan))
+    assert pulled == ["/runs/run-1/status.json", f"{plan.files.out}/zeroshot_classification_results.json",
+                      f"{plan.files.out}/query_hits.json"]
+    assert top5 not in pulled
+
+
 def test_the_plan_runs_evalkit_s_server_script_with_upstream_on_pythonpath():
     settings = Settings(device="cpu")
     plan = build_plan(settings, Evaluation("cifar-100", "test", CHECKPOINT, task=CLASSIFICATION))
