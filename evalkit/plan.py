@@ -159,7 +159,7 @@ class Plan:
 
 
 def _step_of(stored: dict) -> Step:
-    """A Step as a run record keeps it; a record of an evalkit before 2026-12-08 may say
+    """A Step as a run record keeps it; a record of an earlier evalkit may say
     beside_next (the per-query hits beside the last recall step), which only its driver read."""
     fields = {name: value for name, value in stored.items() if name != "beside_next"}
     return Step(**dict(fields, directions=tuple(stored["directions"])))

@@ -6,7 +6,7 @@ Usage (on the server, once upstream's KNN scripts wrote the predictions):
 --image-to-text-of derives the image→text annotation from the texts as upstream's
 transform_ir_annotation_to_tr.py does (its .tr.jsonl, byte for byte), so this runs beside
 upstream's recall steps rather than after the transform; --image-to-text TEXTS.tr.jsonl
-TR_PREDICTIONS.jsonl takes that file itself (the plans of evalkit before 2026-12-08).
+TR_PREDICTIONS.jsonl takes that file itself (the plans of an earlier evalkit).
 
 Hits are counted exactly as upstream's evaluation scripts count them: the queries are the
 reference file's ids in its order (a repeated id once, with its last line's answers), and a
